@@ -1,0 +1,416 @@
+//! Procedural macros for castor-abi. Use them through `castor_abi::task` and
+//! `castor_abi::export_managers!`; their expansions name `::castor_abi`.
+
+use proc_macro::TokenStream;
+use proc_macro2::{Span, TokenStream as TokenStream2};
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{
+    Expr, ExprLit, FnArg, GenericArgument, Ident, ItemFn, Lit, Meta, Pat, Path, PathArguments,
+    ReturnType, Token, Type,
+};
+
+/// Declares a task. See `castor_abi::task`'s documentation in castor-abi.
+///
+/// ```text
+/// #[castor_abi::task(thread)]
+/// #[castor_abi::task(process, timeout = "30s", max_attempts = 3, backoff = "2s", backoff_cap = "10m")]
+/// #[castor_abi::task(thread, name = "emails.send")]
+/// ```
+///
+/// The function is kept as written. Next to it, a module of the same name holds `NAME`,
+/// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`.
+#[proc_macro_attribute]
+pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match expand_task(attr.into(), item.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+/// Exports a library's managers to the `castor` worker:
+/// `castor_abi::export_managers!(manager, reports);`. Use it once per library.
+#[proc_macro]
+pub fn export_managers(input: TokenStream) -> TokenStream {
+    match expand_export(input.into()) {
+        Ok(tokens) => tokens.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+struct TaskAttr {
+    mode: Ident,
+    name: Option<String>,
+    timeout_ms: Option<u64>,
+    max_attempts: u32,
+    backoff_ms: u64,
+    backoff_cap_ms: u64,
+}
+
+fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
+    let metas = Punctuated::<Meta, Token![,]>::parse_terminated.parse2(attr.clone())?;
+    let mut mode = None;
+    let mut out = TaskAttr {
+        mode: Ident::new("Thread", Span::call_site()),
+        name: None,
+        timeout_ms: None,
+        max_attempts: 1,
+        backoff_ms: 1_000,
+        backoff_cap_ms: 3_600_000,
+    };
+    for meta in metas {
+        match &meta {
+            Meta::Path(path) if path.is_ident("thread") || path.is_ident("process") => {
+                if mode.is_some() {
+                    return Err(syn::Error::new(path.span(), "the mode is given twice"));
+                }
+                let which = if path.is_ident("thread") {
+                    "Thread"
+                } else {
+                    "Process"
+                };
+                mode = Some(Ident::new(which, path.span()));
+            }
+            Meta::NameValue(nv) => {
+                let key = nv
+                    .path
+                    .get_ident()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                match key.as_str() {
+                    "name" => out.name = Some(lit_str(&nv.value)?),
+                    "timeout" => out.timeout_ms = Some(duration_ms(&nv.value)?),
+                    "max_attempts" => {
+                        out.max_attempts = lit_int(&nv.value)?;
+                        if out.max_attempts == 0 {
+                            return Err(syn::Error::new(
+                                nv.value.span(),
+                                "max_attempts must be at least 1",
+                            ));
+                        }
+                    }
+                    "backoff" => out.backoff_ms = duration_ms(&nv.value)?,
+                    "backoff_cap" => out.backoff_cap_ms = duration_ms(&nv.value)?,
+                    _ => {
+                        return Err(syn::Error::new(
+                            nv.path.span(),
+                            "unknown option; expected one of: name, timeout, max_attempts, backoff, backoff_cap",
+                        ));
+                    }
+                }
+            }
+            other => {
+                return Err(syn::Error::new(
+                    other.span(),
+                    "expected `thread`, `process`, or `option = value`",
+                ));
+            }
+        }
+    }
+    out.mode = mode.ok_or_else(|| {
+        syn::Error::new(
+            Span::call_site(),
+            "declare the task's mode: #[task(thread)] for I/O-bound work on the worker's \
+             thread pool, #[task(process)] for CPU-bound or crash-prone work in a child process",
+        )
+    })?;
+    if out.backoff_ms > out.backoff_cap_ms {
+        return Err(syn::Error::new(
+            attr.span(),
+            "backoff is longer than backoff_cap",
+        ));
+    }
+    Ok(out)
+}
+
+fn lit_str(expr: &Expr) -> syn::Result<String> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Str(s), ..
+        }) => Ok(s.value()),
+        other => Err(syn::Error::new(other.span(), "expected a string literal")),
+    }
+}
+
+fn lit_int(expr: &Expr) -> syn::Result<u32> {
+    match expr {
+        Expr::Lit(ExprLit {
+            lit: Lit::Int(i), ..
+        }) => i.base10_parse(),
+        other => Err(syn::Error::new(other.span(), "expected an integer")),
+    }
+}
+
+/// "250ms", "30s", "5m", "2h", "1d" -> milliseconds.
+fn duration_ms(expr: &Expr) -> syn::Result<u64> {
+    let text = lit_str(expr)?;
+    let bad = || {
+        syn::Error::new(
+            expr.span(),
+            format!("invalid duration {text:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"5m\", \"2h\""),
+        )
+    };
+    let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| bad())?;
+    let factor = match unit.trim() {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => return Err(bad()),
+    };
+    let ms = number.checked_mul(factor).ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(syn::Error::new(expr.span(), "the duration must be longer than zero"));
+    }
+    Ok(ms)
+}
+
+fn is_context(ty: &Type) -> bool {
+    let Type::Reference(reference) = ty else {
+        return false;
+    };
+    let Type::Path(path) = &*reference.elem else {
+        return false;
+    };
+    path.path
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "TaskContext")
+}
+
+/// For `Result<T, E>` (any path ending in `Result`), `Some(T)`.
+fn result_ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(ok) => Some(ok.clone()),
+        _ => None,
+    }
+}
+
+fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStream2> {
+    let attr = parse_attr(attr)?;
+    let func: ItemFn = syn::parse2(item)?;
+    let sig = &func.sig;
+    if let Some(asyncness) = &sig.asyncness {
+        return Err(syn::Error::new(
+            asyncness.span(),
+            "tasks are plain functions; run async code inside with your runtime's block_on",
+        ));
+    }
+    if !sig.generics.params.is_empty() {
+        return Err(syn::Error::new(
+            sig.generics.span(),
+            "tasks cannot be generic: the worker must know the argument types",
+        ));
+    }
+    let fn_name = &sig.ident;
+    let vis = &func.vis;
+    let task_name = attr.name.clone().unwrap_or_else(|| fn_name.to_string());
+
+    let mut has_ctx = false;
+    let mut arg_names = Vec::new();
+    let mut arg_types = Vec::new();
+    for (i, input) in sig.inputs.iter().enumerate() {
+        let FnArg::Typed(typed) = input else {
+            return Err(syn::Error::new(input.span(), "tasks cannot take `self`"));
+        };
+        if i == 0 && is_context(&typed.ty) {
+            has_ctx = true;
+            continue;
+        }
+        if is_context(&typed.ty) {
+            return Err(syn::Error::new(
+                typed.ty.span(),
+                "the task context must be the first parameter",
+            ));
+        }
+        let name = match &*typed.pat {
+            Pat::Ident(ident) => ident.ident.clone(),
+            _ => format_ident!("arg{}", i),
+        };
+        arg_names.push(name);
+        arg_types.push((*typed.ty).clone());
+    }
+
+    let (output, fallible) = match &sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => (ok, true),
+            None => ((**ty).clone(), false),
+        },
+    };
+
+    let mode = &attr.mode;
+    let timeout = match attr.timeout_ms {
+        Some(ms) => quote!(::core::option::Option::Some(::core::time::Duration::from_millis(#ms))),
+        None => quote!(::core::option::Option::None),
+    };
+    let max_attempts = attr.max_attempts;
+    let backoff_ms = attr.backoff_ms;
+    let backoff_cap_ms = attr.backoff_cap_ms;
+
+    let ctx_arg = if has_ctx { quote!(__castor_ctx,) } else { quote!() };
+    let call = quote!(super::#fn_name(#ctx_arg #(#arg_names),*));
+    let body = if fallible {
+        quote!(#call.map_err(::castor_abi::__private::failure_from_error))
+    } else {
+        quote!(::core::result::Result::Ok(#call))
+    };
+    let ctx_binding = if has_ctx {
+        quote!(__castor_ctx)
+    } else {
+        quote!(_)
+    };
+    let mode_text = if attr.mode == "Thread" {
+        "thread"
+    } else {
+        "process"
+    };
+    let module_doc = format!(
+        "Dispatch and join the `{task_name}` task ({mode_text} mode), declared by \
+         [`{fn_name}`](fn@super::{fn_name})."
+    );
+
+    Ok(quote! {
+        #func
+
+        #[doc = #module_doc]
+        #[allow(unused_imports, clippy::too_many_arguments)]
+        #vis mod #fn_name {
+            use super::*;
+
+            /// The task's name, as stored and as the worker knows it.
+            pub const NAME: &str = #task_name;
+
+            /// The task's parameters as one tuple (what `delay_many` takes per task).
+            pub type Args = (#(#arg_types,)*);
+
+            /// What a successful attempt returns.
+            pub type Output = #output;
+
+            /// The task's declaration.
+            pub const SPEC: ::castor_abi::TaskSpec = ::castor_abi::TaskSpec {
+                name: NAME,
+                mode: ::castor_abi::TaskMode::#mode,
+                timeout: #timeout,
+                max_attempts: #max_attempts,
+                backoff: ::castor_abi::Backoff {
+                    base: ::core::time::Duration::from_millis(#backoff_ms),
+                    cap: ::core::time::Duration::from_millis(#backoff_cap_ms),
+                },
+                run: __castor_run,
+            };
+
+            extern "C" fn __castor_run(
+                host: &::castor_abi::abi::HostCtx<'_>,
+                args: ::castor_abi::__private::abi_stable::std_types::RSlice<'_, u8>,
+            ) -> ::castor_abi::__private::abi_stable::std_types::RResult<
+                ::castor_abi::__private::abi_stable::std_types::RVec<u8>,
+                ::castor_abi::abi::TaskFailure,
+            > {
+                ::castor_abi::__private::run::<Args, Output>(
+                    host,
+                    args,
+                    |#ctx_binding, (#(#arg_names,)*)| #body,
+                )
+            }
+
+            /// Dispatches the task now with its declared policy; returns its handle.
+            ///
+            /// # Errors
+            /// The arguments do not encode, the task is not part of the client's manager,
+            /// or the database refused the write.
+            pub fn delay(
+                to: &impl ::castor_abi::Dispatch,
+                #(#arg_names: #arg_types),*
+            ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+                ::castor_abi::__private::delay(to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*))
+            }
+
+            /// Dispatches the task with options (a start time, a priority, a unique key,
+            /// policy overrides).
+            ///
+            /// # Errors
+            /// As `delay`, and invalid options.
+            pub fn delay_with(
+                to: &impl ::castor_abi::Dispatch,
+                options: &::castor_abi::DelayOptions,
+                #(#arg_names: #arg_types),*
+            ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+                ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*))
+            }
+
+            /// Dispatches one task per argument tuple, all in one transaction.
+            ///
+            /// # Errors
+            /// As `delay`; then nothing is dispatched.
+            pub fn delay_many(
+                to: &impl ::castor_abi::Dispatch,
+                args: impl ::core::iter::IntoIterator<Item = Args>,
+            ) -> ::core::result::Result<::std::vec::Vec<::castor_abi::TaskHandle<Output>>, ::castor_abi::DispatchError> {
+                ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args)
+            }
+
+            /// A handle on an existing task of this kind, by id.
+            pub fn handle(client: &::castor_abi::Client, id: ::castor_abi::Uuid) -> ::castor_abi::TaskHandle<Output> {
+                ::castor_abi::__private::handle(client, SPEC, id)
+            }
+        }
+    })
+}
+
+fn expand_export(input: TokenStream2) -> syn::Result<TokenStream2> {
+    let managers = Punctuated::<Path, Token![,]>::parse_terminated.parse2(input)?;
+    if managers.is_empty() {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "name at least one manager: castor_abi::export_managers!(manager);",
+        ));
+    }
+    let symbol = Ident::new(
+        &abi_stable_shared::mangled_root_module_loader_name(),
+        Span::call_site(),
+    );
+    let managers = managers.iter();
+    Ok(quote! {
+        /// The library's root module, found by name when `castor` loads it.
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals)]
+        #[unsafe(no_mangle)]
+        pub static #symbol: ::castor_abi::__private::abi_stable::library::LibHeader = {
+            extern "C" fn __castor_managers() -> ::castor_abi::__private::abi_stable::std_types::RResult<
+                ::castor_abi::__private::abi_stable::std_types::RVec<::castor_abi::abi::ManagerDecl>,
+                ::castor_abi::__private::abi_stable::std_types::RString,
+            > {
+                ::castor_abi::__private::managers(&[#(#managers as fn() -> ::castor_abi::Manager),*])
+            }
+            fn __castor_root() -> ::castor_abi::abi::PluginRootRef {
+                ::castor_abi::__private::root_module(__castor_managers)
+            }
+            extern "C" fn __castor_erased() -> ::castor_abi::__private::abi_stable::library::RootModuleResult {
+                ::castor_abi::__private::abi_stable::library::__call_root_module_loader(__castor_root)
+            }
+            // SAFETY: the constructor returns the `PluginRootRef` the header is typed with.
+            unsafe {
+                ::castor_abi::__private::abi_stable::library::LibHeader::from_constructor::<
+                    ::castor_abi::abi::PluginRootRef,
+                >(
+                    __castor_erased,
+                    ::castor_abi::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    })
+}

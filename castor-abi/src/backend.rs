@@ -1,0 +1,205 @@
+//! The two ways a dispatch, a status read or a wait can reach the database: an app's own
+//! connection ([`Client`](crate::Client)), or, inside a worker, the worker's services
+//! across the ABI ([`HostBackend`]). Handles and contexts hold an `Arc<dyn Backend>` and
+//! never know which one they have.
+
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RSlice, RStr};
+use uuid::Uuid;
+
+use crate::abi::{DispatchOptionsAbi, HostServices};
+use crate::error::{DispatchError, StatusError};
+use crate::state::TaskState;
+use crate::store::AttemptError;
+
+/// A task log line's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum LogLevel {
+    /// Detail for debugging.
+    Debug = 0,
+    /// Normal progress.
+    Info = 1,
+    /// Something odd that did not stop the task.
+    Warn = 2,
+    /// Something failed.
+    Error = 3,
+}
+
+impl LogLevel {
+    /// `debug`, `info`, `warn` or `error`, as stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The level with this number (as it crosses the ABI); out-of-range means `error`.
+    pub const fn from_u8(level: u8) -> LogLevel {
+        match level {
+            0 => LogLevel::Debug,
+            1 => LogLevel::Info,
+            2 => LogLevel::Warn,
+            _ => LogLevel::Error,
+        }
+    }
+}
+
+/// What a handle needs to know about its task.
+#[derive(Debug, Clone)]
+pub(crate) struct View {
+    pub state: TaskState,
+    pub task: String,
+    pub attempt: u32,
+    pub result: Option<Vec<u8>>,
+    pub errors: Vec<AttemptError>,
+}
+
+pub(crate) trait Backend: Send + Sync {
+    /// Dispatches one task; returns its id (an existing task's for a taken unique key).
+    fn dispatch(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, DispatchError>;
+
+    /// Dispatches many tasks of one name, all or nothing where the backend allows.
+    fn dispatch_many(
+        &self,
+        task: &str,
+        args: &[Vec<u8>],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Vec<Uuid>, DispatchError> {
+        args.iter()
+            .map(|args| self.dispatch(task, args, options))
+            .collect()
+    }
+
+    fn view(&self, id: Uuid) -> Result<Option<View>, StatusError>;
+
+    fn generation(&self) -> Result<u64, StatusError>;
+
+    fn wait_past(&self, since: u64, deadline: Instant) -> u64;
+
+    fn wake_on_change(&self, since: u64, waker: &Waker);
+
+    fn log(&self, id: Uuid, level: LogLevel, line: &str);
+
+    fn progress(&self, id: Uuid, done: u64, total: u64, message: &str);
+}
+
+/// Reaches the database through a worker's [`HostServices`].
+pub(crate) struct HostBackend {
+    services: &'static HostServices,
+}
+
+impl HostBackend {
+    /// # Safety
+    /// `services` must live for the rest of the process, as the worker guarantees for the
+    /// services it passes to tasks.
+    pub(crate) unsafe fn new(services: &HostServices) -> Arc<dyn Backend> {
+        // SAFETY: the caller guarantees the services outlive the process's tasks.
+        let services: &'static HostServices = unsafe { &*std::ptr::from_ref(services) };
+        Arc::new(HostBackend { services })
+    }
+}
+
+impl Backend for HostBackend {
+    fn dispatch(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, DispatchError> {
+        let s = self.services;
+        match (s.dispatch)(s.data, RStr::from(task), RSlice::from(args), options) {
+            RResult::ROk(id) => Ok(Uuid::from_bytes(id)),
+            RResult::RErr(e) => Err(DispatchError::Host {
+                task: task.to_owned(),
+                message: e.message.into_string(),
+            }),
+        }
+    }
+
+    fn view(&self, id: Uuid) -> Result<Option<View>, StatusError> {
+        let s = self.services;
+        let snapshot = match (s.snapshot)(s.data, id.as_bytes()) {
+            RResult::ROk(snapshot) => snapshot.into_option(),
+            RResult::RErr(e) => {
+                return Err(StatusError::Host {
+                    id,
+                    message: e.message.into_string(),
+                });
+            }
+        };
+        let Some(snapshot) = snapshot else {
+            return Ok(None);
+        };
+        let host_error = |message: String| StatusError::Host { id, message };
+        let state = snapshot
+            .state
+            .as_str()
+            .parse::<TaskState>()
+            .map_err(|e| host_error(e.to_string()))?;
+        let errors = if snapshot.errors_json.is_empty() {
+            Vec::new()
+        } else {
+            serde_json::from_str(snapshot.errors_json.as_str())
+                .map_err(|e| host_error(format!("invalid errors column: {e}")))?
+        };
+        Ok(Some(View {
+            state,
+            task: snapshot.task.into_string(),
+            attempt: snapshot.attempt,
+            result: snapshot.result.into_option().map(|r| r.into_vec()),
+            errors,
+        }))
+    }
+
+    fn generation(&self) -> Result<u64, StatusError> {
+        Ok((self.services.generation)(self.services.data))
+    }
+
+    fn wait_past(&self, since: u64, deadline: Instant) -> u64 {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        (self.services.wait_change)(self.services.data, since, timeout_ms.max(1))
+    }
+
+    fn wake_on_change(&self, since: u64, waker: &Waker) {
+        // The worker's wait is blocking; a short-lived thread turns it into a wake-up.
+        let services = self.services;
+        let wake = waker.clone();
+        let spawned = std::thread::Builder::new()
+            .name("castor-resolve".into())
+            .spawn(move || {
+                (services.wait_change)(services.data, since, 1000);
+                wake.wake();
+            });
+        if spawned.is_err() {
+            // No thread to wait on: poll again shortly rather than never.
+            std::thread::sleep(Duration::from_millis(1));
+            waker.wake_by_ref();
+        }
+    }
+
+    fn log(&self, id: Uuid, level: LogLevel, line: &str) {
+        (self.services.log)(self.services.data, id.as_bytes(), level as u8, RStr::from(line));
+    }
+
+    fn progress(&self, id: Uuid, done: u64, total: u64, message: &str) {
+        (self.services.progress)(
+            self.services.data,
+            id.as_bytes(),
+            done,
+            total,
+            RStr::from(message),
+        );
+    }
+}

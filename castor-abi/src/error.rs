@@ -1,0 +1,272 @@
+//! The errors castor-abi returns. Each variant names what it was doing and on what, so the
+//! message alone tells a user where to look.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::codec::{DecodeError, EncodeError};
+use crate::store::AttemptError;
+
+/// The database could not be opened, read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The directory that should hold the database does not exist.
+    #[error("cannot open database {path}: directory {dir} does not exist")]
+    MissingDirectory {
+        /// The database path.
+        path: PathBuf,
+        /// The directory that is missing.
+        dir: PathBuf,
+    },
+    /// The database file could not be created or opened.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+    /// SQLite could not open the file.
+    #[error("cannot open database {path}: {source}")]
+    Sqlite {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's reason.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The file is not a SQLite database, or it is damaged.
+    #[error(
+        "database {path} is corrupt or not a SQLite database ({detail}); nothing was written to it"
+    )]
+    Corrupt {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's description.
+        detail: String,
+    },
+    /// The database (or its directory) is read-only for this user.
+    #[error(
+        "database {path} is read-only ({detail}); castor needs write access to it and its directory"
+    )]
+    ReadOnly {
+        /// The database path.
+        path: PathBuf,
+        /// SQLite's description.
+        detail: String,
+    },
+    /// The disk is full; the write was rolled back.
+    #[error("disk full while writing {path} during {operation}; the write was rolled back")]
+    DiskFull {
+        /// The database path.
+        path: PathBuf,
+        /// What castor was doing.
+        operation: &'static str,
+    },
+    /// A pragma did not take effect (e.g. the file system does not support WAL).
+    #[error("database {path}: PRAGMA {pragma} is {found:?} after setting it to {expected:?}")]
+    Pragma {
+        /// The database path.
+        path: PathBuf,
+        /// The pragma's name.
+        pragma: &'static str,
+        /// The value castor set.
+        expected: String,
+        /// The value SQLite reports.
+        found: String,
+    },
+    /// The database was created by a newer castor.
+    #[error(
+        "database {path} has schema version {found}, newer than this castor understands ({supported}); upgrade castor"
+    )]
+    SchemaTooNew {
+        /// The database path.
+        path: PathBuf,
+        /// The file's schema version.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The database stayed locked by other connections for longer than the busy timeout.
+    #[error("database {path} stayed locked during {operation} (other workers or apps held it for over {waited:?})")]
+    Busy {
+        /// The database path.
+        path: PathBuf,
+        /// What castor was doing.
+        operation: &'static str,
+        /// How long castor waited.
+        waited: Duration,
+    },
+    /// A query failed.
+    #[error("database {path}: {operation} failed: {source}")]
+    Query {
+        /// The database path.
+        path: PathBuf,
+        /// What castor was doing.
+        operation: &'static str,
+        /// SQLite's reason.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A row holds a value castor does not understand (the file was edited by hand, or by
+    /// a newer castor).
+    #[error("database {path}: task row {seq} has an invalid {column}: {detail}")]
+    InvalidRow {
+        /// The database path.
+        path: PathBuf,
+        /// The row's sequence number.
+        seq: i64,
+        /// The column.
+        column: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The change watcher (inotify) could not be set up.
+    #[error("cannot watch {path} for changes: {source}")]
+    Watch {
+        /// The watched file.
+        path: PathBuf,
+        /// The operating system's reason.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A task could not be dispatched. Nothing was written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DispatchError {
+    /// The task is not part of the manager it was dispatched to.
+    #[error("task `{task}` is not declared by manager `{manager}` (it declares: {})", known.join(", "))]
+    UnknownTask {
+        /// The task's name.
+        task: String,
+        /// The manager's name.
+        manager: String,
+        /// The tasks the manager declares.
+        known: Vec<String>,
+    },
+    /// The arguments could not be encoded.
+    #[error("task `{task}`: {source}")]
+    EncodeArgs {
+        /// The task's name.
+        task: String,
+        /// The codec's reason.
+        #[source]
+        source: EncodeError,
+    },
+    /// The dispatch options contradict each other or are out of range.
+    #[error("task `{task}`: invalid dispatch options: {reason}")]
+    InvalidOptions {
+        /// The task's name.
+        task: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The database refused the write.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The worker could not dispatch on the task's behalf.
+    #[error("worker could not dispatch task `{task}`: {message}")]
+    Host {
+        /// The task's name.
+        task: String,
+        /// The worker's reason.
+        message: String,
+    },
+}
+
+/// A task's state could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// No task has this id: it never existed in this database, or it finished and was
+    /// pruned after the retention period.
+    #[error("no task {id} in the database (unknown id, or finished and pruned)")]
+    NotFound {
+        /// The task's id.
+        id: Uuid,
+    },
+    /// The database could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The worker could not read the task on the caller's behalf.
+    #[error("worker could not read task {id}: {message}")]
+    Host {
+        /// The task's id.
+        id: Uuid,
+        /// The worker's reason.
+        message: String,
+    },
+}
+
+/// `join` or `resolve` did not produce the task's result.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JoinError {
+    /// The task did not finish in time. It keeps going and can be joined again.
+    #[error(
+        "task {id} ({task}) did not finish within {}; it is {state} and can be joined again",
+        crate::format_duration(*waited)
+    )]
+    Timeout {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+        /// Its state when the wait ended.
+        state: crate::TaskState,
+        /// How long `join` waited.
+        waited: Duration,
+    },
+    /// The task failed on its last allowed attempt.
+    #[error("task {id} ({task}) failed after {attempts} attempt(s): {message}")]
+    Failed {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+        /// How many attempts ran.
+        attempts: u32,
+        /// The last attempt's error.
+        message: String,
+        /// Every attempt's error, oldest first.
+        errors: Vec<AttemptError>,
+    },
+    /// The task was cancelled.
+    #[error("task {id} ({task}) was cancelled")]
+    Cancelled {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+    },
+    /// The task's row is gone (it finished and was pruned after the retention period, or
+    /// was purged).
+    #[error("task {id} ({task}) is no longer in the database: it finished and was pruned")]
+    Pruned {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+    },
+    /// The stored result does not decode as the result type (the app and the library that
+    /// ran the task disagree on the task's signature).
+    #[error("task {id} ({task}) completed, but its result does not decode: {source}")]
+    DecodeResult {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+        /// The codec's reason.
+        #[source]
+        source: DecodeError,
+    },
+    /// The task's state could not be read.
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}

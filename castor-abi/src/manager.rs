@@ -1,0 +1,374 @@
+//! Managers: a named task set plus its database path ([`Manager`]), and a manager opened
+//! against its database ([`Client`]), which is what an app dispatches to and joins through.
+//! There is no global state: every dispatch names the client or context it goes through.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use crate::abi::{DispatchOptionsAbi, ManagerDecl};
+use crate::backend::{Backend, LogLevel, View};
+use crate::error::{DispatchError, StatusError, StoreError};
+use crate::handle::TaskHandle;
+use crate::store::{NewTask, Store, StoreOptions, Watcher};
+use crate::task::{TaskContext, TaskSpec};
+
+/// A declared manager is invalid.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Two tasks share a name.
+    #[error("manager `{manager}` declares task `{task}` twice")]
+    DuplicateTask {
+        /// The manager's name.
+        manager: String,
+        /// The repeated task name.
+        task: String,
+    },
+    /// The manager's name cannot be used after the colon of `castor LIB:NAME`.
+    #[error(
+        "invalid manager name {name:?}: use letters, digits and underscores, starting with a letter or underscore"
+    )]
+    InvalidName {
+        /// The name given.
+        name: String,
+    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// True if `name` can name a manager: `[A-Za-z_][A-Za-z0-9_]*`, like a Rust identifier.
+pub fn is_valid_manager_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A named set of tasks and the SQLite file they go through: what `castor LIB:NAME` runs
+/// and what an app opens to dispatch. Usually written with [`manager!`](crate::manager).
+#[derive(Debug, Clone)]
+pub struct Manager {
+    name: String,
+    database: PathBuf,
+    tasks: Vec<TaskSpec>,
+    options: StoreOptions,
+}
+
+impl Manager {
+    /// A manager with no tasks yet. `database` is relative to the working directory of
+    /// whichever process opens it (the app, or the worker without `--db`).
+    pub fn new(name: impl Into<String>, database: impl Into<PathBuf>) -> Manager {
+        Manager {
+            name: name.into(),
+            database: database.into(),
+            tasks: Vec::new(),
+            options: StoreOptions::default(),
+        }
+    }
+
+    /// Adds a task (its `SPEC`, as `#[task]` declares it).
+    #[must_use]
+    pub fn task(mut self, spec: TaskSpec) -> Manager {
+        self.tasks.push(spec);
+        self
+    }
+
+    /// Uses another database file (a test's temporary file, say).
+    #[must_use]
+    pub fn with_database(mut self, database: impl Into<PathBuf>) -> Manager {
+        self.database = database.into();
+        self
+    }
+
+    /// Makes every acknowledged dispatch survive a power loss (`synchronous=FULL`), at the
+    /// cost of an fsync per commit. Off by default: a crashed process never loses a commit
+    /// either way; only a power loss can take the last few.
+    #[must_use]
+    pub fn durable(mut self, durable: bool) -> Manager {
+        self.options.durable = durable;
+        self
+    }
+
+    /// The manager's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The database path.
+    pub fn database(&self) -> &Path {
+        &self.database
+    }
+
+    /// The declared tasks.
+    pub fn tasks(&self) -> &[TaskSpec] {
+        &self.tasks
+    }
+
+    /// Checks the declaration: a valid name and unique task names.
+    ///
+    /// # Errors
+    /// [`OpenError::InvalidName`] or [`OpenError::DuplicateTask`].
+    pub fn validate(&self) -> Result<(), OpenError> {
+        if !is_valid_manager_name(&self.name) {
+            return Err(OpenError::InvalidName {
+                name: self.name.clone(),
+            });
+        }
+        let mut seen = HashSet::new();
+        for spec in &self.tasks {
+            if !seen.insert(spec.name) {
+                return Err(OpenError::DuplicateTask {
+                    manager: self.name.clone(),
+                    task: spec.name.to_owned(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the manager's database (creating it if needed) for dispatching and joining.
+    ///
+    /// # Errors
+    /// An invalid declaration, or a database that cannot be opened (see
+    /// [`Store::open`](crate::store::Store::open)).
+    pub fn open(&self) -> Result<Client, OpenError> {
+        self.validate()?;
+        let store = Store::open(&self.database, self.options)?;
+        Ok(Client {
+            inner: Arc::new(ClientInner {
+                manager: self.name.clone(),
+                tasks: self.tasks.iter().map(|t| t.name).collect(),
+                path: store.path().to_path_buf(),
+                store: Mutex::new(store),
+                watcher: OnceLock::new(),
+            }),
+        })
+    }
+
+    pub(crate) fn to_decl(&self) -> Result<ManagerDecl, OpenError> {
+        self.validate()?;
+        Ok(ManagerDecl {
+            name: self.name.as_str().into(),
+            database: self.database.to_string_lossy().as_ref().into(),
+            tasks: self.tasks.iter().map(|t| t.to_decl()).collect(),
+        })
+    }
+}
+
+/// A manager opened against its database: dispatch with `my_task::delay(&client, ..)`,
+/// then `status`, `join` or `resolve` the handle. Cheap to clone; clones share one
+/// connection and one change watcher. Dropping the last clone closes them.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<ClientInner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("manager", &self.inner.manager)
+            .field("database", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// The manager's name.
+    pub fn manager(&self) -> &str {
+        &self.inner.manager
+    }
+
+    /// The database path.
+    pub fn database(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// A handle on an existing task by id (e.g. one another process dispatched), typed by
+    /// the caller: prefer the generated `my_task::handle(&client, id)`, which picks `R`.
+    pub fn handle<R>(&self, id: Uuid, task: &'static str) -> TaskHandle<R> {
+        TaskHandle::attach(id, task, Arc::clone(&self.inner) as Arc<dyn Backend>)
+    }
+
+    /// A task context outside any worker, for calling a task function directly in a test:
+    /// dispatches go to this client's database, logs go to stderr.
+    pub fn context(&self, task: &str) -> TaskContext {
+        TaskContext::detached(Arc::clone(&self.inner) as Arc<dyn Backend>, task)
+    }
+}
+
+impl sealed::Sealed for Client {}
+
+impl Dispatch for Client {
+    fn dispatcher(&self) -> Dispatcher {
+        Dispatcher(Arc::clone(&self.inner) as Arc<dyn Backend>)
+    }
+}
+
+struct ClientInner {
+    manager: String,
+    tasks: Vec<&'static str>,
+    path: PathBuf,
+    store: Mutex<Store>,
+    watcher: OnceLock<Result<Watcher, String>>,
+}
+
+impl ClientInner {
+    fn store(&self) -> MutexGuard<'_, Store> {
+        // A panic while holding the lock cannot leave the connection half-way: every write
+        // is a transaction that rolls back on drop.
+        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn watcher(&self) -> Result<&Watcher, StatusError> {
+        self.watcher
+            .get_or_init(|| Watcher::start(&self.path).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|message| {
+                StatusError::Store(StoreError::Watch {
+                    path: self.path.clone(),
+                    source: std::io::Error::other(message.clone()),
+                })
+            })
+    }
+
+    fn check_task(&self, task: &str) -> Result<(), DispatchError> {
+        if self.tasks.contains(&task) {
+            return Ok(());
+        }
+        Err(DispatchError::UnknownTask {
+            task: task.to_owned(),
+            manager: self.manager.clone(),
+            known: self.tasks.iter().map(|t| (*t).to_owned()).collect(),
+        })
+    }
+}
+
+fn new_task<'a>(
+    manager: &'a str,
+    task: &'a str,
+    args: &'a [u8],
+    options: &'a DispatchOptionsAbi,
+) -> NewTask<'a> {
+    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    NewTask {
+        manager,
+        task,
+        args,
+        run_at_us: options.run_at_us.into_option(),
+        priority: options.priority,
+        unique_key: options.unique_key.as_ref().map(|k| k.as_str()).into_option(),
+        max_attempts: options.max_attempts,
+        backoff_base_ms: ms(options.backoff_base_ms),
+        backoff_cap_ms: ms(options.backoff_cap_ms),
+        timeout_ms: options.timeout_ms.into_option().map(ms),
+        schedule_id: None,
+    }
+}
+
+impl Backend for ClientInner {
+    fn dispatch(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, DispatchError> {
+        self.check_task(task)?;
+        let new = new_task(&self.manager, task, args, options);
+        let (id, _existing) = self.store().enqueue(&new)?;
+        Ok(id)
+    }
+
+    fn dispatch_many(
+        &self,
+        task: &str,
+        args: &[Vec<u8>],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Vec<Uuid>, DispatchError> {
+        self.check_task(task)?;
+        let tasks: Vec<NewTask<'_>> = args
+            .iter()
+            .map(|args| new_task(&self.manager, task, args, options))
+            .collect();
+        Ok(self.store().enqueue_many(&tasks)?)
+    }
+
+    fn view(&self, id: Uuid) -> Result<Option<View>, StatusError> {
+        let snapshot = self.store().snapshot(id)?;
+        Ok(snapshot.map(|s| View {
+            state: s.state,
+            task: s.task,
+            attempt: s.attempt,
+            result: s.result,
+            errors: s.errors,
+        }))
+    }
+
+    fn generation(&self) -> Result<u64, StatusError> {
+        Ok(self.watcher()?.generation())
+    }
+
+    fn wait_past(&self, since: u64, deadline: Instant) -> u64 {
+        match self.watcher() {
+            Ok(watcher) => watcher.wait_past(since, deadline),
+            Err(_) => {
+                // No watcher: fall back to a short sleep so callers poll.
+                let left = deadline.saturating_duration_since(Instant::now());
+                std::thread::sleep(left.min(Duration::from_millis(5)));
+                since.wrapping_add(1)
+            }
+        }
+    }
+
+    fn wake_on_change(&self, since: u64, waker: &Waker) {
+        match self.watcher() {
+            Ok(watcher) => watcher.wake_on_change(since, waker),
+            Err(_) => waker.wake_by_ref(),
+        }
+    }
+
+    fn log(&self, id: Uuid, level: LogLevel, line: &str) {
+        eprintln!("[{} {id}] {}: {line}", self.manager, level.as_str());
+    }
+
+    fn progress(&self, id: Uuid, done: u64, total: u64, message: &str) {
+        eprintln!("[{} {id}] progress {done}/{total} {message}", self.manager);
+    }
+}
+
+pub(crate) mod sealed {
+    /// Only castor-abi's types can be dispatched through.
+    pub trait Sealed {}
+}
+
+/// Something tasks can be dispatched through: a [`Client`] in an app, or the
+/// [`TaskContext`] of a running task (which dispatches through the worker).
+pub trait Dispatch: sealed::Sealed {
+    #[doc(hidden)]
+    fn dispatcher(&self) -> Dispatcher;
+}
+
+/// The connection a dispatch goes through (opaque).
+#[doc(hidden)]
+pub struct Dispatcher(pub(crate) Arc<dyn Backend>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manager_names_are_identifiers() {
+        for ok in ["manager", "_m", "reports2", "A_b"] {
+            assert!(is_valid_manager_name(ok), "{ok}");
+        }
+        for bad in ["", "2x", "my-manager", "a:b", "a b", "é"] {
+            assert!(!is_valid_manager_name(bad), "{bad}");
+        }
+    }
+}

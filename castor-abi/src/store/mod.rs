@@ -1,0 +1,638 @@
+//! The only code in Castor that speaks SQL: opening the database (WAL, busy timeout,
+//! pragmas verified after setting), the schema, and every query the app, the worker and
+//! the CLI run.
+//!
+//! Writes go through [`Store::write`], which opens an `IMMEDIATE` transaction (so two
+//! writers never deadlock upgrading a read lock), retries a bounded number of times if the
+//! database stays busy past the busy timeout, and hands the closure a [`WriteTx`] whose
+//! methods name their guards (`finish_if_running`).
+
+mod rows;
+mod watch;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use self::rows::{ClaimQuery, Claimed, Finish, NewTask, Progress, TaskFilter, TaskSnapshot};
+use self::rows::TaskRow;
+pub use self::watch::Watcher;
+use crate::error::StoreError;
+
+/// The schema version this build creates and understands (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = include_str!("schema.sql");
+
+/// How long a connection waits for another writer before giving up on one try.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many log lines are kept per task; older ones are dropped.
+pub const LOG_LINES_KEPT: i64 = 1000;
+
+/// How many times a write that stayed busy for [`BUSY_TIMEOUT`] is tried again.
+const BUSY_RETRIES: u32 = 3;
+
+/// The current time in microseconds since the Unix epoch.
+pub fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Converts a duration to whole microseconds, saturating.
+pub fn duration_us(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// How a database is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// `synchronous=FULL` instead of `NORMAL`: every acknowledged write survives a power
+    /// loss, at the price of an fsync per commit. With `NORMAL` (the default) a crash of any
+    /// process loses nothing; a power loss may lose the last commits.
+    pub durable: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { durable: false }
+    }
+}
+
+/// One failed attempt, as recorded in a task's `errors` column.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The 1-based attempt number.
+    pub attempt: u32,
+    /// When the attempt ended (microseconds since the Unix epoch).
+    pub at: i64,
+    /// `error`, `panic`, `crash`, `timeout`, `abandoned` or `cancelled`.
+    pub kind: String,
+    /// The message.
+    pub error: String,
+    /// The worker that ran the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// A connection to a Castor database.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed, with mode 0600) the database at `path`, sets WAL mode,
+    /// the busy timeout and `synchronous`, checks that each took effect, and creates or
+    /// checks the schema.
+    ///
+    /// # Errors
+    /// [`StoreError::MissingDirectory`], [`StoreError::Open`] (cannot create the file),
+    /// [`StoreError::Corrupt`] (not a SQLite file), [`StoreError::ReadOnly`],
+    /// [`StoreError::Pragma`] (e.g. WAL unsupported), [`StoreError::SchemaTooNew`].
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        create_private_file(&path)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(&path, flags).map_err(|source| {
+            match classify(&path, "open", source) {
+                StoreError::Query { source, .. } => StoreError::Sqlite {
+                    path: path.clone(),
+                    source,
+                },
+                other => other,
+            }
+        })?;
+        let mut store = Store { conn, path };
+        store.configure(options)?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn configure(&mut self, options: StoreOptions) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        self.conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| classify(&path, "set busy_timeout", e))?;
+        self.conn.set_prepared_statement_cache_capacity(64);
+        // The first statement that reads the file: a corrupt or foreign file fails here.
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+            .map_err(|e| classify(&path, "set journal_mode", e))?;
+        if self.conn.is_readonly("main").unwrap_or(false) {
+            return Err(StoreError::ReadOnly {
+                path,
+                detail: "the file is not writable".into(),
+            });
+        }
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Pragma {
+                path,
+                pragma: "journal_mode",
+                expected: "wal".into(),
+                found: mode,
+            });
+        }
+        let (level, name) = if options.durable {
+            (2, "FULL")
+        } else {
+            (1, "NORMAL")
+        };
+        self.conn
+            .execute_batch(&format!("PRAGMA synchronous = {name}"))
+            .map_err(|e| classify(&path, "set synchronous", e))?;
+        let found: i64 = self
+            .conn
+            .query_row("PRAGMA synchronous", [], |row| row.get(0))
+            .map_err(|e| classify(&path, "read synchronous", e))?;
+        if found != level {
+            return Err(StoreError::Pragma {
+                path,
+                pragma: "synchronous",
+                expected: name.into(),
+                found: found.to_string(),
+            });
+        }
+        let timeout: i64 = self
+            .conn
+            .query_row("PRAGMA busy_timeout", [], |row| row.get(0))
+            .map_err(|e| classify(&path, "read busy_timeout", e))?;
+        if timeout != BUSY_TIMEOUT.as_millis() as i64 {
+            return Err(StoreError::Pragma {
+                path,
+                pragma: "busy_timeout",
+                expected: BUSY_TIMEOUT.as_millis().to_string(),
+                found: timeout.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<(), StoreError> {
+        let version = self.schema_version()?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew {
+                path: self.path.clone(),
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        self.write("create the schema", |tx| {
+            // Another process may have created it between our read and our lock.
+            let version: i64 = tx
+                .tx
+                .query_row("PRAGMA user_version", [], |row| row.get(0))?;
+            if version == 0 {
+                tx.tx.execute_batch(SCHEMA)?;
+                tx.tx
+                    .execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn schema_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(|e| classify(&self.path, "read the schema version", e))
+    }
+
+    /// A counter that changes whenever another connection commits (`PRAGMA data_version`).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get(0)))
+            .map_err(|e| classify(&self.path, "read data_version", e))
+    }
+
+    /// Runs `f` in an `IMMEDIATE` transaction and commits it. If the database stays busy
+    /// past the busy timeout, the whole transaction is tried again, up to a bound.
+    ///
+    /// # Errors
+    /// Whatever `f` returns, or the commit's failure, mapped to a [`StoreError`] that names
+    /// `operation`.
+    pub fn write<T>(
+        &mut self,
+        operation: &'static str,
+        mut f: impl FnMut(&WriteTx<'_>) -> Result<T, rusqlite::Error>,
+    ) -> Result<T, StoreError> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = (|| {
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                let value = f(&WriteTx { tx: &tx })?;
+                tx.commit()?;
+                Ok(value)
+            })();
+            match result {
+                Ok(value) => return Ok(value),
+                Err(e) if is_busy(&e) && tries <= BUSY_RETRIES => continue,
+                Err(e) => return Err(classify(&self.path, operation, e)),
+            }
+        }
+    }
+
+    /// Inserts one task and returns its id (or, for a unique key that is already taken by
+    /// an unfinished task, that task's id).
+    ///
+    /// # Errors
+    /// Fails if the write fails.
+    pub fn enqueue(&mut self, task: &NewTask<'_>) -> Result<(Uuid, bool), StoreError> {
+        self.write("enqueue a task", |tx| tx.enqueue(task, now_us()))
+    }
+
+    /// Inserts many tasks in one transaction; returns their ids in order.
+    ///
+    /// # Errors
+    /// Fails if the write fails; then nothing is inserted.
+    pub fn enqueue_many(&mut self, tasks: &[NewTask<'_>]) -> Result<Vec<Uuid>, StoreError> {
+        self.write("enqueue tasks", |tx| {
+            let now = now_us();
+            tasks
+                .iter()
+                .map(|task| tx.enqueue(task, now).map(|(id, _)| id))
+                .collect()
+        })
+    }
+
+    /// Reads one task by id; `None` if no row has that id.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read or the row is invalid.
+    pub fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {
+        let row = self
+            .conn
+            .prepare_cached(rows::SNAPSHOT_SQL)
+            .and_then(|mut stmt| {
+                stmt.query_row([id.as_bytes().as_slice()], TaskRow::from_row)
+                    .optional()
+            })
+            .map_err(|e| classify(&self.path, "read a task", e))?;
+        row.map(|row| row.into_snapshot(&self.path)).transpose()
+    }
+
+    /// The earliest time a `scheduled` or `retryable` task of `manager` becomes due.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn next_due(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT min(scheduled_at) FROM castor_tasks \
+                 WHERE manager = ?1 AND state IN ('scheduled', 'retryable')",
+            )
+            .and_then(|mut stmt| stmt.query_row([manager], |row| row.get(0)))
+            .map_err(|e| classify(&self.path, "find the next due task", e))
+    }
+
+    /// The raw connection, for the few read-only helpers in this module's tests.
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// A write transaction. Every method is one guarded statement.
+pub struct WriteTx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+impl WriteTx<'_> {
+    /// Inserts one task. With a unique key held by an unfinished task of the same name,
+    /// inserts nothing and returns that task's id and `true`.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn enqueue(&self, task: &NewTask<'_>, now: i64) -> Result<(Uuid, bool), rusqlite::Error> {
+        let id = Uuid::now_v7();
+        let scheduled_at = task.run_at_us.unwrap_or(now);
+        let state = if scheduled_at > now {
+            "scheduled"
+        } else {
+            "available"
+        };
+        let mut stmt = self.tx.prepare_cached(
+            "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
+             backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
+             scheduled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             ON CONFLICT DO NOTHING",
+        )?;
+        let inserted = stmt.execute(params![
+            id.as_bytes().as_slice(),
+            task.manager,
+            task.task,
+            state,
+            task.priority,
+            task.args,
+            task.max_attempts,
+            task.backoff_base_ms,
+            task.backoff_cap_ms,
+            task.timeout_ms,
+            task.unique_key,
+            task.schedule_id,
+            now,
+            scheduled_at,
+        ])?;
+        if inserted == 1 {
+            return Ok((id, false));
+        }
+        // Only the unique index can make the insert a no-op.
+        let existing: Vec<u8> = self
+            .tx
+            .prepare_cached(
+                "SELECT id FROM castor_tasks WHERE manager = ?1 AND task = ?2 AND unique_key = ?3 \
+                 AND state IN ('scheduled', 'available', 'running', 'retryable')",
+            )?
+            .query_row(params![task.manager, task.task, task.unique_key], |row| {
+                row.get(0)
+            })?;
+        let id = Uuid::from_slice(&existing).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+        })?;
+        Ok((id, true))
+    }
+
+    /// Claims up to `limit` available tasks of the query's manager and task names, highest
+    /// priority first, then oldest: one `UPDATE ... RETURNING`. Each claimed task is
+    /// `running`, its attempt incremented, owned by `worker` until `lease_until`.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn claim(
+        &self,
+        query: &ClaimQuery,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, rusqlite::Error> {
+        let mut stmt = self.tx.prepare_cached(query.sql())?;
+        let fixed: [&dyn rusqlite::ToSql; 5] = [
+            &now,
+            &worker,
+            &lease_until,
+            &query.filter().manager,
+            &(limit as i64),
+        ];
+        let names = query.filter().tasks.iter().map(|t| t as &dyn rusqlite::ToSql);
+        let params: Vec<&dyn rusqlite::ToSql> = fixed.into_iter().chain(names).collect();
+        let mut claimed = stmt
+            .query_map(params.as_slice(), Claimed::from_row)?
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING has no order; run in claim order.
+        claimed.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        Ok(claimed)
+    }
+
+    /// Records how an attempt ended, if the task is still `running` that same attempt.
+    /// Returns `false` when it is not: the attempt lost its lease and was rescued (or
+    /// cancelled), and a newer attempt owns the row.
+    ///
+    /// A task whose cancellation was requested while it ran ends `cancelled` instead of
+    /// being retried.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn finish_if_running(
+        &self,
+        seq: i64,
+        attempt: u32,
+        finish: &Finish<'_>,
+        now: i64,
+    ) -> Result<bool, rusqlite::Error> {
+        let changed = match finish {
+            Finish::Completed { result } => self
+                .tx
+                .prepare_cached(
+                    "UPDATE castor_tasks SET state = 'completed', result = ?3, finalized_at = ?4, \
+                     lease_expires_at = NULL \
+                     WHERE seq = ?1 AND attempt = ?2 AND state = 'running'",
+                )?
+                .execute(params![seq, attempt, result, now])?,
+            Finish::Failed { transition, error } => {
+                let error = serde_json::to_string(error)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                self.tx
+                    .prepare_cached(
+                        "UPDATE castor_tasks SET \
+                         state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' ELSE ?3 END, \
+                         scheduled_at = CASE WHEN cancel_requested_at IS NOT NULL THEN scheduled_at \
+                                        ELSE coalesce(?4, scheduled_at) END, \
+                         finalized_at = CASE WHEN cancel_requested_at IS NOT NULL OR ?3 IN \
+                                        ('completed', 'discarded', 'cancelled') THEN ?5 END, \
+                         lease_expires_at = NULL, \
+                         errors = json_insert(coalesce(errors, '[]'), '$[#]', json(?6)) \
+                         WHERE seq = ?1 AND attempt = ?2 AND state = 'running'",
+                    )?
+                    .execute(params![
+                        seq,
+                        attempt,
+                        transition.state.as_str(),
+                        transition.scheduled_at,
+                        now,
+                        error
+                    ])?
+            }
+        };
+        Ok(changed == 1)
+    }
+
+    /// Moves `scheduled` and `retryable` tasks of `manager` whose time has come to
+    /// `available`; returns how many moved.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn stage_due(&self, manager: &str, now: i64) -> Result<usize, rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET state = 'available' \
+                 WHERE manager = ?1 AND state IN ('scheduled', 'retryable') AND scheduled_at <= ?2",
+            )?
+            .execute(params![manager, now])
+    }
+
+    /// Gives claimed tasks that never started back: `available` again, the claim's
+    /// attempt undone. Guarded by attempt, like every state change of a running task.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn release_if_running(&self, seq: i64, attempt: u32) -> Result<bool, rusqlite::Error> {
+        let changed = self
+            .tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET state = 'available', attempt = attempt - 1, \
+                 attempted_at = NULL, attempted_by = NULL, lease_expires_at = NULL \
+                 WHERE seq = ?1 AND attempt = ?2 AND state = 'running'",
+            )?
+            .execute(params![seq, attempt])?;
+        Ok(changed == 1)
+    }
+}
+
+impl WriteTx<'_> {
+    /// Extends the lease of every task `worker` is running.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn renew_leases(&self, worker: &str, until: i64) -> Result<usize, rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET lease_expires_at = ?2 \
+                 WHERE attempted_by = ?1 AND state = 'running'",
+            )?
+            .execute(params![worker, until])
+    }
+
+    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`].
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn append_log(
+        &self,
+        seq: i64,
+        attempt: u32,
+        at: i64,
+        level: crate::LogLevel,
+        line: &str,
+    ) -> Result<(), rusqlite::Error> {
+        let rowid = self
+            .tx
+            .prepare_cached(
+                "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?
+            .insert(params![seq, attempt, at, level.as_str(), line])?;
+        if rowid % 64 == 0 {
+            self.trim_log(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn trim_log(&self, seq: i64) -> Result<usize, rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "DELETE FROM castor_logs WHERE task_seq = ?1 AND rowid <= \
+                 (SELECT rowid FROM castor_logs WHERE task_seq = ?1 \
+                  ORDER BY rowid DESC LIMIT 1 OFFSET ?2)",
+            )?
+            .execute(params![seq, LOG_LINES_KEPT])
+    }
+
+    /// Records a running task's progress.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn set_progress(
+        &self,
+        seq: i64,
+        attempt: u32,
+        done: u64,
+        total: u64,
+        message: &str,
+    ) -> Result<(), rusqlite::Error> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET progress_done = ?3, progress_total = ?4, \
+                 progress_message = nullif(?5, '') \
+                 WHERE seq = ?1 AND attempt = ?2 AND state = 'running'",
+            )?
+            .execute(params![seq, attempt, clamp(done), clamp(total), message])?;
+        Ok(())
+    }
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Maps SQLite's error codes to the errors a user can act on.
+pub(crate) fn classify(path: &Path, operation: &'static str, e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    let path = path.to_path_buf();
+    match e.sqlite_error_code() {
+        Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            path,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::ReadOnly) => StoreError::ReadOnly {
+            path,
+            detail: e.to_string(),
+        },
+        Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, operation },
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
+            path,
+            operation,
+            waited: BUSY_TIMEOUT * (BUSY_RETRIES + 1),
+        },
+        _ => StoreError::Query {
+            path,
+            operation,
+            source: e,
+        },
+    }
+}
+
+/// Creates the database file readable and writable by its owner only, unless it exists.
+/// SQLite gives the `-wal` and `-shm` files the same mode.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(StoreError::MissingDirectory {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+        });
+    }
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,251 @@
+//! Defines castor's command line: the worker's flags, the `LIB[:MANAGER]` target (parsed
+//! once into a [`PluginTarget`]), and the subcommands.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// The manager used when a target names none, as in Python's `main:manager`.
+pub const DEFAULT_MANAGER: &str = "manager";
+
+/// Runs the background tasks of a Castor task library.
+#[derive(Debug, Parser)]
+#[command(
+    name = "castor",
+    version,
+    about = "Runs the background tasks of a Castor task library.",
+    long_about = "Runs the background tasks of a Castor task library.\n\n\
+        castor ./target/release/libmyapp.so:manager loads the library, opens the manager's \
+        SQLite database and runs its tasks until Ctrl+C.\n\n\
+        Exit codes: 0 on a clean stop, 1 on an error, 2 on bad usage.",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// The worker's flags.
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The task library and manager: PATH/TO/libNAME.so[:MANAGER] (MANAGER defaults to
+    /// `manager`).
+    #[arg(value_name = "LIB[:MANAGER]", required = true)]
+    pub target: Option<PluginTarget>,
+
+    /// Threads for thread tasks [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads: Option<u16>,
+
+    /// Child processes for process tasks [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub processes: Option<u16>,
+
+    /// Use this database instead of the manager's.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// On Ctrl+C or SIGTERM, how long running tasks may take to finish before the worker
+    /// gives up on them (they are retried elsewhere under their retry policy).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub grace: Duration,
+
+    /// How long a claimed task stays owned by this worker without a heartbeat; another
+    /// worker rescues it after that.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub lease: Duration,
+
+    /// Make every commit survive a power loss (synchronous=FULL); slower.
+    #[arg(long)]
+    pub durable: bool,
+
+    /// Show a live dashboard instead of log lines.
+    #[arg(short, long)]
+    pub interactive: bool,
+
+    /// Print only failures and lifecycle events, not every completed task.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    /// More detail in errors (e.g. abi_stable's full report on an incompatible library).
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+/// Subcommands (besides running a worker).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Internal: a process-mode child (started by the worker itself).
+    #[command(name = "__child", hide = true)]
+    Child(ChildArgs),
+}
+
+/// Arguments of the hidden child mode.
+#[derive(Debug, Args)]
+pub struct ChildArgs {
+    /// The library to load.
+    #[arg(long)]
+    pub library: PathBuf,
+    /// The manager whose tasks to run.
+    #[arg(long)]
+    pub manager: String,
+}
+
+/// `path/to/lib.so[:MANAGER]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginTarget {
+    /// The library path.
+    pub library: PathBuf,
+    /// The manager's name.
+    pub manager: String,
+    /// False when the target named no manager and [`DEFAULT_MANAGER`] was assumed.
+    pub explicit_manager: bool,
+}
+
+/// A target that cannot be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// Nothing before the colon.
+    #[error("the target has no library path before the colon (expected LIB[:MANAGER], e.g. ./target/release/libmyapp.so:manager)")]
+    EmptyLibrary,
+    /// A colon with nothing after it.
+    #[error("the target has an empty manager name after the colon (expected LIB[:MANAGER], e.g. {library}:manager)")]
+    EmptyManager {
+        /// The library part.
+        library: String,
+    },
+    /// A manager name with characters a manager name cannot have.
+    #[error("invalid manager name {name:?} in the target: use letters, digits and underscores")]
+    InvalidManager {
+        /// The name given.
+        name: String,
+    },
+}
+
+impl FromStr for PluginTarget {
+    type Err = TargetError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The manager is after the last colon, unless that colon is part of the path
+        // (a `/` after it).
+        let (library, manager) = match s.rfind(':') {
+            Some(i) if !s[i + 1..].contains('/') => (&s[..i], Some(&s[i + 1..])),
+            _ => (s, None),
+        };
+        if library.is_empty() {
+            return Err(TargetError::EmptyLibrary);
+        }
+        let (manager, explicit_manager) = match manager {
+            Some("") => {
+                return Err(TargetError::EmptyManager {
+                    library: library.to_owned(),
+                });
+            }
+            Some(name) if !castor_abi::is_valid_manager_name(name) => {
+                return Err(TargetError::InvalidManager {
+                    name: name.to_owned(),
+                });
+            }
+            Some(name) => (name.to_owned(), true),
+            None => (DEFAULT_MANAGER.to_owned(), false),
+        };
+        Ok(PluginTarget {
+            library: PathBuf::from(library),
+            manager,
+            explicit_manager,
+        })
+    }
+}
+
+/// Parses `250ms`, `30s`, `5m`, `2h` or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 30s, 5m, 2h"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1e3,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        "d" => number * 86400.0,
+        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(s: &str) -> Result<PluginTarget, TargetError> {
+        s.parse()
+    }
+
+    #[test]
+    fn targets_parse_like_python_module_colon_attr() {
+        assert_eq!(
+            target("./target/release/libquickstart.so:manager"),
+            Ok(PluginTarget {
+                library: "./target/release/libquickstart.so".into(),
+                manager: "manager".into(),
+                explicit_manager: true,
+            })
+        );
+        assert_eq!(
+            target("libx.so"),
+            Ok(PluginTarget {
+                library: "libx.so".into(),
+                manager: "manager".into(),
+                explicit_manager: false,
+            })
+        );
+        assert_eq!(target("libx.so:reports").map(|t| t.manager), Ok("reports".into()));
+        // A colon inside the path is part of the path.
+        assert_eq!(
+            target("/mnt/c:/libx.so").map(|t| (t.library, t.explicit_manager)),
+            Ok(("/mnt/c:/libx.so".into(), false))
+        );
+    }
+
+    #[test]
+    fn malformed_targets_say_what_is_wrong() {
+        assert_eq!(
+            target("libx.so:"),
+            Err(TargetError::EmptyManager {
+                library: "libx.so".into()
+            })
+        );
+        assert_eq!(target(":manager"), Err(TargetError::EmptyLibrary));
+        assert_eq!(
+            target("libx.so:my-manager"),
+            Err(TargetError::InvalidManager {
+                name: "my-manager".into()
+            })
+        );
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn the_cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,101 @@
+//! `castor`: runs the tasks of a Castor task library.
+//!
+//! Exit codes: 0 after a clean stop, 1 on an error (printed with its causes), 2 on bad
+//! usage (from clap).
+
+mod cli;
+mod plugin;
+mod worker;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+
+use crate::cli::{Cli, Command, WorkerArgs};
+use crate::plugin::Plugin;
+use crate::worker::{Controller, PlainReporter, Worker, WorkerConfig};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let verbose = cli.worker.verbose;
+    let result = match cli.command {
+        Some(Command::Child(_args)) => Err(anyhow::anyhow!("process mode is not available yet")),
+        None => run_worker(cli.worker),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("castor: error: {err:#}");
+            if verbose > 0 {
+                if let Some(plugin::LoadError::IncompatibleAbi { details, .. }) =
+                    err.downcast_ref::<plugin::LoadError>()
+                {
+                    eprintln!("\nabi_stable's report:\n{details}");
+                }
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let target = args
+        .target
+        .context("no LIB[:MANAGER] target given")?;
+    if !target.explicit_manager {
+        println!(
+            "castor: no manager named in the target; using `{}` ({}:{})",
+            target.manager,
+            target.library.display(),
+            target.manager
+        );
+    }
+    let plugin = Plugin::load(&target.library)?;
+    let library = plugin.path().to_path_buf();
+    let manager = plugin.into_manager(&target.manager)?;
+    let database = args
+        .db
+        .clone()
+        .unwrap_or_else(|| manager.database.as_str().into());
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let threads = args.threads.map_or(cores, usize::from);
+    let tasks = plugin::describe_tasks(&manager.tasks);
+    let manager_name = manager.name.to_string();
+    let worker = Worker::new(WorkerConfig {
+        library: library.clone(),
+        manager,
+        database: database.clone(),
+        threads,
+        grace: args.grace,
+        lease: args.lease,
+        durable: args.durable,
+    })
+    .with_context(|| format!("cannot start a worker on {}", database.display()))?;
+    println!("castor {} worker {} started", env!("CARGO_PKG_VERSION"), worker.id());
+    println!("  library   {}", library.display());
+    println!("  manager   {manager_name}: {tasks}");
+    println!("  database  {}", database.display());
+    println!("  pool      {threads} thread(s)");
+    println!("Ctrl+C to stop");
+    forward_signals(worker.controller())?;
+    let mut reporter = PlainReporter::new(args.quiet);
+    worker.run(&mut reporter)?;
+    Ok(())
+}
+
+/// Ctrl+C or SIGTERM stops the worker gracefully; a second one stops it now.
+fn forward_signals(controller: Controller) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("cannot install signal handlers")?;
+    std::thread::Builder::new()
+        .name("castor-signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                controller.shutdown();
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}

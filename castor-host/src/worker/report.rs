@@ -1,0 +1,205 @@
+//! What the worker tells its user. The coordinator emits [`WorkerEvent`]s to a
+//! [`Reporter`]: plain log lines by default ([`PlainReporter`]), or the dashboard.
+
+use std::io::Write;
+use std::time::Duration;
+
+use castor_abi::{AttemptOutcome, StoreError, TaskState, Uuid, format_duration};
+
+use super::Summary;
+
+/// One attempt's end, as reported.
+#[derive(Debug)]
+pub struct Finished<'a> {
+    /// The task's id.
+    pub id: Uuid,
+    /// The task's name.
+    pub task: &'a str,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// How it ended.
+    pub outcome: &'a AttemptOutcome,
+    /// The task's state now.
+    pub state: TaskState,
+    /// For `retryable`: when it runs again (microseconds since the epoch).
+    pub retry_at: Option<i64>,
+    /// How long the attempt ran.
+    pub elapsed: Duration,
+    /// The row had moved on (the lease was lost): this outcome was not recorded.
+    pub lost_lease: bool,
+}
+
+/// Something the worker did or saw.
+#[derive(Debug)]
+pub enum WorkerEvent<'a> {
+    /// An attempt ended.
+    Finished(&'a Finished<'a>),
+    /// A write failed; everything is kept and retried.
+    StoreError {
+        /// The failure.
+        error: &'a StoreError,
+        /// When the write is tried again.
+        retry_in: Duration,
+    },
+    /// A stop was requested.
+    Stopping {
+        /// Tasks still running.
+        running: usize,
+        /// How long they have.
+        grace: Duration,
+    },
+    /// A second stop request: stop now.
+    Forced {
+        /// Tasks still running.
+        running: usize,
+    },
+    /// A running task was given up at shutdown.
+    Abandoned {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: &'a str,
+    },
+    /// The worker stopped.
+    Stopped {
+        /// What it did.
+        summary: &'a Summary,
+    },
+}
+
+/// Receives the worker's events on the coordinator thread; keep it quick.
+pub trait Reporter {
+    /// Handles one event.
+    fn event(&mut self, event: WorkerEvent<'_>);
+
+    /// Called after each batch of events: a good moment to flush output.
+    fn flush(&mut self) {}
+}
+
+/// Log lines on stdout (stderr for problems), buffered per batch.
+pub struct PlainReporter {
+    out: std::io::BufWriter<std::io::Stdout>,
+    quiet: bool,
+}
+
+impl PlainReporter {
+    /// `quiet`: print failures and lifecycle only, not every completed task.
+    pub fn new(quiet: bool) -> PlainReporter {
+        PlainReporter {
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            quiet,
+        }
+    }
+}
+
+impl Reporter for PlainReporter {
+    fn event(&mut self, event: WorkerEvent<'_>) {
+        let now = timestamp(castor_abi::store::now_us());
+        let line = match event {
+            WorkerEvent::Finished(f) => {
+                if self.quiet && f.state == TaskState::Completed && !f.lost_lease {
+                    return;
+                }
+                describe(f)
+            }
+            WorkerEvent::StoreError { error, retry_in } => {
+                format!("database error: {error:#}; retrying in {}", format_duration(retry_in))
+            }
+            WorkerEvent::Stopping { running, grace } => format!(
+                "stopping: no new tasks; waiting up to {} for {running} running task(s) (Ctrl+C again to stop now)",
+                format_duration(grace)
+            ),
+            WorkerEvent::Forced { running } => {
+                format!("stopping now; giving up on {running} running task(s)")
+            }
+            WorkerEvent::Abandoned { id, task } => {
+                format!("abandoned  {task} {id}: still running at shutdown; it will be retried")
+            }
+            WorkerEvent::Stopped { summary } => format!(
+                "stopped: {} completed, {} failed, {} abandoned",
+                summary.completed, summary.failed, summary.abandoned
+            ),
+        };
+        let _ = writeln!(self.out, "{now} {line}");
+    }
+
+    fn flush(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+impl Drop for PlainReporter {
+    fn drop(&mut self) {
+        let _ = self.out.flush();
+    }
+}
+
+fn describe(f: &Finished<'_>) -> String {
+    let took = format_duration(f.elapsed);
+    let head = format!("{:<10} {} {}", f.state.as_str(), f.task, f.id);
+    if f.lost_lease {
+        return format!(
+            "{head}: attempt {} finished after its lease expired and another worker took the task over; outcome dropped",
+            f.attempt
+        );
+    }
+    let message = f.outcome.message().unwrap_or_default();
+    match f.state {
+        TaskState::Completed => format!("{head} in {took}"),
+        TaskState::Retryable => {
+            let wait = f
+                .retry_at
+                .map(|at| at - castor_abi::store::now_us())
+                .and_then(|us| u64::try_from(us).ok())
+                .map_or_else(String::new, |us| {
+                    format!("; retry in {}", format_duration(Duration::from_micros(us)))
+                });
+            format!(
+                "{head}: attempt {}/{} failed after {took}: {message}{wait}",
+                f.attempt, f.max_attempts
+            )
+        }
+        _ => format!(
+            "{head}: attempt {}/{} after {took}: {message}",
+            f.attempt, f.max_attempts
+        ),
+    }
+}
+
+/// `2026-11-27T15:04:05.123Z` from microseconds since the epoch.
+pub fn timestamp(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let millis = us.rem_euclid(1_000_000) / 1000;
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_utc_iso() {
+        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(timestamp(1_795_791_845_123_456), "2026-11-27T14:24:05.123Z");
+        assert_eq!(timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
+    }
+}
