@@ -163,7 +163,7 @@ where
             )
         })?;
         // SAFETY: the worker keeps its services alive for the rest of the process.
-        let backend = unsafe { HostBackend::new(host.services) };
+        let backend = unsafe { HostBackend::shared(host.services) };
         let ctx = TaskContext::from_host(host, backend);
         let value = f(&ctx, args)?;
         codec::encode(&value)

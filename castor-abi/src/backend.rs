@@ -103,7 +103,7 @@ impl HostBackend {
     /// # Safety
     /// `services` must live for the rest of the process, as the worker guarantees for the
     /// services it passes to tasks.
-    pub(crate) unsafe fn new(services: &HostServices) -> Arc<dyn Backend> {
+    pub(crate) unsafe fn shared(services: &HostServices) -> Arc<dyn Backend> {
         // SAFETY: the caller guarantees the services outlive the process's tasks.
         let services: &'static HostServices = unsafe { &*std::ptr::from_ref(services) };
         Arc::new(HostBackend { services })
@@ -190,7 +190,12 @@ impl Backend for HostBackend {
     }
 
     fn log(&self, id: Uuid, level: LogLevel, line: &str) {
-        (self.services.log)(self.services.data, id.as_bytes(), level as u8, RStr::from(line));
+        (self.services.log)(
+            self.services.data,
+            id.as_bytes(),
+            level as u8,
+            RStr::from(line),
+        );
     }
 
     fn progress(&self, id: Uuid, done: u64, total: u64, message: &str) {

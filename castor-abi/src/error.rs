@@ -92,7 +92,9 @@ pub enum StoreError {
         supported: i64,
     },
     /// The database stayed locked by other connections for longer than the busy timeout.
-    #[error("database {path} stayed locked during {operation} (other workers or apps held it for over {waited:?})")]
+    #[error(
+        "database {path} stayed locked during {operation} (other workers or apps held it for over {waited:?})"
+    )]
     Busy {
         /// The database path.
         path: PathBuf,

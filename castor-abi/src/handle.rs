@@ -19,6 +19,20 @@ use crate::codec;
 use crate::error::{JoinError, StatusError};
 use crate::state::TaskState;
 
+/// What [`TaskHandle::info`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TaskInfo {
+    /// The task's state.
+    pub state: TaskState,
+    /// The task's name.
+    pub task: String,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// Every failed attempt's error, oldest first.
+    pub errors: Vec<crate::AttemptError>,
+}
+
 /// A dispatched task whose result is an `R`.
 pub struct TaskHandle<R> {
     id: Uuid,
@@ -95,6 +109,20 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     /// database error.
     pub fn status(&self) -> Result<TaskState, StatusError> {
         Ok(self.view()?.state)
+    }
+
+    /// The task's state, attempts so far and every failed attempt's error.
+    ///
+    /// # Errors
+    /// As [`status`](Self::status).
+    pub fn info(&self) -> Result<TaskInfo, StatusError> {
+        let view = self.view()?;
+        Ok(TaskInfo {
+            state: view.state,
+            task: view.task,
+            attempt: view.attempt,
+            errors: view.errors,
+        })
     }
 
     fn view(&self) -> Result<View, StatusError> {

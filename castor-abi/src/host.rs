@@ -18,8 +18,12 @@ pub trait Services: Send + Sync + 'static {
     ///
     /// # Errors
     /// A message for the task, e.g. an unknown task name or a database failure.
-    fn dispatch(&self, task: &str, args: &[u8], options: &DispatchOptionsAbi)
-    -> Result<Uuid, String>;
+    fn dispatch(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, String>;
 
     /// Reads a task's state.
     ///

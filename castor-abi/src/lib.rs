@@ -79,7 +79,7 @@ pub use castor_abi_macros::{export_managers, task};
 pub use crate::abi::TaskMode;
 pub use crate::backend::LogLevel;
 pub use crate::error::{DispatchError, JoinError, StatusError, StoreError};
-pub use crate::handle::{Resolve, TaskHandle};
+pub use crate::handle::{Resolve, TaskHandle, TaskInfo};
 pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_name};
 pub use crate::state::{AttemptOutcome, Backoff, TaskState};
 pub use crate::store::AttemptError;

@@ -263,7 +263,11 @@ fn new_task<'a>(
         args,
         run_at_us: options.run_at_us.into_option(),
         priority: options.priority,
-        unique_key: options.unique_key.as_ref().map(|k| k.as_str()).into_option(),
+        unique_key: options
+            .unique_key
+            .as_ref()
+            .map(|k| k.as_str())
+            .into_option(),
         max_attempts: options.max_attempts,
         backoff_base_ms: ms(options.backoff_base_ms),
         backoff_cap_ms: ms(options.backoff_cap_ms),

@@ -83,7 +83,9 @@ impl fmt::Display for TaskState {
 
 /// A state name that is not one of [`TaskState::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown task state `{name}` (expected one of: scheduled, available, running, retryable, completed, discarded, cancelled)")]
+#[error(
+    "unknown task state `{name}` (expected one of: scheduled, available, running, retryable, completed, discarded, cancelled)"
+)]
 pub struct UnknownState {
     /// The name that was given.
     pub name: String,
@@ -160,9 +162,10 @@ impl AttemptOutcome {
             | AttemptOutcome::Panicked { message }
             | AttemptOutcome::Crashed { message }
             | AttemptOutcome::Abandoned { message } => Some(message.clone()),
-            AttemptOutcome::TimedOut { after } => {
-                Some(format!("timed out after {}", crate::format_duration(*after)))
-            }
+            AttemptOutcome::TimedOut { after } => Some(format!(
+                "timed out after {}",
+                crate::format_duration(*after)
+            )),
             AttemptOutcome::Cancelled => Some("cancelled while running".to_owned()),
         }
     }

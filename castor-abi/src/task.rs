@@ -140,9 +140,9 @@ impl DelayOptions {
                     .map_err(|_| "`at` is before 1970".to_owned())
                     .map(crate::store::duration_us)?,
             ),
-            (None, Some(after)) => Some(
-                crate::store::now_us().saturating_add(crate::store::duration_us(after)),
-            ),
+            (None, Some(after)) => {
+                Some(crate::store::now_us().saturating_add(crate::store::duration_us(after)))
+            }
             (None, None) => None,
         };
         let max_attempts = self.max_attempts.unwrap_or(spec.max_attempts);
@@ -269,6 +269,7 @@ enum CancelFlag {
 ///     ctx.info(format!("summed {} items", items.len()));
 ///     sum
 /// }
+/// # fn main() {}
 /// ```
 pub struct TaskContext {
     backend: Arc<dyn Backend>,
@@ -378,7 +379,8 @@ impl TaskContext {
 
     /// Reports progress with a message saying what the task is doing.
     pub fn progress_with(&self, done: u64, total: u64, message: impl AsRef<str>) {
-        self.backend.progress(self.id, done, total, message.as_ref());
+        self.backend
+            .progress(self.id, done, total, message.as_ref());
     }
 }
 

@@ -112,10 +112,14 @@ pub struct PluginTarget {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TargetError {
     /// Nothing before the colon.
-    #[error("the target has no library path before the colon (expected LIB[:MANAGER], e.g. ./target/release/libmyapp.so:manager)")]
+    #[error(
+        "the target has no library path before the colon (expected LIB[:MANAGER], e.g. ./target/release/libmyapp.so:manager)"
+    )]
     EmptyLibrary,
     /// A colon with nothing after it.
-    #[error("the target has an empty manager name after the colon (expected LIB[:MANAGER], e.g. {library}:manager)")]
+    #[error(
+        "the target has an empty manager name after the colon (expected LIB[:MANAGER], e.g. {library}:manager)"
+    )]
     EmptyManager {
         /// The library part.
         library: String,
@@ -166,7 +170,9 @@ impl FromStr for PluginTarget {
 /// Parses `250ms`, `30s`, `5m`, `2h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (number, unit) = s.split_at(split);
     let number: f64 = number
         .parse()
@@ -177,7 +183,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "m" => number * 60.0,
         "h" => number * 3600.0,
         "d" => number * 86400.0,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m, h or d"
+            ));
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
@@ -208,7 +218,10 @@ mod tests {
                 explicit_manager: false,
             })
         );
-        assert_eq!(target("libx.so:reports").map(|t| t.manager), Ok("reports".into()));
+        assert_eq!(
+            target("libx.so:reports").map(|t| t.manager),
+            Ok("reports".into())
+        );
         // A colon inside the path is part of the path.
         assert_eq!(
             target("/mnt/c:/libx.so").map(|t| (t.library, t.explicit_manager)),

@@ -27,12 +27,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("castor: error: {err:#}");
-            if verbose > 0 {
-                if let Some(plugin::LoadError::IncompatibleAbi { details, .. }) =
+            if verbose > 0
+                && let Some(plugin::LoadError::IncompatibleAbi { details, .. }) =
                     err.downcast_ref::<plugin::LoadError>()
-                {
-                    eprintln!("\nabi_stable's report:\n{details}");
-                }
+            {
+                eprintln!("\nabi_stable's report:\n{details}");
             }
             ExitCode::FAILURE
         }
@@ -40,9 +39,7 @@ fn main() -> ExitCode {
 }
 
 fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let target = args
-        .target
-        .context("no LIB[:MANAGER] target given")?;
+    let target = args.target.context("no LIB[:MANAGER] target given")?;
     if !target.explicit_manager {
         println!(
             "castor: no manager named in the target; using `{}` ({}:{})",
@@ -72,7 +69,11 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         durable: args.durable,
     })
     .with_context(|| format!("cannot start a worker on {}", database.display()))?;
-    println!("castor {} worker {} started", env!("CARGO_PKG_VERSION"), worker.id());
+    println!(
+        "castor {} worker {} started",
+        env!("CARGO_PKG_VERSION"),
+        worker.id()
+    );
     println!("  library   {}", library.display());
     println!("  manager   {manager_name}: {tasks}");
     println!("  database  {}", database.display());

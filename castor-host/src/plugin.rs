@@ -103,7 +103,11 @@ impl fmt::Debug for Plugin {
             .field("path", &self.path)
             .field(
                 "managers",
-                &self.managers.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+                &self
+                    .managers
+                    .iter()
+                    .map(|m| m.name.as_str())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }
@@ -126,7 +130,10 @@ impl Plugin {
                 LibraryError::AbiInstability(_) => {
                     let found = header.layout();
                     let (summary, details) = match found.map(|found| {
-                        check_layout_compatibility(<PluginRootRef as abi_stable::StableAbi>::LAYOUT, found)
+                        check_layout_compatibility(
+                            <PluginRootRef as abi_stable::StableAbi>::LAYOUT,
+                            found,
+                        )
                     }) {
                         Some(Err(errors)) => (summarize(&errors), errors.to_string()),
                         _ => ("the layouts differ".to_owned(), e.to_string()),
@@ -186,7 +193,10 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
     let mut names = HashSet::new();
     for manager in managers {
         if !names.insert(manager.name.as_str()) {
-            return Err(invalid(format!("two managers are named `{}`", manager.name)));
+            return Err(invalid(format!(
+                "two managers are named `{}`",
+                manager.name
+            )));
         }
         let mut tasks = HashSet::new();
         for task in manager.tasks.iter() {
@@ -197,10 +207,7 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
                 )));
             }
             if task.max_attempts == 0 {
-                return Err(invalid(format!(
-                    "task `{}` allows 0 attempts",
-                    task.name
-                )));
+                return Err(invalid(format!("task `{}` allows 0 attempts", task.name)));
             }
         }
     }
@@ -251,14 +258,26 @@ fn summarize(errors: &abi_stable::abi_stability::abi_checking::AbiInstabilityErr
     const MAX_LINES: usize = 4;
     let mut lines = Vec::new();
     for error in &errors.errors {
+        // Keep the names a user wrote (`managers().tasks.timeout_ms`), not abi_stable's
+        // plumbing (`0`, `buffer`, `__returns`, `field_0`).
         let path: Vec<String> = error
             .stack_trace
             .iter()
-            .map(|step| match &step.expected {
-                TLFieldOrFunction::Field(field) => field.name().to_owned(),
-                TLFieldOrFunction::Function(function) => format!("fn {}", function.name),
+            .filter_map(|step| match &step.expected {
+                TLFieldOrFunction::Field(field) => {
+                    let name = field.name();
+                    let plumbing = name.starts_with("__")
+                        || name.starts_with("field_")
+                        || name == "buffer"
+                        || name.chars().all(|c| c.is_ascii_digit());
+                    (!plumbing).then(|| name.to_owned())
+                }
+                TLFieldOrFunction::Function(function) => Some(format!("{}()", function.name)),
             })
             .collect();
+        let mut path = path;
+        // A field holding a function pointer appears as the field and as the function.
+        path.dedup_by(|b, a| *b == format!("{a}()") || *a == format!("{b}()"));
         let place = if path.is_empty() {
             "the root module".to_owned()
         } else {
@@ -282,10 +301,16 @@ fn summarize(errors: &abi_stable::abi_stability::abi_checking::AbiInstabilityErr
 }
 
 fn describe(instability: &AbiInstability) -> String {
-    fn pair<T: fmt::Display>(what: &str, ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>) -> String {
+    fn pair<T: fmt::Display>(
+        what: &str,
+        ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>,
+    ) -> String {
         format!("{what}: expected {}, found {}", ef.expected, ef.found)
     }
-    fn pair_dbg<T: fmt::Debug>(what: &str, ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>) -> String {
+    fn pair_dbg<T: fmt::Debug>(
+        what: &str,
+        ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>,
+    ) -> String {
         format!("{what}: expected {:?}, found {:?}", ef.expected, ef.found)
     }
     match instability {
@@ -296,7 +321,11 @@ fn describe(instability: &AbiInstability) -> String {
         AbiInstability::Alignment(ef) => pair("different alignment", ef),
         AbiInstability::FieldCountMismatch(ef) => pair("different number of fields", ef),
         AbiInstability::UnexpectedField(ef) => {
-            format!("unexpected field: expected `{}`, found `{}`", ef.expected.name(), ef.found.name())
+            format!(
+                "unexpected field: expected `{}`, found `{}`",
+                ef.expected.name(),
+                ef.found.name()
+            )
         }
         AbiInstability::MismatchedPrimitive(ef) => pair_dbg("different primitive", ef),
         AbiInstability::TooManyVariants(ef) => pair("different number of variants", ef),

@@ -149,7 +149,9 @@ fn duration_ms(expr: &Expr) -> syn::Result<u64> {
     let bad = || {
         syn::Error::new(
             expr.span(),
-            format!("invalid duration {text:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"5m\", \"2h\""),
+            format!(
+                "invalid duration {text:?}: write a number and a unit, e.g. \"250ms\", \"30s\", \"5m\", \"2h\""
+            ),
         )
     };
     let split = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
@@ -165,7 +167,10 @@ fn duration_ms(expr: &Expr) -> syn::Result<u64> {
     };
     let ms = number.checked_mul(factor).ok_or_else(bad)?;
     if ms == 0 {
-        return Err(syn::Error::new(expr.span(), "the duration must be longer than zero"));
+        return Err(syn::Error::new(
+            expr.span(),
+            "the duration must be longer than zero",
+        ));
     }
     Ok(ms)
 }
@@ -261,7 +266,11 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
     let backoff_ms = attr.backoff_ms;
     let backoff_cap_ms = attr.backoff_cap_ms;
 
-    let ctx_arg = if has_ctx { quote!(__castor_ctx,) } else { quote!() };
+    let ctx_arg = if has_ctx {
+        quote!(__castor_ctx,)
+    } else {
+        quote!()
+    };
     let call = quote!(super::#fn_name(#ctx_arg #(#arg_names),*));
     let body = if fallible {
         quote!(#call.map_err(::castor_abi::__private::failure_from_error))

@@ -9,6 +9,7 @@
 
 mod rows;
 mod watch;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -17,9 +18,10 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-pub use self::rows::{ClaimQuery, Claimed, Finish, NewTask, Progress, TaskFilter, TaskSnapshot};
 use self::rows::TaskRow;
+pub use self::rows::{ClaimQuery, Claimed, Finish, NewTask, Progress, TaskFilter, TaskSnapshot};
 pub use self::watch::Watcher;
+pub use self::workers::WorkerRow;
 use crate::error::StoreError;
 
 /// The schema version this build creates and understands (`PRAGMA user_version`).
@@ -49,18 +51,12 @@ pub fn duration_us(d: Duration) -> i64 {
 }
 
 /// How a database is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct StoreOptions {
     /// `synchronous=FULL` instead of `NORMAL`: every acknowledged write survives a power
     /// loss, at the price of an fsync per commit. With `NORMAL` (the default) a crash of any
     /// process loses nothing; a power loss may lose the last commits.
     pub durable: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions { durable: false }
-    }
 }
 
 /// One failed attempt, as recorded in a task's `errors` column.
@@ -399,7 +395,11 @@ impl WriteTx<'_> {
             &query.filter().manager,
             &(limit as i64),
         ];
-        let names = query.filter().tasks.iter().map(|t| t as &dyn rusqlite::ToSql);
+        let names = query
+            .filter()
+            .tasks
+            .iter()
+            .map(|t| t as &dyn rusqlite::ToSql);
         let params: Vec<&dyn rusqlite::ToSql> = fixed.into_iter().chain(names).collect();
         let mut claimed = stmt
             .query_map(params.as_slice(), Claimed::from_row)?

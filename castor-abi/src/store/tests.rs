@@ -53,7 +53,9 @@ fn query(tasks: &[&str]) -> ClaimQuery {
 
 fn claim(store: &mut Store, q: &ClaimQuery, limit: usize) -> Vec<Claimed> {
     store
-        .write("claim", |tx| tx.claim(q, "w1", limit, now_us(), now_us() + 30_000_000))
+        .write("claim", |tx| {
+            tx.claim(q, "w1", limit, now_us(), now_us() + 30_000_000)
+        })
         .expect("claim")
 }
 
@@ -61,7 +63,10 @@ fn claim(store: &mut Store, q: &ClaimQuery, limit: usize) -> Vec<Claimed> {
 fn open_creates_a_private_wal_database() {
     let dir = TempDir::new("open");
     let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
-    let mode = std::fs::metadata(dir.db()).expect("stat").permissions().mode();
+    let mode = std::fs::metadata(dir.db())
+        .expect("stat")
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o600);
     let journal: String = store
         .conn()
@@ -87,7 +92,10 @@ fn a_missing_directory_is_named() {
     let dir = TempDir::new("missing");
     let path = dir.0.join("nope").join("tasks.db");
     let err = Store::open(&path, StoreOptions::default()).expect_err("must fail");
-    assert!(matches!(err, StoreError::MissingDirectory { .. }), "{err:?}");
+    assert!(
+        matches!(err, StoreError::MissingDirectory { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
@@ -106,7 +114,8 @@ fn a_newer_schema_is_refused() {
     let dir = TempDir::new("newer");
     drop(Store::open(dir.db(), StoreOptions::default()).expect("open"));
     let conn = Connection::open(dir.db()).expect("raw open");
-    conn.execute_batch("PRAGMA user_version = 99").expect("bump");
+    conn.execute_batch("PRAGMA user_version = 99")
+        .expect("bump");
     drop(conn);
     let err = Store::open(dir.db(), StoreOptions::default()).expect_err("must fail");
     assert!(
@@ -120,7 +129,10 @@ fn claim_takes_priority_then_age_and_only_known_tasks() {
     let dir = TempDir::new("claim");
     let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
     let low = store.enqueue(&new_task("a", b"1")).expect("enqueue").0;
-    let unknown = store.enqueue(&new_task("mystery", b"2")).expect("enqueue").0;
+    let unknown = store
+        .enqueue(&new_task("mystery", b"2"))
+        .expect("enqueue")
+        .0;
     let mut urgent = new_task("b", b"3");
     urgent.priority = 5;
     let high = store.enqueue(&urgent).expect("enqueue").0;
@@ -129,7 +141,10 @@ fn claim_takes_priority_then_age_and_only_known_tasks() {
     let ids: Vec<Uuid> = claimed.iter().map(|c| c.id).collect();
     assert_eq!(ids, vec![high, low]);
     assert!(claimed.iter().all(|c| c.attempt == 1));
-    assert!(claim(&mut store, &q, 10).is_empty(), "nothing left to claim");
+    assert!(
+        claim(&mut store, &q, 10).is_empty(),
+        "nothing left to claim"
+    );
     let left = store.snapshot(unknown).expect("read").expect("exists");
     assert_eq!(left.state, TaskState::Available);
 }
@@ -152,7 +167,10 @@ fn claim_uses_the_available_index() {
         .expect("rows");
     let plan = plan.join("\n");
     assert!(plan.contains("castor_tasks_available"), "{plan}");
-    assert!(!plan.contains("TEMP B-TREE"), "the claim must not sort: {plan}");
+    assert!(
+        !plan.contains("TEMP B-TREE"),
+        "the claim must not sort: {plan}"
+    );
 }
 
 #[test]
@@ -165,21 +183,35 @@ fn finishing_is_guarded_by_attempt() {
     // The first attempt is given back (as a rescuer would), and claimed again.
     assert!(
         store
-            .write("release", |tx| tx.release_if_running(first.seq, first.attempt))
+            .write("release", |tx| tx
+                .release_if_running(first.seq, first.attempt))
             .expect("release")
     );
     let second = claim(&mut store, &q, 1).remove(0);
-    assert_eq!(second.attempt, 1, "a released claim does not count as an attempt");
+    assert_eq!(
+        second.attempt, 1,
+        "a released claim does not count as an attempt"
+    );
     // A stale attempt number cannot finish the row.
     let stale = store
         .write("finish", |tx| {
-            tx.finish_if_running(second.seq, 7, &Finish::Completed { result: b"no" }, now_us())
+            tx.finish_if_running(
+                second.seq,
+                7,
+                &Finish::Completed { result: b"no" },
+                now_us(),
+            )
         })
         .expect("finish");
     assert!(!stale);
     let done = store
         .write("finish", |tx| {
-            tx.finish_if_running(second.seq, second.attempt, &Finish::Completed { result: b"ok" }, now_us())
+            tx.finish_if_running(
+                second.seq,
+                second.attempt,
+                &Finish::Completed { result: b"ok" },
+                now_us(),
+            )
         })
         .expect("finish");
     assert!(done);
@@ -190,7 +222,12 @@ fn finishing_is_guarded_by_attempt() {
     // Finishing twice does nothing.
     let again = store
         .write("finish", |tx| {
-            tx.finish_if_running(second.seq, second.attempt, &Finish::Completed { result: b"2" }, now_us())
+            tx.finish_if_running(
+                second.seq,
+                second.attempt,
+                &Finish::Completed { result: b"2" },
+                now_us(),
+            )
         })
         .expect("finish");
     assert!(!again);
@@ -234,16 +271,29 @@ fn failures_append_errors_and_retry_when_due() {
     assert_eq!(snap.finalized_at, None);
     assert_eq!(store.next_due("manager").expect("due"), Some(retry_at));
     // Not yet due: nothing to stage or claim.
-    assert_eq!(store.write("stage", |tx| tx.stage_due("manager", now)).expect("stage"), 0);
+    assert_eq!(
+        store
+            .write("stage", |tx| tx.stage_due("manager", now))
+            .expect("stage"),
+        0
+    );
     assert!(claim(&mut store, &q, 1).is_empty());
     // Due: staged and claimed as attempt 2.
     assert_eq!(
-        store.write("stage", |tx| tx.stage_due("manager", retry_at)).expect("stage"),
+        store
+            .write("stage", |tx| tx.stage_due("manager", retry_at))
+            .expect("stage"),
         1
     );
     let c2 = claim(&mut store, &q, 1).remove(0);
     assert_eq!(c2.attempt, 2);
-    assert_eq!(c2.backoff, Backoff { base: Duration::from_secs(1), cap: Duration::from_secs(60) });
+    assert_eq!(
+        c2.backoff,
+        Backoff {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(60)
+        }
+    );
 }
 
 #[test]
@@ -260,7 +310,14 @@ fn unique_keys_return_the_unfinished_task() {
     // Once finished, the key is free again.
     let c = claim(&mut store, &query(&["a"]), 1).remove(0);
     store
-        .write("finish", |tx| tx.finish_if_running(c.seq, c.attempt, &Finish::Completed { result: b"" }, now_us()))
+        .write("finish", |tx| {
+            tx.finish_if_running(
+                c.seq,
+                c.attempt,
+                &Finish::Completed { result: b"" },
+                now_us(),
+            )
+        })
         .expect("finish");
     let (third, existed) = store.enqueue(&t).expect("enqueue");
     assert!(!existed);

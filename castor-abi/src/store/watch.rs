@@ -248,7 +248,8 @@ mod sys {
     impl Source {
         pub(super) fn new(wal: &Path) -> io::Result<(Source, Stop)> {
             // SAFETY: plain syscalls with constant flags.
-            let inotify = owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
+            let inotify =
+                owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
             // SAFETY: as above.
             let stop = Arc::new(owned(unsafe {
                 libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
@@ -334,8 +335,7 @@ mod sys {
                     // SAFETY: the kernel wrote a whole event header at `offset`.
                     let event: libc::inotify_event =
                         unsafe { std::ptr::read_unaligned(buf.as_ptr().add(offset).cast()) };
-                    if event.mask
-                        & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
+                    if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
                         != 0
                     {
                         ended = true;

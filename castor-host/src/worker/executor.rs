@@ -105,8 +105,13 @@ mod tests {
         }
         assert_eq!(
             outcome_of(f(FailureKind::Panic)),
-            AttemptOutcome::Panicked { message: "m".into() }
+            AttemptOutcome::Panicked {
+                message: "m".into()
+            }
         );
-        assert_eq!(outcome_of(f(FailureKind::Cancelled)), AttemptOutcome::Cancelled);
+        assert_eq!(
+            outcome_of(f(FailureKind::Cancelled)),
+            AttemptOutcome::Cancelled
+        );
     }
 }

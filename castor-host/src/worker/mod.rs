@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::state::{Transition, next_state};
 use castor_abi::store::{
-    AttemptError, ClaimQuery, Claimed, Finish, Store, StoreOptions, TaskFilter, Watcher,
+    AttemptError, ClaimQuery, Claimed, Finish, Store, StoreOptions, TaskFilter, Watcher, WorkerRow,
     duration_us, now_us,
 };
 use castor_abi::{AttemptOutcome, LogLevel, StoreError, TaskState, Uuid};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, Sender};
 
 pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent};
 use self::services::WorkerServices;
@@ -85,10 +85,9 @@ pub enum Event {
         /// What it is doing.
         message: String,
     },
-    /// Stop claiming; let running tasks finish within the grace period.
+    /// Stop claiming and let running tasks finish within the grace period; a second
+    /// request stops now.
     Shutdown,
-    /// Stop now: give up on running tasks.
-    ForceShutdown,
 }
 
 /// An attempt's end, from the pool.
@@ -105,14 +104,10 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// Stops claiming and lets running tasks finish within the grace period.
+    /// Stops claiming and lets running tasks finish within the grace period. Asked a
+    /// second time, stops now: running tasks are recorded as abandoned and retried.
     pub fn shutdown(&self) {
         let _ = self.events.send(Event::Shutdown);
-    }
-
-    /// Stops now; running tasks are recorded as abandoned and retried elsewhere.
-    pub fn force_shutdown(&self) {
-        let _ = self.events.send(Event::ForceShutdown);
     }
 }
 
@@ -256,6 +251,27 @@ impl Worker {
         })
     }
 
+    fn register(&mut self) -> Result<(), StoreError> {
+        let now = now_us();
+        let row = WorkerRow {
+            id: self.id.clone(),
+            manager: self.config.manager.name.to_string(),
+            library: self.config.library.display().to_string(),
+            hostname: hostname(),
+            pid: std::process::id(),
+            threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
+            processes: 0,
+            tasks: self.tasks.keys().cloned().collect(),
+            started_at: now,
+            heartbeat_at: now,
+            stopped_at: None,
+            completed: 0,
+            failed: 0,
+        };
+        self.store
+            .write("register the worker", |tx| tx.register_worker(&row))
+    }
+
     /// This worker run's unique id.
     pub fn id(&self) -> &str {
         &self.id
@@ -290,6 +306,7 @@ impl Worker {
                 }
             });
         }
+        self.register()?;
         let mut run = Loop::new(&self);
         let stopping = Arc::new(AtomicBool::new(false));
         let events = self.events.1.clone();
@@ -297,10 +314,10 @@ impl Worker {
             run.wait(&events, &pending, &mut self, reporter, &stopping);
             let turned = run.turn(&mut self, &pool, &stopping, reporter);
             reporter.flush();
-            if let Err(e) = turned {
-                if run.fatal(&e) {
-                    return Err(WorkerError::Store(e));
-                }
+            if let Err(e) = turned
+                && run.fatal(&e)
+            {
+                return Err(WorkerError::Store(e));
             }
             if run.finished() {
                 break;
@@ -405,12 +422,10 @@ impl Loop {
         let timeout = if has_work {
             Duration::ZERO
         } else {
-            self.next_timer(worker).saturating_duration_since(Instant::now())
+            self.next_timer(worker)
+                .saturating_duration_since(Instant::now())
         };
-        let first = match events.recv_timeout(timeout) {
-            Ok(event) => Some(event),
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-        };
+        let first = events.recv_timeout(timeout).ok();
         for event in first.into_iter().chain(events.try_iter()) {
             match event {
                 Event::Done(done) => self.on_done(done),
@@ -475,10 +490,6 @@ impl Loop {
                         });
                     }
                 }
-                Event::ForceShutdown => {
-                    stopping.store(true, Ordering::SeqCst);
-                    self.force(reporter);
-                }
             }
         }
     }
@@ -506,10 +517,10 @@ impl Loop {
             next = next.min(now + wait);
         }
         for task in self.inflight.values() {
-            if let (Some(timeout), Some(started)) = (task.timeout, task.started_at) {
-                if !task.recorded {
-                    next = next.min(started + timeout);
-                }
+            if let (Some(timeout), Some(started)) = (task.timeout, task.started_at)
+                && !task.recorded
+            {
+                next = next.min(started + timeout);
             }
         }
         let _ = worker;
@@ -607,8 +618,14 @@ impl Loop {
             self.check_due = false;
         }
         let stage = self.next_due.is_some_and(|due| due <= now);
-        let room = self.window(worker.config.threads).saturating_sub(self.active());
-        let limit = if self.stop.is_none() && self.want_claim { room } else { 0 };
+        let room = self
+            .window(worker.config.threads)
+            .saturating_sub(self.active());
+        let limit = if self.stop.is_none() && self.want_claim {
+            room
+        } else {
+            0
+        };
         if self.outcomes.is_empty()
             && self.releases.is_empty()
             && self.logs.is_empty()
@@ -657,9 +674,14 @@ impl Loop {
             for (&seq, (attempt, done, total, message)) in &self.progress {
                 tx.set_progress(seq, *attempt, *done, *total, message)?;
             }
-            let staged = if stage { tx.stage_due(&manager, now)? } else { 0 };
+            let staged = if stage {
+                tx.stage_due(&manager, now)?
+            } else {
+                0
+            };
             if renew {
                 tx.renew_leases(&worker_id, lease_until)?;
+                tx.heartbeat(&worker_id, now, self.summary.completed, self.summary.failed)?;
             }
             let claimed = if limit > 0 {
                 tx.claim(&worker.query, &worker_id, limit, now, lease_until)?
@@ -830,7 +852,31 @@ impl Loop {
                 break;
             }
         }
+        let (id, summary) = (worker.id.clone(), self.summary.clone());
+        let stopped = worker.store.write("record the worker's stop", |tx| {
+            tx.heartbeat(&id, now_us(), summary.completed, summary.failed)?;
+            tx.stop_worker(&id, now_us())
+        });
+        if let Err(error) = stopped {
+            reporter.event(WorkerEvent::StoreError {
+                error: &error,
+                retry_in: Duration::ZERO,
+            });
+        }
         self.summary.clone()
+    }
+}
+
+/// The machine's name, for the workers table.
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the live buffer.
+    let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) } == 0;
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if ok {
+        String::from_utf8_lossy(&buf[..end]).into_owned()
+    } else {
+        "unknown".to_owned()
     }
 }
 

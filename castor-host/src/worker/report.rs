@@ -105,7 +105,10 @@ impl Reporter for PlainReporter {
                 describe(f)
             }
             WorkerEvent::StoreError { error, retry_in } => {
-                format!("database error: {error:#}; retrying in {}", format_duration(retry_in))
+                format!(
+                    "database error: {error:#}; retrying in {}",
+                    format_duration(retry_in)
+                )
             }
             WorkerEvent::Stopping { running, grace } => format!(
                 "stopping: no new tasks; waiting up to {} for {running} running task(s) (Ctrl+C again to stop now)",
@@ -199,7 +202,7 @@ mod tests {
     #[test]
     fn timestamps_are_utc_iso() {
         assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(timestamp(1_795_791_845_123_456), "2026-11-27T14:24:05.123Z");
+        assert_eq!(timestamp(1_795_791_845_123_456), "2026-11-27T15:04:05.123Z");
         assert_eq!(timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
     }
 }

@@ -64,7 +64,11 @@ impl Services for WorkerServices {
             args,
             run_at_us: options.run_at_us.into_option(),
             priority: options.priority,
-            unique_key: options.unique_key.as_ref().map(RString::as_str).into_option(),
+            unique_key: options
+                .unique_key
+                .as_ref()
+                .map(RString::as_str)
+                .into_option(),
             max_attempts: options.max_attempts,
             backoff_base_ms: ms(options.backoff_base_ms),
             backoff_cap_ms: ms(options.backoff_cap_ms),
@@ -90,9 +94,7 @@ impl Services for WorkerServices {
                 Some(bytes) => ROption::RSome(bytes.into()),
                 None => ROption::RNone,
             },
-            errors_json: serde_json::to_string(&s.errors)
-                .unwrap_or_default()
-                .into(),
+            errors_json: serde_json::to_string(&s.errors).unwrap_or_default().into(),
         }))
     }
 

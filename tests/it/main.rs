@@ -1,0 +1,12 @@
+//! Castor's integration tests: the real `castor` binary, real fixture libraries (crates
+//! under `tests/fixtures/`) and a real SQLite file in a temporary directory per test.
+
+// Loading a library: bad paths, non-plugins, incompatible ABIs, unknown managers, bad
+// targets and databases.
+mod loading;
+// A task's life: dispatch, run, join and resolve; subtasks; graceful shutdown.
+mod lifecycle;
+// Tasks that fail: errors, panics, undecodable arguments, retries, timeouts.
+mod failures;
+// Temp dirs, the worker guard, fixture paths, waiting with deadlines.
+mod support;

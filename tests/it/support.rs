@@ -1,0 +1,279 @@
+//! Shared test helpers: a temporary directory and database per test, the real `castor`
+//! binary as a [`Worker`] guard, fixture library paths, and waiting with deadlines.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use castor_abi::{Client, TaskHandle, TaskState};
+
+/// How long any wait in a test may take before the test fails. Generous: CI machines are
+/// slow and busy; a passing test never waits this long.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The `castor` binary under test.
+pub fn castor_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_castor"))
+}
+
+/// The path of a fixture library (`tasks`, `wrong_abi`, `not_a_plugin`), which cargo
+/// builds into the test executable's own directory because the fixtures are
+/// dev-dependencies. The one place to change if cargo's layout moves.
+pub fn fixture_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let deps = exe.parent().expect("the test executable is in a directory");
+    let file = format!("libcastor_fixture_{name}.so");
+    for dir in [deps, deps.parent().unwrap_or(deps)] {
+        let path = dir.join(&file);
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!("fixture {file} not found next to {}", exe.display());
+}
+
+/// `path/to/libcastor_fixture_tasks.so:manager`.
+pub fn tasks_target(manager: &str) -> String {
+    format!("{}:{manager}", fixture_path("tasks").display())
+}
+
+/// A fresh directory, removed on drop.
+pub struct TestDir {
+    path: PathBuf,
+}
+
+impl TestDir {
+    pub fn new() -> TestDir {
+        let path = std::env::temp_dir().join(format!(
+            "castor-it-{}-{}",
+            std::process::id(),
+            castor_abi::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&path).expect("create the test directory");
+        TestDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The test's database.
+    pub fn db(&self) -> PathBuf {
+        self.path.join("tasks.db")
+    }
+
+    /// The fixture's main manager, opened on this test's database.
+    pub fn client(&self) -> Client {
+        castor_fixture_tasks::manager()
+            .with_database(self.db())
+            .open()
+            .expect("open the test database")
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// Captured output of a child, appended to by reader threads.
+#[derive(Default)]
+struct Output {
+    text: Mutex<String>,
+    grew: Condvar,
+}
+
+impl Output {
+    fn collect(self: &Arc<Self>, stream: impl Read + Send + 'static) -> JoinHandle<()> {
+        let output = Arc::clone(self);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines() {
+                let Ok(line) = line else { break };
+                let mut text = output.text.lock().expect("output lock");
+                text.push_str(&line);
+                text.push('\n');
+                output.grew.notify_all();
+            }
+        })
+    }
+
+    fn wait_for(&self, needle: &str, timeout: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + timeout;
+        let mut text = self.text.lock().expect("output lock");
+        loop {
+            if text.contains(needle) {
+                return Ok(text.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(text.clone());
+            }
+            text = self
+                .grew
+                .wait_timeout(text, deadline - now)
+                .expect("output lock")
+                .0;
+        }
+    }
+}
+
+/// A running `castor` worker, killed on drop if the test did not stop it.
+pub struct Worker {
+    child: Child,
+    stdout: Arc<Output>,
+    stderr: Arc<Output>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How a stopped worker ended.
+pub struct Stopped {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Worker {
+    /// Starts `castor TARGET --db DB ARGS..` in `dir` and waits until it says it started.
+    pub fn start(dir: &TestDir, target: &str, args: &[&str]) -> Worker {
+        let mut command = Command::new(castor_bin());
+        command
+            .arg(target)
+            .arg("--db")
+            .arg(dir.db())
+            .args(args)
+            .current_dir(dir.path());
+        let worker = Worker::spawn(command);
+        if let Err(text) = worker.stdout.wait_for("Ctrl+C to stop", PATIENCE) {
+            panic!(
+                "the worker did not start:\n{text}\n{}",
+                worker.stderr.text.lock().expect("lock")
+            );
+        }
+        worker
+    }
+
+    pub fn spawn(mut command: Command) -> Worker {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn castor");
+        let stdout = Arc::new(Output::default());
+        let stderr = Arc::new(Output::default());
+        let readers = vec![
+            stdout.collect(child.stdout.take().expect("piped stdout")),
+            stderr.collect(child.stderr.take().expect("piped stderr")),
+        ];
+        Worker {
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits in i32")
+    }
+
+    /// Sends a signal to the worker.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: sending a signal to our own child process.
+        unsafe {
+            libc::kill(self.pid(), signal);
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        self.stdout.text.lock().expect("lock").clone()
+    }
+
+    /// Ctrl+C, then waits for the worker to exit.
+    pub fn stop(self) -> Stopped {
+        self.signal(libc::SIGINT);
+        self.wait()
+    }
+
+    /// Waits for the worker to exit on its own.
+    pub fn wait(mut self) -> Stopped {
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait for castor") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the worker did not exit");
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        // The readers end at end-of-file, once the worker's pipes are closed.
+        for reader in std::mem::take(&mut self.readers) {
+            while !reader.is_finished() {
+                assert!(Instant::now() < deadline, "the worker's output never ended");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        Stopped {
+            status,
+            stdout: self.stdout.text.lock().expect("lock").clone(),
+            stderr: self.stderr.text.lock().expect("lock").clone(),
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `castor ARGS..` to completion (for commands that fail at startup).
+pub fn run_castor(dir: &TestDir, args: &[&str]) -> Stopped {
+    let mut command = Command::new(castor_bin());
+    command.args(args).current_dir(dir.path());
+    Worker::spawn(command).wait()
+}
+
+/// Polls the task's state until it is `state`.
+pub fn wait_for_state<R: serde::de::DeserializeOwned>(handle: &TaskHandle<R>, state: TaskState) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let now = handle.status().expect("read the task's state");
+        if now == state {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {} stayed {now}, expected {state}",
+            handle.id()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Asserts that `castor ARGS..` fails at startup with exit code `code` and a message
+/// containing every one of `needles`; returns stderr.
+pub fn assert_startup_error(dir: &TestDir, args: &[&str], code: i32, needles: &[&str]) -> String {
+    let out = run_castor(dir, args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "exit status of castor {args:?}\nstdout:\n{}\nstderr:\n{}",
+        out.stdout,
+        out.stderr
+    );
+    for needle in needles {
+        assert!(
+            out.stderr.contains(needle),
+            "castor {args:?}: stderr lacks {needle:?}:\n{}",
+            out.stderr
+        );
+    }
+    out.stderr
+}
