@@ -78,8 +78,9 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     println!("  manager   {manager_name}: {tasks}");
     println!("  database  {}", database.display());
     println!("  pool      {threads} thread(s)");
-    println!("Ctrl+C to stop");
+    // Handlers first: "Ctrl+C to stop" is a promise.
     forward_signals(worker.controller())?;
+    println!("Ctrl+C to stop");
     let mut reporter = PlainReporter::new(args.quiet);
     worker.run(&mut reporter)?;
     Ok(())

@@ -32,6 +32,9 @@ const SCHEMA: &str = include_str!("schema.sql");
 /// How long a connection waits for another writer before giving up on one try.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How much of the database file is memory-mapped (SQLite's cap applies).
+const MMAP_SIZE: i64 = 1 << 30;
+
 /// How many log lines are kept per task; older ones are dropped.
 pub const LOG_LINES_KEPT: i64 = 1000;
 
@@ -123,8 +126,8 @@ impl Store {
     fn configure(&mut self, options: StoreOptions) -> Result<(), StoreError> {
         let path = self.path.clone();
         self.conn
-            .busy_timeout(BUSY_TIMEOUT)
-            .map_err(|e| classify(&path, "set busy_timeout", e))?;
+            .busy_handler(Some(busy_wait))
+            .map_err(|e| classify(&path, "set the busy handler", e))?;
         self.conn.set_prepared_statement_cache_capacity(64);
         // The first statement that reads the file: a corrupt or foreign file fails here.
         let mode: String = self
@@ -145,6 +148,29 @@ impl Store {
                 found: mode,
             });
         }
+        // Memory-map the database: after another process commits, SQLite drops this
+        // connection's page cache, and reading the pages back through mmap instead of one
+        // pread per page is most of what keeps a claim or a dispatch near 20 us.
+        self.conn
+            .execute_batch(&format!("PRAGMA mmap_size = {MMAP_SIZE}"))
+            .map_err(|e| classify(&path, "set mmap_size", e))?;
+        // The claim's `IN (subquery)` builds a temporary table; on disk (the default) that
+        // costs a temporary file per claim, about 90 us here. In memory, 2 us.
+        self.conn
+            .execute_batch("PRAGMA temp_store = MEMORY")
+            .map_err(|e| classify(&path, "set temp_store", e))?;
+        let temp_store: i64 = self
+            .conn
+            .query_row("PRAGMA temp_store", [], |row| row.get(0))
+            .map_err(|e| classify(&path, "read temp_store", e))?;
+        if temp_store != 2 {
+            return Err(StoreError::Pragma {
+                path,
+                pragma: "temp_store",
+                expected: "MEMORY".into(),
+                found: temp_store.to_string(),
+            });
+        }
         let (level, name) = if options.durable {
             (2, "FULL")
         } else {
@@ -163,18 +189,6 @@ impl Store {
                 pragma: "synchronous",
                 expected: name.into(),
                 found: found.to_string(),
-            });
-        }
-        let timeout: i64 = self
-            .conn
-            .query_row("PRAGMA busy_timeout", [], |row| row.get(0))
-            .map_err(|e| classify(&path, "read busy_timeout", e))?;
-        if timeout != BUSY_TIMEOUT.as_millis() as i64 {
-            return Err(StoreError::Pragma {
-                path,
-                pragma: "busy_timeout",
-                expected: BUSY_TIMEOUT.as_millis().to_string(),
-                found: timeout.to_string(),
             });
         }
         Ok(())
@@ -304,6 +318,23 @@ impl Store {
             )
             .and_then(|mut stmt| stmt.query_row([manager], |row| row.get(0)))
             .map_err(|e| classify(&self.path, "find the next due task", e))
+    }
+
+    /// How many tasks of `manager` are not finished yet (scheduled, available, running or
+    /// retryable). Answered from the partial indexes, so it stays cheap on a big table.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn unfinished(&self, manager: &str) -> Result<i64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT (SELECT count(*) FROM castor_tasks WHERE state = 'available' AND manager = ?1) \
+                      + (SELECT count(*) FROM castor_tasks WHERE state = 'running' AND manager = ?1) \
+                      + (SELECT count(*) FROM castor_tasks \
+                         WHERE state IN ('scheduled', 'retryable') AND manager = ?1)",
+            )
+            .and_then(|mut stmt| stmt.query_row([manager], |row| row.get(0)))
+            .map_err(|e| classify(&self.path, "count unfinished tasks", e))
     }
 
     /// The raw connection, for the few read-only helpers in this module's tests.
@@ -569,6 +600,22 @@ impl WriteTx<'_> {
             .execute(params![seq, attempt, clamp(done), clamp(total), message])?;
         Ok(())
     }
+}
+
+/// Waits before SQLite retries a lock another connection holds: 50 us, doubling up to
+/// 5 ms, until [`BUSY_TIMEOUT`] has passed. SQLite's own handler starts at 1 ms, which
+/// dominates the latency of a claim that lands just as an app's commit is releasing the
+/// lock; starting short and backing off keeps both the latency and the spinning low.
+fn busy_wait(attempt: i32) -> bool {
+    let attempt = u32::try_from(attempt).unwrap_or(0);
+    let step = |n: u32| Duration::from_micros((50u64 << n.min(7)).min(5_000));
+    // The time already waited, summed over the schedule (at most a few thousand terms).
+    let waited: Duration = (0..attempt).map(step).sum();
+    if waited >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(step(attempt));
+    true
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use crate::error::StoreError;
 
 /// Wake-ups after a burst of writes, measured from its last event.
-const TRAILING: [Duration; 4] = [
-    Duration::from_micros(100),
+const TRAILING: [Duration; 3] = [
     Duration::from_millis(1),
     Duration::from_millis(5),
     Duration::from_millis(25),

@@ -1,0 +1,47 @@
+//! The benchmark's task library: tasks that do nothing (to measure Castor's own cost) and
+//! tasks that burn CPU (to measure process-mode scaling).
+
+/// Does nothing, on the thread pool.
+#[castor_abi::task(thread)]
+pub fn noop() {}
+
+/// Does nothing, in a child process.
+#[castor_abi::task(process)]
+pub fn noop_process() {}
+
+/// Burns the CPU for about `ms` milliseconds of arithmetic, in a child process.
+#[castor_abi::task(process)]
+pub fn spin(ms: u64) -> u64 {
+    spin_for(ms)
+}
+
+/// The same work on the thread pool.
+#[castor_abi::task(thread)]
+pub fn spin_thread(ms: u64) -> u64 {
+    spin_for(ms)
+}
+
+fn spin_for(ms: u64) -> u64 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rounds = 0;
+    while std::time::Instant::now() < deadline {
+        for _ in 0..10_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+        }
+        rounds += 1;
+    }
+    std::hint::black_box(x);
+    rounds
+}
+
+castor_abi::manager!(
+    /// The benchmark's manager.
+    pub bench,
+    db = "bench.db",
+    tasks = [noop, noop_process, spin, spin_thread]
+);
+
+castor_abi::export_managers!(bench);
