@@ -83,6 +83,14 @@ pub(crate) trait Backend: Send + Sync {
 
     fn view(&self, id: Uuid) -> Result<Option<View>, StatusError>;
 
+    /// The task's log lines.
+    fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+        Err(StatusError::Host {
+            id,
+            message: "task logs can be read from an app, not from inside a task".into(),
+        })
+    }
+
     fn generation(&self) -> Result<u64, StatusError>;
 
     fn wait_past(&self, since: u64, deadline: Instant) -> u64;

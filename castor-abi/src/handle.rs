@@ -125,6 +125,16 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         })
     }
 
+    /// The task's log: what it logged through its context and, for a process task,
+    /// what it printed to stdout (`info`) and stderr (`warn`). The newest lines are kept
+    /// when a task logs more than the limit.
+    ///
+    /// # Errors
+    /// A database error; inside a task, logs are not available.
+    pub fn logs(&self) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+        self.backend.logs(self.id)
+    }
+
     fn view(&self) -> Result<View, StatusError> {
         self.backend
             .view(self.id)?

@@ -314,6 +314,10 @@ impl Backend for ClientInner {
         }))
     }
 
+    fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+        Ok(self.store().logs(id)?)
+    }
+
     fn generation(&self) -> Result<u64, StatusError> {
         Ok(self.watcher()?.generation())
     }

@@ -47,6 +47,20 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub processes: Option<u16>,
 
+    /// Replace a process-mode child after it ran this many tasks.
+    #[arg(long, value_name = "N", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub child_max_tasks: u32,
+
+    /// Cap each process-mode child's memory (address space), e.g. 512M or 2G; a task
+    /// that needs more fails with an out-of-memory error instead of starving the machine.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub child_memory: Option<u64>,
+
+    /// When a process task must stop (timeout, cancellation, shutdown): how long between
+    /// SIGTERM and SIGKILL.
+    #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
+    pub kill_grace: Duration,
+
     /// Use this database instead of the manager's.
     #[arg(long, value_name = "PATH")]
     pub db: Option<PathBuf>,
@@ -95,6 +109,12 @@ pub struct ChildArgs {
     /// The manager whose tasks to run.
     #[arg(long)]
     pub manager: String,
+    /// The worker's pid (the child exits if its parent is not this process).
+    #[arg(long)]
+    pub parent: u32,
+    /// Address-space limit in bytes.
+    #[arg(long)]
+    pub memory_limit: Option<u64>,
 }
 
 /// `path/to/lib.so[:MANAGER]`, validated.
@@ -192,9 +212,48 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
+/// Parses `512M`, `2G`, `64k` or a number of bytes.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {s:?}: expected e.g. 512M or 2G"))?;
+    let factor: u64 = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches(['B', 'I'])
+    {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        "T" => 1 << 40,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?}: use K, M, G or T"
+            ));
+        }
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2G"), Ok(2 << 30));
+        assert_eq!(parse_size("64kib"), Ok(64 << 10));
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
 
     fn target(s: &str) -> Result<PluginTarget, TargetError> {
         s.parse()

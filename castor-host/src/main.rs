@@ -3,8 +3,10 @@
 //! Exit codes: 0 after a clean stop, 1 on an error (printed with its causes), 2 on bad
 //! usage (from clap).
 
+mod child_mode;
 mod cli;
 mod plugin;
+mod protocol;
 mod worker;
 
 use std::process::ExitCode;
@@ -20,7 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let verbose = cli.worker.verbose;
     let result = match cli.command {
-        Some(Command::Child(_args)) => Err(anyhow::anyhow!("process mode is not available yet")),
+        Some(Command::Child(args)) => child_mode::run(args),
         None => run_worker(cli.worker),
     };
     match result {
@@ -57,6 +59,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| manager.database.as_str().into());
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or(cores, usize::from);
+    let processes = args.processes.map_or(cores, usize::from);
     let tasks = plugin::describe_tasks(&manager.tasks);
     let manager_name = manager.name.to_string();
     let worker = Worker::new(WorkerConfig {
@@ -64,6 +67,10 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         manager,
         database: database.clone(),
         threads,
+        processes,
+        max_tasks_per_child: args.child_max_tasks,
+        child_memory: args.child_memory,
+        kill_grace: args.kill_grace,
         grace: args.grace,
         lease: args.lease,
         durable: args.durable,
@@ -77,7 +84,10 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     println!("  library   {}", library.display());
     println!("  manager   {manager_name}: {tasks}");
     println!("  database  {}", database.display());
-    println!("  pool      {threads} thread(s)");
+    match worker.processes() {
+        0 => println!("  pool      {threads} thread(s)"),
+        n => println!("  pool      {threads} thread(s), {n} process(es)"),
+    }
     // Handlers first: "Ctrl+C to stop" is a promise.
     forward_signals(worker.controller())?;
     println!("Ctrl+C to stop");

@@ -8,5 +8,7 @@ mod loading;
 mod lifecycle;
 // Tasks that fail: errors, panics, undecodable arguments, retries, timeouts.
 mod failures;
+// Process tasks in warm children: crashes, timeouts, output capture, no orphans.
+mod process;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

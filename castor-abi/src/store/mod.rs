@@ -78,6 +78,19 @@ pub struct AttemptError {
     pub worker: Option<String>,
 }
 
+/// One line of a task's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLog {
+    /// When it was logged (microseconds since the epoch).
+    pub at: i64,
+    /// The attempt that logged it.
+    pub attempt: u32,
+    /// Its level; a process task's stdout is `info`, its stderr `warn`.
+    pub level: crate::LogLevel,
+    /// The line.
+    pub line: String,
+}
+
 /// A connection to a Castor database.
 pub struct Store {
     conn: Connection,
@@ -318,6 +331,36 @@ impl Store {
             )
             .and_then(|mut stmt| stmt.query_row([manager], |row| row.get(0)))
             .map_err(|e| classify(&self.path, "find the next due task", e))
+    }
+
+    /// A task's log lines, oldest first.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn logs(&self, id: Uuid) -> Result<Vec<TaskLog>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT l.at, l.attempt, l.level, l.line FROM castor_logs l \
+                 JOIN castor_tasks t ON t.seq = l.task_seq WHERE t.id = ?1 ORDER BY l.rowid",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([id.as_bytes().as_slice()], |row| {
+                    let level: String = row.get(2)?;
+                    Ok(TaskLog {
+                        at: row.get(0)?,
+                        attempt: row.get(1)?,
+                        level: match level.as_str() {
+                            "debug" => crate::LogLevel::Debug,
+                            "info" => crate::LogLevel::Info,
+                            "warn" => crate::LogLevel::Warn,
+                            _ => crate::LogLevel::Error,
+                        },
+                        line: row.get(3)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| classify(&self.path, "read a task's log", e))
     }
 
     /// How many tasks of `manager` are not finished yet (scheduled, available, running or

@@ -62,6 +62,13 @@ pub enum WorkerEvent<'a> {
         /// The task's name.
         task: &'a str,
     },
+    /// A process-mode child printed a line while it ran no task.
+    ChildOutput {
+        /// The child's pid.
+        pid: u32,
+        /// The line.
+        line: &'a str,
+    },
     /// The worker stopped.
     Stopped {
         /// What it did.
@@ -120,6 +127,7 @@ impl Reporter for PlainReporter {
             WorkerEvent::Abandoned { id, task } => {
                 format!("abandoned  {task} {id}: still running at shutdown; it will be retried")
             }
+            WorkerEvent::ChildOutput { pid, line } => format!("child {pid}: {line}"),
             WorkerEvent::Stopped { summary } => format!(
                 "stopped: {} completed, {} failed, {} abandoned",
                 summary.completed, summary.failed, summary.abandoned

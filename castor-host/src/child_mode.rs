@@ -1,0 +1,312 @@
+//! The re-executed child: `castor __child` loads the same library as its worker and runs
+//! the process tasks the worker sends it, one at a time, until its socket closes.
+//!
+//! Its standard input is the socket to the worker; it moves that to a private descriptor
+//! and puts `/dev/null` in its place, so a task that reads stdin cannot eat protocol
+//! bytes. It asks the kernel to kill it if the worker dies (`PR_SET_PDEATHSIG`) and also
+//! exits when the socket closes, so no child outlives its worker.
+
+use std::collections::HashMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use abi_stable::std_types::{RResult, RSlice, RStr};
+use anyhow::Context;
+use castor_abi::abi::{DispatchOptionsAbi, HostCtx, RunFn, SnapshotAbi};
+use castor_abi::host::Services;
+use castor_abi::{LogLevel, Uuid};
+use crossbeam_channel::{Receiver, Sender};
+
+use crate::cli::ChildArgs;
+use crate::plugin::Plugin;
+use crate::protocol::{self, END_MARKER, FromChild, Reply, Request, ToChild};
+
+/// Runs the child until the worker closes the socket or goes away.
+///
+/// # Errors
+/// Setting up the socket or loading the library failed (the worker is told).
+pub fn run(args: ChildArgs) -> anyhow::Result<()> {
+    let socket = take_socket()?;
+    die_with_parent(args.parent)?;
+    if let Some(bytes) = args.memory_limit {
+        limit_memory(bytes)?;
+    }
+    let writer = Arc::new(Mutex::new(socket.try_clone().context("clone the socket")?));
+    let tasks = match load(&args) {
+        Ok(tasks) => tasks,
+        Err(e) => {
+            let message = format!("{e:#}");
+            send(&writer, &FromChild::LoadFailed { message });
+            return Err(e);
+        }
+    };
+    let services: &'static ChildServices = Box::leak(Box::new(ChildServices {
+        writer: Arc::clone(&writer),
+        pending: Mutex::new(HashMap::new()),
+        next_call: AtomicU64::new(1),
+    }));
+    let cancelled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
+    let (runs, queue) = crossbeam_channel::unbounded();
+    spawn_reader(socket, services, cancelled, runs)?;
+    send(
+        &writer,
+        &FromChild::Ready {
+            pid: std::process::id(),
+        },
+    );
+    let host = castor_abi::host::host_services(services);
+    for run in queue {
+        let ToChild::Run {
+            id,
+            task,
+            attempt,
+            max_attempts,
+            args,
+        } = run
+        else {
+            continue;
+        };
+        cancelled.store(false, Ordering::SeqCst);
+        let result = match tasks.get(&task) {
+            Some(&run) => {
+                let ctx = HostCtx {
+                    services: host,
+                    task_id: id,
+                    task_name: RStr::from(task.as_str()),
+                    attempt,
+                    max_attempts,
+                    cancelled,
+                };
+                call(run, &ctx, &args)
+            }
+            None => (
+                Err((0, format!("this child does not know task `{task}`"))),
+                Duration::ZERO,
+            ),
+        };
+        end_of_output();
+        send(
+            &writer,
+            &FromChild::Done {
+                result: result.0,
+                elapsed_us: u64::try_from(result.1.as_micros()).unwrap_or(u64::MAX),
+            },
+        );
+    }
+    Ok(())
+}
+
+type Outcome = (Result<Vec<u8>, (u8, String)>, Duration);
+
+fn call(run: RunFn, ctx: &HostCtx<'_>, args: &[u8]) -> Outcome {
+    let start = Instant::now();
+    let returned = run(ctx, RSlice::from(args));
+    let elapsed = start.elapsed();
+    match returned {
+        RResult::ROk(bytes) => (Ok(bytes.into_vec()), elapsed),
+        RResult::RErr(failure) => (
+            Err((failure.kind as u8, failure.message.into_string())),
+            elapsed,
+        ),
+    }
+}
+
+/// Moves the socket off standard input and puts `/dev/null` there instead.
+fn take_socket() -> anyhow::Result<UnixStream> {
+    // SAFETY: plain descriptor syscalls on descriptors this process owns.
+    unsafe {
+        let fd = libc::fcntl(0, libc::F_DUPFD_CLOEXEC, 3);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("take the socket from stdin");
+        }
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if null >= 0 {
+            libc::dup2(null, 0);
+            libc::close(null);
+        }
+        Ok(UnixStream::from(OwnedFd::from_raw_fd(fd)))
+    }
+}
+
+/// Dies with the worker: the kernel sends SIGKILL when the parent exits. If the worker is
+/// already gone (it died between spawning us and this call), exit now.
+fn die_with_parent(parent: u32) -> anyhow::Result<()> {
+    // SAFETY: prctl with constant arguments; getppid has no preconditions.
+    unsafe {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+            return Err(std::io::Error::last_os_error()).context("set PR_SET_PDEATHSIG");
+        }
+        if u32::try_from(libc::getppid()).ok() != Some(parent) {
+            anyhow::bail!("the worker ({parent}) is already gone");
+        }
+    }
+    Ok(())
+}
+
+/// Caps the child's address space, so a runaway allocation fails in the child instead of
+/// exhausting the machine.
+fn limit_memory(bytes: u64) -> anyhow::Result<()> {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: bytes,
+    };
+    // SAFETY: setrlimit reads the live struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_AS, &limit) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("set the memory limit");
+    }
+    Ok(())
+}
+
+fn load(args: &ChildArgs) -> anyhow::Result<HashMap<String, RunFn>> {
+    let plugin = Plugin::load(&args.library)?;
+    let manager = plugin.into_manager(&args.manager)?;
+    Ok(manager
+        .tasks
+        .iter()
+        .map(|t| (t.name.to_string(), t.run))
+        .collect())
+}
+
+/// Writes the end-of-task marker to stdout and stderr, past any buffering, so the worker
+/// can tell which output belongs to the task that just ended.
+fn end_of_output() {
+    let line = format!("{END_MARKER}\n");
+    for fd in [1, 2] {
+        // SAFETY: writes a live buffer to a descriptor this process owns.
+        unsafe {
+            libc::write(fd, line.as_ptr().cast(), line.len());
+        }
+    }
+}
+
+fn send(writer: &Mutex<UnixStream>, message: &FromChild) {
+    let mut socket = writer.lock().unwrap_or_else(PoisonError::into_inner);
+    if protocol::write_frame(&mut *socket, message).is_err() {
+        // The worker is gone.
+        std::process::exit(0);
+    }
+}
+
+/// Reads the worker's messages: runs go to the main loop, replies to the task waiting for
+/// them, cancellation to the flag. Exits the process when the socket closes.
+fn spawn_reader(
+    socket: UnixStream,
+    services: &'static ChildServices,
+    cancelled: &'static AtomicBool,
+    runs: Sender<ToChild>,
+) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("castor-child-reader".into())
+        .spawn(move || {
+            let mut socket = socket;
+            loop {
+                match protocol::read_frame::<ToChild>(&mut socket) {
+                    Ok(Some(run @ ToChild::Run { .. })) => {
+                        let _ = runs.send(run);
+                    }
+                    Ok(Some(ToChild::Cancel)) => cancelled.store(true, Ordering::SeqCst),
+                    Ok(Some(ToChild::Reply { call, reply })) => {
+                        let waiter = services
+                            .pending
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .remove(&call);
+                        if let Some(waiter) = waiter {
+                            let _ = waiter.send(reply);
+                        }
+                    }
+                    // The worker closed the socket (retired us) or died.
+                    Ok(None) | Err(_) => std::process::exit(0),
+                }
+            }
+        })
+        .context("start the reader thread")?;
+    Ok(())
+}
+
+/// A task's services in a child: everything goes to the worker over the socket.
+struct ChildServices {
+    writer: Arc<Mutex<UnixStream>>,
+    pending: Mutex<HashMap<u64, Sender<Reply>>>,
+    next_call: AtomicU64,
+}
+
+impl ChildServices {
+    fn ask(&self, request: Request) -> Option<Reply> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx): (Sender<Reply>, Receiver<Reply>) = crossbeam_channel::bounded(1);
+        self.pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(call, tx);
+        send(&self.writer, &FromChild::Call { call, request });
+        rx.recv().ok()
+    }
+}
+
+impl Services for ChildServices {
+    fn dispatch(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, String> {
+        match self.ask(Request::Dispatch {
+            task: task.to_owned(),
+            args: args.to_vec(),
+            options: options.into(),
+        }) {
+            Some(Reply::Dispatched(result)) => result.map(Uuid::from_bytes),
+            _ => Err("the worker did not answer".into()),
+        }
+    }
+
+    fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String> {
+        match self.ask(Request::Snapshot {
+            id: id.into_bytes(),
+        }) {
+            Some(Reply::Snapshot(result)) => result.map(|s| s.map(Into::into)),
+            _ => Err("the worker did not answer".into()),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        match self.ask(Request::Generation) {
+            Some(Reply::Generation(g)) => g,
+            _ => 0,
+        }
+    }
+
+    fn wait_change(&self, since: u64, timeout_ms: u64) -> u64 {
+        match self.ask(Request::WaitChange { since, timeout_ms }) {
+            Some(Reply::Generation(g)) => g,
+            _ => since.wrapping_add(1),
+        }
+    }
+
+    fn log(&self, id: Uuid, level: LogLevel, line: &str) {
+        send(
+            &self.writer,
+            &FromChild::Log {
+                id: id.into_bytes(),
+                level: level as u8,
+                line: line.to_owned(),
+            },
+        );
+    }
+
+    fn progress(&self, id: Uuid, done: u64, total: u64, message: &str) {
+        send(
+            &self.writer,
+            &FromChild::Progress {
+                id: id.into_bytes(),
+                done,
+                total,
+                message: message.to_owned(),
+            },
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! The protocol between the worker and its process-mode children.
+//!
+//! A child is `castor` itself, re-executed in a hidden child mode with one end of a Unix
+//! socket pair as its standard input. Messages cross that socket as frames: a 4-byte
+//! little-endian length, then the message in Castor's bincode encoding. The child's
+//! stdout and stderr are separate pipes the worker reads as the running task's log, so
+//! nothing a task prints can corrupt a frame.
+//!
+//! ```text
+//! worker                                  child
+//!   ── (spawn) ─────────────────────────►  loads the library
+//!   ◄────────────────────────────── Ready   (or LoadFailed)
+//!   ── Run { task, id, args } ──────────►  runs it
+//!   ◄──── Call { dispatch | snapshot .. }   (a task's TaskContext, through the worker)
+//!   ── Reply { .. } ────────────────────►
+//!   ◄──────────── Log, Progress (no reply)
+//!   ── Cancel ─────────────────────────►   sets the task's cancellation flag
+//!   ◄───────────────────── Done { result }  after writing an end marker to stdout/stderr
+//! ```
+//!
+//! The child exits when the socket closes (the worker retired it, or died).
+
+use std::io::{self, Read, Write};
+
+use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
+use castor_abi::codec;
+use serde::{Deserialize, Serialize};
+
+/// The line a child writes to its stdout and stderr after each task, so the worker
+/// knows it has read all of that task's output. Control characters keep it from
+/// colliding with anything a task prints.
+pub const END_MARKER: &str = "\u{1}castor:end-of-task\u{1}";
+
+/// Worker to child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToChild {
+    /// Run one attempt.
+    Run {
+        /// The task's id.
+        id: [u8; 16],
+        /// Its name.
+        task: String,
+        /// The attempt number.
+        attempt: u32,
+        /// The attempt limit.
+        max_attempts: u32,
+        /// The encoded arguments.
+        args: Vec<u8>,
+    },
+    /// The running task was cancelled or timed out: set its flag.
+    Cancel,
+    /// The answer to a [`FromChild::Call`].
+    Reply {
+        /// The call's number.
+        call: u64,
+        /// The answer.
+        reply: Reply,
+    },
+}
+
+/// Child to worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromChild {
+    /// The library is loaded; tasks may come.
+    Ready {
+        /// The child's process id.
+        pid: u32,
+    },
+    /// The library could not be loaded.
+    LoadFailed {
+        /// Why.
+        message: String,
+    },
+    /// The attempt returned.
+    Done {
+        /// The encoded result, or the failure's kind and message.
+        result: Result<Vec<u8>, (u8, String)>,
+        /// How long the task ran, in microseconds.
+        elapsed_us: u64,
+    },
+    /// A running task needs the worker's database.
+    Call {
+        /// The call's number, echoed in the reply.
+        call: u64,
+        /// What it asks.
+        request: Request,
+    },
+    /// A running task logged a line.
+    Log {
+        /// The task's id.
+        id: [u8; 16],
+        /// The level (as `LogLevel` numbers it).
+        level: u8,
+        /// The line.
+        line: String,
+    },
+    /// A running task reported progress.
+    Progress {
+        /// The task's id.
+        id: [u8; 16],
+        /// Units done.
+        done: u64,
+        /// Units in all.
+        total: u64,
+        /// What it is doing.
+        message: String,
+    },
+}
+
+/// What a task in a child asks the worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Request {
+    /// Dispatch a task of the same manager.
+    Dispatch {
+        /// The task's name.
+        task: String,
+        /// Its encoded arguments.
+        args: Vec<u8>,
+        /// The resolved options.
+        options: DispatchOptions,
+    },
+    /// Read a task.
+    Snapshot {
+        /// The task's id.
+        id: [u8; 16],
+    },
+    /// The database's change counter.
+    Generation,
+    /// Wait for the counter to pass `since` (bounded by the worker).
+    WaitChange {
+        /// The counter last seen.
+        since: u64,
+        /// The longest wait.
+        timeout_ms: u64,
+    },
+}
+
+/// The worker's answers.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The new task's id, or why not.
+    Dispatched(Result<[u8; 16], String>),
+    /// The task, if it exists, or why it could not be read.
+    Snapshot(Result<Option<Snapshot>, String>),
+    /// The change counter.
+    Generation(u64),
+}
+
+/// [`DispatchOptionsAbi`] as it crosses the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatchOptions {
+    run_at_us: Option<i64>,
+    priority: i32,
+    unique_key: Option<String>,
+    max_attempts: u32,
+    timeout_ms: Option<u64>,
+    backoff_base_ms: u64,
+    backoff_cap_ms: u64,
+}
+
+impl From<&DispatchOptionsAbi> for DispatchOptions {
+    fn from(o: &DispatchOptionsAbi) -> Self {
+        DispatchOptions {
+            run_at_us: o.run_at_us.into_option(),
+            priority: o.priority,
+            unique_key: o.unique_key.as_ref().map(|k| k.to_string()).into_option(),
+            max_attempts: o.max_attempts,
+            timeout_ms: o.timeout_ms.into_option(),
+            backoff_base_ms: o.backoff_base_ms,
+            backoff_cap_ms: o.backoff_cap_ms,
+        }
+    }
+}
+
+impl From<DispatchOptions> for DispatchOptionsAbi {
+    fn from(o: DispatchOptions) -> Self {
+        DispatchOptionsAbi {
+            run_at_us: o.run_at_us.into(),
+            priority: o.priority,
+            unique_key: o.unique_key.map(Into::into).into(),
+            max_attempts: o.max_attempts,
+            timeout_ms: o.timeout_ms.into(),
+            backoff_base_ms: o.backoff_base_ms,
+            backoff_cap_ms: o.backoff_cap_ms,
+        }
+    }
+}
+
+/// [`SnapshotAbi`] as it crosses the socket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    state: String,
+    task: String,
+    attempt: u32,
+    max_attempts: u32,
+    result: Option<Vec<u8>>,
+    errors_json: String,
+}
+
+impl From<SnapshotAbi> for Snapshot {
+    fn from(s: SnapshotAbi) -> Self {
+        Snapshot {
+            state: s.state.into_string(),
+            task: s.task.into_string(),
+            attempt: s.attempt,
+            max_attempts: s.max_attempts,
+            result: s.result.into_option().map(|r| r.into_vec()),
+            errors_json: s.errors_json.into_string(),
+        }
+    }
+}
+
+impl From<Snapshot> for SnapshotAbi {
+    fn from(s: Snapshot) -> Self {
+        SnapshotAbi {
+            state: s.state.into(),
+            task: s.task.into(),
+            attempt: s.attempt,
+            max_attempts: s.max_attempts,
+            result: s.result.map(Into::into).into(),
+            errors_json: s.errors_json.into(),
+        }
+    }
+}
+
+/// Writes one frame.
+///
+/// # Errors
+/// The message does not encode, or the socket is closed.
+pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<()> {
+    let bytes = codec::encode(message).map_err(io::Error::other)?;
+    let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
+    let mut frame = Vec::with_capacity(4 + bytes.len());
+    frame.extend_from_slice(&len.to_le_bytes());
+    frame.extend_from_slice(&bytes);
+    out.write_all(&frame)?;
+    out.flush()
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+///
+/// # Errors
+/// A truncated or oversized frame, or one that does not decode.
+pub fn read_frame<T: serde::de::DeserializeOwned>(input: &mut impl Read) -> io::Result<Option<T>> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > codec::MAX_PAYLOAD + 1024 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {len} bytes is too large"),
+        ));
+    }
+    let mut bytes = vec![0u8; len];
+    input.read_exact(&mut bytes)?;
+    codec::decode(&bytes)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_and_end_cleanly() {
+        let mut buf = Vec::new();
+        write_frame(
+            &mut buf,
+            &ToChild::Run {
+                id: [7; 16],
+                task: "add".into(),
+                attempt: 1,
+                max_attempts: 3,
+                args: vec![1, 2, 3],
+            },
+        )
+        .expect("write");
+        write_frame(&mut buf, &ToChild::Cancel).expect("write");
+        let mut input = buf.as_slice();
+        match read_frame::<ToChild>(&mut input).expect("read") {
+            Some(ToChild::Run { task, args, .. }) => {
+                assert_eq!(task, "add");
+                assert_eq!(args, vec![1, 2, 3]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            read_frame::<ToChild>(&mut input).expect("read"),
+            Some(ToChild::Cancel)
+        ));
+        assert!(read_frame::<ToChild>(&mut input).expect("eof").is_none());
+    }
+
+    #[test]
+    fn a_truncated_frame_is_an_error() {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, &ToChild::Cancel).expect("write");
+        buf.truncate(buf.len() - 1);
+        buf[0] += 5;
+        assert!(read_frame::<ToChild>(&mut buf.as_slice()).is_err());
+    }
+}

@@ -1,0 +1,715 @@
+//! The coordinator: the worker's one thread that talks to the database. It sleeps until
+//! something happens, then runs one turn: expire thread-task timeouts, commit every
+//! pending outcome together with new claims, and hand the claimed tasks to the pools.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use castor_abi::abi::TaskMode;
+use castor_abi::state::{Transition, next_state};
+use castor_abi::store::{AttemptError, Claimed, Finish, duration_us, now_us};
+use castor_abi::{AttemptOutcome, Backoff, LogLevel, StoreError, TaskState, Uuid};
+use crossbeam_channel::Receiver;
+
+use super::child::{Job, ProcessPool};
+use super::{Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerEvent, executor};
+
+/// How often leases are renewed, as a fraction of the lease.
+const RENEW_EVERY: u32 = 3;
+
+/// Target time each claim batch should keep a pool busy for; the claim window grows for
+/// short tasks (to share commits) and shrinks to the pool size for long ones (to leave
+/// tasks for other workers).
+const BATCH_TARGET: Duration = Duration::from_millis(5);
+
+/// The most tasks one pool holds at once, whatever their speed.
+const MAX_WINDOW: usize = 1024;
+
+/// How long the coordinator waits before retrying a write that failed.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// A task this worker claimed and has not finished.
+struct Inflight {
+    id: Uuid,
+    task: String,
+    mode: TaskMode,
+    attempt: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+    timeout: Option<Duration>,
+    started_at: Option<Instant>,
+    flags: Arc<Flags>,
+    /// The attempt was already recorded (a thread task that timed out); the pool's late
+    /// answer is ignored.
+    recorded: bool,
+}
+
+/// An outcome waiting to be written.
+struct Outcome {
+    seq: i64,
+    id: Uuid,
+    task: String,
+    attempt: u32,
+    max_attempts: u32,
+    backoff: Backoff,
+    outcome: AttemptOutcome,
+    result: Option<Vec<u8>>,
+    elapsed: Duration,
+}
+
+struct LogLine {
+    seq: i64,
+    attempt: u32,
+    at: i64,
+    level: LogLevel,
+    line: String,
+}
+
+struct Stop {
+    deadline: Instant,
+    forced: bool,
+}
+
+/// Per mode: whether a claim may find more, and how long attempts take (a moving
+/// average, for the claim window).
+struct Lane {
+    want: bool,
+    mean: Duration,
+}
+
+impl Lane {
+    fn new() -> Lane {
+        Lane {
+            want: true,
+            mean: Duration::from_millis(1),
+        }
+    }
+
+    fn window(&self, slots: usize) -> usize {
+        let per_slot = BATCH_TARGET.as_secs_f64() / self.mean.as_secs_f64().max(1e-7);
+        let extra = (slots as f64 * per_slot) as usize;
+        (slots + extra).clamp(slots, MAX_WINDOW.max(slots))
+    }
+
+    fn observe(&mut self, elapsed: Duration) {
+        self.mean = self.mean.mul_f64(0.9) + elapsed.mul_f64(0.1);
+    }
+}
+
+/// The coordinator's state between turns.
+pub(super) struct Coordinator {
+    threads: rayon::ThreadPool,
+    processes: Option<ProcessPool>,
+    stopping: Arc<AtomicBool>,
+    inflight: HashMap<i64, Inflight>,
+    by_id: HashMap<Uuid, i64>,
+    outcomes: Vec<Outcome>,
+    releases: Vec<(i64, u32)>,
+    logs: Vec<LogLine>,
+    progress: HashMap<i64, (u32, u64, u64, String)>,
+    thread_lane: Lane,
+    process_lane: Lane,
+    data_version: Option<i64>,
+    next_due: Option<i64>,
+    check_due: bool,
+    next_renewal: Instant,
+    stop: Option<Stop>,
+    retry_at: Option<Instant>,
+    summary: Summary,
+}
+
+impl Coordinator {
+    pub(super) fn new(
+        worker: &Worker,
+        threads: rayon::ThreadPool,
+        processes: Option<ProcessPool>,
+        stopping: Arc<AtomicBool>,
+    ) -> Coordinator {
+        Coordinator {
+            threads,
+            processes,
+            stopping,
+            inflight: HashMap::new(),
+            by_id: HashMap::new(),
+            outcomes: Vec::new(),
+            releases: Vec::new(),
+            logs: Vec::new(),
+            progress: HashMap::new(),
+            thread_lane: Lane::new(),
+            process_lane: Lane::new(),
+            data_version: None,
+            next_due: None,
+            check_due: true,
+            next_renewal: Instant::now() + worker.config.lease / RENEW_EVERY,
+            stop: None,
+            retry_at: None,
+            summary: Summary::default(),
+        }
+    }
+
+    fn active(&self, mode: TaskMode) -> usize {
+        self.inflight.values().filter(|t| t.mode == mode).count()
+    }
+
+    fn running(&self) -> usize {
+        self.inflight.values().filter(|t| !t.recorded).count()
+    }
+
+    pub(super) fn finished(&self) -> bool {
+        match &self.stop {
+            Some(stop) => {
+                (self.running() == 0 && self.outcomes.is_empty())
+                    || stop.forced
+                    || Instant::now() >= stop.deadline
+            }
+            None => false,
+        }
+    }
+
+    fn wants_claim(&self) -> bool {
+        self.stop.is_none()
+            && self.retry_at.is_none()
+            && (self.thread_lane.want || self.process_lane.want)
+    }
+
+    /// Sleeps until the next event or timer, then takes every queued event.
+    pub(super) fn wait(
+        &mut self,
+        events: &Receiver<Event>,
+        pending: &AtomicBool,
+        worker: &mut Worker,
+        reporter: &mut dyn Reporter,
+    ) {
+        let has_work = !self.outcomes.is_empty() || !self.releases.is_empty() || self.wants_claim();
+        let timeout = if has_work {
+            Duration::ZERO
+        } else {
+            self.next_timer().saturating_duration_since(Instant::now())
+        };
+        let first = events.recv_timeout(timeout).ok();
+        for event in first.into_iter().chain(events.try_iter()) {
+            match event {
+                Event::Done(done) => self.on_done(done),
+                Event::Started { seq, at } => {
+                    if let Some(task) = self.inflight.get_mut(&seq) {
+                        task.started_at = Some(at);
+                    }
+                }
+                Event::DbChanged => {
+                    pending.store(false, Ordering::Release);
+                    match worker.store.data_version() {
+                        // Only this connection committed: nothing new to claim.
+                        Ok(version) if Some(version) == self.data_version => {}
+                        Ok(version) => {
+                            self.data_version = Some(version);
+                            self.wake_claims();
+                        }
+                        Err(_) => self.wake_claims(),
+                    }
+                }
+                Event::Log {
+                    id,
+                    level,
+                    line,
+                    at,
+                } => {
+                    if let Some(&seq) = self.by_id.get(&id) {
+                        let attempt = self.inflight.get(&seq).map_or(0, |t| t.attempt);
+                        self.logs.push(LogLine {
+                            seq,
+                            attempt,
+                            at,
+                            level,
+                            line,
+                        });
+                    }
+                }
+                Event::Progress {
+                    id,
+                    done,
+                    total,
+                    message,
+                } => {
+                    if let Some(&seq) = self.by_id.get(&id) {
+                        let attempt = self.inflight.get(&seq).map_or(0, |t| t.attempt);
+                        self.progress.insert(seq, (attempt, done, total, message));
+                    }
+                }
+                Event::ChildOutput { pid, line } => {
+                    reporter.event(WorkerEvent::ChildOutput { pid, line: &line });
+                }
+                Event::Shutdown => {
+                    if self.stop.is_some() {
+                        self.force(reporter);
+                    } else {
+                        self.stopping.store(true, Ordering::SeqCst);
+                        self.stop = Some(Stop {
+                            deadline: Instant::now() + worker.config.grace,
+                            forced: false,
+                        });
+                        reporter.event(WorkerEvent::Stopping {
+                            running: self.running(),
+                            grace: worker.config.grace,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn wake_claims(&mut self) {
+        self.thread_lane.want = true;
+        self.process_lane.want = true;
+        self.check_due = true;
+    }
+
+    fn force(&mut self, reporter: &mut dyn Reporter) {
+        self.stop = Some(Stop {
+            deadline: Instant::now(),
+            forced: true,
+        });
+        reporter.event(WorkerEvent::Forced {
+            running: self.running(),
+        });
+    }
+
+    fn next_timer(&self) -> Instant {
+        let now = Instant::now();
+        let mut next = self.next_renewal;
+        if let Some(at) = self.retry_at {
+            next = next.min(at);
+        }
+        if let Some(stop) = &self.stop {
+            next = next.min(stop.deadline);
+        }
+        if let Some(due) = self.next_due {
+            let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
+            next = next.min(now + wait);
+        }
+        for task in self.inflight.values() {
+            if let (TaskMode::Thread, Some(timeout), Some(started)) =
+                (task.mode, task.timeout, task.started_at)
+                && !task.recorded
+            {
+                next = next.min(started + timeout);
+            }
+        }
+        next
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Some(task) = self.inflight.remove(&done.seq) else {
+            return;
+        };
+        self.by_id.remove(&task.id);
+        if task.recorded {
+            return;
+        }
+        let Some(attempt) = done.outcome else {
+            // Never started: the worker is stopping. Give the claim back.
+            self.releases.push((done.seq, task.attempt));
+            return;
+        };
+        let elapsed = attempt.elapsed;
+        match task.mode {
+            TaskMode::Thread => self.thread_lane.observe(elapsed),
+            TaskMode::Process => self.process_lane.observe(elapsed),
+        }
+        self.outcomes.push(Outcome {
+            seq: done.seq,
+            id: task.id,
+            task: task.task,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            backoff: task.backoff,
+            outcome: attempt.outcome,
+            result: attempt.result,
+            elapsed,
+        });
+    }
+
+    /// Thread tasks past their timeout: signal cooperative cancellation and record the
+    /// attempt as timed out now. The thread cannot be killed; its late answer is ignored.
+    /// (Process tasks are killed by their slot.)
+    fn expire_timeouts(&mut self) {
+        let now = Instant::now();
+        for (&seq, task) in &mut self.inflight {
+            let (TaskMode::Thread, Some(timeout), Some(started)) =
+                (task.mode, task.timeout, task.started_at)
+            else {
+                continue;
+            };
+            if task.recorded || now < started + timeout {
+                continue;
+            }
+            task.flags.cancelled.store(true, Ordering::SeqCst);
+            task.recorded = true;
+            self.outcomes.push(Outcome {
+                seq,
+                id: task.id,
+                task: task.task.clone(),
+                attempt: task.attempt,
+                max_attempts: task.max_attempts,
+                backoff: task.backoff,
+                outcome: AttemptOutcome::TimedOut { after: timeout },
+                result: None,
+                elapsed: now - started,
+            });
+        }
+    }
+
+    /// Expires timeouts, commits, and starts what was claimed.
+    pub(super) fn turn(
+        &mut self,
+        worker: &mut Worker,
+        reporter: &mut dyn Reporter,
+    ) -> Result<(), StoreError> {
+        self.expire_timeouts();
+        if let Some(at) = self.retry_at {
+            if Instant::now() < at {
+                return Ok(());
+            }
+            self.retry_at = None;
+        }
+        for task in self.commit(worker, reporter)? {
+            self.start(worker, task);
+        }
+        Ok(())
+    }
+
+    /// How many tasks of `mode` to claim now.
+    fn room(&self, worker: &Worker, mode: TaskMode) -> usize {
+        if self.stop.is_some() {
+            return 0;
+        }
+        let (lane, slots, query) = match mode {
+            TaskMode::Thread => (
+                &self.thread_lane,
+                worker.config.threads,
+                &worker.thread_claim,
+            ),
+            TaskMode::Process => (
+                &self.process_lane,
+                worker.processes(),
+                &worker.process_claim,
+            ),
+        };
+        if !lane.want || query.is_none() {
+            return 0;
+        }
+        lane.window(slots).saturating_sub(self.active(mode))
+    }
+
+    /// One transaction: outcomes, releases, logs, progress, staging, lease renewal,
+    /// claims. Returns the claimed tasks.
+    fn commit(
+        &mut self,
+        worker: &mut Worker,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        let now = now_us();
+        let renew = Instant::now() >= self.next_renewal;
+        if self.check_due {
+            self.next_due = worker.store.next_due(&worker.config.manager.name)?;
+            self.check_due = false;
+        }
+        let stage = self.next_due.is_some_and(|due| due <= now);
+        let thread_limit = self.room(worker, TaskMode::Thread);
+        let process_limit = self.room(worker, TaskMode::Process);
+        if self.outcomes.is_empty()
+            && self.releases.is_empty()
+            && self.logs.is_empty()
+            && self.progress.is_empty()
+            && !stage
+            && !renew
+            && thread_limit == 0
+            && process_limit == 0
+        {
+            return Ok(Vec::new());
+        }
+        let lease_until = now + duration_us(worker.config.lease);
+        let worker_id = worker.id.clone();
+        let manager = worker.config.manager.name.to_string();
+        let jitter = jitter_source();
+        let transitions: Vec<Option<Transition>> = self
+            .outcomes
+            .iter()
+            .map(|o| match o.outcome {
+                AttemptOutcome::Succeeded => None,
+                _ => Some(next_state(
+                    &o.outcome,
+                    o.attempt,
+                    o.max_attempts,
+                    o.backoff,
+                    now,
+                    jitter(o.seq),
+                )),
+            })
+            .collect();
+        let claims = [
+            (worker.thread_claim.as_ref(), thread_limit),
+            (worker.process_claim.as_ref(), process_limit),
+        ];
+        let written = worker.store.write("record outcomes and claim tasks", |tx| {
+            let mut applied = Vec::with_capacity(self.outcomes.len());
+            for (o, transition) in self.outcomes.iter().zip(&transitions) {
+                applied.push(tx.finish_if_running(
+                    o.seq,
+                    o.attempt,
+                    &finish_of(o, transition.as_ref(), &worker_id, now),
+                    now,
+                )?);
+            }
+            for &(seq, attempt) in &self.releases {
+                tx.release_if_running(seq, attempt)?;
+            }
+            for log in &self.logs {
+                tx.append_log(log.seq, log.attempt, log.at, log.level, &log.line)?;
+            }
+            for (&seq, (attempt, done, total, message)) in &self.progress {
+                tx.set_progress(seq, *attempt, *done, *total, message)?;
+            }
+            let staged = if stage {
+                tx.stage_due(&manager, now)?
+            } else {
+                0
+            };
+            if renew {
+                tx.renew_leases(&worker_id, lease_until)?;
+                tx.heartbeat(&worker_id, now, self.summary.completed, self.summary.failed)?;
+            }
+            let mut claimed = [Vec::new(), Vec::new()];
+            for (i, (query, limit)) in claims.iter().enumerate() {
+                if let (Some(query), true) = (query, *limit > 0) {
+                    claimed[i] = tx.claim(query, &worker_id, *limit, now, lease_until)?;
+                }
+            }
+            Ok((applied, staged, claimed))
+        });
+        let (applied, staged, [threads, processes]) = match written {
+            Ok(written) => written,
+            Err(e) => {
+                // Everything stays pending; try again shortly.
+                self.retry_at = Some(Instant::now() + STORE_RETRY);
+                reporter.event(WorkerEvent::StoreError {
+                    error: &e,
+                    retry_in: STORE_RETRY,
+                });
+                return Err(e);
+            }
+        };
+        for ((outcome, transition), applied) in
+            self.outcomes.drain(..).zip(transitions).zip(applied)
+        {
+            let state = transition.map_or(TaskState::Completed, |t| t.state);
+            if state == TaskState::Retryable {
+                self.check_due = true;
+            }
+            match outcome.outcome {
+                AttemptOutcome::Succeeded => self.summary.completed += 1,
+                AttemptOutcome::Abandoned { .. } => self.summary.abandoned += 1,
+                _ => self.summary.failed += 1,
+            }
+            reporter.event(WorkerEvent::Finished(&Finished {
+                id: outcome.id,
+                task: &outcome.task,
+                attempt: outcome.attempt,
+                max_attempts: outcome.max_attempts,
+                outcome: &outcome.outcome,
+                state,
+                retry_at: transition.and_then(|t| t.scheduled_at),
+                elapsed: outcome.elapsed,
+                lost_lease: !applied,
+            }));
+        }
+        self.releases.clear();
+        self.logs.clear();
+        self.progress.clear();
+        if renew {
+            self.next_renewal = Instant::now() + worker.config.lease / RENEW_EVERY;
+        }
+        if staged > 0 {
+            self.wake_claims();
+        }
+        if thread_limit > 0 {
+            self.thread_lane.want = threads.len() == thread_limit;
+        }
+        if process_limit > 0 {
+            self.process_lane.want = processes.len() == process_limit;
+        }
+        let mut claimed = threads;
+        claimed.extend(processes);
+        Ok(claimed)
+    }
+
+    /// Hands a claimed task to its pool.
+    fn start(&mut self, worker: &Worker, task: Claimed) {
+        let Some(info) = worker.tasks.get(&task.task).copied() else {
+            // The claim only selects known names; this is unreachable but harmless.
+            self.releases.push((task.seq, task.attempt));
+            return;
+        };
+        let flags = Arc::new(Flags::default());
+        let seq = task.seq;
+        self.by_id.insert(task.id, seq);
+        self.inflight.insert(
+            seq,
+            Inflight {
+                id: task.id,
+                task: task.task.clone(),
+                mode: info.mode,
+                attempt: task.attempt,
+                max_attempts: task.max_attempts,
+                backoff: task.backoff,
+                timeout: task.timeout,
+                started_at: None,
+                flags: Arc::clone(&flags),
+                recorded: false,
+            },
+        );
+        match (info.mode, &self.processes) {
+            (TaskMode::Process, Some(processes)) => processes.submit(Job { task, flags }),
+            _ => {
+                let events = worker.events.0.clone();
+                let host = worker.host;
+                let stopping = Arc::clone(&self.stopping);
+                self.threads.spawn(move || {
+                    if stopping.load(Ordering::SeqCst) {
+                        let _ = events.send(Event::Done(Done { seq, outcome: None }));
+                        return;
+                    }
+                    flags.started.store(true, Ordering::SeqCst);
+                    if task.timeout.is_some() {
+                        let _ = events.send(Event::Started {
+                            seq,
+                            at: Instant::now(),
+                        });
+                    }
+                    let attempt = executor::run_attempt(info.run, host, &task, &flags.cancelled);
+                    let _ = events.send(Event::Done(Done {
+                        seq,
+                        outcome: Some(attempt),
+                    }));
+                });
+            }
+        }
+    }
+
+    /// True for errors that waiting cannot fix.
+    pub(super) fn fatal(e: &StoreError) -> bool {
+        matches!(
+            e,
+            StoreError::Corrupt { .. }
+                | StoreError::ReadOnly { .. }
+                | StoreError::SchemaTooNew { .. }
+                | StoreError::MissingDirectory { .. }
+                | StoreError::InvalidRow { .. }
+        )
+    }
+
+    /// After the loop: tasks still running are recorded as abandoned (and retried under
+    /// their policy by whichever worker runs next); claims never started are given back;
+    /// children are stopped and reaped.
+    pub(super) fn finish(&mut self, worker: &mut Worker, reporter: &mut dyn Reporter) -> Summary {
+        self.stopping.store(true, Ordering::SeqCst);
+        let grace = worker.config.grace;
+        let mut kill_children = false;
+        for (seq, task) in std::mem::take(&mut self.inflight) {
+            if task.recorded {
+                continue;
+            }
+            if !task.flags.started.load(Ordering::SeqCst) {
+                self.releases.push((seq, task.attempt));
+                continue;
+            }
+            task.flags.cancelled.store(true, Ordering::SeqCst);
+            kill_children |= task.mode == TaskMode::Process;
+            reporter.event(WorkerEvent::Abandoned {
+                id: task.id,
+                task: &task.task,
+            });
+            self.outcomes.push(Outcome {
+                seq,
+                id: task.id,
+                task: task.task,
+                attempt: task.attempt,
+                max_attempts: task.max_attempts,
+                backoff: task.backoff,
+                outcome: AttemptOutcome::Abandoned {
+                    message: format!(
+                        "the worker stopped before the task finished (grace period {})",
+                        castor_abi::format_duration(grace)
+                    ),
+                },
+                result: None,
+                elapsed: task.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
+            });
+        }
+        self.thread_lane.want = false;
+        self.process_lane.want = false;
+        // A few tries: a briefly busy database should not lose these outcomes.
+        for _ in 0..3 {
+            if self.outcomes.is_empty() && self.releases.is_empty() && self.logs.is_empty() {
+                break;
+            }
+            if self.commit(worker, reporter).is_ok() {
+                break;
+            }
+        }
+        if let Some(processes) = self.processes.take() {
+            processes.shutdown(kill_children);
+        }
+        let (id, summary) = (worker.id.clone(), self.summary.clone());
+        let stopped = worker.store.write("record the worker's stop", |tx| {
+            tx.heartbeat(&id, now_us(), summary.completed, summary.failed)?;
+            tx.stop_worker(&id, now_us())
+        });
+        if let Err(error) = stopped {
+            reporter.event(WorkerEvent::StoreError {
+                error: &error,
+                retry_in: Duration::ZERO,
+            });
+        }
+        self.summary.clone()
+    }
+}
+
+fn finish_of<'a>(
+    o: &'a Outcome,
+    transition: Option<&Transition>,
+    worker: &str,
+    now: i64,
+) -> Finish<'a> {
+    match transition {
+        None => Finish::Completed {
+            result: o.result.as_deref().unwrap_or_default(),
+        },
+        Some(transition) => Finish::Failed {
+            transition: *transition,
+            error: AttemptError {
+                attempt: o.attempt,
+                at: now,
+                kind: o.outcome.kind().to_owned(),
+                error: o.outcome.message().unwrap_or_default(),
+                worker: Some(worker.to_owned()),
+            },
+        },
+    }
+}
+
+/// A cheap, per-call source of jitter in `[0, 1)` for backoff (no RNG dependency: the
+/// row number and the clock's low bits are random enough to spread retries).
+fn jitter_source() -> impl Fn(i64) -> f64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    move |seq: i64| {
+        let mut x = (seq as u64) ^ (u64::from(nanos) << 17) ^ 0x9E37_79B9_7F4A_7C15;
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
