@@ -177,6 +177,30 @@ where
     }
 }
 
+/// The body of every task's `describe` function: decode as `A` (or `R`), render as JSON.
+pub fn describe<A, R>(bytes: RSlice<'_, u8>, result: bool) -> RResult<RString, RString>
+where
+    A: DeserializeOwned + Serialize,
+    R: DeserializeOwned + Serialize,
+{
+    fn render<T: DeserializeOwned + Serialize>(bytes: &[u8]) -> Result<String, String> {
+        let value: T = codec::decode(bytes).map_err(|e| e.to_string())?;
+        serde_json::to_string(&value).map_err(|e| e.to_string())
+    }
+    let rendered = catch_unwind(AssertUnwindSafe(|| {
+        if result {
+            render::<R>(bytes.as_slice())
+        } else {
+            render::<A>(bytes.as_slice())
+        }
+    }));
+    match rendered {
+        Ok(Ok(json)) => RResult::ROk(json.into()),
+        Ok(Err(e)) => RResult::RErr(e.into()),
+        Err(payload) => RResult::RErr(panic_message(&*payload).into()),
+    }
+}
+
 /// The body of the exported `managers` function.
 pub fn managers(list: &[fn() -> Manager]) -> RResult<RVec<ManagerDecl>, RString> {
     let built = catch_unwind(|| {

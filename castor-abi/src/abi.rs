@@ -87,6 +87,9 @@ impl std::fmt::Display for TaskMode {
 /// Runs one attempt of a task: decodes the arguments, calls the function, encodes the result.
 pub type RunFn = extern "C" fn(&HostCtx<'_>, RSlice<'_, u8>) -> RResult<RVec<u8>, TaskFailure>;
 
+/// Renders stored arguments (or a result, with `true`) as JSON.
+pub type DescribeFn = extern "C" fn(RSlice<'_, u8>, bool) -> RResult<RString, RString>;
+
 /// One task of a manager, with its declared policy.
 #[repr(C)]
 #[derive(StableAbi, Debug)]
@@ -105,6 +108,9 @@ pub struct TaskDecl {
     pub backoff_cap_ms: u64,
     /// Runs one attempt.
     pub run: extern "C" fn(&HostCtx<'_>, RSlice<'_, u8>) -> RResult<RVec<u8>, TaskFailure>,
+    /// Decodes stored arguments (or, with `true`, a stored result) and renders them as
+    /// JSON, for people reading the database (`castor show`).
+    pub describe: extern "C" fn(RSlice<'_, u8>, bool) -> RResult<RString, RString>,
 }
 
 /// Why an attempt did not produce a result, as reported by the library.

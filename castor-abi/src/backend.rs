@@ -83,6 +83,14 @@ pub(crate) trait Backend: Send + Sync {
 
     fn view(&self, id: Uuid) -> Result<Option<View>, StatusError>;
 
+    /// Cancels the task.
+    fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
+        Err(StatusError::Host {
+            id,
+            message: "tasks can be cancelled from an app or the CLI, not from inside a task".into(),
+        })
+    }
+
     /// The task's log lines.
     fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
         Err(StatusError::Host {

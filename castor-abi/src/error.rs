@@ -59,8 +59,11 @@ pub enum StoreError {
         /// SQLite's description.
         detail: String,
     },
-    /// The disk is full; the write was rolled back.
-    #[error("disk full while writing {path} during {operation}; the write was rolled back")]
+    /// No space for the write (a full disk, a quota, a file-size limit); it was rolled
+    /// back.
+    #[error(
+        "disk full while writing {path} during {operation} (no space left, a quota or a file-size limit); the write was rolled back"
+    )]
     DiskFull {
         /// The database path.
         path: PathBuf,

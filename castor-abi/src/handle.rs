@@ -125,6 +125,18 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         })
     }
 
+    /// Cancels the task. One that has not started never runs; a running one is stopped
+    /// (a process task is killed; a thread task sees
+    /// [`TaskContext::is_cancelled`](crate::TaskContext::is_cancelled) and should return)
+    /// and ends `cancelled` unless it completes first. `join` then returns
+    /// [`JoinError::Cancelled`].
+    ///
+    /// # Errors
+    /// [`StatusError::NotFound`], or a database error.
+    pub fn cancel(&self) -> Result<crate::store::CancelOutcome, StatusError> {
+        self.backend.cancel(self.id)
+    }
+
     /// The task's log: what it logged through its context and, for a process task,
     /// what it printed to stdout (`info`) and stderr (`warn`). The newest lines are kept
     /// when a task logs more than the limit.

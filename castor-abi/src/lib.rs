@@ -82,7 +82,7 @@ pub use crate::error::{DispatchError, JoinError, StatusError, StoreError};
 pub use crate::handle::{Resolve, TaskHandle, TaskInfo};
 pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_name};
 pub use crate::state::{AttemptOutcome, Backoff, TaskState};
-pub use crate::store::{AttemptError, TaskLog};
+pub use crate::store::{AttemptError, CancelOutcome, TaskLog};
 pub use crate::task::{DelayOptions, TaskContext, TaskError, TaskSpec};
 pub use uuid::Uuid;
 

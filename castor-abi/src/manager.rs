@@ -314,6 +314,13 @@ impl Backend for ClientInner {
         }))
     }
 
+    fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
+        let now = crate::store::now_us();
+        self.store()
+            .write("cancel a task", |tx| tx.cancel(id, now))?
+            .ok_or(StatusError::NotFound { id })
+    }
+
     fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
         Ok(self.store().logs(id)?)
     }

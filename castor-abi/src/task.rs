@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use abi_stable::std_types::RString;
 use uuid::Uuid;
 
-use crate::abi::{DispatchOptionsAbi, RunFn, TaskDecl, TaskMode};
+use crate::abi::{DescribeFn, DispatchOptionsAbi, RunFn, TaskDecl, TaskMode};
 use crate::backend::{Backend, LogLevel};
 use crate::manager::{Dispatch, Dispatcher};
 use crate::state::Backoff;
@@ -31,6 +31,8 @@ pub struct TaskSpec {
     pub backoff: Backoff,
     /// Runs one attempt (generated glue; catches panics).
     pub run: RunFn,
+    /// Renders stored arguments or results as JSON (generated glue).
+    pub describe: DescribeFn,
 }
 
 impl TaskSpec {
@@ -43,6 +45,7 @@ impl TaskSpec {
             backoff_base_ms: millis(self.backoff.base),
             backoff_cap_ms: millis(self.backoff.cap),
             run: self.run,
+            describe: self.describe,
         }
     }
 }

@@ -75,6 +75,11 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub lease: Duration,
 
+    /// Delete finished tasks (completed, discarded, cancelled) this long after they
+    /// finish; `join` on a deleted task says it was pruned.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub retention: Duration,
+
     /// Make every commit survive a power loss (synchronous=FULL); slower.
     #[arg(long)]
     pub durable: bool,
@@ -95,9 +100,113 @@ pub struct WorkerArgs {
 /// Subcommands (besides running a worker).
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// List tasks, newest first.
+    List(ListArgs),
+    /// Show one task: arguments, result, every attempt's error, and its log.
+    Show(ShowArgs),
+    /// Give discarded or cancelled tasks another attempt.
+    Retry(IdsArgs),
+    /// Cancel tasks: one not started never runs; a running one is stopped.
+    Cancel(IdsArgs),
+    /// Delete tasks in the given states (never running ones).
+    Purge(PurgeArgs),
+    /// Counts by state and task, throughput, workers, and tasks no worker runs.
+    Stats(DbArgs),
     /// Internal: a process-mode child (started by the worker itself).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
+}
+
+/// Which database a subcommand reads, and how it prints.
+#[derive(Debug, Args)]
+pub struct DbArgs {
+    /// The database (default: the library's manager's, with --lib; else ./tasks.db).
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+
+    /// The task library: finds the manager's database, and decodes arguments and results.
+    #[arg(long, value_name = "LIB[:MANAGER]")]
+    pub lib: Option<PluginTarget>,
+
+    /// Print JSON instead of a table, for scripts.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `castor list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+
+    /// Only tasks in this state (repeatable).
+    #[arg(long, value_name = "STATE")]
+    pub state: Vec<castor_abi::TaskState>,
+
+    /// Only tasks with this name.
+    #[arg(long, value_name = "NAME")]
+    pub task: Option<String>,
+
+    /// Only tasks of this manager.
+    #[arg(long, value_name = "NAME")]
+    pub manager: Option<String>,
+
+    /// At most this many.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+}
+
+/// `castor show`.
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// The task's id.
+    pub id: castor_abi::Uuid,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// Subcommands that act on tasks by id.
+#[derive(Debug, Args)]
+pub struct IdsArgs {
+    /// The tasks' ids.
+    #[arg(required = true)]
+    pub ids: Vec<castor_abi::Uuid>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// `castor purge`.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Delete tasks in this state (repeatable; `finished` means completed, discarded and
+    /// cancelled).
+    #[arg(long, value_name = "STATE", required = true, value_parser = parse_purge_state)]
+    pub state: Vec<Vec<castor_abi::TaskState>>,
+
+    /// Only tasks that finished (or were dispatched, if unfinished) longer ago than this.
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
+    pub older_than: Duration,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+fn parse_purge_state(s: &str) -> Result<Vec<castor_abi::TaskState>, String> {
+    use castor_abi::TaskState;
+    match s {
+        "finished" => Ok(vec![
+            TaskState::Completed,
+            TaskState::Discarded,
+            TaskState::Cancelled,
+        ]),
+        "running" => Err("running tasks cannot be purged (cancel them first)".into()),
+        other => other
+            .parse::<TaskState>()
+            .map(|s| vec![s])
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// Arguments of the hidden child mode.

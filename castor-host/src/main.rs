@@ -5,6 +5,7 @@
 
 mod child_mode;
 mod cli;
+mod commands;
 mod plugin;
 mod protocol;
 mod worker;
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
     let verbose = cli.worker.verbose;
     let result = match cli.command {
         Some(Command::Child(args)) => child_mode::run(args),
+        Some(other) => commands::run(other),
         None => run_worker(cli.worker),
     };
     match result {
@@ -74,6 +76,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         grace: args.grace,
         lease: args.lease,
         durable: args.durable,
+        retention: args.retention,
     })
     .with_context(|| format!("cannot start a worker on {}", database.display()))?;
     println!(

@@ -10,5 +10,11 @@ mod lifecycle;
 mod failures;
 // Process tasks in warm children: crashes, timeouts, output capture, no orphans.
 mod process;
+// Workers dying, many workers and apps, cancellation, retention, a database gone bad.
+mod reliability;
+// The inspection subcommands: list, show, retry, cancel, purge, stats.
+mod cli;
+// plugin-template through the real cargo-generate, built and run by the real worker.
+mod template;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

@@ -277,3 +277,56 @@ pub fn assert_startup_error(dir: &TestDir, args: &[&str], code: i32, needles: &[
     }
     out.stderr
 }
+
+/// The fixture's test app (`fixture-app`), built on first use with the same cargo,
+/// profile and target directory as this test binary (cargo does not build a
+/// dependency's binaries for tests).
+pub fn fixture_app() -> PathBuf {
+    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .ok_or("the test executable is not in target/<profile>/deps")?;
+        let target_dir = profile_dir.parent().ok_or("no target directory")?;
+        let release = profile_dir.file_name().is_some_and(|n| n == "release");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args([
+                "build",
+                "--quiet",
+                "-p",
+                "castor-fixture-tasks",
+                "--bin",
+                "fixture-app",
+            ])
+            .arg("--manifest-path")
+            .arg(&manifest)
+            .arg("--target-dir")
+            .arg(target_dir);
+        if release {
+            command.arg("--release");
+        }
+        let status = command.status().map_err(|e| e.to_string())?;
+        if !status.success() {
+            return Err(format!("building fixture-app failed: {status}"));
+        }
+        Ok(profile_dir.join("fixture-app"))
+    });
+    match built {
+        Ok(path) => path.clone(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// Reads the keys a `record` task wrote, with how often each was written.
+pub fn recorded(path: &Path) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for line in std::fs::read_to_string(path).unwrap_or_default().lines() {
+        *counts.entry(line.to_owned()).or_default() += 1;
+    }
+    counts
+}

@@ -40,6 +40,11 @@ pub fn export_managers(input: TokenStream) -> TokenStream {
     }
 }
 
+/// Three attempts unless a task says otherwise: one for a transient failure, one for a
+/// worker that died holding the task (every attempt counts, so a task that kills its
+/// worker cannot loop forever).
+const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+
 struct TaskAttr {
     mode: Ident,
     name: Option<String>,
@@ -56,7 +61,7 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
         mode: Ident::new("Thread", Span::call_site()),
         name: None,
         timeout_ms: None,
-        max_attempts: 1,
+        max_attempts: DEFAULT_MAX_ATTEMPTS,
         backoff_ms: 1_000,
         backoff_cap_ms: 3_600_000,
     };
@@ -320,7 +325,18 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                     cap: ::core::time::Duration::from_millis(#backoff_cap_ms),
                 },
                 run: __castor_run,
+                describe: __castor_describe,
             };
+
+            extern "C" fn __castor_describe(
+                bytes: ::castor_abi::__private::abi_stable::std_types::RSlice<'_, u8>,
+                result: bool,
+            ) -> ::castor_abi::__private::abi_stable::std_types::RResult<
+                ::castor_abi::__private::abi_stable::std_types::RString,
+                ::castor_abi::__private::abi_stable::std_types::RString,
+            > {
+                ::castor_abi::__private::describe::<Args, Output>(bytes, result)
+            }
 
             extern "C" fn __castor_run(
                 host: &::castor_abi::abi::HostCtx<'_>,

@@ -7,6 +7,8 @@
 //! database stays busy past the busy timeout, and hands the closure a [`WriteTx`] whose
 //! methods name their guards (`finish_if_running`).
 
+mod admin;
+mod rescue;
 mod rows;
 mod watch;
 mod workers;
@@ -18,11 +20,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, pa
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+pub use self::admin::{CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskSummary};
+pub use self::rescue::Expired;
 use self::rows::TaskRow;
 pub use self::rows::{ClaimQuery, Claimed, Finish, NewTask, Progress, TaskFilter, TaskSnapshot};
 pub use self::watch::Watcher;
-pub use self::workers::WorkerRow;
+pub use self::workers::{LiveWorker, WorkerRow};
 use crate::error::StoreError;
+/// The error a statement inside [`Store::write`] returns (mapped to a [`StoreError`] by
+/// `write`).
+pub use rusqlite::Error as SqlError;
 
 /// The schema version this build creates and understands (`PRAGMA user_version`).
 pub const SCHEMA_VERSION: i64 = 1;
@@ -275,8 +282,29 @@ impl Store {
             match result {
                 Ok(value) => return Ok(value),
                 Err(e) if is_busy(&e) && tries <= BUSY_RETRIES => continue,
+                Err(e) if self.out_of_space(&e) => {
+                    return Err(StoreError::DiskFull {
+                        path: self.path.clone(),
+                        operation,
+                    });
+                }
                 Err(e) => return Err(classify(&self.path, operation, e)),
             }
+        }
+    }
+
+    /// True if `e` is a write that failed for lack of space. SQLite reports ENOSPC as
+    /// "disk full" but a quota (EDQUOT) or a file-size limit (EFBIG) as a generic I/O
+    /// error, so the operating system's error number decides.
+    fn out_of_space(&self, e: &rusqlite::Error) -> bool {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => true,
+            Some(rusqlite::ErrorCode::SystemIoFailure) => {
+                // SAFETY: reads the last OS error number of this open connection.
+                let errno = unsafe { rusqlite::ffi::sqlite3_system_errno(self.conn.handle()) };
+                matches!(errno, libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+            }
+            _ => false,
         }
     }
 

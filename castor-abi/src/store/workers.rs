@@ -99,3 +99,38 @@ impl WriteTx<'_> {
         Ok(())
     }
 }
+
+/// A worker run that has not recorded a stop, as the rescuer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWorker {
+    /// The run's id.
+    pub id: String,
+    /// Its machine.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its last heartbeat.
+    pub heartbeat_at: i64,
+}
+
+impl WriteTx<'_> {
+    /// Worker runs that have not recorded a stop.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn live_workers(&self) -> Result<Vec<LiveWorker>, rusqlite::Error> {
+        self.tx
+            .prepare_cached(
+                "SELECT id, hostname, pid, heartbeat_at FROM castor_workers WHERE stopped_at IS NULL",
+            )?
+            .query_map([], |row| {
+                Ok(LiveWorker {
+                    id: row.get(0)?,
+                    hostname: row.get(1)?,
+                    pid: row.get(2)?,
+                    heartbeat_at: row.get(3)?,
+                })
+            })?
+            .collect()
+    }
+}

@@ -285,19 +285,19 @@ impl Slot {
                         child.kill(Duration::ZERO);
                         return (crashed("killed at shutdown".into(), started), None);
                     }
-                    if let (Some(deadline), Some(timeout)) = (deadline, task.timeout) {
-                        if Instant::now() >= deadline {
-                            let _ = child.send(&ToChild::Cancel);
-                            child.kill(self.config.kill_grace);
-                            return (
-                                Attempt {
-                                    outcome: AttemptOutcome::TimedOut { after: timeout },
-                                    result: None,
-                                    elapsed: started.elapsed(),
-                                },
-                                None,
-                            );
-                        }
+                    if let (Some(deadline), Some(timeout)) = (deadline, task.timeout)
+                        && Instant::now() >= deadline
+                    {
+                        let _ = child.send(&ToChild::Cancel);
+                        child.kill(self.config.kill_grace);
+                        return (
+                            Attempt {
+                                outcome: AttemptOutcome::TimedOut { after: timeout },
+                                result: None,
+                                elapsed: started.elapsed(),
+                            },
+                            None,
+                        );
                     }
                     if job.flags.cancelled.load(Ordering::SeqCst) {
                         // Cancelled by a user: tell the task, then stop its process.

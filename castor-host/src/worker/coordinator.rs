@@ -14,6 +14,7 @@ use castor_abi::{AttemptOutcome, Backoff, LogLevel, StoreError, TaskState, Uuid}
 use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
+use super::rescuer::{self, Rescue};
 use super::{Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerEvent, executor};
 
 /// How often leases are renewed, as a fraction of the lease.
@@ -26,6 +27,12 @@ const BATCH_TARGET: Duration = Duration::from_millis(5);
 
 /// The most tasks one pool holds at once, whatever their speed.
 const MAX_WINDOW: usize = 1024;
+
+/// How often finished tasks past the retention period are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How many finished tasks one turn prunes.
+const PRUNE_BATCH: usize = 1000;
 
 /// How long the coordinator waits before retrying a write that failed.
 const STORE_RETRY: Duration = Duration::from_secs(1);
@@ -115,6 +122,10 @@ pub(super) struct Coordinator {
     next_due: Option<i64>,
     check_due: bool,
     next_renewal: Instant,
+    next_rescue: Instant,
+    next_prune: Instant,
+    /// Someone may have asked to cancel one of our running tasks.
+    check_cancels: bool,
     stop: Option<Stop>,
     retry_at: Option<Instant>,
     summary: Summary,
@@ -143,6 +154,10 @@ impl Coordinator {
             next_due: None,
             check_due: true,
             next_renewal: Instant::now() + worker.config.lease / RENEW_EVERY,
+            // Rescue at once: a worker restarted after a crash picks up its old tasks.
+            next_rescue: Instant::now(),
+            next_prune: Instant::now() + Duration::from_secs(1),
+            check_cancels: false,
             stop: None,
             retry_at: None,
             summary: Summary::default(),
@@ -263,6 +278,7 @@ impl Coordinator {
         self.thread_lane.want = true;
         self.process_lane.want = true;
         self.check_due = true;
+        self.check_cancels = true;
     }
 
     fn force(&mut self, reporter: &mut dyn Reporter) {
@@ -277,7 +293,7 @@ impl Coordinator {
 
     fn next_timer(&self) -> Instant {
         let now = Instant::now();
-        let mut next = self.next_renewal;
+        let mut next = self.next_renewal.min(self.next_rescue).min(self.next_prune);
         if let Some(at) = self.retry_at {
             next = next.min(at);
         }
@@ -411,6 +427,9 @@ impl Coordinator {
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = now_us();
         let renew = Instant::now() >= self.next_renewal;
+        let rescue = Instant::now() >= self.next_rescue;
+        let prune = Instant::now() >= self.next_prune;
+        let cancels = self.check_cancels && !self.inflight.is_empty();
         if self.check_due {
             self.next_due = worker.store.next_due(&worker.config.manager.name)?;
             self.check_due = false;
@@ -424,11 +443,17 @@ impl Coordinator {
             && self.progress.is_empty()
             && !stage
             && !renew
+            && !rescue
+            && !prune
+            && !cancels
             && thread_limit == 0
             && process_limit == 0
         {
             return Ok(Vec::new());
         }
+        let retention_cutoff = now - duration_us(worker.config.retention);
+        let hostname = worker.hostname.clone();
+        let lease = worker.config.lease;
         let lease_until = now + duration_us(worker.config.lease);
         let worker_id = worker.id.clone();
         let manager = worker.config.manager.name.to_string();
@@ -453,6 +478,13 @@ impl Coordinator {
             (worker.process_claim.as_ref(), process_limit),
         ];
         let written = worker.store.write("record outcomes and claim tasks", |tx| {
+            // Logs and progress first: progress is only recorded while the attempt runs.
+            for log in &self.logs {
+                tx.append_log(log.seq, log.attempt, log.at, log.level, &log.line)?;
+            }
+            for (&seq, (attempt, done, total, message)) in &self.progress {
+                tx.set_progress(seq, *attempt, *done, *total, message)?;
+            }
             let mut applied = Vec::with_capacity(self.outcomes.len());
             for (o, transition) in self.outcomes.iter().zip(&transitions) {
                 applied.push(tx.finish_if_running(
@@ -465,12 +497,6 @@ impl Coordinator {
             for &(seq, attempt) in &self.releases {
                 tx.release_if_running(seq, attempt)?;
             }
-            for log in &self.logs {
-                tx.append_log(log.seq, log.attempt, log.at, log.level, &log.line)?;
-            }
-            for (&seq, (attempt, done, total, message)) in &self.progress {
-                tx.set_progress(seq, *attempt, *done, *total, message)?;
-            }
             let staged = if stage {
                 tx.stage_due(&manager, now)?
             } else {
@@ -480,26 +506,42 @@ impl Coordinator {
                 tx.renew_leases(&worker_id, lease_until)?;
                 tx.heartbeat(&worker_id, now, self.summary.completed, self.summary.failed)?;
             }
+            let rescued = if rescue {
+                rescuer::rescue(tx, &worker_id, &hostname, lease, now, &jitter)?
+            } else {
+                Rescue::default()
+            };
+            let pruned = if prune {
+                tx.prune(retention_cutoff, PRUNE_BATCH)?
+            } else {
+                0
+            };
+            let cancel_requests = if cancels {
+                tx.cancel_requests(&worker_id)?
+            } else {
+                Vec::new()
+            };
             let mut claimed = [Vec::new(), Vec::new()];
             for (i, (query, limit)) in claims.iter().enumerate() {
                 if let (Some(query), true) = (query, *limit > 0) {
                     claimed[i] = tx.claim(query, &worker_id, *limit, now, lease_until)?;
                 }
             }
-            Ok((applied, staged, claimed))
+            Ok((applied, staged, claimed, rescued, pruned, cancel_requests))
         });
-        let (applied, staged, [threads, processes]) = match written {
-            Ok(written) => written,
-            Err(e) => {
-                // Everything stays pending; try again shortly.
-                self.retry_at = Some(Instant::now() + STORE_RETRY);
-                reporter.event(WorkerEvent::StoreError {
-                    error: &e,
-                    retry_in: STORE_RETRY,
-                });
-                return Err(e);
-            }
-        };
+        let (applied, staged, [threads, processes], rescued, pruned, cancel_requests) =
+            match written {
+                Ok(written) => written,
+                Err(e) => {
+                    // Everything stays pending; try again shortly.
+                    self.retry_at = Some(Instant::now() + STORE_RETRY);
+                    reporter.event(WorkerEvent::StoreError {
+                        error: &e,
+                        retry_in: STORE_RETRY,
+                    });
+                    return Err(e);
+                }
+            };
         for ((outcome, transition), applied) in
             self.outcomes.drain(..).zip(transitions).zip(applied)
         {
@@ -529,6 +571,42 @@ impl Coordinator {
         self.progress.clear();
         if renew {
             self.next_renewal = Instant::now() + worker.config.lease / RENEW_EVERY;
+        }
+        if rescue {
+            self.next_rescue = Instant::now() + worker.config.lease / RENEW_EVERY;
+            for (worker, why) in &rescued.buried {
+                reporter.event(WorkerEvent::Buried { worker, why });
+            }
+            for (id, task, state) in &rescued.rescued {
+                reporter.event(WorkerEvent::Rescued {
+                    id: *id,
+                    task,
+                    state: *state,
+                });
+            }
+            if !rescued.rescued.is_empty() {
+                // Rescued tasks are retryable (or available again soon).
+                self.check_due = true;
+            }
+        }
+        if prune {
+            // A full batch means more are waiting: prune again next turn.
+            self.next_prune = if pruned == PRUNE_BATCH {
+                Instant::now()
+            } else {
+                Instant::now() + PRUNE_EVERY
+            };
+            if pruned > 0 {
+                reporter.event(WorkerEvent::Pruned { count: pruned });
+            }
+        }
+        if cancels {
+            self.check_cancels = false;
+            for seq in cancel_requests {
+                if let Some(task) = self.inflight.get(&seq) {
+                    task.flags.cancelled.store(true, Ordering::SeqCst);
+                }
+            }
         }
         if staged > 0 {
             self.wake_claims();

@@ -13,6 +13,7 @@ mod child;
 mod coordinator;
 mod executor;
 mod report;
+mod rescuer;
 mod services;
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
 use self::coordinator::Coordinator;
-pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent};
+pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent, timestamp};
 use self::services::WorkerServices;
 
 /// Everything a worker needs to run.
@@ -56,6 +57,8 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// `synchronous=FULL`.
     pub durable: bool,
+    /// Finished tasks are deleted this long after they finish.
+    pub retention: Duration,
 }
 
 /// Messages to the coordinator.
@@ -166,6 +169,7 @@ struct TaskInfo {
 /// A worker ready to run.
 pub struct Worker {
     id: String,
+    hostname: String,
     config: WorkerConfig,
     store: Store,
     /// One claim per mode, so a backlog of one kind never starves the other.
@@ -253,6 +257,7 @@ impl Worker {
         });
         Ok(Worker {
             id: Uuid::now_v7().simple().to_string(),
+            hostname: hostname(),
             config,
             store,
             thread_claim,
@@ -295,7 +300,7 @@ impl Worker {
             id: self.id.clone(),
             manager: self.config.manager.name.to_string(),
             library: self.config.library.display().to_string(),
-            hostname: hostname(),
+            hostname: self.hostname.clone(),
             pid: std::process::id(),
             threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
             processes: u32::try_from(self.processes()).unwrap_or(u32::MAX),

@@ -62,6 +62,27 @@ pub enum WorkerEvent<'a> {
         /// The task's name.
         task: &'a str,
     },
+    /// Another worker run was found dead; its tasks are rescued.
+    Buried {
+        /// The dead run's id.
+        worker: &'a str,
+        /// How it was found dead.
+        why: &'a str,
+    },
+    /// An attempt whose worker is gone was recorded as abandoned.
+    Rescued {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: &'a str,
+        /// Its state now (`retryable` or `discarded`).
+        state: TaskState,
+    },
+    /// Finished tasks past the retention period were deleted.
+    Pruned {
+        /// How many.
+        count: usize,
+    },
     /// A process-mode child printed a line while it ran no task.
     ChildOutput {
         /// The child's pid.
@@ -128,6 +149,18 @@ impl Reporter for PlainReporter {
                 format!("abandoned  {task} {id}: still running at shutdown; it will be retried")
             }
             WorkerEvent::ChildOutput { pid, line } => format!("child {pid}: {line}"),
+            WorkerEvent::Buried { worker, why } => {
+                format!("rescuing the tasks of worker {worker}: it {why}")
+            }
+            WorkerEvent::Rescued { id, task, state } => {
+                format!(
+                    "{:<10} {task} {id}: rescued from a dead worker",
+                    state.as_str()
+                )
+            }
+            WorkerEvent::Pruned { count } => {
+                format!("pruned {count} finished task(s) past the retention period")
+            }
             WorkerEvent::Stopped { summary } => format!(
                 "stopped: {} completed, {} failed, {} abandoned",
                 summary.completed, summary.failed, summary.abandoned

@@ -144,6 +144,8 @@ pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> R
         report.push(m);
     }
 
+    process_mode(options, report)?;
+
     let idle = Duration::from_secs(if options.quick { 2 } else { 10 });
     measure(
         report,
@@ -185,6 +187,94 @@ pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> R
         },
     )?;
     Ok(())
+}
+
+/// Process mode: what a warm child costs per task, and how CPU-bound work scales over
+/// the cores.
+fn process_mode(options: &Options, report: &mut Report) -> Result<(), String> {
+    let n = options.size(5_000);
+    let mut per_task = |name: &str, process: bool| -> Result<(), String> {
+        measure(report, options, name, "us/task", None, |run| {
+            let db = fresh(
+                options,
+                if process { "proc-noop" } else { "thread-noop" },
+                run,
+            );
+            let client = client(&db)?;
+            let _worker = Worker::start(options, &db, &[])?;
+            let start = Instant::now();
+            if process {
+                castor_bench::noop_process::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
+            } else {
+                noop::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
+            }
+            wait_drained(&db, Duration::from_secs(600))?;
+            Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
+        })
+    };
+    per_task(
+        &format!("process mode: {n} no-op process tasks, wall time per task"),
+        true,
+    )?;
+    per_task(
+        &format!("thread mode: {n} no-op thread tasks, wall time per task"),
+        false,
+    )?;
+
+    let n_rt = if options.quick { 30 } else { 200 };
+    measure(
+        report,
+        options,
+        &format!("process mode: round trip p50, {n_rt} sequential"),
+        "ms",
+        None,
+        |run| {
+            let db = fresh(options, "proc-rt", run);
+            let client = client(&db)?;
+            let _worker = Worker::start(options, &db, &[])?;
+            let mut latencies = Vec::with_capacity(n_rt);
+            for i in 0..n_rt + 10 {
+                let start = Instant::now();
+                castor_bench::noop_process::delay(&client)
+                    .map_err(err)?
+                    .join(Duration::from_secs(10))
+                    .map_err(err)?;
+                if i >= 10 {
+                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
+                }
+            }
+            latencies.sort_by(f64::total_cmp);
+            Ok(percentile(&latencies, 50.0))
+        },
+    )?;
+
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (tasks, ms) = if options.quick { (4, 100) } else { (8, 250) };
+    let timed = |processes: usize, run: usize| -> Result<f64, String> {
+        let db = fresh(options, &format!("spin-{processes}"), run);
+        let client = client(&db)?;
+        let procs = processes.to_string();
+        let _worker = Worker::start(options, &db, &["--processes", &procs])?;
+        let start = Instant::now();
+        let handles =
+            castor_bench::spin::delay_many(&client, (0..tasks).map(|_| (ms,))).map_err(err)?;
+        for handle in handles {
+            handle.join(Duration::from_secs(600)).map_err(err)?;
+        }
+        Ok(start.elapsed().as_secs_f64())
+    };
+    measure(
+        report,
+        options,
+        &format!("process mode: {tasks} x {ms} ms CPU tasks, speed-up {cores} procs vs 1"),
+        "x",
+        None,
+        |run| {
+            let one = timed(1, run)?;
+            let all = timed(cores, run)?;
+            Ok(one / all)
+        },
+    )
 }
 
 /// The child side of the idle-join scenario: wait on a task that will not run for the

@@ -1,0 +1,388 @@
+//! What people do to tasks from outside a worker: list, count, cancel, retry, purge, and
+//! the retention sweep.
+
+use rusqlite::{OptionalExtension, params, params_from_iter};
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{Store, WriteTx, classify};
+use crate::error::StoreError;
+use crate::state::TaskState;
+
+/// Which tasks `list` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these states (all if empty).
+    pub states: Vec<TaskState>,
+    /// Only this task name.
+    pub task: Option<String>,
+    /// Only this manager.
+    pub manager: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// One line of `castor list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskSummary {
+    /// The task's id.
+    pub id: Uuid,
+    /// Its manager.
+    pub manager: String,
+    /// Its name.
+    pub task: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Attempts so far.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// Dispatched at (microseconds since the epoch).
+    pub created_at: i64,
+    /// May run from.
+    pub scheduled_at: i64,
+    /// Finished at.
+    pub finalized_at: Option<i64>,
+    /// The worker of the latest attempt.
+    pub attempted_by: Option<String>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// How many tasks of one name are in one state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateCount {
+    /// The manager.
+    pub manager: String,
+    /// The task name.
+    pub task: String,
+    /// The state.
+    pub state: TaskState,
+    /// How many.
+    pub count: u64,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It had not started: it is `cancelled` and will never run.
+    Cancelled,
+    /// It is running: its worker was asked to stop it (a process task is killed; a thread
+    /// task sees `is_cancelled()`), and it ends `cancelled` unless it completes first.
+    Requested,
+    /// It had already finished in this state; nothing changed.
+    AlreadyFinished(TaskState),
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// It is `available` again, with one more attempt allowed.
+    Retried,
+    /// It is not discarded or cancelled, so there is nothing to retry.
+    NotRetryable(TaskState),
+}
+
+fn id_from(bytes: Vec<u8>, column: usize) -> rusqlite::Result<Uuid> {
+    Uuid::from_slice(&bytes).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Blob, Box::new(e))
+    })
+}
+
+fn state_from(text: String, column: usize) -> rusqlite::Result<TaskState> {
+    text.parse::<TaskState>().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+impl Store {
+    /// Tasks matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, manager, task, state, attempt, max_attempts, created_at, scheduled_at, \
+             finalized_at, attempted_by, json_extract(errors, '$[#-1].error') \
+             FROM castor_tasks WHERE 1 = 1",
+        );
+        let mut values: Vec<String> = Vec::new();
+        if !filter.states.is_empty() {
+            let marks = vec!["?"; filter.states.len()].join(", ");
+            sql.push_str(&format!(" AND state IN ({marks})"));
+            values.extend(filter.states.iter().map(|s| s.as_str().to_owned()));
+        }
+        if let Some(task) = &filter.task {
+            sql.push_str(" AND task = ?");
+            values.push(task.clone());
+        }
+        if let Some(manager) = &filter.manager {
+            sql.push_str(" AND manager = ?");
+            values.push(manager.clone());
+        }
+        sql.push_str(&format!(" ORDER BY seq DESC LIMIT {}", filter.limit.max(1)));
+        self.conn
+            .prepare(&sql)
+            .and_then(|mut stmt| {
+                stmt.query_map(params_from_iter(values.iter()), |row| {
+                    Ok(TaskSummary {
+                        id: id_from(row.get(0)?, 0)?,
+                        manager: row.get(1)?,
+                        task: row.get(2)?,
+                        state: state_from(row.get(3)?, 3)?,
+                        attempt: row.get(4)?,
+                        max_attempts: row.get(5)?,
+                        created_at: row.get(6)?,
+                        scheduled_at: row.get(7)?,
+                        finalized_at: row.get(8)?,
+                        attempted_by: row.get(9)?,
+                        last_error: row.get(10)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| classify(&self.path, "list tasks", e))
+    }
+
+    /// Task counts by manager, name and state (a full scan: for the CLI, not hot paths).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT manager, task, state, count(*) FROM castor_tasks \
+                 GROUP BY manager, task, state ORDER BY manager, task, state",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok(StateCount {
+                        manager: row.get(0)?,
+                        task: row.get(1)?,
+                        state: state_from(row.get(2)?, 2)?,
+                        count: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| classify(&self.path, "count tasks", e))
+    }
+
+    /// How many tasks completed since `since` (microseconds since the epoch).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn completed_since(&self, since: i64) -> Result<u64, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT count(*) FROM castor_tasks \
+                 WHERE finalized_at >= ?1 AND state = 'completed'",
+            )
+            .and_then(|mut stmt| stmt.query_row([since], |row| row.get::<_, i64>(0)))
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| classify(&self.path, "count completed tasks", e))
+    }
+
+    /// Every worker run recorded, newest first; with `live_only`, those not stopped.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn workers(&self, live_only: bool) -> Result<Vec<super::WorkerRow>, StoreError> {
+        let sql = if live_only {
+            "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
+             heartbeat_at, stopped_at, completed, failed FROM castor_workers \
+             WHERE stopped_at IS NULL ORDER BY started_at DESC"
+        } else {
+            "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
+             heartbeat_at, stopped_at, completed, failed FROM castor_workers \
+             ORDER BY started_at DESC"
+        };
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    let tasks: String = row.get(7)?;
+                    Ok(super::WorkerRow {
+                        id: row.get(0)?,
+                        manager: row.get(1)?,
+                        library: row.get(2)?,
+                        hostname: row.get(3)?,
+                        pid: row.get(4)?,
+                        threads: row.get(5)?,
+                        processes: row.get(6)?,
+                        tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+                        started_at: row.get(8)?,
+                        heartbeat_at: row.get(9)?,
+                        stopped_at: row.get(10)?,
+                        completed: row.get(11)?,
+                        failed: row.get(12)?,
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| classify(&self.path, "list workers", e))
+    }
+
+    /// The stored (encoded) arguments of the task with this id.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn args_of(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT args FROM castor_tasks WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([id.as_bytes().as_slice()], |row| row.get(0))
+                    .optional()
+            })
+            .map_err(|e| classify(&self.path, "read a task's arguments", e))
+    }
+
+    /// The state of the task with this id, if there is one.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, StoreError> {
+        self.conn
+            .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([id.as_bytes().as_slice()], |row| state_from(row.get(0)?, 0))
+                    .optional()
+            })
+            .map_err(|e| classify(&self.path, "read a task's state", e))
+    }
+}
+
+impl WriteTx<'_> {
+    /// Cancels a task: one that has not started never will; a running one is flagged for
+    /// its worker. `None` if no task has this id.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn cancel(&self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, rusqlite::Error> {
+        let key = id.as_bytes().as_slice();
+        let stopped = self
+            .tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET state = 'cancelled', finalized_at = ?2 \
+                 WHERE id = ?1 AND state IN ('scheduled', 'available', 'retryable')",
+            )?
+            .execute(params![key, now])?;
+        if stopped == 1 {
+            return Ok(Some(CancelOutcome::Cancelled));
+        }
+        let flagged = self
+            .tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2) \
+                 WHERE id = ?1 AND state = 'running'",
+            )?
+            .execute(params![key, now])?;
+        if flagged == 1 {
+            return Ok(Some(CancelOutcome::Requested));
+        }
+        let state: Option<String> = self
+            .tx
+            .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")?
+            .query_row([key], |row| row.get(0))
+            .optional()?;
+        state
+            .map(|s| state_from(s, 0).map(CancelOutcome::AlreadyFinished))
+            .transpose()
+    }
+
+    /// Puts a discarded or cancelled task back to `available` with one more attempt
+    /// allowed; its errors are kept. `None` if no task has this id.
+    ///
+    /// # Errors
+    /// Fails if a statement fails, e.g. when its unique key is now held by another task.
+    pub fn retry(&self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, rusqlite::Error> {
+        let key = id.as_bytes().as_slice();
+        let retried = self
+            .tx
+            .prepare_cached(
+                "UPDATE castor_tasks SET state = 'available', scheduled_at = ?2, \
+                 finalized_at = NULL, result = NULL, cancel_requested_at = NULL, \
+                 lease_expires_at = NULL, max_attempts = max(max_attempts, attempt + 1) \
+                 WHERE id = ?1 AND state IN ('discarded', 'cancelled')",
+            )?
+            .execute(params![key, now])?;
+        if retried == 1 {
+            return Ok(Some(RetryOutcome::Retried));
+        }
+        let state: Option<String> = self
+            .tx
+            .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")?
+            .query_row([key], |row| row.get(0))
+            .optional()?;
+        state
+            .map(|s| state_from(s, 0).map(RetryOutcome::NotRetryable))
+            .transpose()
+    }
+
+    /// Deletes tasks in `states` that finished (or, for unfinished states, were
+    /// dispatched) before `before`, with their logs; returns how many. Running tasks are
+    /// never purged.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn purge(&self, states: &[TaskState], before: i64) -> Result<usize, rusqlite::Error> {
+        let states: Vec<&str> = states
+            .iter()
+            .filter(|s| **s != TaskState::Running)
+            .map(|s| s.as_str())
+            .collect();
+        if states.is_empty() {
+            return Ok(0);
+        }
+        let marks = (0..states.len())
+            .map(|i| format!("?{}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "DELETE FROM castor_tasks WHERE state IN ({marks}) \
+             AND coalesce(finalized_at, created_at) < ?1 RETURNING seq"
+        );
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&before];
+        values.extend(states.iter().map(|s| s as &dyn rusqlite::ToSql));
+        let seqs: Vec<i64> = self
+            .tx
+            .prepare(&sql)?
+            .query_map(values.as_slice(), |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.delete_logs(&seqs)?;
+        Ok(seqs.len())
+    }
+
+    /// The retention sweep: deletes up to `limit` finished tasks (completed, discarded,
+    /// cancelled) that finished before `before`, with their logs; returns how many.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn prune(&self, before: i64, limit: usize) -> Result<usize, rusqlite::Error> {
+        let seqs: Vec<i64> = self
+            .tx
+            .prepare_cached(
+                "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks \
+                 WHERE finalized_at < ?1 LIMIT ?2) RETURNING seq",
+            )?
+            .query_map(params![before, limit as i64], |row| row.get(0))?
+            .collect::<Result<_, _>>()?;
+        self.delete_logs(&seqs)?;
+        self.tx
+            .prepare_cached("DELETE FROM castor_workers WHERE stopped_at < ?1")?
+            .execute([before])?;
+        Ok(seqs.len())
+    }
+
+    fn delete_logs(&self, seqs: &[i64]) -> Result<(), rusqlite::Error> {
+        let mut stmt = self
+            .tx
+            .prepare_cached("DELETE FROM castor_logs WHERE task_seq = ?1")?;
+        for seq in seqs {
+            stmt.execute([seq])?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,527 @@
+//! The inspection subcommands: `list`, `show`, `retry`, `cancel`, `purge`, `stats`.
+//! Human tables by default, `--json` for scripts. They only read or change rows through
+//! castor-abi's store; none of them runs a task.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use abi_stable::std_types::{RResult, RSlice};
+use anyhow::{Context, bail};
+use castor_abi::abi::ManagerDecl;
+use castor_abi::store::{
+    CancelOutcome, ListFilter, RetryOutcome, Store, StoreOptions, TaskSnapshot, TaskSummary,
+    WorkerRow, duration_us, now_us,
+};
+use castor_abi::{TaskState, Uuid, format_duration};
+use serde::Serialize;
+
+use crate::cli::{Command, DbArgs, IdsArgs, ListArgs, PurgeArgs, ShowArgs};
+use crate::plugin::Plugin;
+use crate::worker::timestamp;
+
+/// Runs an inspection subcommand.
+///
+/// # Errors
+/// The database cannot be found or read, or a task id is unknown.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::List(args) => list(&args),
+        Command::Show(args) => show(&args),
+        Command::Retry(args) => retry(&args),
+        Command::Cancel(args) => cancel(&args),
+        Command::Purge(args) => purge(&args),
+        Command::Stats(args) => stats(&args),
+        Command::Child(_) => bail!("the child mode is started by the worker, not by hand"),
+    }
+}
+
+/// The database a subcommand works on, and the manager declaration if `--lib` was given.
+fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
+    let manager = match &args.lib {
+        Some(target) => Some(Plugin::load(&target.library)?.into_manager(&target.manager)?),
+        None => None,
+    };
+    let path: PathBuf = match (&args.db, &manager) {
+        (Some(db), _) => db.clone(),
+        (None, Some(manager)) => manager.database.as_str().into(),
+        (None, None) => "tasks.db".into(),
+    };
+    if !path.exists() {
+        bail!(
+            "no database at {} (say which with --db PATH, or --lib LIB[:MANAGER] for the \
+             manager's)",
+            path.display()
+        );
+    }
+    let store = Store::open(&path, StoreOptions::default())
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((store, manager))
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn ago(at: i64, now: i64) -> String {
+    let us = u64::try_from(now - at).unwrap_or(0);
+    format_duration(Duration::from_secs(us / 1_000_000).max(Duration::from_micros(us.min(999_999))))
+}
+
+/// Prints rows as columns padded to their widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| (*h).to_owned()).collect());
+    for row in rows {
+        line(row.clone());
+    }
+}
+
+fn list(args: &ListArgs) -> anyhow::Result<()> {
+    let (store, _) = open(&args.db)?;
+    let tasks = store.list(&ListFilter {
+        states: args.state.clone(),
+        task: args.task.clone(),
+        manager: args.manager.clone(),
+        limit: args.limit,
+    })?;
+    if args.db.json {
+        return print_json(&tasks);
+    }
+    if tasks.is_empty() {
+        println!("no tasks");
+        return Ok(());
+    }
+    let now = now_us();
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t: &TaskSummary| {
+            let mut error = t.last_error.clone().unwrap_or_default().replace('\n', " ");
+            if error.chars().count() > 60 {
+                error = error.chars().take(57).collect::<String>() + "...";
+            }
+            vec![
+                t.id.to_string(),
+                t.task.clone(),
+                t.state.to_string(),
+                format!("{}/{}", t.attempt, t.max_attempts),
+                ago(t.created_at, now),
+                error,
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "TASK", "STATE", "ATTEMPT", "AGE", "LAST ERROR"],
+        &rows,
+    );
+    Ok(())
+}
+
+/// What `show --json` prints.
+#[derive(Serialize)]
+struct Shown<'a> {
+    id: Uuid,
+    manager: &'a str,
+    task: &'a str,
+    state: TaskState,
+    attempt: u32,
+    max_attempts: u32,
+    priority: i32,
+    created_at: i64,
+    scheduled_at: i64,
+    attempted_at: Option<i64>,
+    attempted_by: Option<&'a str>,
+    finalized_at: Option<i64>,
+    args: Decoded,
+    result: Option<Decoded>,
+    errors: &'a [castor_abi::AttemptError],
+    logs: Vec<LogJson>,
+}
+
+#[derive(Serialize)]
+struct LogJson {
+    at: i64,
+    attempt: u32,
+    level: &'static str,
+    line: String,
+}
+
+/// Stored bytes, decoded to JSON when the library is at hand.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Decoded {
+    Json(serde_json::Value),
+    Raw { bytes: usize, note: String },
+}
+
+fn decode(manager: Option<&ManagerDecl>, task: &str, bytes: &[u8], result: bool) -> Decoded {
+    let raw = |note: String| Decoded::Raw {
+        bytes: bytes.len(),
+        note,
+    };
+    let Some(manager) = manager else {
+        return raw("pass --lib LIB[:MANAGER] to decode".into());
+    };
+    let Some(decl) = manager.tasks.iter().find(|t| t.name.as_str() == task) else {
+        return raw(format!("the library does not declare task `{task}`"));
+    };
+    match (decl.describe)(RSlice::from(bytes), result) {
+        RResult::ROk(json) => match serde_json::from_str(json.as_str()) {
+            Ok(value) => Decoded::Json(value),
+            Err(e) => raw(format!("undecodable: {e}")),
+        },
+        RResult::RErr(e) => raw(format!("does not decode as the task's type: {e}")),
+    }
+}
+
+fn args_bytes(store: &Store, id: Uuid) -> anyhow::Result<Vec<u8>> {
+    Ok(store.args_of(id)?.unwrap_or_default())
+}
+
+fn show(args: &ShowArgs) -> anyhow::Result<()> {
+    let (store, manager) = open(&args.db)?;
+    let Some(task): Option<TaskSnapshot> = store.snapshot(args.id)? else {
+        bail!(
+            "no task {} in the database (unknown id, or finished and pruned)",
+            args.id
+        );
+    };
+    let stored_args = args_bytes(&store, args.id)?;
+    let decoded_args = decode(manager.as_ref(), &task.task, &stored_args, false);
+    let decoded_result = task
+        .result
+        .as_deref()
+        .map(|r| decode(manager.as_ref(), &task.task, r, true));
+    let logs = store.logs(args.id)?;
+    if args.db.json {
+        return print_json(&Shown {
+            id: task.id,
+            manager: &task.manager,
+            task: &task.task,
+            state: task.state,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+            priority: task.priority,
+            created_at: task.created_at,
+            scheduled_at: task.scheduled_at,
+            attempted_at: task.attempted_at,
+            attempted_by: task.attempted_by.as_deref(),
+            finalized_at: task.finalized_at,
+            args: decoded_args,
+            result: decoded_result,
+            errors: &task.errors,
+            logs: logs
+                .into_iter()
+                .map(|l| LogJson {
+                    at: l.at,
+                    attempt: l.attempt,
+                    level: l.level.as_str(),
+                    line: l.line,
+                })
+                .collect(),
+        });
+    }
+    let render = |d: &Decoded| match d {
+        Decoded::Json(v) => v.to_string(),
+        Decoded::Raw { bytes, note } => format!("{bytes} bytes ({note})"),
+    };
+    println!("task       {} (manager {})", task.task, task.manager);
+    println!("id         {}", task.id);
+    println!(
+        "state      {} (attempt {} of {})",
+        task.state, task.attempt, task.max_attempts
+    );
+    println!("priority   {}", task.priority);
+    println!("created    {}", timestamp(task.created_at));
+    if task.scheduled_at > task.created_at {
+        println!("scheduled  {}", timestamp(task.scheduled_at));
+    }
+    if let Some(at) = task.attempted_at {
+        let by = task.attempted_by.as_deref().unwrap_or("?");
+        println!("attempted  {} by worker {by}", timestamp(at));
+    }
+    if let Some(at) = task.finalized_at {
+        println!("finished   {}", timestamp(at));
+    }
+    if let Some(progress) = &task.progress {
+        println!(
+            "progress   {}/{} {}",
+            progress.done,
+            progress.total,
+            progress.message.as_deref().unwrap_or("")
+        );
+    }
+    println!("arguments  {}", render(&decoded_args));
+    if let Some(result) = &decoded_result {
+        println!("result     {}", render(result));
+    }
+    if !task.errors.is_empty() {
+        println!("errors");
+        for e in &task.errors {
+            println!(
+                "  attempt {}  {}  {:<9}  {}",
+                e.attempt,
+                timestamp(e.at),
+                e.kind,
+                e.error
+            );
+        }
+    }
+    if !logs.is_empty() {
+        println!("log ({} lines)", logs.len());
+        for l in &logs {
+            println!(
+                "  {}  attempt {}  {:<5}  {}",
+                timestamp(l.at),
+                l.attempt,
+                l.level.as_str(),
+                l.line
+            );
+        }
+    }
+    Ok(())
+}
+
+fn retry(args: &IdsArgs) -> anyhow::Result<()> {
+    let (mut store, _) = open(&args.db)?;
+    let mut missing = 0;
+    let mut results = Vec::new();
+    for &id in &args.ids {
+        let now = now_us();
+        let outcome = store.write("retry a task", |tx| tx.retry(id, now))?;
+        match outcome {
+            None => {
+                missing += 1;
+                eprintln!("castor: no task {id}");
+            }
+            Some(RetryOutcome::Retried) => {
+                if !args.db.json {
+                    println!("retrying {id}: available again, with one more attempt");
+                }
+                results.push((id, outcome));
+            }
+            Some(RetryOutcome::NotRetryable(state)) => {
+                if !args.db.json {
+                    println!("{id} is {state}: only discarded or cancelled tasks are retried");
+                }
+                results.push((id, outcome));
+            }
+        }
+    }
+    if args.db.json {
+        print_json(&results)?;
+    }
+    if missing > 0 {
+        bail!("{missing} of {} task(s) not found", args.ids.len());
+    }
+    Ok(())
+}
+
+fn cancel(args: &IdsArgs) -> anyhow::Result<()> {
+    let (mut store, _) = open(&args.db)?;
+    let mut missing = 0;
+    let mut results = Vec::new();
+    for &id in &args.ids {
+        let now = now_us();
+        let outcome = store.write("cancel a task", |tx| tx.cancel(id, now))?;
+        match outcome {
+            None => {
+                missing += 1;
+                eprintln!("castor: no task {id}");
+            }
+            Some(outcome) => {
+                if !args.db.json {
+                    match outcome {
+                        CancelOutcome::Cancelled => println!("cancelled {id}"),
+                        CancelOutcome::Requested => {
+                            println!(
+                                "cancel requested for {id}: it is running; its worker stops it"
+                            )
+                        }
+                        CancelOutcome::AlreadyFinished(state) => {
+                            println!("{id} already finished ({state}); nothing to cancel")
+                        }
+                    }
+                }
+                results.push((id, outcome));
+            }
+        }
+    }
+    if args.db.json {
+        print_json(&results)?;
+    }
+    if missing > 0 {
+        bail!("{missing} of {} task(s) not found", args.ids.len());
+    }
+    Ok(())
+}
+
+fn purge(args: &PurgeArgs) -> anyhow::Result<()> {
+    let (mut store, _) = open(&args.db)?;
+    let states: Vec<TaskState> = args.state.iter().flatten().copied().collect();
+    let before = now_us() - duration_us(args.older_than);
+    let purged = store.write("purge tasks", |tx| tx.purge(&states, before))?;
+    if args.db.json {
+        return print_json(&serde_json::json!({ "purged": purged }));
+    }
+    let names: Vec<&str> = states.iter().map(|s| s.as_str()).collect();
+    println!("purged {purged} task(s) ({})", names.join(", "));
+    Ok(())
+}
+
+/// What `stats` reports.
+#[derive(Serialize)]
+struct Stats {
+    /// manager -> task -> state -> count.
+    counts: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>>,
+    completed_last_minute: u64,
+    completed_last_hour: u64,
+    workers_alive: Vec<WorkerRow>,
+    /// Waiting tasks whose name no live worker of their manager runs.
+    unknown: Vec<Unknown>,
+}
+
+#[derive(Serialize)]
+struct Unknown {
+    manager: String,
+    task: String,
+    waiting: u64,
+}
+
+/// A worker is listed as alive if its heartbeat is this recent.
+const ALIVE_WITHIN: Duration = Duration::from_secs(60);
+
+fn stats(args: &DbArgs) -> anyhow::Result<()> {
+    let (store, _) = open(args)?;
+    let now = now_us();
+    let counts = store.counts()?;
+    let workers: Vec<WorkerRow> = store
+        .workers(true)?
+        .into_iter()
+        .filter(|w| now - w.heartbeat_at < duration_us(ALIVE_WITHIN))
+        .collect();
+    let known: HashSet<(&str, &str)> = workers
+        .iter()
+        .flat_map(|w| {
+            w.tasks
+                .iter()
+                .map(move |t| (w.manager.as_str(), t.as_str()))
+        })
+        .collect();
+    let mut by_task: BTreeMap<String, BTreeMap<String, BTreeMap<String, u64>>> = BTreeMap::new();
+    let mut unknown: BTreeMap<(String, String), u64> = BTreeMap::new();
+    for c in &counts {
+        by_task
+            .entry(c.manager.clone())
+            .or_default()
+            .entry(c.task.clone())
+            .or_default()
+            .insert(c.state.to_string(), c.count);
+        let waiting = matches!(
+            c.state,
+            TaskState::Available | TaskState::Scheduled | TaskState::Retryable
+        );
+        if waiting && !known.contains(&(c.manager.as_str(), c.task.as_str())) {
+            *unknown
+                .entry((c.manager.clone(), c.task.clone()))
+                .or_default() += c.count;
+        }
+    }
+    let stats = Stats {
+        counts: by_task,
+        completed_last_minute: store.completed_since(now - 60_000_000)?,
+        completed_last_hour: store.completed_since(now - 3_600_000_000)?,
+        workers_alive: workers,
+        unknown: unknown
+            .into_iter()
+            .map(|((manager, task), waiting)| Unknown {
+                manager,
+                task,
+                waiting,
+            })
+            .collect(),
+    };
+    if args.json {
+        return print_json(&stats);
+    }
+    let states = TaskState::ALL;
+    let mut header = vec!["MANAGER", "TASK"];
+    header.extend(states.iter().map(|s| s.as_str()));
+    let mut rows = Vec::new();
+    let mut totals = vec![0u64; states.len()];
+    for (manager, tasks) in &stats.counts {
+        for (task, by_state) in tasks {
+            let mut row = vec![manager.clone(), task.clone()];
+            for (i, state) in states.iter().enumerate() {
+                let n = by_state.get(state.as_str()).copied().unwrap_or(0);
+                totals[i] += n;
+                row.push(n.to_string());
+            }
+            rows.push(row);
+        }
+    }
+    let mut total = vec!["all".to_owned(), String::new()];
+    total.extend(totals.iter().map(u64::to_string));
+    rows.push(total);
+    println!("tasks by state");
+    table(&header, &rows);
+    println!(
+        "\nthroughput: {} completed in the last minute, {} in the last hour",
+        stats.completed_last_minute, stats.completed_last_hour
+    );
+    println!("\nworkers alive: {}", stats.workers_alive.len());
+    if !stats.workers_alive.is_empty() {
+        let rows: Vec<Vec<String>> = stats
+            .workers_alive
+            .iter()
+            .map(|w| {
+                vec![
+                    w.id.clone(),
+                    w.manager.clone(),
+                    w.hostname.clone(),
+                    w.pid.to_string(),
+                    format!("{}/{}", w.threads, w.processes),
+                    format!("{} ago", ago(w.heartbeat_at, now)),
+                    w.completed.to_string(),
+                    w.failed.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &[
+                "ID",
+                "MANAGER",
+                "HOST",
+                "PID",
+                "THREADS/PROCS",
+                "HEARTBEAT",
+                "COMPLETED",
+                "FAILED",
+            ],
+            &rows,
+        );
+    }
+    if !stats.unknown.is_empty() {
+        println!(
+            "\nwaiting tasks no live worker runs (they stay until a worker that declares them starts):"
+        );
+        for u in &stats.unknown {
+            println!("  {} / {}: {} waiting", u.manager, u.task, u.waiting);
+        }
+    }
+    Ok(())
+}

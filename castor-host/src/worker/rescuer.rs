@@ -1,0 +1,158 @@
+//! The rescuer: finds attempts whose worker is gone and hands them back to the retry
+//! policy. Any worker rescues any task of the file, so a crashed worker's tasks run again
+//! whether or not it comes back.
+//!
+//! A worker run is gone when its heartbeat is older than a lease, or, on this machine,
+//! when its process no longer exists (found at once instead of a lease later). Its
+//! leases are ended; then every running attempt whose lease ran out is recorded as
+//! abandoned and moves on like any failed attempt: `retryable` while attempts remain,
+//! `discarded` after the last. Semantics are at-least-once: an abandoned attempt may have
+//! done some or all of its work, and every attempt is in the task's `errors`.
+//!
+//! Never "reset everything running" at startup: other live workers share the file.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use castor_abi::state::{AttemptOutcome, next_state};
+use castor_abi::store::{AttemptError, Finish, LiveWorker, SqlError, WriteTx, duration_us};
+
+/// How many expired attempts one turn rescues (the rest wait for the next turn).
+const BATCH: usize = 500;
+
+/// What the rescuer did in one pass.
+#[derive(Debug, Default)]
+pub struct Rescue {
+    /// Worker runs declared dead: (id, why).
+    pub buried: Vec<(String, String)>,
+    /// Attempts recorded as abandoned: (task id, task name, next state).
+    pub rescued: Vec<(castor_abi::Uuid, String, castor_abi::TaskState)>,
+}
+
+/// One pass: bury dead workers, rescue expired attempts.
+///
+/// # Errors
+/// A statement failed (the transaction is rolled back and retried by the caller).
+pub fn rescue(
+    tx: &WriteTx<'_>,
+    me: &str,
+    hostname: &str,
+    lease: Duration,
+    now: i64,
+    jitter: &dyn Fn(i64) -> f64,
+) -> Result<Rescue, SqlError> {
+    let mut pass = Rescue::default();
+    let mut reasons: HashMap<String, String> = HashMap::new();
+    for worker in tx.live_workers()? {
+        if worker.id == me {
+            continue;
+        }
+        if let Some(why) = why_dead(&worker, hostname, lease, now) {
+            tx.bury_worker(&worker.id, now)?;
+            reasons.insert(worker.id.clone(), why.clone());
+            pass.buried.push((worker.id, why));
+        }
+    }
+    for expired in tx.expired_leases(now, BATCH)? {
+        let message = match expired.attempted_by.as_deref().and_then(|w| reasons.get(w)) {
+            Some(why) => format!("abandoned: its worker {why}"),
+            None => format!(
+                "abandoned: its worker ({}) stopped renewing the lease",
+                expired.attempted_by.as_deref().unwrap_or("unknown")
+            ),
+        };
+        let outcome = AttemptOutcome::Abandoned { message };
+        let transition = next_state(
+            &outcome,
+            expired.attempt,
+            expired.max_attempts,
+            expired.backoff,
+            now,
+            jitter(expired.seq),
+        );
+        let finish = Finish::Failed {
+            transition,
+            error: AttemptError {
+                attempt: expired.attempt,
+                at: now,
+                kind: outcome.kind().to_owned(),
+                error: outcome.message().unwrap_or_default(),
+                worker: expired.attempted_by.clone(),
+            },
+        };
+        if tx.finish_if_running(expired.seq, expired.attempt, &finish, now)? {
+            pass.rescued
+                .push((expired.id, expired.task, transition.state));
+        }
+    }
+    Ok(pass)
+}
+
+/// Why `worker` is dead, if it is.
+fn why_dead(worker: &LiveWorker, hostname: &str, lease: Duration, now: i64) -> Option<String> {
+    if worker.hostname == hostname && !process_exists(worker.pid) {
+        return Some(format!(
+            "{} (pid {} on {}) is gone",
+            worker.id, worker.pid, worker.hostname
+        ));
+    }
+    let silent = now - worker.heartbeat_at;
+    (silent > duration_us(lease)).then(|| {
+        format!(
+            "{} (pid {} on {}) sent no heartbeat for {}",
+            worker.id,
+            worker.pid,
+            worker.hostname,
+            castor_abi::format_duration(Duration::from_micros(u64::try_from(silent).unwrap_or(0)))
+        )
+    })
+}
+
+/// True if a process with this pid exists on this machine. (A reused pid makes a dead
+/// worker look alive; its lease still expires, so the rescue is only later, not lost.)
+fn process_exists(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks whether the process exists.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(pid: u32, host: &str, heartbeat_at: i64) -> LiveWorker {
+        LiveWorker {
+            id: "w".into(),
+            hostname: host.into(),
+            pid,
+            heartbeat_at,
+        }
+    }
+
+    #[test]
+    fn dead_workers_are_found_by_pid_here_and_by_heartbeat_anywhere() {
+        let lease = Duration::from_secs(30);
+        let now = 1_000_000_000_000;
+        let me = std::process::id();
+        // Alive here, recent heartbeat.
+        assert_eq!(why_dead(&worker(me, "here", now), "here", lease, now), None);
+        // A pid that cannot exist, on this machine: dead at once.
+        let gone = why_dead(&worker(u32::MAX - 1, "here", now), "here", lease, now);
+        assert!(gone.is_some_and(|w| w.contains("is gone")));
+        // Another machine: only the heartbeat tells.
+        assert_eq!(
+            why_dead(
+                &worker(u32::MAX - 1, "there", now - 1_000_000),
+                "here",
+                lease,
+                now
+            ),
+            None
+        );
+        let silent = why_dead(&worker(me, "there", now - 31_000_000), "here", lease, now);
+        assert!(silent.is_some_and(|w| w.contains("no heartbeat for 31.0s")));
+    }
+}
