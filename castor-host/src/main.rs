@@ -6,6 +6,7 @@
 mod child_mode;
 mod cli;
 mod commands;
+mod dashboard;
 mod plugin;
 mod protocol;
 mod worker;
@@ -92,7 +93,27 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         n => println!("  pool      {threads} thread(s), {n} process(es)"),
     }
     // Handlers first: "Ctrl+C to stop" is a promise.
-    forward_signals(worker.controller())?;
+    let controller = worker.controller();
+    forward_signals(controller.clone())?;
+    if args.interactive {
+        let header = dashboard::Header {
+            library: library.display().to_string(),
+            manager: manager_name,
+            database: database.display().to_string(),
+            worker_id: worker.id().to_owned(),
+            uptime: std::time::Duration::ZERO,
+            threads,
+            threads_busy: 0,
+            processes: worker.processes(),
+            processes_busy: 0,
+        };
+        let summary = dashboard::run(worker, header, &database, controller)?;
+        println!(
+            "castor: stopped: {} completed, {} failed, {} abandoned",
+            summary.completed, summary.failed, summary.abandoned
+        );
+        return Ok(());
+    }
     println!("Ctrl+C to stop");
     let mut reporter = PlainReporter::new(args.quiet);
     worker.run(&mut reporter)?;

@@ -232,6 +232,14 @@ impl Coordinator {
                 } => {
                     if let Some(&seq) = self.by_id.get(&id) {
                         let attempt = self.inflight.get(&seq).map_or(0, |t| t.attempt);
+                        if let Some(task) = self.inflight.get(&seq) {
+                            reporter.event(WorkerEvent::TaskLog {
+                                id,
+                                task: &task.task,
+                                level,
+                                line: &line,
+                            });
+                        }
                         self.logs.push(LogLine {
                             seq,
                             attempt,
@@ -249,6 +257,12 @@ impl Coordinator {
                 } => {
                     if let Some(&seq) = self.by_id.get(&id) {
                         let attempt = self.inflight.get(&seq).map_or(0, |t| t.attempt);
+                        reporter.event(WorkerEvent::Progress {
+                            id,
+                            done,
+                            total,
+                            message: &message,
+                        });
                         self.progress.insert(seq, (attempt, done, total, message));
                     }
                 }
@@ -390,7 +404,7 @@ impl Coordinator {
             self.retry_at = None;
         }
         for task in self.commit(worker, reporter)? {
-            self.start(worker, task);
+            self.start(worker, task, reporter);
         }
         Ok(())
     }
@@ -623,12 +637,19 @@ impl Coordinator {
     }
 
     /// Hands a claimed task to its pool.
-    fn start(&mut self, worker: &Worker, task: Claimed) {
+    fn start(&mut self, worker: &Worker, task: Claimed, reporter: &mut dyn Reporter) {
         let Some(info) = worker.tasks.get(&task.task).copied() else {
             // The claim only selects known names; this is unreachable but harmless.
             self.releases.push((task.seq, task.attempt));
             return;
         };
+        reporter.event(WorkerEvent::Started {
+            id: task.id,
+            task: &task.task,
+            mode: info.mode,
+            attempt: task.attempt,
+            max_attempts: task.max_attempts,
+        });
         let flags = Arc::new(Flags::default());
         let seq = task.seq;
         self.by_id.insert(task.id, seq);

@@ -29,7 +29,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
 use self::coordinator::Coordinator;
-pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent, timestamp};
+pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent, describe, timestamp};
 use self::services::WorkerServices;
 
 /// Everything a worker needs to run.

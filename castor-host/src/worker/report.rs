@@ -34,6 +34,41 @@ pub struct Finished<'a> {
 /// Something the worker did or saw.
 #[derive(Debug)]
 pub enum WorkerEvent<'a> {
+    /// An attempt was handed to a pool.
+    Started {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: &'a str,
+        /// `thread` or `process`.
+        mode: castor_abi::TaskMode,
+        /// The attempt's number.
+        attempt: u32,
+        /// The attempt limit.
+        max_attempts: u32,
+    },
+    /// A running task logged a line (or a process task printed one).
+    TaskLog {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: &'a str,
+        /// The line's level.
+        level: castor_abi::LogLevel,
+        /// The line.
+        line: &'a str,
+    },
+    /// A running task reported progress.
+    Progress {
+        /// The task's id.
+        id: Uuid,
+        /// Units done.
+        done: u64,
+        /// Units in all.
+        total: u64,
+        /// What it is doing.
+        message: &'a str,
+    },
     /// An attempt ended.
     Finished(&'a Finished<'a>),
     /// A write failed; everything is kept and retried.
@@ -126,6 +161,13 @@ impl Reporter for PlainReporter {
     fn event(&mut self, event: WorkerEvent<'_>) {
         let now = timestamp(castor_abi::store::now_us());
         let line = match event {
+            // Plain output shows outcomes; starts, logs and progress are kept with the task
+            // (`castor show`) and shown live by the dashboard.
+            WorkerEvent::Started { .. }
+            | WorkerEvent::TaskLog { .. }
+            | WorkerEvent::Progress { .. } => {
+                return;
+            }
             WorkerEvent::Finished(f) => {
                 if self.quiet && f.state == TaskState::Completed && !f.lost_lease {
                     return;
@@ -180,7 +222,8 @@ impl Drop for PlainReporter {
     }
 }
 
-fn describe(f: &Finished<'_>) -> String {
+/// One line about an attempt's end, as the plain log and the dashboard's log print it.
+pub fn describe(f: &Finished<'_>) -> String {
     let took = format_duration(f.elapsed);
     let head = format!("{:<10} {} {}", f.state.as_str(), f.task, f.id);
     if f.lost_lease {

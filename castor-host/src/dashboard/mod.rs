@@ -1,0 +1,553 @@
+//! The interactive dashboard of `castor -i`: the same worker, with a live full-screen view
+//! instead of log lines.
+//!
+//! Three parts that know nothing of each other's insides:
+//! - `state`: [`DashboardState`], plain data updated from the worker's events and the
+//!   database, and [`DashboardState::apply`], which turns an [`Action`](input::Action) into UI changes or
+//!   a [`Command`];
+//! - `view`: [`render`] draws a `&DashboardState`, with no clock, I/O or mutation;
+//! - `input`: [`action_for`] maps a key to an [`Action`].
+//!
+//! This file owns the terminal and the loop: the worker runs on its own thread and
+//! reports through a channel; the loop applies its events and keys, refreshes counts
+//! from the database when it changed (at a rate bounded by what the query costs), and
+//! redraws at most ten times a second. The worker's stdout and stderr (where a thread
+//! task's prints and a panic message go) are moved into a pipe that feeds the log pane,
+//! so nothing scribbles over the screen. The terminal is restored on quit, on error, on
+//! a panic and on SIGTERM.
+
+pub mod input;
+pub mod state;
+pub mod view;
+
+#[cfg(test)]
+mod view_tests;
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use castor_abi::store::{CancelOutcome, RetryOutcome, Store, StoreOptions, now_us};
+use castor_abi::{LogLevel, TaskMode, TaskState, Uuid, format_duration};
+use crossbeam_channel::{Receiver, Sender};
+use ratatui::Terminal;
+use ratatui::backend::CrosstermBackend;
+use ratatui::crossterm::event::{self, Event};
+use ratatui::crossterm::{cursor, execute, terminal};
+
+pub use input::action_for;
+pub use state::{
+    Command, DashboardState, FinishedTask, Header, Level, LogLine, Progress, RunningTask,
+    WorkerInfo,
+};
+pub use view::render;
+
+use crate::worker::{Controller, Reporter, Summary, Worker, WorkerEvent, timestamp};
+
+/// The fastest the screen is redrawn.
+const FRAME: Duration = Duration::from_millis(100);
+
+/// How long the loop waits for a key before looking at the worker's events.
+const TICK: Duration = Duration::from_millis(100);
+
+/// How often the list of workers is reread.
+const WORKERS_EVERY: Duration = Duration::from_secs(2);
+
+/// A worker whose heartbeat is older than this is shown as not alive.
+const ALIVE_WITHIN: Duration = Duration::from_secs(60);
+
+/// What the worker's thread tells the screen.
+enum UiEvent {
+    Started(RunningTask),
+    Finished(FinishedTask),
+    Log(LogLine),
+    Progress(String, Progress),
+    Stopping(String),
+    Exited(Result<Summary, String>),
+}
+
+/// Runs `worker` under the dashboard until it stops; returns its summary.
+///
+/// # Errors
+/// The terminal cannot be set up, or the worker stopped on an error.
+pub fn run(
+    worker: Worker,
+    header: Header,
+    database: &Path,
+    controller: Controller,
+) -> anyhow::Result<Summary> {
+    let store = Store::open(database, StoreOptions::default())
+        .with_context(|| format!("cannot open {} for the dashboard", database.display()))?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let screen = Screen::open(tx.clone()).context("cannot set up the terminal")?;
+    let worker_thread = std::thread::Builder::new()
+        .name("castor-worker".into())
+        .spawn(move || {
+            let mut reporter = ChannelReporter { events: tx.clone() };
+            let result = worker.run(&mut reporter).map_err(|e| format!("{e:#}"));
+            let _ = tx.send(UiEvent::Exited(result));
+        })
+        .context("cannot start the worker thread")?;
+    let outcome = event_loop(screen, header, &rx, store, &controller);
+    let _ = worker_thread.join();
+    outcome
+}
+
+fn event_loop(
+    mut screen: Screen,
+    header: Header,
+    events: &Receiver<UiEvent>,
+    store: Store,
+    controller: &Controller,
+) -> anyhow::Result<Summary> {
+    let mut state = DashboardState::new(header);
+    let mut refresher = Refresher::new(store);
+    let mut last_tick = Instant::now();
+    let mut last_draw: Option<Instant> = None;
+    let mut dirty = true;
+    let exit = loop {
+        if event::poll(TICK)? {
+            match event::read()? {
+                Event::Key(key) => {
+                    if let Some(action) = action_for(key, &state) {
+                        if let Some(command) = state.apply(action) {
+                            carry_out(command, &mut state, &mut refresher.store, controller);
+                        }
+                        dirty = true;
+                    }
+                }
+                Event::Resize(..) => dirty = true,
+                _ => {}
+            }
+        }
+        let mut exited = None;
+        for event in events.try_iter() {
+            dirty = true;
+            match event {
+                UiEvent::Started(task) => state.task_started(task),
+                UiEvent::Finished(task) => state.task_finished(task),
+                UiEvent::Log(line) => state.log(line),
+                UiEvent::Progress(id, progress) => state.task_progress(&id, progress),
+                UiEvent::Stopping(text) => state.stopping = Some(text),
+                UiEvent::Exited(result) => exited = Some(result),
+            }
+        }
+        if let Some(result) = exited {
+            break result;
+        }
+        dirty |= refresher.refresh(&mut state);
+        let (threads, processes) = busy(&state);
+        state.set_pool_busy(threads, processes);
+        let now = Instant::now();
+        state.advance(now - last_tick);
+        last_tick = now;
+        // Redraw on change (at most every frame), and every second for the clocks.
+        let since = last_draw.map_or(Duration::MAX, |t| now - t);
+        if (dirty && since >= FRAME) || since >= Duration::from_secs(1) {
+            screen.draw(&state)?;
+            last_draw = Some(now);
+            dirty = false;
+        }
+    };
+    drop(screen);
+    exit.map_err(anyhow::Error::msg)
+}
+
+fn busy(state: &DashboardState) -> (usize, usize) {
+    let threads = state.running.iter().filter(|t| t.mode == "thread").count();
+    let processes = state.running.len() - threads;
+    (
+        threads.min(state.header.threads),
+        processes.min(state.header.processes),
+    )
+}
+
+/// Does what a key asked for outside the view.
+fn carry_out(
+    command: Command,
+    state: &mut DashboardState,
+    store: &mut Store,
+    controller: &Controller,
+) {
+    match command {
+        Command::Quit => {
+            controller.shutdown();
+            if state.stopping.is_none() {
+                state.stopping =
+                    Some("stopping: waiting for running tasks; q again stops now".into());
+            }
+        }
+        Command::Retry { id } => {
+            let Ok(uuid) = id.parse::<Uuid>() else { return };
+            let now = now_us();
+            match store.write("retry a task", |tx| tx.retry(uuid, now)) {
+                Ok(Some(RetryOutcome::Retried)) => {
+                    state.flash(Level::Info, format!("retrying {id}: available again"));
+                }
+                Ok(Some(RetryOutcome::NotRetryable(s))) => {
+                    state.flash(Level::Warn, format!("{id} is {s}: nothing to retry"));
+                }
+                Ok(None) => state.flash(Level::Warn, format!("no task {id}")),
+                Err(e) => state.flash(Level::Error, format!("retry failed: {e}")),
+            }
+        }
+        Command::Cancel { id } => {
+            let Ok(uuid) = id.parse::<Uuid>() else { return };
+            let now = now_us();
+            match store.write("cancel a task", |tx| tx.cancel(uuid, now)) {
+                Ok(Some(CancelOutcome::Cancelled)) => {
+                    state.flash(Level::Info, format!("cancelled {id}"));
+                }
+                Ok(Some(CancelOutcome::Requested)) => {
+                    state.flash(Level::Info, format!("cancel requested for {id}"));
+                }
+                Ok(Some(CancelOutcome::AlreadyFinished(s))) => {
+                    state.flash(Level::Warn, format!("{id} already {s}"));
+                }
+                Ok(None) => state.flash(Level::Warn, format!("no task {id}")),
+                Err(e) => state.flash(Level::Error, format!("cancel failed: {e}")),
+            }
+        }
+    }
+}
+
+/// Rereads counts and workers from the database, no more often than it is worth.
+struct Refresher {
+    store: Store,
+    data_version: Option<i64>,
+    next_counts: Instant,
+    next_workers: Instant,
+}
+
+impl Refresher {
+    fn new(store: Store) -> Refresher {
+        Refresher {
+            store,
+            data_version: None,
+            next_counts: Instant::now(),
+            next_workers: Instant::now(),
+        }
+    }
+
+    /// True if the state changed.
+    fn refresh(&mut self, state: &mut DashboardState) -> bool {
+        let now = Instant::now();
+        let mut changed = false;
+        if now >= self.next_counts {
+            let version = self.store.data_version().ok();
+            if version.is_none() || version != self.data_version {
+                self.data_version = version;
+                let started = Instant::now();
+                if let Ok(counts) = self.store.counts() {
+                    let mut by_state: Vec<(String, u64)> = TaskState::ALL
+                        .iter()
+                        .map(|s| (s.as_str().to_owned(), 0))
+                        .collect();
+                    for c in counts {
+                        if let Some(slot) = by_state.iter_mut().find(|(s, _)| s == c.state.as_str())
+                        {
+                            slot.1 += c.count;
+                        }
+                    }
+                    state.set_counts(by_state);
+                    changed = true;
+                }
+                // A full count costs more on a big table: read it less often then, so the
+                // dashboard never takes more than about 5% of a core for it.
+                let cost = started.elapsed();
+                self.next_counts = now + (cost * 20).max(Duration::from_secs(1));
+            } else {
+                self.next_counts = now + Duration::from_millis(250);
+            }
+        }
+        if now >= self.next_workers {
+            if let Ok(workers) = self.store.workers(true) {
+                let now_us = now_us();
+                let infos = workers
+                    .into_iter()
+                    .map(|w| {
+                        let ago = Duration::from_micros(
+                            u64::try_from(now_us - w.heartbeat_at).unwrap_or(0),
+                        );
+                        WorkerInfo {
+                            id: w.id,
+                            hostname: w.hostname,
+                            pid: w.pid,
+                            manager: w.manager,
+                            last_heartbeat_ago: ago,
+                            alive: ago < ALIVE_WITHIN,
+                            completed: u64::try_from(w.completed).unwrap_or(0),
+                            failed: u64::try_from(w.failed).unwrap_or(0),
+                        }
+                    })
+                    .collect();
+                state.set_workers(infos);
+                changed = true;
+            }
+            self.next_workers = now + WORKERS_EVERY;
+        }
+        changed
+    }
+}
+
+/// `HH:MM:SS` (UTC) of now.
+fn clock() -> String {
+    timestamp(now_us())
+        .get(11..19)
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn worker_line(level: Level, text: String) -> LogLine {
+    LogLine {
+        at: clock(),
+        level,
+        source: "worker".into(),
+        text,
+    }
+}
+
+/// Turns the worker's events into the screen's, on the worker's thread.
+struct ChannelReporter {
+    events: Sender<UiEvent>,
+}
+
+impl ChannelReporter {
+    fn send(&self, event: UiEvent) {
+        let _ = self.events.send(event);
+    }
+}
+
+impl Reporter for ChannelReporter {
+    fn event(&mut self, event: WorkerEvent<'_>) {
+        match event {
+            WorkerEvent::Started {
+                id,
+                task,
+                mode,
+                attempt,
+                max_attempts,
+            } => self.send(UiEvent::Started(RunningTask {
+                id: id.to_string(),
+                task: task.to_owned(),
+                mode: match mode {
+                    TaskMode::Thread => "thread",
+                    TaskMode::Process => "process",
+                }
+                .to_owned(),
+                attempt,
+                max_attempts,
+                elapsed: Duration::ZERO,
+                progress: None,
+            })),
+            WorkerEvent::Finished(f) => {
+                let completed = f.state == TaskState::Completed;
+                let error = (!completed).then(|| f.outcome.message().unwrap_or_default());
+                if !completed {
+                    let level = match f.state {
+                        TaskState::Retryable => Level::Warn,
+                        _ => Level::Error,
+                    };
+                    self.send(UiEvent::Log(worker_line(level, crate::worker::describe(f))));
+                }
+                self.send(UiEvent::Finished(FinishedTask {
+                    id: f.id.to_string(),
+                    task: f.task.to_owned(),
+                    state: f.state.as_str().to_owned(),
+                    attempt: f.attempt,
+                    max_attempts: f.max_attempts,
+                    duration: f.elapsed,
+                    error,
+                    at: clock(),
+                }));
+            }
+            WorkerEvent::TaskLog {
+                id,
+                task,
+                level,
+                line,
+            } => {
+                let id = id.to_string();
+                self.send(UiEvent::Log(LogLine {
+                    at: clock(),
+                    level: match level {
+                        LogLevel::Debug => Level::Debug,
+                        LogLevel::Info => Level::Info,
+                        LogLevel::Warn => Level::Warn,
+                        LogLevel::Error => Level::Error,
+                    },
+                    source: format!("{task} {}", state::short_id(&id)),
+                    text: line.to_owned(),
+                }));
+            }
+            WorkerEvent::Progress {
+                id,
+                done,
+                total,
+                message,
+            } => self.send(UiEvent::Progress(
+                id.to_string(),
+                Progress {
+                    done,
+                    total,
+                    message: (!message.is_empty()).then(|| message.to_owned()),
+                },
+            )),
+            WorkerEvent::Stopping { running, grace } => {
+                let text = format!(
+                    "stopping: waiting up to {} for {running} running task(s); q again stops now",
+                    format_duration(grace)
+                );
+                self.send(UiEvent::Log(worker_line(Level::Warn, text.clone())));
+                self.send(UiEvent::Stopping(text));
+            }
+            WorkerEvent::Forced { running } => self.send(UiEvent::Log(worker_line(
+                Level::Warn,
+                format!("stopping now; giving up on {running} running task(s)"),
+            ))),
+            WorkerEvent::StoreError { error, retry_in } => self.send(UiEvent::Log(worker_line(
+                Level::Error,
+                format!(
+                    "database error: {error:#}; retrying in {}",
+                    format_duration(retry_in)
+                ),
+            ))),
+            WorkerEvent::Abandoned { id, task } => self.send(UiEvent::Log(worker_line(
+                Level::Warn,
+                format!("abandoned {task} {id}: still running at shutdown; it will be retried"),
+            ))),
+            WorkerEvent::Buried { worker, why } => self.send(UiEvent::Log(worker_line(
+                Level::Warn,
+                format!("rescuing the tasks of worker {worker}: it {why}"),
+            ))),
+            WorkerEvent::Rescued { id, task, state } => self.send(UiEvent::Log(worker_line(
+                Level::Warn,
+                format!("{task} {id} rescued from a dead worker: now {state}"),
+            ))),
+            WorkerEvent::Pruned { count } => self.send(UiEvent::Log(worker_line(
+                Level::Info,
+                format!("pruned {count} finished task(s) past the retention period"),
+            ))),
+            WorkerEvent::ChildOutput { pid, line } => self.send(UiEvent::Log(LogLine {
+                at: clock(),
+                level: Level::Output,
+                source: format!("child {pid}"),
+                text: line.to_owned(),
+            })),
+            WorkerEvent::Stopped { summary } => self.send(UiEvent::Log(worker_line(
+                Level::Info,
+                format!(
+                    "stopped: {} completed, {} failed, {} abandoned",
+                    summary.completed, summary.failed, summary.abandoned
+                ),
+            ))),
+        }
+    }
+}
+
+/// The descriptors the terminal had before the dashboard took it, for restoring it from
+/// anywhere (a panic included).
+struct Saved {
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    tty: OwnedFd,
+}
+
+static SAVED: Mutex<Option<Saved>> = Mutex::new(None);
+
+/// Leaves raw mode and the alternate screen, and puts stdout and stderr back. Idempotent.
+fn restore_terminal() {
+    let saved = SAVED.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let Some(saved) = saved else { return };
+    let _ = terminal::disable_raw_mode();
+    if let Ok(tty) = saved.tty.try_clone() {
+        let mut tty = File::from(tty);
+        let _ = execute!(tty, terminal::LeaveAlternateScreen, cursor::Show);
+        let _ = tty.flush();
+    }
+    // SAFETY: dup2 onto the standard descriptors from descriptors we own.
+    unsafe {
+        libc::dup2(saved.stdout.as_raw_fd(), 1);
+        libc::dup2(saved.stderr.as_raw_fd(), 2);
+    }
+}
+
+fn dup(fd: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a new descriptor we own, or -1.
+    let new = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `new` was just returned by the kernel and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// The terminal while the dashboard owns it.
+struct Screen {
+    terminal: Terminal<CrosstermBackend<File>>,
+}
+
+impl Screen {
+    fn open(events: Sender<UiEvent>) -> io::Result<Screen> {
+        let tty = dup(1)?;
+        let saved = Saved {
+            stdout: dup(1)?,
+            stderr: dup(2)?,
+            tty: tty.try_clone()?,
+        };
+        // Everything written to stdout or stderr from now on, by the worker, a thread task
+        // or a panic, goes to the log pane instead of over the screen.
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two-element array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are owned here.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        *SAVED.lock().unwrap_or_else(PoisonError::into_inner) = Some(saved);
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            restore_terminal();
+            previous(info);
+        }));
+        // SAFETY: dup2 onto the standard descriptors from a pipe we own.
+        unsafe {
+            libc::dup2(write.as_raw_fd(), 1);
+            libc::dup2(write.as_raw_fd(), 2);
+        }
+        drop(write);
+        std::thread::Builder::new()
+            .name("castor-output".into())
+            .spawn(move || {
+                for line in BufReader::new(File::from(read)).lines() {
+                    let Ok(line) = line else { break };
+                    let _ = events.send(UiEvent::Log(LogLine {
+                        at: clock(),
+                        level: Level::Output,
+                        source: "output".into(),
+                        text: line,
+                    }));
+                }
+            })?;
+        terminal::enable_raw_mode()?;
+        let mut out = File::from(tty);
+        execute!(out, terminal::EnterAlternateScreen, cursor::Hide)?;
+        let terminal = Terminal::new(CrosstermBackend::new(out))?;
+        Ok(Screen { terminal })
+    }
+
+    fn draw(&mut self, state: &DashboardState) -> io::Result<()> {
+        self.terminal.draw(|frame| render(state, frame))?;
+        Ok(())
+    }
+}
+
+impl Drop for Screen {
+    fn drop(&mut self) {
+        restore_terminal();
+    }
+}

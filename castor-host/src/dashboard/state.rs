@@ -1,0 +1,1205 @@
+//! The dashboard's data: everything the view draws, as one plain value the worker fills in.
+//!
+//! The worker owns a [`DashboardState`] and feeds it what happens (`task_started`,
+//! `task_progress`, `task_finished`, `log`), what it reads from the database now and
+//! then (`set_counts`, `set_workers`, `set_pool_busy`) and the passing of time
+//! (`advance`). Keys arrive as [`Action`]s (see `input`) and [`DashboardState::apply`]
+//! turns them into UI changes, or into a [`Command`] the worker carries out. Nothing here
+//! reads a clock, the terminal or the database, so each method is a plain function of its
+//! inputs (tested below) and the view can be snapshot-tested over hand-built values.
+//!
+//! Everything that grows is bounded: [`RECENT_CAPACITY`] finished attempts,
+//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput samples and
+//! [`STATS_SAMPLE`] durations per task name. Text from tasks (log lines, errors) is
+//! cleaned of terminal escapes and control characters on the way in: a plugin that
+//! prints colour codes must not be able to repaint the screen.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use super::input::Action;
+
+/// The task states, in lifecycle order: the order the counts are shown in.
+pub const STATES: [&str; 7] = [
+    "scheduled",
+    "available",
+    "running",
+    "retryable",
+    "completed",
+    "discarded",
+    "cancelled",
+];
+
+/// How many finished attempts the recent list keeps.
+pub const RECENT_CAPACITY: usize = 200;
+/// How many log lines the log pane keeps (a multi-line message counts once per line).
+pub const LOG_CAPACITY: usize = 2000;
+/// How many one-second throughput samples the sparkline keeps.
+pub const THROUGHPUT_SECONDS: usize = 120;
+/// How many of the latest durations per task name the mean and p95 are computed over.
+pub const STATS_SAMPLE: usize = 1000;
+/// The current rate is the mean of this many latest one-second samples.
+pub const RATE_SECONDS: usize = 5;
+/// How long a flash message stays in the footer.
+pub const FLASH_FOR: Duration = Duration::from_secs(5);
+/// How far PageUp and PageDown move a selection.
+pub const PAGE: usize = 10;
+
+/// What the header shows about this worker.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Header {
+    /// The task library's path.
+    pub library: String,
+    /// The manager's name.
+    pub manager: String,
+    /// The database path.
+    pub database: String,
+    /// This worker's id (32 hex digits).
+    pub worker_id: String,
+    /// Time since the worker started; grows with [`DashboardState::advance`].
+    pub uptime: Duration,
+    /// Thread-pool size.
+    pub threads: usize,
+    /// Thread tasks running now.
+    pub threads_busy: usize,
+    /// How many process tasks may run at once.
+    pub processes: usize,
+    /// Process tasks running now.
+    pub processes_busy: usize,
+}
+
+/// A running task's last progress report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all; 0 when the task does not know (shown as a count, not a percentage).
+    pub total: u64,
+    /// What the task says it is doing, if anything.
+    pub message: Option<String>,
+}
+
+/// An attempt in progress on this worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunningTask {
+    /// The task's id (a UUID).
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// `thread` or `process`.
+    pub mode: String,
+    /// This attempt's number, from 1.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// How long the attempt has run; grows with [`DashboardState::advance`].
+    pub elapsed: Duration,
+    /// The last progress report, if the task made one.
+    pub progress: Option<Progress>,
+}
+
+/// An attempt that ended, newest first in [`DashboardState::recent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FinishedTask {
+    /// The task's id (a UUID).
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// The task's state after the attempt: `completed`, `retryable`, `discarded` or
+    /// `cancelled` (a [`STATES`] name).
+    pub state: String,
+    /// The attempt's number.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// How long the attempt ran.
+    pub duration: Duration,
+    /// The attempt's error, for any state but `completed`; may span lines.
+    pub error: Option<String>,
+    /// When it ended, preformatted by the worker (`HH:MM:SS`).
+    pub at: String,
+}
+
+/// One row of the per-task-name statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskStats {
+    /// The task's name.
+    pub task: String,
+    /// Attempts finished since the worker started.
+    pub count: u64,
+    /// How many of them failed (the task became `retryable` or `discarded`).
+    pub failures: u64,
+    /// Mean duration over the latest [`STATS_SAMPLE`] attempts.
+    pub mean: Duration,
+    /// 95th-percentile duration over the same sample (nearest rank).
+    pub p95: Duration,
+}
+
+/// A log line's level. `Output` is what a task printed (stdout or stderr), as opposed to
+/// what it logged through its context or what the worker itself reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Level {
+    /// Detail for debugging.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Something odd that did not stop anything.
+    Warn,
+    /// Something failed: a task's error, a panic, a database error.
+    Error,
+    /// A line a task printed.
+    Output,
+}
+
+impl Level {
+    /// The short name the log pane shows.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+            Level::Output => "out",
+        }
+    }
+}
+
+/// One line of the log pane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogLine {
+    /// When, preformatted by the worker (`HH:MM:SS`).
+    pub at: String,
+    /// How serious.
+    pub level: Level,
+    /// Who: `worker`, or a task's name and short id.
+    pub source: String,
+    /// The line itself (one line: [`DashboardState::log`] splits longer text).
+    pub text: String,
+}
+
+/// A worker on the same database, this one included, as its row says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerInfo {
+    /// The worker's id (32 hex digits); equal to [`Header::worker_id`] for this one.
+    pub id: String,
+    /// The host it runs on.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// The manager it serves.
+    pub manager: String,
+    /// Time since its last heartbeat; grows with [`DashboardState::advance`] between two
+    /// [`DashboardState::set_workers`].
+    pub last_heartbeat_ago: Duration,
+    /// Whether its heartbeat is recent enough for its lease to hold.
+    pub alive: bool,
+    /// Tasks it completed.
+    pub completed: u64,
+    /// Attempts of it that failed.
+    pub failed: u64,
+}
+
+/// A pane that can take the focus, in Tab order (reading order on screen).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Pane {
+    /// Running tasks; `c` cancels the selected one.
+    #[default]
+    Running,
+    /// Recently finished attempts; `r` retries the selected one.
+    Recent,
+    /// Per-task-name statistics.
+    Stats,
+    /// Workers on the same database.
+    Workers,
+    /// The log.
+    Logs,
+}
+
+impl Pane {
+    /// Every pane, in Tab order.
+    pub const ALL: [Pane; 5] = [
+        Pane::Running,
+        Pane::Recent,
+        Pane::Stats,
+        Pane::Workers,
+        Pane::Logs,
+    ];
+
+    /// The pane after this one, wrapping around.
+    pub fn next(self) -> Pane {
+        Pane::ALL[(self.index() + 1) % Pane::ALL.len()]
+    }
+
+    /// The pane before this one, wrapping around.
+    pub fn prev(self) -> Pane {
+        Pane::ALL[(self.index() + Pane::ALL.len() - 1) % Pane::ALL.len()]
+    }
+
+    /// The pane's title.
+    pub const fn title(self) -> &'static str {
+        match self {
+            Pane::Running => "Running",
+            Pane::Recent => "Recent",
+            Pane::Stats => "Tasks by name",
+            Pane::Workers => "Workers",
+            Pane::Logs => "Log",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Pane::Running => 0,
+            Pane::Recent => 1,
+            Pane::Stats => 2,
+            Pane::Workers => 3,
+            Pane::Logs => 4,
+        }
+    }
+}
+
+/// Where each pane's selection is. Table panes count rows from the top; the log counts
+/// lines up from the newest, so 0 follows the log as it grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Selection {
+    /// Row in [`DashboardState::running`].
+    pub running: usize,
+    /// Row in [`DashboardState::recent`]; 0 (the newest) follows new arrivals.
+    pub recent: usize,
+    /// Row in the statistics.
+    pub stats: usize,
+    /// Row in [`DashboardState::workers`].
+    pub workers: usize,
+    /// Lines up from the newest log line; 0 follows the log.
+    pub log_back: usize,
+}
+
+/// A short message in the footer, gone after [`FLASH_FOR`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flash {
+    /// Its colour: `Info` for confirmations, `Warn` for "cannot do that".
+    pub level: Level,
+    /// The message.
+    pub text: String,
+    /// Time left on screen.
+    pub remaining: Duration,
+}
+
+/// What the worker must do after a key, outside the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Command {
+    /// Stop gracefully; if a stop is already under way ([`DashboardState::stopping`] is
+    /// set), stop now.
+    Quit,
+    /// Make this discarded or cancelled task `available` again.
+    Retry {
+        /// The task's id.
+        id: String,
+    },
+    /// Cancel this task (running, or waiting to be retried).
+    Cancel {
+        /// The task's id.
+        id: String,
+    },
+}
+
+/// Everything the dashboard shows, and where the user is in it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DashboardState {
+    /// The header's facts about this worker.
+    pub header: Header,
+    /// Task count per state over the whole database: the seven [`STATES`] in order, then
+    /// any name the database had that this build does not know.
+    pub counts: Vec<(String, u64)>,
+    /// Tasks this worker completed in each of the last seconds, oldest first.
+    pub throughput: VecDeque<u64>,
+    /// Completed per second now: the mean of the last [`RATE_SECONDS`] samples.
+    pub rate: f64,
+    /// Attempts running on this worker, oldest start first.
+    pub running: Vec<RunningTask>,
+    /// Attempts that ended, newest first, at most [`RECENT_CAPACITY`].
+    pub recent: VecDeque<FinishedTask>,
+    /// Per-task-name statistics.
+    pub stats: StatsAccumulator,
+    /// The log, oldest first, at most [`LOG_CAPACITY`] lines.
+    pub logs: VecDeque<LogLine>,
+    /// Workers on the same database, as last read.
+    pub workers: Vec<WorkerInfo>,
+    /// The pane the keys act on.
+    pub focus: Pane,
+    /// Each pane's selection.
+    pub selection: Selection,
+    /// Whether the key help is open.
+    pub show_help: bool,
+    /// The footer's message, if any.
+    pub flash: Option<Flash>,
+    /// Set while a graceful stop is under way: what the footer says about it.
+    pub stopping: Option<String>,
+    completed_this_second: u64,
+    since_sample: Duration,
+}
+
+impl DashboardState {
+    /// An empty dashboard for a worker that has just started.
+    pub fn new(header: Header) -> DashboardState {
+        DashboardState {
+            header,
+            counts: STATES.iter().map(|s| ((*s).to_owned(), 0)).collect(),
+            throughput: VecDeque::with_capacity(THROUGHPUT_SECONDS),
+            rate: 0.0,
+            running: Vec::new(),
+            recent: VecDeque::with_capacity(RECENT_CAPACITY),
+            stats: StatsAccumulator::default(),
+            logs: VecDeque::with_capacity(LOG_CAPACITY),
+            workers: Vec::new(),
+            focus: Pane::default(),
+            selection: Selection::default(),
+            show_help: false,
+            flash: None,
+            stopping: None,
+            completed_this_second: 0,
+            since_sample: Duration::ZERO,
+        }
+    }
+
+    /// An attempt started on this worker. A task already listed with the same id is
+    /// replaced (its earlier attempt's end was missed).
+    pub fn task_started(&mut self, task: RunningTask) {
+        match self.running.iter_mut().find(|r| r.id == task.id) {
+            Some(slot) => *slot = task,
+            None => self.running.push(task),
+        }
+    }
+
+    /// A running task reported progress; ignored if the task is not listed.
+    pub fn task_progress(&mut self, id: &str, progress: Progress) {
+        if let Some(task) = self.running.iter_mut().find(|r| r.id == id) {
+            let message = progress.message.map(|m| clean(&m).replace('\n', " "));
+            task.progress = Some(Progress {
+                message: message.filter(|m| !m.is_empty()),
+                ..progress
+            });
+        }
+    }
+
+    /// An attempt ended: it leaves the running list, goes on top of the recent list and
+    /// into the statistics, and counts towards throughput if it completed.
+    ///
+    /// Selections stay on the rows they were on, unless the recent list was following
+    /// its newest row (row 0), which it keeps doing.
+    pub fn task_finished(&mut self, mut task: FinishedTask) {
+        if let Some(index) = self.running.iter().position(|r| r.id == task.id) {
+            self.running.remove(index);
+            if index < self.selection.running {
+                self.selection.running -= 1;
+            }
+        }
+        self.stats
+            .record(&task.task, task.duration, counts_as_failure(&task.state));
+        if task.state == "completed" {
+            self.completed_this_second += 1;
+        }
+        task.error = task.error.as_deref().map(clean);
+        self.recent.push_front(task);
+        self.recent.truncate(RECENT_CAPACITY);
+        if self.selection.recent > 0 {
+            self.selection.recent += 1;
+        }
+        self.clamp_selection();
+    }
+
+    /// Adds a log line. Text over several lines becomes several lines; terminal escapes
+    /// and control characters are dropped and tabs become spaces. While the log is
+    /// scrolled back, the view stays on the same lines.
+    pub fn log(&mut self, line: LogLine) {
+        let LogLine {
+            at,
+            level,
+            source,
+            text,
+        } = line;
+        let text = clean(&text);
+        let source = clean(&source).replace('\n', " ");
+        let mut parts: Vec<&str> = text.lines().collect();
+        if parts.is_empty() {
+            parts.push("");
+        }
+        for part in parts {
+            self.logs.push_back(LogLine {
+                at: at.clone(),
+                level,
+                source: source.clone(),
+                text: part.to_owned(),
+            });
+            if self.selection.log_back > 0 {
+                self.selection.log_back += 1;
+            }
+        }
+        while self.logs.len() > LOG_CAPACITY {
+            self.logs.pop_front();
+        }
+        self.clamp_selection();
+    }
+
+    /// Replaces the counts by state, from any `(state, count)` list (such as a `GROUP BY
+    /// state` query): the seven states appear in order, missing ones as 0.
+    pub fn set_counts<S: AsRef<str>>(&mut self, counts: impl IntoIterator<Item = (S, u64)>) {
+        for (_, n) in &mut self.counts {
+            *n = 0;
+        }
+        for (name, n) in counts {
+            let name = name.as_ref();
+            match self.counts.iter_mut().find(|(s, _)| s == name) {
+                Some((_, slot)) => *slot = n,
+                None => self.counts.push((name.to_owned(), n)),
+            }
+        }
+    }
+
+    /// Replaces the list of workers.
+    pub fn set_workers(&mut self, workers: Vec<WorkerInfo>) {
+        self.workers = workers;
+        self.clamp_selection();
+    }
+
+    /// How many thread and process slots are busy now.
+    pub fn set_pool_busy(&mut self, threads_busy: usize, processes_busy: usize) {
+        self.header.threads_busy = threads_busy;
+        self.header.processes_busy = processes_busy;
+    }
+
+    /// Shows a message in the footer for [`FLASH_FOR`], replacing any other; for example
+    /// the outcome of a [`Command`].
+    pub fn flash(&mut self, level: Level, text: impl Into<String>) {
+        self.flash = Some(Flash {
+            level,
+            text: clean(&text.into()).replace('\n', " "),
+            remaining: FLASH_FOR,
+        });
+    }
+
+    /// Time passed: `dt` since the last call. Call it before each draw, with the time
+    /// measured between calls (so the sum is exact). Ages uptimes, elapsed times and
+    /// heartbeats, expires the flash message, takes a throughput sample for each whole
+    /// second, and brings the statistics up to date.
+    pub fn advance(&mut self, dt: Duration) {
+        self.header.uptime = self.header.uptime.saturating_add(dt);
+        for task in &mut self.running {
+            task.elapsed = task.elapsed.saturating_add(dt);
+        }
+        for worker in &mut self.workers {
+            worker.last_heartbeat_ago = worker.last_heartbeat_ago.saturating_add(dt);
+        }
+        if let Some(flash) = &mut self.flash {
+            flash.remaining = flash.remaining.saturating_sub(dt);
+            if flash.remaining.is_zero() {
+                self.flash = None;
+            }
+        }
+        self.since_sample = self.since_sample.saturating_add(dt);
+        let second = Duration::from_secs(1);
+        // A long stall gives one sample with its completions and zeros after it, which is
+        // what a rate over that time would show anyway; past the window it changes nothing.
+        let mut samples = 0;
+        while self.since_sample >= second && samples < THROUGHPUT_SECONDS {
+            self.since_sample -= second;
+            let completed = std::mem::take(&mut self.completed_this_second);
+            self.push_throughput(completed);
+            samples += 1;
+        }
+        if samples == THROUGHPUT_SECONDS {
+            self.since_sample = Duration::ZERO;
+        }
+        self.stats.refresh();
+    }
+
+    /// Does what a key asked: moves the focus or a selection, opens or closes the help,
+    /// or returns what the worker must do. A retry or cancel that does not apply to the
+    /// selection sets a flash message saying why instead.
+    pub fn apply(&mut self, action: Action) -> Option<Command> {
+        match action {
+            Action::Quit => return Some(Command::Quit),
+            Action::NextPane => self.focus = self.focus.next(),
+            Action::PrevPane => self.focus = self.focus.prev(),
+            Action::ToggleHelp => self.show_help = !self.show_help,
+            Action::Up => self.move_selection(Move::Back(1)),
+            Action::Down => self.move_selection(Move::Forward(1)),
+            Action::PageUp => self.move_selection(Move::Back(PAGE)),
+            Action::PageDown => self.move_selection(Move::Forward(PAGE)),
+            Action::Top => self.move_selection(Move::First),
+            Action::Bottom => self.move_selection(Move::Last),
+            Action::RetrySelected => return self.retry_selected(),
+            Action::CancelSelected => return self.cancel_selected(),
+        }
+        None
+    }
+
+    /// The running task under the selection, if the list is not empty.
+    pub fn selected_running(&self) -> Option<&RunningTask> {
+        self.running.get(self.selection.running)
+    }
+
+    /// The finished attempt under the selection, if the list is not empty.
+    pub fn selected_recent(&self) -> Option<&FinishedTask> {
+        self.recent.get(self.selection.recent)
+    }
+
+    /// How many rows (lines, for the log) a pane has.
+    pub fn pane_len(&self, pane: Pane) -> usize {
+        match pane {
+            Pane::Running => self.running.len(),
+            Pane::Recent => self.recent.len(),
+            Pane::Stats => self.stats.rows().len(),
+            Pane::Workers => self.workers.len(),
+            Pane::Logs => self.logs.len(),
+        }
+    }
+
+    fn push_throughput(&mut self, completed: u64) {
+        self.throughput.push_back(completed);
+        while self.throughput.len() > THROUGHPUT_SECONDS {
+            self.throughput.pop_front();
+        }
+        let latest = self.throughput.iter().rev().take(RATE_SECONDS);
+        let n = latest.len().max(1);
+        self.rate = latest.sum::<u64>() as f64 / n as f64;
+    }
+
+    fn move_selection(&mut self, step: Move) {
+        let len = self.pane_len(self.focus);
+        let last = len.saturating_sub(1);
+        // The log counts back from its newest line, so "up" (older) means a larger number.
+        let (slot, step) = match self.focus {
+            Pane::Running => (&mut self.selection.running, step),
+            Pane::Recent => (&mut self.selection.recent, step),
+            Pane::Stats => (&mut self.selection.stats, step),
+            Pane::Workers => (&mut self.selection.workers, step),
+            Pane::Logs => (&mut self.selection.log_back, step.reversed()),
+        };
+        *slot = match step {
+            Move::Back(n) => slot.saturating_sub(n),
+            Move::Forward(n) => slot.saturating_add(n).min(last),
+            Move::First => 0,
+            Move::Last => last,
+        };
+    }
+
+    fn clamp_selection(&mut self) {
+        let s = &mut self.selection;
+        s.running = s.running.min(self.running.len().saturating_sub(1));
+        s.recent = s.recent.min(self.recent.len().saturating_sub(1));
+        s.stats = s.stats.min(self.stats.rows().len().saturating_sub(1));
+        s.workers = s.workers.min(self.workers.len().saturating_sub(1));
+        s.log_back = s.log_back.min(self.logs.len().saturating_sub(1));
+    }
+
+    fn retry_selected(&mut self) -> Option<Command> {
+        let Some(task) = self
+            .recent
+            .get(self.selection.recent)
+            .filter(|_| self.focus == Pane::Recent)
+        else {
+            self.flash(
+                Level::Warn,
+                "r retries a discarded or cancelled task: select one in Recent",
+            );
+            return None;
+        };
+        let name = format!("{} {}", task.task, short_id(&task.id));
+        if matches!(task.state.as_str(), "discarded" | "cancelled") {
+            let id = task.id.clone();
+            self.flash(Level::Info, format!("retry requested for {name}"));
+            Some(Command::Retry { id })
+        } else {
+            let state = task.state.clone();
+            self.flash(
+                Level::Warn,
+                format!("{name} is {state}: only discarded or cancelled tasks can be retried"),
+            );
+            None
+        }
+    }
+
+    fn cancel_selected(&mut self) -> Option<Command> {
+        let target = match self.focus {
+            Pane::Running => self
+                .selected_running()
+                .map(|t| (t.id.clone(), t.task.clone(), "running")),
+            Pane::Recent => self
+                .selected_recent()
+                .map(|t| (t.id.clone(), t.task.clone(), t.state.as_str())),
+            _ => None,
+        };
+        match target {
+            Some((id, task, "running" | "retryable")) => {
+                self.flash(
+                    Level::Info,
+                    format!("cancel requested for {task} {}", short_id(&id)),
+                );
+                Some(Command::Cancel { id })
+            }
+            Some((id, task, state)) => {
+                let message = format!(
+                    "{task} {} is {state}: only running or retryable tasks can be cancelled",
+                    short_id(&id)
+                );
+                self.flash(Level::Warn, message);
+                None
+            }
+            None => {
+                self.flash(
+                    Level::Warn,
+                    "c cancels a task: select one in Running (or a retryable one in Recent)",
+                );
+                None
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    Back(usize),
+    Forward(usize),
+    First,
+    Last,
+}
+
+impl Move {
+    fn reversed(self) -> Move {
+        match self {
+            Move::Back(n) => Move::Forward(n),
+            Move::Forward(n) => Move::Back(n),
+            Move::First => Move::Last,
+            Move::Last => Move::First,
+        }
+    }
+}
+
+/// Whether an attempt that left its task in `state` counts as a failure in the
+/// statistics: the attempt failed (`retryable`, `discarded`). A cancelled task was
+/// stopped, not failed.
+pub fn counts_as_failure(state: &str) -> bool {
+    matches!(state, "retryable" | "discarded")
+}
+
+/// The part of an id the dashboard shows: its last 8 hex digits. Task and worker ids are
+/// UUIDv7, whose leading digits are a timestamp shared by every id made in the same
+/// minute or so; the trailing ones are random. Anything else is shown whole.
+pub fn short_id(id: &str) -> &str {
+    match id.len().checked_sub(8) {
+        Some(start)
+            if id.is_char_boundary(start) && id[start..].chars().all(|c| c.is_ascii_hexdigit()) =>
+        {
+            &id[start..]
+        }
+        _ => id,
+    }
+}
+
+/// Keeps per-task-name counts and the latest [`STATS_SAMPLE`] durations, and turns them
+/// into [`TaskStats`] rows. Recording is O(1), so it can keep up with a fast drain; the
+/// mean and p95 are recomputed by [`StatsAccumulator::refresh`], for the names recorded
+/// since the last refresh.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StatsAccumulator {
+    tasks: BTreeMap<String, TaskSamples>,
+    rows: Vec<TaskStats>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+struct TaskSamples {
+    count: u64,
+    failures: u64,
+    latest: VecDeque<Duration>,
+    /// Sum of `latest`, kept as it changes.
+    sum: Duration,
+    dirty: bool,
+}
+
+impl StatsAccumulator {
+    /// Counts one finished attempt of `task`.
+    pub fn record(&mut self, task: &str, duration: Duration, failed: bool) {
+        let samples = match self.tasks.get_mut(task) {
+            Some(samples) => samples,
+            None => self.tasks.entry(task.to_owned()).or_default(),
+        };
+        samples.count += 1;
+        samples.failures += u64::from(failed);
+        samples.latest.push_back(duration);
+        samples.sum = samples.sum.saturating_add(duration);
+        if samples.latest.len() > STATS_SAMPLE
+            && let Some(oldest) = samples.latest.pop_front()
+        {
+            samples.sum = samples.sum.saturating_sub(oldest);
+        }
+        samples.dirty = true;
+    }
+
+    /// Recomputes the rows of the names recorded since the last refresh.
+    pub fn refresh(&mut self) {
+        for (task, samples) in &mut self.tasks {
+            if !samples.dirty {
+                continue;
+            }
+            samples.dirty = false;
+            let row = samples.to_row(task);
+            match self.rows.binary_search_by(|r| r.task.as_str().cmp(task)) {
+                Ok(i) => self.rows[i] = row,
+                Err(i) => self.rows.insert(i, row),
+            }
+        }
+    }
+
+    /// One row per task name, sorted by name, as of the last refresh.
+    pub fn rows(&self) -> &[TaskStats] {
+        &self.rows
+    }
+}
+
+impl TaskSamples {
+    fn to_row(&self, task: &str) -> TaskStats {
+        let n = self.latest.len();
+        let mean = u32::try_from(n)
+            .ok()
+            .filter(|&n| n > 0)
+            .map_or(Duration::ZERO, |n| self.sum / n);
+        let p95 = if n == 0 {
+            Duration::ZERO
+        } else {
+            // Nearest rank: the smallest value with at least 95% of the sample at or below it.
+            let rank = (n * 95).div_ceil(100).max(1);
+            let mut sorted: Vec<Duration> = self.latest.iter().copied().collect();
+            let (_, p95, _) = sorted.select_nth_unstable(rank - 1);
+            *p95
+        };
+        TaskStats {
+            task: task.to_owned(),
+            count: self.count,
+            failures: self.failures,
+            mean,
+            p95,
+        }
+    }
+}
+
+/// Text from a task made safe to draw: terminal escape sequences and control characters
+/// other than newlines go, tabs become four spaces, `\r\n` becomes `\n`.
+fn clean(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\u{1b}' => match chars.next() {
+                // CSI: parameters and intermediates, then one final byte in '@'..='~'.
+                Some('[') => {
+                    for c in chars.by_ref() {
+                        if ('@'..='~').contains(&c) {
+                            break;
+                        }
+                    }
+                }
+                // OSC (a title or a hyperlink): up to BEL or ESC \.
+                Some(']') => {
+                    while let Some(c) = chars.next() {
+                        if c == '\u{7}' {
+                            break;
+                        }
+                        if c == '\u{1b}' {
+                            chars.next_if_eq(&'\\');
+                            break;
+                        }
+                    }
+                }
+                _ => {}
+            },
+            '\n' => out.push('\n'),
+            '\t' => out.push_str("    "),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> DashboardState {
+        DashboardState::new(Header {
+            worker_id: "0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f".into(),
+            threads: 4,
+            ..Header::default()
+        })
+    }
+
+    fn running(id: &str) -> RunningTask {
+        RunningTask {
+            id: id.into(),
+            task: "resize".into(),
+            mode: "thread".into(),
+            attempt: 1,
+            max_attempts: 3,
+            elapsed: Duration::ZERO,
+            progress: None,
+        }
+    }
+
+    fn finished(id: &str, state: &str, ms: u64) -> FinishedTask {
+        FinishedTask {
+            id: id.into(),
+            task: "resize".into(),
+            state: state.into(),
+            attempt: 1,
+            max_attempts: 3,
+            duration: Duration::from_millis(ms),
+            error: (state != "completed").then(|| "boom".to_owned()),
+            at: "12:00:00".into(),
+        }
+    }
+
+    fn line(text: &str) -> LogLine {
+        LogLine {
+            at: "12:00:00".into(),
+            level: Level::Info,
+            source: "worker".into(),
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn counts_keep_the_seven_states_in_order() {
+        let mut s = state();
+        s.set_counts([("completed", 5), ("available", 2), ("paused", 1)]);
+        let names: Vec<&str> = s.counts.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names[..7], STATES);
+        assert_eq!(names[7], "paused");
+        assert_eq!(s.counts[1].1, 2);
+        assert_eq!(s.counts[4].1, 5);
+        s.set_counts([("running".to_owned(), 3)]);
+        assert_eq!(s.counts[4].1, 0, "a state missing from the new list is 0");
+        assert_eq!(s.counts[2].1, 3);
+    }
+
+    #[test]
+    fn a_finished_task_moves_from_running_to_recent_and_stats() {
+        let mut s = state();
+        s.task_started(running("a"));
+        s.task_started(running("b"));
+        s.task_finished(finished("a", "completed", 20));
+        assert_eq!(s.running.len(), 1);
+        assert_eq!(s.running[0].id, "b");
+        assert_eq!(s.recent[0].id, "a");
+        s.advance(Duration::from_millis(10));
+        let rows = s.stats.rows();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].count, rows[0].failures), (1, 0));
+    }
+
+    #[test]
+    fn starting_a_listed_task_again_replaces_it() {
+        let mut s = state();
+        s.task_started(running("a"));
+        s.task_started(RunningTask {
+            attempt: 2,
+            ..running("a")
+        });
+        assert_eq!(s.running.len(), 1);
+        assert_eq!(s.running[0].attempt, 2);
+    }
+
+    #[test]
+    fn progress_reaches_the_right_task_and_is_cleaned() {
+        let mut s = state();
+        s.task_started(running("a"));
+        s.task_progress(
+            "a",
+            Progress {
+                done: 3,
+                total: 10,
+                message: Some("\u{1b}[1mstep\u{1b}[0m\none".into()),
+            },
+        );
+        s.task_progress(
+            "unknown",
+            Progress {
+                done: 1,
+                total: 1,
+                message: None,
+            },
+        );
+        let progress = s.running[0]
+            .progress
+            .as_ref()
+            .map(|p| (p.done, p.message.clone()));
+        assert_eq!(progress, Some((3, Some("step one".to_owned()))));
+    }
+
+    #[test]
+    fn recent_is_bounded_and_keeps_a_selected_row_in_place() {
+        let mut s = state();
+        for i in 0..RECENT_CAPACITY + 5 {
+            s.task_finished(finished(&format!("t{i}"), "completed", 1));
+        }
+        assert_eq!(s.recent.len(), RECENT_CAPACITY);
+        assert_eq!(s.selection.recent, 0, "row 0 follows the newest");
+        s.focus = Pane::Recent;
+        s.apply(Action::Down);
+        s.apply(Action::Down);
+        let selected = s.selected_recent().map(|t| t.id.clone());
+        s.task_finished(finished("new", "discarded", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id.clone()), selected);
+        s.apply(Action::Bottom);
+        s.task_finished(finished("newer", "completed", 1));
+        assert_eq!(
+            s.selection.recent,
+            RECENT_CAPACITY - 1,
+            "clamped at the end"
+        );
+    }
+
+    #[test]
+    fn removing_a_running_task_above_the_selection_keeps_it() {
+        let mut s = state();
+        for id in ["a", "b", "c"] {
+            s.task_started(running(id));
+        }
+        s.apply(Action::Bottom);
+        s.task_finished(finished("a", "completed", 1));
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("c"));
+        s.task_finished(finished("c", "completed", 1));
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("b"));
+    }
+
+    #[test]
+    fn logs_split_lines_drop_escapes_and_stay_bounded() {
+        let mut s = state();
+        s.log(LogLine {
+            level: Level::Error,
+            ..line("thread 'x' panicked at src/lib.rs:3:5:\r\n\u{1b}[31mboom\u{1b}[0m\tnow\u{7}\n")
+        });
+        let texts: Vec<&str> = s.logs.iter().map(|l| l.text.as_str()).collect();
+        assert_eq!(
+            texts,
+            ["thread 'x' panicked at src/lib.rs:3:5:", "boom    now"]
+        );
+        assert!(s.logs.iter().all(|l| l.level == Level::Error));
+        s.log(line(""));
+        assert_eq!(s.logs.len(), 3, "an empty message is still a line");
+        s.log(line("\u{1b}]0;title\u{7}after"));
+        assert_eq!(s.logs[3].text, "after");
+        for i in 0..LOG_CAPACITY {
+            s.log(line(&i.to_string()));
+        }
+        assert_eq!(s.logs.len(), LOG_CAPACITY);
+        assert_eq!(s.logs[0].text, "0");
+    }
+
+    #[test]
+    fn scrolled_back_log_stays_on_its_lines() {
+        let mut s = state();
+        for i in 0..20 {
+            s.log(line(&i.to_string()));
+        }
+        s.focus = Pane::Logs;
+        s.apply(Action::Up);
+        s.apply(Action::Up);
+        assert_eq!(s.selection.log_back, 2);
+        s.log(line("a\nb"));
+        assert_eq!(s.selection.log_back, 4, "still on line 17");
+        s.apply(Action::Bottom);
+        assert_eq!(s.selection.log_back, 0);
+        s.log(line("c"));
+        assert_eq!(s.selection.log_back, 0, "following");
+        s.apply(Action::Top);
+        assert_eq!(s.selection.log_back, s.logs.len() - 1);
+        s.apply(Action::PageDown);
+        assert_eq!(s.selection.log_back, s.logs.len() - 1 - PAGE);
+    }
+
+    #[test]
+    fn selection_moves_within_bounds() {
+        let mut s = state();
+        s.apply(Action::Down);
+        assert_eq!(s.selection.running, 0, "an empty pane stays at 0");
+        for i in 0..15 {
+            s.task_started(running(&i.to_string()));
+        }
+        s.apply(Action::PageDown);
+        assert_eq!(s.selection.running, PAGE);
+        s.apply(Action::PageDown);
+        assert_eq!(s.selection.running, 14);
+        s.apply(Action::Up);
+        assert_eq!(s.selection.running, 13);
+        s.apply(Action::Top);
+        assert_eq!(s.selection.running, 0);
+        s.apply(Action::Up);
+        assert_eq!(s.selection.running, 0);
+    }
+
+    #[test]
+    fn panes_cycle_both_ways() {
+        let mut s = state();
+        let mut seen = vec![s.focus];
+        for _ in 0..Pane::ALL.len() {
+            s.apply(Action::NextPane);
+            seen.push(s.focus);
+        }
+        assert_eq!(seen[..5], Pane::ALL);
+        assert_eq!(seen[5], Pane::Running);
+        s.apply(Action::PrevPane);
+        assert_eq!(s.focus, Pane::Logs);
+    }
+
+    #[test]
+    fn quit_and_help() {
+        let mut s = state();
+        assert_eq!(s.apply(Action::Quit), Some(Command::Quit));
+        assert_eq!(s.apply(Action::ToggleHelp), None);
+        assert!(s.show_help);
+        s.apply(Action::ToggleHelp);
+        assert!(!s.show_help);
+    }
+
+    #[test]
+    fn retry_applies_to_discarded_and_cancelled_recent_tasks() {
+        let mut s = state();
+        s.task_finished(finished(
+            "0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f",
+            "discarded",
+            5,
+        ));
+        assert_eq!(s.apply(Action::RetrySelected), None, "focus is on Running");
+        assert!(s.flash.as_ref().is_some_and(|f| f.level == Level::Warn));
+        s.focus = Pane::Recent;
+        assert_eq!(
+            s.apply(Action::RetrySelected),
+            Some(Command::Retry {
+                id: "0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f".into()
+            })
+        );
+        let flash = s.flash.as_ref().map(|f| f.text.as_str());
+        assert_eq!(flash, Some("retry requested for resize 2c3d4e5f"));
+        s.task_finished(finished("c", "completed", 5));
+        assert_eq!(s.apply(Action::RetrySelected), None);
+        let flash = s
+            .flash
+            .as_ref()
+            .map(|f| f.text.as_str())
+            .unwrap_or_default();
+        assert!(flash.contains("is completed"), "{flash}");
+    }
+
+    #[test]
+    fn cancel_applies_to_running_and_retryable_tasks() {
+        let mut s = state();
+        assert_eq!(s.apply(Action::CancelSelected), None, "nothing running");
+        s.task_started(running("r"));
+        assert_eq!(
+            s.apply(Action::CancelSelected),
+            Some(Command::Cancel { id: "r".into() })
+        );
+        s.focus = Pane::Recent;
+        s.task_finished(finished("r", "retryable", 5));
+        assert_eq!(
+            s.apply(Action::CancelSelected),
+            Some(Command::Cancel { id: "r".into() })
+        );
+        s.task_finished(finished("d", "discarded", 5));
+        assert_eq!(s.apply(Action::CancelSelected), None);
+        s.focus = Pane::Logs;
+        assert_eq!(s.apply(Action::CancelSelected), None);
+    }
+
+    #[test]
+    fn advance_ages_everything_and_expires_the_flash() {
+        let mut s = state();
+        s.task_started(running("a"));
+        s.set_workers(vec![WorkerInfo {
+            id: "w".into(),
+            hostname: "h".into(),
+            pid: 1,
+            manager: "m".into(),
+            last_heartbeat_ago: Duration::from_secs(1),
+            alive: true,
+            completed: 0,
+            failed: 0,
+        }]);
+        s.flash(Level::Info, "hello");
+        s.advance(Duration::from_secs(2));
+        assert_eq!(s.header.uptime, Duration::from_secs(2));
+        assert_eq!(s.running[0].elapsed, Duration::from_secs(2));
+        assert_eq!(s.workers[0].last_heartbeat_ago, Duration::from_secs(3));
+        assert!(s.flash.is_some());
+        s.advance(FLASH_FOR);
+        assert!(s.flash.is_none());
+    }
+
+    #[test]
+    fn throughput_takes_one_sample_per_second() {
+        let mut s = state();
+        for i in 0..6 {
+            s.task_finished(finished(&i.to_string(), "completed", 1));
+        }
+        s.task_finished(finished("x", "discarded", 1));
+        s.advance(Duration::from_millis(600));
+        assert!(s.throughput.is_empty());
+        s.advance(Duration::from_millis(600));
+        assert_eq!(s.throughput, [6]);
+        s.advance(Duration::from_millis(1900));
+        assert_eq!(s.throughput, [6, 0, 0]);
+        assert!((s.rate - 2.0).abs() < 1e-9, "{}", s.rate);
+        s.advance(Duration::from_secs(10_000));
+        assert_eq!(s.throughput.len(), THROUGHPUT_SECONDS);
+        assert_eq!(s.rate, 0.0);
+    }
+
+    #[test]
+    fn stats_mean_and_p95_over_a_bounded_sample() {
+        let mut acc = StatsAccumulator::default();
+        for ms in 1..=100 {
+            acc.record("a", Duration::from_millis(ms), ms % 10 == 0);
+        }
+        acc.record("b", Duration::from_secs(2), true);
+        assert!(acc.rows().is_empty(), "rows change on refresh only");
+        acc.refresh();
+        let a = &acc.rows()[0];
+        assert_eq!((a.task.as_str(), a.count, a.failures), ("a", 100, 10));
+        assert_eq!(a.mean, Duration::from_micros(50_500));
+        assert_eq!(a.p95, Duration::from_millis(95));
+        let b = &acc.rows()[1];
+        assert_eq!(
+            (b.mean, b.p95),
+            (Duration::from_secs(2), Duration::from_secs(2))
+        );
+
+        for _ in 0..STATS_SAMPLE {
+            acc.record("a", Duration::from_millis(7), false);
+        }
+        acc.refresh();
+        let a = &acc.rows()[0];
+        assert_eq!(a.count, 100 + STATS_SAMPLE as u64, "counts are not sampled");
+        assert_eq!(
+            (a.mean, a.p95),
+            (Duration::from_millis(7), Duration::from_millis(7))
+        );
+    }
+
+    #[test]
+    fn failures_are_failed_attempts() {
+        assert!(counts_as_failure("retryable"));
+        assert!(counts_as_failure("discarded"));
+        assert!(!counts_as_failure("completed"));
+        assert!(!counts_as_failure("cancelled"));
+    }
+
+    #[test]
+    fn short_ids_are_the_random_end() {
+        assert_eq!(short_id("0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f"), "2c3d4e5f");
+        assert_eq!(short_id("0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f"), "2c3d4e5f");
+        assert_eq!(short_id("worker-1"), "worker-1");
+        assert_eq!(short_id("abc"), "abc");
+        assert_eq!(short_id("not an id at all"), "not an id at all");
+        assert_eq!(short_id(""), "");
+    }
+}

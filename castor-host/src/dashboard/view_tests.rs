@@ -1,0 +1,396 @@
+//! Snapshot tests of the view over hand-built states (ratatui's `TestBackend` + insta).
+//! Snapshots are in `snapshots/` beside this file, named after the test case alone so they
+//! do not depend on the crate's name; review a change with `cargo insta review`, or run
+//! with `INSTA_UPDATE=always` and read the diff.
+
+use std::time::Duration;
+
+use ratatui::Terminal;
+use ratatui::backend::TestBackend;
+
+use super::render;
+use super::state::{
+    DashboardState, FinishedTask, Header, Level, LogLine, Pane, Progress, RunningTask, WorkerInfo,
+};
+
+const THIS_WORKER: &str = "0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f";
+
+/// Renders `state` at `width` x `height` and compares it with the snapshot `name`.
+fn check(name: &str, state: &DashboardState, width: u16, height: u16) {
+    let terminal = draw(state, width, height);
+    let mut settings = insta::Settings::clone_current();
+    settings.set_prepend_module_to_snapshot(false);
+    settings.bind(|| insta::assert_snapshot!(name, terminal.backend()));
+}
+
+fn draw(state: &DashboardState, width: u16, height: u16) -> Terminal<TestBackend> {
+    let mut terminal =
+        Terminal::new(TestBackend::new(width, height)).expect("a TestBackend cannot fail");
+    terminal
+        .draw(|frame| render(state, frame))
+        .expect("a TestBackend cannot fail");
+    terminal
+}
+
+/// A UUIDv7-looking id whose random end is made from `n`.
+fn id(n: u64) -> String {
+    format!(
+        "0190f1e2-aa3b-7c4d-8e9f-{:012x}",
+        n.wrapping_mul(0x9e37_79b9_7f4a)
+    )
+}
+
+fn empty() -> DashboardState {
+    DashboardState::new(Header {
+        library: "/home/ada/quickstart/target/release/libquickstart.so".into(),
+        manager: "manager".into(),
+        database: "tasks.db".into(),
+        worker_id: THIS_WORKER.into(),
+        uptime: Duration::from_secs(3),
+        threads: 4,
+        threads_busy: 0,
+        processes: 2,
+        processes_busy: 0,
+    })
+}
+
+fn running(n: u64, task: &str, mode: &str, secs: f64, progress: Option<Progress>) -> RunningTask {
+    RunningTask {
+        id: id(n),
+        task: task.into(),
+        mode: mode.into(),
+        attempt: 1,
+        max_attempts: 3,
+        elapsed: Duration::from_secs_f64(secs),
+        progress,
+    }
+}
+
+fn progress(done: u64, total: u64, message: Option<&str>) -> Option<Progress> {
+    Some(Progress {
+        done,
+        total,
+        message: message.map(str::to_owned),
+    })
+}
+
+fn finished(n: u64, task: &str, state: &str, ms: u64, error: Option<&str>) -> FinishedTask {
+    FinishedTask {
+        id: id(n),
+        task: task.into(),
+        state: state.into(),
+        attempt: 1,
+        max_attempts: 1,
+        duration: Duration::from_millis(ms),
+        error: error.map(str::to_owned),
+        at: format!("15:21:{:02}", n % 60),
+    }
+}
+
+fn log(state: &mut DashboardState, at: &str, level: Level, source: &str, text: &str) {
+    state.log(LogLine {
+        at: at.into(),
+        level,
+        source: source.into(),
+        text: text.into(),
+    });
+}
+
+fn worker(id: &str, host: &str, pid: u32, ago_ms: u64, alive: bool, done: u64) -> WorkerInfo {
+    WorkerInfo {
+        id: id.into(),
+        hostname: host.into(),
+        pid,
+        manager: "manager".into(),
+        last_heartbeat_ago: Duration::from_millis(ago_ms),
+        alive,
+        completed: done,
+        failed: done / 97,
+    }
+}
+
+/// A worker a while into a drain: five running tasks, a full recent list, statistics,
+/// a log and two workers.
+fn busy() -> DashboardState {
+    let mut s = empty();
+    s.header.uptime = Duration::from_secs(3725);
+    s.set_pool_busy(3, 2);
+    s.set_counts([
+        ("scheduled", 12),
+        ("available", 340),
+        ("running", 5),
+        ("retryable", 2),
+        ("completed", 18_204),
+        ("discarded", 3),
+        ("cancelled", 1),
+    ]);
+    for n in 0..40 {
+        let (task, ms) = match n % 4 {
+            0 => ("send_email", 40 + n * 3),
+            1 => ("resize_image", 900 + n * 40),
+            2 => ("send_email", 55 + n),
+            _ => ("import_csv", 2_000 + n * 100),
+        };
+        let state = if n == 37 { "retryable" } else { "completed" };
+        let error = (n == 37).then_some("connection refused (os error 111)");
+        s.task_finished(finished(n, task, state, ms, error));
+    }
+    s.task_started(running(
+        100,
+        "resize_image",
+        "process",
+        12.4,
+        progress(9, 20, Some("tile 9/20")),
+    ));
+    s.task_started(running(101, "send_email", "thread", 0.35, None));
+    s.task_started(running(
+        102,
+        "generate_quarterly_report",
+        "process",
+        201.0,
+        progress(100, 400, Some("rendering page 100")),
+    ));
+    s.task_started(running(
+        103,
+        "import_csv",
+        "thread",
+        4.2,
+        progress(12_345, 0, Some("rows")),
+    ));
+    s.task_started(running(
+        104,
+        "send_email",
+        "thread",
+        0.0008,
+        progress(1, 1, None),
+    ));
+    s.throughput = (0..120u64)
+        .map(|i| (i * 2).min(90) + i * 7919 % 23)
+        .collect();
+    s.rate = 64.2;
+    log(
+        &mut s,
+        "14:19:12",
+        Level::Info,
+        "worker",
+        "started with 4 threads, 2 processes",
+    );
+    log(
+        &mut s,
+        "14:19:12",
+        Level::Info,
+        "worker",
+        "library /home/ada/quickstart/target/release/libquickstart.so",
+    );
+    for n in 0..6u64 {
+        log(
+            &mut s,
+            "15:21:10",
+            Level::Output,
+            &format!("resize_image {}", super::state::short_id(&id(n))),
+            &format!("resized photo-{n}.jpg to 1024x768"),
+        );
+    }
+    log(
+        &mut s,
+        "15:21:14",
+        Level::Warn,
+        "import_csv 5c2b7d31",
+        "row 9120: empty email, skipped",
+    );
+    log(
+        &mut s,
+        "15:21:15",
+        Level::Info,
+        "send_email 1a2f0e9c",
+        "sent to ada@example.com",
+    );
+    log(
+        &mut s,
+        "15:21:16",
+        Level::Error,
+        "send_email 8d40c66e",
+        "attempt 1/3 failed: connection refused (os error 111); retry in 1.0s",
+    );
+    log(
+        &mut s,
+        "15:21:17",
+        Level::Debug,
+        "worker",
+        "claimed 5 tasks in 212us",
+    );
+    s.set_workers(vec![
+        worker(THIS_WORKER, "build-1", 4242, 300, true, 18_100),
+        worker(
+            "0190f1d7c21e7f0a9b3c5d6e7f8a9b0c",
+            "batch-2.internal.example.com",
+            917,
+            1_200,
+            true,
+            3_870,
+        ),
+        worker(
+            "0190e001c21e7f0a9b3c5d6e7f8a1234",
+            "laptop",
+            31_337,
+            95_000,
+            false,
+            12,
+        ),
+    ]);
+    s.advance(Duration::ZERO);
+    s
+}
+
+/// Discarded tasks with long, multi-line errors, panics in the log, a stop under way;
+/// Recent is focused on a discarded task, so its whole error shows.
+fn failures() -> DashboardState {
+    let mut s = busy();
+    s.set_counts([
+        ("available", 1_205_330),
+        ("running", 2),
+        ("retryable", 17),
+        ("completed", 48_002),
+        ("discarded", 211),
+    ]);
+    s.task_finished(finished(
+        201,
+        "charge_card",
+        "discarded",
+        30_000,
+        Some("timed out after 30.0s"),
+    ));
+    s.task_finished(finished(202, "render_pdf", "discarded", 412, Some(
+        "panicked at src/render.rs:118:9:\nindex out of bounds: the len is 3 but the index is 7",
+    )));
+    s.task_finished(finished(
+        203,
+        "sync_inventory",
+        "cancelled",
+        9_800,
+        Some("cancelled by a user"),
+    ));
+    s.task_finished(finished(204, "charge_card", "discarded", 2_150, Some(
+        "payment provider said: card_declined (insufficient_funds); the card was declined for the \
+         amount requested and no retry will change that, so the task was discarded on purpose",
+    )));
+    log(
+        &mut s,
+        "15:22:01",
+        Level::Error,
+        "render_pdf 5e4c9f0a",
+        "thread '<unnamed>' panicked at src/render.rs:118:9:\nindex out of bounds: the len is 3 but the index is 7\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+    );
+    log(
+        &mut s,
+        "15:22:01",
+        Level::Error,
+        "worker",
+        "discarded  render_pdf 0190f1e2-aa3b-7c4d-8e9f-3c7a5e4c9f0a: attempt 1/1 after 412.0ms: panicked",
+    );
+    log(
+        &mut s,
+        "15:22:03",
+        Level::Output,
+        "charge_card 2a6f1c80",
+        "\u{1b}[31mDECLINED\u{1b}[0m\tcard ending 4242",
+    );
+    s.focus = Pane::Recent;
+    s.selection.recent = 0;
+    s.stopping = Some("waiting up to 30s for 5 running tasks; q again stops now".into());
+    s.advance(Duration::ZERO);
+    s
+}
+
+#[test]
+fn empty_80x24() {
+    check("empty_80x24", &empty(), 80, 24);
+}
+
+#[test]
+fn busy_120x40() {
+    check("busy_120x40", &busy(), 120, 40);
+}
+
+#[test]
+fn busy_80x24() {
+    check("busy_80x24", &busy(), 80, 24);
+}
+
+#[test]
+fn failures_100x30() {
+    let mut s = failures();
+    check("failures_100x30", &s, 100, 30);
+    s.focus = Pane::Logs;
+    check("failures_log_100x30", &s, 100, 30);
+}
+
+#[test]
+fn narrow_50x12_shows_the_focused_pane() {
+    let mut s = busy();
+    s.focus = Pane::Logs;
+    check("narrow_50x12_logs", &s, 50, 12);
+    s.focus = Pane::Running;
+    check("narrow_50x12_running", &s, 50, 12);
+}
+
+#[test]
+fn help_overlay_80x24() {
+    let mut s = busy();
+    s.show_help = true;
+    check("help_80x24", &s, 80, 24);
+}
+
+#[test]
+fn scrolled_log_and_selection_100x30() {
+    let mut s = busy();
+    for i in 0..60 {
+        log(
+            &mut s,
+            "15:23:00",
+            Level::Info,
+            "worker",
+            &format!("line {i}"),
+        );
+    }
+    s.focus = Pane::Logs;
+    s.selection.log_back = 15;
+    s.flash(Level::Info, "cancel requested for resize_image 35d3be2a");
+    check("scrolled_log_100x30", &s, 100, 30);
+}
+
+#[test]
+fn any_size_renders_without_panicking() {
+    let mut states = [empty(), busy(), failures()];
+    states[1].show_help = true;
+    states[2].selection.log_back = 3;
+    let widths = [
+        0, 1, 2, 5, 10, 20, 30, 49, 50, 59, 60, 61, 79, 80, 100, 120, 159, 160, 250,
+    ];
+    let heights = [0, 1, 2, 3, 5, 7, 8, 9, 10, 14, 15, 20, 24, 29, 30, 40, 60];
+    // Every size once, with the state and the focus taking turns, keeps this quick in a
+    // debug build.
+    for (i, width) in widths.into_iter().enumerate() {
+        for (j, height) in heights.into_iter().enumerate() {
+            let state = &mut states[(i + j) % 3];
+            state.focus = Pane::ALL[(i * 2 + j) % Pane::ALL.len()];
+            draw(state, width, height);
+        }
+    }
+}
+
+#[test]
+fn the_focused_pane_and_row_are_marked_without_colour() {
+    let mut s = busy();
+    s.focus = Pane::Running;
+    s.selection.running = 2;
+    let terminal = draw(&s, 120, 40);
+    let screen = terminal.backend().to_string();
+    let marked: Vec<&str> = screen.lines().filter(|l| l.contains('▶')).collect();
+    assert_eq!(marked.len(), 1, "{screen}");
+    assert!(marked[0].contains("generate_quarterly_report"), "{screen}");
+    assert!(
+        screen.lines().any(|l| l.contains("Running 3/5 ━")),
+        "{screen}"
+    );
+}

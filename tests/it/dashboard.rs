@@ -1,0 +1,120 @@
+//! `castor -i` in a real terminal: tmux runs the dashboard, the test dispatches tasks,
+//! reads the screen with `capture-pane`, presses `q`, and checks that the worker exited
+//! 0 and gave the terminal back.
+
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use castor_fixture_tasks as fx;
+
+use crate::support::{PATIENCE, TestDir, castor_bin, tasks_target};
+
+/// A tmux server of this test's own, killed on drop.
+struct Tmux {
+    socket: String,
+}
+
+impl Tmux {
+    fn new() -> Tmux {
+        let probe = Command::new("tmux").arg("-V").output();
+        assert!(
+            probe.is_ok_and(|o| o.status.success()),
+            "tmux is needed for the dashboard test (.ci/run installs it: apt-get install tmux)"
+        );
+        Tmux {
+            socket: format!("castor-it-{}", castor_abi::Uuid::now_v7().simple()),
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new("tmux")
+            .arg("-L")
+            .arg(&self.socket)
+            .args(args)
+            .output()
+            .expect("run tmux")
+    }
+
+    fn screen(&self) -> String {
+        String::from_utf8_lossy(&self.run(&["capture-pane", "-p", "-t", "castor"]).stdout)
+            .into_owned()
+    }
+
+    /// Waits until the screen shows every one of `needles`; returns it.
+    fn wait_for(&self, needles: &[&str]) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let screen = self.screen();
+            if needles.iter().all(|n| screen.contains(n)) {
+                return screen;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the screen never showed {needles:?}:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.run(&["kill-server"]);
+    }
+}
+
+#[test]
+fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let tmux = Tmux::new();
+    let command = format!(
+        "{} {} --db {} --processes 1 -i; echo castor-exit=$?; sleep 60",
+        castor_bin().display(),
+        tasks_target("manager"),
+        dir.db().display()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "castor",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    tmux.wait_for(&["Tasks by state", "Running", "Log"]);
+
+    for i in 0..5 {
+        fx::add::delay(&client, i, i).expect("delay");
+    }
+    let noisy = fx::noisy::delay(&client, 2).expect("delay");
+    let panics = fx::panics::delay(&client, "the dashboard saw this".into()).expect("delay");
+    noisy.join(PATIENCE).expect("noisy");
+    panics.join(PATIENCE).expect_err("panics");
+
+    let screen = tmux.wait_for(&["completed 6", "discarded 1", "the dashboard saw this"]);
+    for name in ["add", "noisy", "panics"] {
+        assert!(screen.contains(name), "{name} is not on screen:\n{screen}");
+    }
+    // A process task's prints are its log, on the screen, not scribbled over it.
+    assert!(screen.contains("stdout line 2"), "{screen}");
+
+    // `?` opens the key help; Esc closes it.
+    tmux.run(&["send-keys", "-t", "castor", "?"]);
+    tmux.wait_for(&["Keys"]);
+    tmux.run(&["send-keys", "-t", "castor", "Escape"]);
+
+    tmux.run(&["send-keys", "-t", "castor", "q"]);
+    let screen = tmux.wait_for(&["castor-exit="]);
+    assert!(screen.contains("castor-exit=0"), "{screen}");
+    assert!(
+        screen.contains("castor: stopped: 6 completed, 1 failed"),
+        "the summary is printed on the restored terminal:\n{screen}"
+    );
+    let alternate = tmux.run(&["display", "-p", "-t", "castor", "#{alternate_on}"]);
+    assert_eq!(String::from_utf8_lossy(&alternate.stdout).trim(), "0");
+}
