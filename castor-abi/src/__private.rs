@@ -72,6 +72,28 @@ pub fn delay_many<A: Serialize, R: DeserializeOwned>(
         .collect())
 }
 
+/// `my_task::schedule(to, schedule, args..)`.
+pub fn schedule<A: Serialize, R: DeserializeOwned>(
+    to: &impl Dispatch,
+    spec: TaskSpec,
+    schedule: &crate::Schedule,
+    args: &A,
+) -> Result<crate::ScheduleHandle<R>, DispatchError> {
+    let resolved = schedule
+        .resolve(&spec)
+        .map_err(|reason| DispatchError::InvalidOptions {
+            task: spec.name.to_owned(),
+            reason,
+        })?;
+    let bytes = codec::encode(args).map_err(|source| DispatchError::EncodeArgs {
+        task: spec.name.to_owned(),
+        source,
+    })?;
+    let backend = to.dispatcher().0;
+    let id = backend.create_schedule(spec.name, &bytes, &resolved)?;
+    Ok(crate::ScheduleHandle::new(id, spec.name, backend))
+}
+
 /// `my_task::handle(client, id)`.
 pub fn handle<R: DeserializeOwned>(
     to: &crate::Client,

@@ -56,6 +56,26 @@ pub struct ManagerDecl {
     pub database: RString,
     /// The tasks, with unique names.
     pub tasks: RVec<TaskDecl>,
+    /// The periodic tasks, with unique names.
+    pub periodic: RVec<PeriodicDecl>,
+}
+
+/// A periodic task of a manager.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct PeriodicDecl {
+    /// The task it runs (one of the manager's).
+    pub task: RString,
+    /// The schedule's name, unique within the manager.
+    pub name: RString,
+    /// The interval in milliseconds, or 0 for a cron schedule.
+    pub every_ms: u64,
+    /// The cron expression (UTC), or empty for an interval.
+    pub cron: RString,
+    /// The encoded arguments of every run.
+    pub args: RVec<u8>,
+    /// Missed ticks are skipped (true) or run once (false).
+    pub skip_missed: bool,
 }
 
 /// How a task runs.

@@ -83,6 +83,39 @@ pub(crate) trait Backend: Send + Sync {
 
     fn view(&self, id: Uuid) -> Result<Option<View>, StatusError>;
 
+    /// Creates a repeating schedule of `task`.
+    fn create_schedule(
+        &self,
+        task: &str,
+        _args: &[u8],
+        _schedule: &crate::schedule::ResolvedSchedule,
+    ) -> Result<i64, DispatchError> {
+        Err(DispatchError::Host {
+            task: task.to_owned(),
+            message: "schedules are created from an app, not from inside a task".into(),
+        })
+    }
+
+    /// Reads a schedule.
+    fn schedule(&self, id: i64) -> Result<crate::schedule::ScheduleInfo, StatusError> {
+        Err(StatusError::NoSchedule { id })
+    }
+
+    /// The ids of a schedule's runs.
+    fn schedule_runs(&self, id: i64) -> Result<Vec<Uuid>, StatusError> {
+        Err(StatusError::NoSchedule { id })
+    }
+
+    /// Pauses or resumes a schedule.
+    fn set_schedule_paused(&self, id: i64, _paused: bool) -> Result<(), StatusError> {
+        Err(StatusError::NoSchedule { id })
+    }
+
+    /// Removes a schedule.
+    fn remove_schedule(&self, id: i64) -> Result<(), StatusError> {
+        Err(StatusError::NoSchedule { id })
+    }
+
     /// Cancels the task.
     fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
         Err(StatusError::Host {

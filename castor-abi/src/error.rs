@@ -196,6 +196,12 @@ pub enum StatusError {
         /// The task's id.
         id: Uuid,
     },
+    /// No schedule has this id: it never existed, or it was removed.
+    #[error("no schedule {id} in the database (unknown id, or removed)")]
+    NoSchedule {
+        /// The schedule's id.
+        id: i64,
+    },
     /// The database could not be read.
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -63,10 +63,12 @@ extern crate self as castor_abi;
 pub mod abi;
 mod backend;
 pub mod codec;
+pub mod cron;
 mod error;
 mod handle;
 pub mod host;
 mod manager;
+pub mod schedule;
 pub mod state;
 pub mod store;
 mod task;
@@ -81,27 +83,38 @@ pub use crate::backend::LogLevel;
 pub use crate::error::{DispatchError, JoinError, StatusError, StoreError};
 pub use crate::handle::{Resolve, TaskHandle, TaskInfo};
 pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_name};
+pub use crate::schedule::{Missed, Periodic, PeriodicSpec, Schedule, ScheduleHandle, ScheduleInfo};
 pub use crate::state::{AttemptOutcome, Backoff, TaskState};
 pub use crate::store::{AttemptError, CancelOutcome, TaskLog};
 pub use crate::task::{DelayOptions, TaskContext, TaskError, TaskSpec};
 pub use uuid::Uuid;
 
 /// Declares a manager: a function returning the [`Manager`] with this name, database
-/// file and tasks.
+/// file and tasks, and optionally its periodic tasks ([`Periodic`]: an interval or a cron
+/// expression in UTC, with the arguments of every run).
 ///
 /// ```
 /// #[castor_abi::task(thread)]
 /// fn add(a: i64, b: i64) -> i64 { a + b }
 ///
+/// #[castor_abi::task(thread)]
+/// fn cleanup() {}
+///
 /// castor_abi::manager!(
 ///     /// The tasks of the accounting app.
-///     pub manager, db = "tasks.db", tasks = [add]
+///     pub manager, db = "tasks.db", tasks = [add, cleanup],
+///     periodic = [
+///         cleanup: castor_abi::Periodic::every(std::time::Duration::from_secs(3600)),
+///         add: castor_abi::Periodic::cron("0 9 * * mon-fri").with((1, 2)),
+///     ]
 /// );
 ///
 /// # fn main() {
 /// let m = manager();
 /// assert_eq!(m.name(), "manager");
 /// assert_eq!(m.tasks()[0].name, "add");
+/// assert_eq!(m.periodic_tasks().len(), 2);
+/// assert!(m.validate().is_ok());
 /// # }
 /// ```
 #[macro_export]
@@ -110,12 +123,15 @@ macro_rules! manager {
         $(#[$meta:meta])*
         $vis:vis $name:ident,
         db = $db:expr,
-        tasks = [$($($task:ident)::+),* $(,)?] $(,)?
+        tasks = [$($($task:ident)::+),* $(,)?]
+        $(, periodic = [$($($ptask:ident)::+ : $pwhen:expr),* $(,)?])?
+        $(,)?
     ) => {
         $(#[$meta])*
         $vis fn $name() -> $crate::Manager {
             $crate::Manager::new(::core::stringify!($name), $db)
                 $(.task($($task)::+::SPEC))*
+                $($(.periodic($($ptask)::+::periodic($pwhen)))*)?
         }
     };
 }

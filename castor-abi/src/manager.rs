@@ -37,6 +37,16 @@ pub enum OpenError {
         /// The name given.
         name: String,
     },
+    /// A periodic task's declaration is invalid.
+    #[error("manager `{manager}`: periodic task `{name}`: {reason}")]
+    InvalidPeriodic {
+        /// The manager's name.
+        manager: String,
+        /// The periodic task's name.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -58,6 +68,7 @@ pub struct Manager {
     name: String,
     database: PathBuf,
     tasks: Vec<TaskSpec>,
+    periodic: Vec<crate::schedule::PeriodicSpec>,
     options: StoreOptions,
 }
 
@@ -69,6 +80,7 @@ impl Manager {
             name: name.into(),
             database: database.into(),
             tasks: Vec::new(),
+            periodic: Vec::new(),
             options: StoreOptions::default(),
         }
     }
@@ -78,6 +90,18 @@ impl Manager {
     pub fn task(mut self, spec: TaskSpec) -> Manager {
         self.tasks.push(spec);
         self
+    }
+
+    /// Adds a periodic task (the generated `my_task::periodic(Periodic::every(..))`).
+    #[must_use]
+    pub fn periodic(mut self, spec: crate::schedule::PeriodicSpec) -> Manager {
+        self.periodic.push(spec);
+        self
+    }
+
+    /// The declared periodic tasks.
+    pub fn periodic_tasks(&self) -> &[crate::schedule::PeriodicSpec] {
+        &self.periodic
     }
 
     /// Uses another database file (a test's temporary file, say).
@@ -130,6 +154,31 @@ impl Manager {
                 });
             }
         }
+        let mut names = HashSet::new();
+        for periodic in &self.periodic {
+            let invalid = |reason: String| OpenError::InvalidPeriodic {
+                manager: self.name.clone(),
+                name: periodic.name.clone(),
+                reason,
+            };
+            if !seen.contains(periodic.task) {
+                return Err(invalid(format!(
+                    "its task `{}` is not in the manager's tasks",
+                    periodic.task
+                )));
+            }
+            if !names.insert(periodic.name.as_str()) {
+                return Err(invalid(
+                    "two periodic tasks have this name; name them with .named(..)".into(),
+                ));
+            }
+            if let Err(reason) = &periodic.cadence {
+                return Err(invalid(reason.clone()));
+            }
+            if let Err(reason) = &periodic.args {
+                return Err(invalid(reason.clone()));
+            }
+        }
         Ok(())
     }
 
@@ -154,10 +203,33 @@ impl Manager {
 
     pub(crate) fn to_decl(&self) -> Result<ManagerDecl, OpenError> {
         self.validate()?;
+        let periodic = self
+            .periodic
+            .iter()
+            .map(|p| {
+                let (every_ms, cron) = match &p.cadence {
+                    Ok(crate::schedule::Cadence::Every(d)) => (
+                        u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                        String::new(),
+                    ),
+                    Ok(crate::schedule::Cadence::Cron(c)) => (0, c.to_string()),
+                    Err(_) => (0, String::new()),
+                };
+                crate::abi::PeriodicDecl {
+                    task: p.task.into(),
+                    name: p.name.as_str().into(),
+                    every_ms,
+                    cron: cron.into(),
+                    args: p.args.clone().unwrap_or_default().into(),
+                    skip_missed: p.missed == crate::schedule::Missed::Skip,
+                }
+            })
+            .collect();
         Ok(ManagerDecl {
             name: self.name.as_str().into(),
             database: self.database.to_string_lossy().as_ref().into(),
             tasks: self.tasks.iter().map(|t| t.to_decl()).collect(),
+            periodic,
         })
     }
 }
@@ -314,6 +386,72 @@ impl Backend for ClientInner {
         }))
     }
 
+    fn create_schedule(
+        &self,
+        task: &str,
+        args: &[u8],
+        schedule: &crate::schedule::ResolvedSchedule,
+    ) -> Result<i64, DispatchError> {
+        self.check_task(task)?;
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        let o = &schedule.options;
+        let cadence = crate::schedule::Cadence::Every(std::time::Duration::from_millis(
+            u64::try_from(schedule.every_ms).unwrap_or(1),
+        ));
+        let new = crate::store::NewSchedule {
+            manager: &self.manager,
+            task,
+            name: None,
+            args,
+            cadence: &cadence,
+            times: schedule.times,
+            until: schedule.until_us,
+            first_run_at: schedule.first_run_us,
+            missed: schedule.missed,
+            priority: o.priority,
+            max_attempts: o.max_attempts,
+            backoff_base_ms: ms(o.backoff_base_ms),
+            backoff_cap_ms: ms(o.backoff_cap_ms),
+            timeout_ms: o.timeout_ms.into_option().map(ms),
+        };
+        let now = crate::store::now_us();
+        Ok(self
+            .store()
+            .write("create a schedule", |tx| tx.create_schedule(&new, now))?)
+    }
+
+    fn schedule(&self, id: i64) -> Result<crate::schedule::ScheduleInfo, StatusError> {
+        self.store()
+            .schedule(id)?
+            .ok_or(StatusError::NoSchedule { id })
+    }
+
+    fn schedule_runs(&self, id: i64) -> Result<Vec<Uuid>, StatusError> {
+        Ok(self.store().schedule_runs(id)?)
+    }
+
+    fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), StatusError> {
+        let found = self.store().write("pause or resume a schedule", |tx| {
+            tx.set_schedule_paused(id, paused)
+        })?;
+        if found {
+            Ok(())
+        } else {
+            Err(StatusError::NoSchedule { id })
+        }
+    }
+
+    fn remove_schedule(&self, id: i64) -> Result<(), StatusError> {
+        let found = self
+            .store()
+            .write("remove a schedule", |tx| tx.remove_schedule(id))?;
+        if found {
+            Ok(())
+        } else {
+            Err(StatusError::NoSchedule { id })
+        }
+    }
+
     fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
         let now = crate::store::now_us();
         self.store()
@@ -385,5 +523,63 @@ mod tests {
         for bad in ["", "2x", "my-manager", "a:b", "a b", "é"] {
             assert!(!is_valid_manager_name(bad), "{bad}");
         }
+    }
+}
+
+#[cfg(test)]
+mod periodic_tests {
+    use std::time::Duration;
+
+    use crate::Periodic;
+
+    #[crate::task(thread)]
+    fn report(kind: String) -> String {
+        kind
+    }
+
+    #[crate::task(thread)]
+    fn tick() {}
+
+    fn check(manager: crate::Manager) -> String {
+        manager.validate().expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn periodic_declarations_are_checked() {
+        let base = || {
+            crate::Manager::new("m", "x.db")
+                .task(report::SPEC)
+                .task(tick::SPEC)
+        };
+        assert!(
+            base()
+                .periodic(tick::periodic(Periodic::every(Duration::from_secs(1))))
+                .periodic(report::periodic(
+                    Periodic::cron("@daily").with(("d".into(),))
+                ))
+                .validate()
+                .is_ok()
+        );
+        let bad_cron = check(base().periodic(tick::periodic(Periodic::cron("99 * * * *"))));
+        assert!(bad_cron.contains("minute"), "{bad_cron}");
+        let no_args = check(base().periodic(report::periodic(Periodic::cron("@daily"))));
+        assert!(no_args.contains("takes arguments"), "{no_args}");
+        let twice = check(
+            base()
+                .periodic(tick::periodic(Periodic::every(Duration::from_secs(1))))
+                .periodic(tick::periodic(Periodic::every(Duration::from_secs(2)))),
+        );
+        assert!(twice.contains(".named"), "{twice}");
+        let undeclared = check(
+            crate::Manager::new("m", "x.db")
+                .task(report::SPEC)
+                .periodic(tick::periodic(Periodic::every(Duration::from_secs(1)))),
+        );
+        assert!(
+            undeclared.contains("not in the manager's tasks"),
+            "{undeclared}"
+        );
+        let zero = check(base().periodic(tick::periodic(Periodic::every(Duration::ZERO))));
+        assert!(zero.contains("longer than zero"), "{zero}");
     }
 }

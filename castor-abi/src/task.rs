@@ -132,6 +132,10 @@ impl DelayOptions {
         self
     }
 
+    pub(crate) fn has_unique_key(&self) -> bool {
+        self.unique_key.is_some()
+    }
+
     /// Checks the options and fills in the declaration's policy.
     pub(crate) fn resolve(&self, spec: &TaskSpec) -> Result<DispatchOptionsAbi, String> {
         let run_at_us = match (self.at, self.after) {

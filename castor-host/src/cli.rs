@@ -112,6 +112,9 @@ pub enum Command {
     Purge(PurgeArgs),
     /// Counts by state and task, throughput, workers, and tasks no worker runs.
     Stats(DbArgs),
+    /// List repeating and periodic schedules with their next run; pause, resume or
+    /// remove one.
+    Schedules(SchedulesArgs),
     /// Internal: a process-mode child (started by the worker itself).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -121,15 +124,15 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DbArgs {
     /// The database (default: the library's manager's, with --lib; else ./tasks.db).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", global = true)]
     pub db: Option<PathBuf>,
 
     /// The task library: finds the manager's database, and decodes arguments and results.
-    #[arg(long, value_name = "LIB[:MANAGER]")]
+    #[arg(long, value_name = "LIB[:MANAGER]", global = true)]
     pub lib: Option<PluginTarget>,
 
     /// Print JSON instead of a table, for scripts.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 
@@ -175,6 +178,36 @@ pub struct IdsArgs {
 
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+/// `castor schedules`.
+#[derive(Debug, Args)]
+pub struct SchedulesArgs {
+    #[command(subcommand)]
+    pub action: Option<ScheduleAction>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// What `castor schedules` does to one schedule.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Stop creating runs until resumed.
+    Pause {
+        /// The schedule's id.
+        id: i64,
+    },
+    /// Create runs again.
+    Resume {
+        /// The schedule's id.
+        id: i64,
+    },
+    /// Delete the schedule (its runs stay).
+    Remove {
+        /// The schedule's id.
+        id: i64,
+    },
 }
 
 /// `castor purge`.

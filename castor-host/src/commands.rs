@@ -16,7 +16,9 @@ use castor_abi::store::{
 use castor_abi::{TaskState, Uuid, format_duration};
 use serde::Serialize;
 
-use crate::cli::{Command, DbArgs, IdsArgs, ListArgs, PurgeArgs, ShowArgs};
+use crate::cli::{
+    Command, DbArgs, IdsArgs, ListArgs, PurgeArgs, ScheduleAction, SchedulesArgs, ShowArgs,
+};
 use crate::plugin::Plugin;
 use crate::worker::timestamp;
 
@@ -32,6 +34,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Cancel(args) => cancel(&args),
         Command::Purge(args) => purge(&args),
         Command::Stats(args) => stats(&args),
+        Command::Schedules(args) => schedules(&args),
         Command::Child(_) => bail!("the child mode is started by the worker, not by hand"),
     }
 }
@@ -120,12 +123,105 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
                 t.state.to_string(),
                 format!("{}/{}", t.attempt, t.max_attempts),
                 ago(t.created_at, now),
+                if t.state == TaskState::Scheduled || t.state == TaskState::Retryable {
+                    runs_in(t.scheduled_at, now)
+                } else {
+                    String::new()
+                },
                 error,
             ]
         })
         .collect();
     table(
-        &["ID", "TASK", "STATE", "ATTEMPT", "AGE", "LAST ERROR"],
+        &[
+            "ID",
+            "TASK",
+            "STATE",
+            "ATTEMPT",
+            "AGE",
+            "RUNS IN",
+            "LAST ERROR",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+/// `in 4.2s` for a time ahead, empty otherwise.
+fn runs_in(at: i64, now: i64) -> String {
+    match u64::try_from(at - now) {
+        Ok(us) if us > 0 => format!("in {}", format_duration(Duration::from_micros(us))),
+        _ => String::new(),
+    }
+}
+
+fn schedules(args: &SchedulesArgs) -> anyhow::Result<()> {
+    let (mut store, _) = open(&args.db)?;
+    if let Some(action) = &args.action {
+        let (id, paused) = match action {
+            ScheduleAction::Pause { id } => (*id, Some(true)),
+            ScheduleAction::Resume { id } => (*id, Some(false)),
+            ScheduleAction::Remove { id } => (*id, None),
+        };
+        let found = match paused {
+            Some(paused) => store.write("pause or resume a schedule", |tx| {
+                tx.set_schedule_paused(id, paused)
+            })?,
+            None => store.write("remove a schedule", |tx| tx.remove_schedule(id))?,
+        };
+        if !found {
+            bail!("no schedule {id}");
+        }
+        let done = match paused {
+            Some(true) => "paused",
+            Some(false) => "resumed",
+            None => "removed",
+        };
+        if args.db.json {
+            return print_json(&serde_json::json!({ "id": id, "done": done }));
+        }
+        println!("{done} schedule {id}");
+        return Ok(());
+    }
+    let list = store.schedules(None)?;
+    if args.db.json {
+        return print_json(&list);
+    }
+    if list.is_empty() {
+        println!("no schedules");
+        return Ok(());
+    }
+    let now = now_us();
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|s| {
+            let runs = match s.times {
+                Some(times) => format!("{}/{times}", s.runs),
+                None => s.runs.to_string(),
+            };
+            let next = match (s.paused, s.next_run_at) {
+                (true, _) => "paused".to_owned(),
+                (false, None) => "finished".to_owned(),
+                (false, Some(at)) => match runs_in(at, now) {
+                    ahead if ahead.is_empty() => "due now".to_owned(),
+                    ahead => ahead,
+                },
+            };
+            vec![
+                s.id.to_string(),
+                s.manager.clone(),
+                s.task.clone(),
+                s.name.clone().unwrap_or_default(),
+                s.cadence.clone(),
+                runs,
+                next,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID", "MANAGER", "TASK", "PERIODIC", "CADENCE", "RUNS", "NEXT RUN",
+        ],
         &rows,
     );
     Ok(())

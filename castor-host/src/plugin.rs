@@ -210,6 +210,27 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
                 return Err(invalid(format!("task `{}` allows 0 attempts", task.name)));
             }
         }
+        let mut periodic = HashSet::new();
+        for p in manager.periodic.iter() {
+            if !periodic.insert(p.name.as_str()) {
+                return Err(invalid(format!(
+                    "two periodic tasks are named `{}`",
+                    p.name
+                )));
+            }
+            if !tasks.contains(p.task.as_str()) {
+                return Err(invalid(format!(
+                    "periodic task `{}` runs `{}`, which manager `{}` does not declare",
+                    p.name, p.task, manager.name
+                )));
+            }
+            if p.every_ms == 0 {
+                p.cron
+                    .as_str()
+                    .parse::<castor_abi::cron::Cron>()
+                    .map_err(|e| invalid(format!("periodic task `{}`: {e}", p.name)))?;
+            }
+        }
     }
     Ok(())
 }

@@ -14,6 +14,8 @@ mod process;
 mod reliability;
 // The inspection subcommands: list, show, retry, cancel, purge, stats.
 mod cli;
+// Delayed, repeating and periodic tasks; priorities; unique keys.
+mod scheduling;
 // `castor -i` under tmux: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.

@@ -388,6 +388,25 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args)
             }
 
+            /// Dispatches a run every interval (optionally a number of times, or until a
+            /// time); each run is its own task. Returns the schedule's handle.
+            ///
+            /// # Errors
+            /// As `delay`, and an invalid combination (a count or end without an
+            /// interval, an end in the past, ...), before anything is written.
+            pub fn schedule(
+                to: &impl ::castor_abi::Dispatch,
+                schedule: &::castor_abi::Schedule,
+                #(#arg_names: #arg_types),*
+            ) -> ::core::result::Result<::castor_abi::ScheduleHandle<Output>, ::castor_abi::DispatchError> {
+                ::castor_abi::__private::schedule(to, SPEC, schedule, &(#(#arg_names,)*))
+            }
+
+            /// Binds a periodic declaration to this task (for `manager!`'s `periodic`).
+            pub fn periodic(when: ::castor_abi::Periodic<Args>) -> ::castor_abi::PeriodicSpec {
+                when.into_spec(SPEC)
+            }
+
             /// A handle on an existing task of this kind, by id.
             pub fn handle(client: &::castor_abi::Client, id: ::castor_abi::Uuid) -> ::castor_abi::TaskHandle<Output> {
                 ::castor_abi::__private::handle(client, SPEC, id)

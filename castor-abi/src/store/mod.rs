@@ -10,6 +10,7 @@
 mod admin;
 mod rescue;
 mod rows;
+mod schedules;
 mod watch;
 mod workers;
 
@@ -24,6 +25,7 @@ pub use self::admin::{CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskS
 pub use self::rescue::Expired;
 use self::rows::TaskRow;
 pub use self::rows::{ClaimQuery, Claimed, Finish, NewTask, Progress, TaskFilter, TaskSnapshot};
+pub use self::schedules::NewSchedule;
 pub use self::watch::Watcher;
 pub use self::workers::{LiveWorker, WorkerRow};
 use crate::error::StoreError;

@@ -323,3 +323,82 @@ fn unique_keys_return_the_unfinished_task() {
     assert!(!existed);
     assert_ne!(third, first);
 }
+
+fn schedule_at<'a>(
+    cadence: &'a crate::schedule::Cadence,
+    first_run_at: i64,
+    missed: crate::schedule::Missed,
+) -> NewSchedule<'a> {
+    NewSchedule {
+        manager: "manager",
+        task: "a",
+        name: None,
+        args: b"",
+        cadence,
+        times: None,
+        until: None,
+        first_run_at,
+        missed,
+        priority: 0,
+        max_attempts: 1,
+        backoff_base_ms: 1000,
+        backoff_cap_ms: 1000,
+        timeout_ms: None,
+    }
+}
+
+#[test]
+fn missed_ticks_are_skipped_or_run_once() {
+    use crate::schedule::{Cadence, Missed};
+    let dir = TempDir::new("missed");
+    let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let every = Cadence::Every(Duration::from_secs(10));
+    let now = now_us();
+    // Ticks at -25 s, -15 s and -5 s: all missed.
+    let ten_ago = now - 25_000_000;
+    let (skip, once, on_time) = store
+        .write("create", |tx| {
+            Ok((
+                tx.create_schedule(&schedule_at(&every, ten_ago, Missed::Skip), now)?,
+                tx.create_schedule(&schedule_at(&every, ten_ago, Missed::RunOnce), now)?,
+                tx.create_schedule(&schedule_at(&every, now - 100_000, Missed::Skip), now)?,
+            ))
+        })
+        .expect("create");
+    let created = store
+        .write("tick", |tx| {
+            tx.run_due_schedules("manager", r#"["a"]"#, "[]", now, 10)
+        })
+        .expect("tick");
+    assert_eq!(
+        created.len(),
+        2,
+        "one catch-up run, one on-time run, no skipped run"
+    );
+    assert!(store.schedule_runs(skip).expect("runs").is_empty());
+    assert_eq!(store.schedule_runs(once).expect("runs").len(), 1);
+    assert_eq!(store.schedule_runs(on_time).expect("runs").len(), 1);
+    for id in [skip, once, on_time] {
+        let info = store.schedule(id).expect("read").expect("exists");
+        let next = info.next_run_at.expect("not finished");
+        assert!(
+            next > now && next <= now + 10_000_000,
+            "the next tick is ahead"
+        );
+    }
+    // Nothing is due any more: a second pass (another worker) creates nothing.
+    let again = store
+        .write("tick", |tx| {
+            tx.run_due_schedules("manager", r#"["a"]"#, "[]", now, 10)
+        })
+        .expect("tick");
+    assert!(again.is_empty());
+    // A worker that does not know the task leaves the schedule alone.
+    let later = now + 5_000_000;
+    let other = store
+        .write("tick", |tx| {
+            tx.run_due_schedules("manager", r#"["b"]"#, "[]", later, 10)
+        })
+        .expect("tick");
+    assert!(other.is_empty());
+}

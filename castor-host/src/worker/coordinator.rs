@@ -121,6 +121,10 @@ pub(super) struct Coordinator {
     data_version: Option<i64>,
     next_due: Option<i64>,
     check_due: bool,
+    /// The next tick of a schedule this worker runs.
+    next_tick: Option<i64>,
+    /// This worker's task and periodic names, as the schedule queries take them.
+    schedule_filter: (String, String),
     next_renewal: Instant,
     next_rescue: Instant,
     next_prune: Instant,
@@ -153,6 +157,8 @@ impl Coordinator {
             data_version: None,
             next_due: None,
             check_due: true,
+            next_tick: None,
+            schedule_filter: worker.schedule_filter(),
             next_renewal: Instant::now() + worker.config.lease / RENEW_EVERY,
             // Rescue at once: a worker restarted after a crash picks up its old tasks.
             next_rescue: Instant::now(),
@@ -314,7 +320,7 @@ impl Coordinator {
         if let Some(stop) = &self.stop {
             next = next.min(stop.deadline);
         }
-        if let Some(due) = self.next_due {
+        for due in [self.next_due, self.next_tick].into_iter().flatten() {
             let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
             next = next.min(now + wait);
         }
@@ -445,10 +451,14 @@ impl Coordinator {
         let prune = Instant::now() >= self.next_prune;
         let cancels = self.check_cancels && !self.inflight.is_empty();
         if self.check_due {
-            self.next_due = worker.store.next_due(&worker.config.manager.name)?;
+            let manager = &worker.config.manager.name;
+            self.next_due = worker.store.next_due(manager)?;
+            let (tasks, periodic) = &self.schedule_filter;
+            self.next_tick = worker.store.next_schedule_due(manager, tasks, periodic)?;
             self.check_due = false;
         }
         let stage = self.next_due.is_some_and(|due| due <= now);
+        let tick = self.stop.is_none() && self.next_tick.is_some_and(|due| due <= now);
         let thread_limit = self.room(worker, TaskMode::Thread);
         let process_limit = self.room(worker, TaskMode::Process);
         if self.outcomes.is_empty()
@@ -456,6 +466,7 @@ impl Coordinator {
             && self.logs.is_empty()
             && self.progress.is_empty()
             && !stage
+            && !tick
             && !renew
             && !rescue
             && !prune
@@ -468,6 +479,7 @@ impl Coordinator {
         let retention_cutoff = now - duration_us(worker.config.retention);
         let hostname = worker.hostname.clone();
         let lease = worker.config.lease;
+        let (tasks_json, periodic_json) = self.schedule_filter.clone();
         let lease_until = now + duration_us(worker.config.lease);
         let worker_id = worker.id.clone();
         let manager = worker.config.manager.name.to_string();
@@ -516,6 +528,12 @@ impl Coordinator {
             } else {
                 0
             };
+            let ticked = if tick {
+                tx.run_due_schedules(&manager, &tasks_json, &periodic_json, now, 100)?
+                    .len()
+            } else {
+                0
+            };
             if renew {
                 tx.renew_leases(&worker_id, lease_until)?;
                 tx.heartbeat(&worker_id, now, self.summary.completed, self.summary.failed)?;
@@ -541,8 +559,16 @@ impl Coordinator {
                     claimed[i] = tx.claim(query, &worker_id, *limit, now, lease_until)?;
                 }
             }
-            Ok((applied, staged, claimed, rescued, pruned, cancel_requests))
+            Ok((
+                applied,
+                staged + ticked,
+                claimed,
+                rescued,
+                pruned,
+                cancel_requests,
+            ))
         });
+        let ticked = tick;
         let (applied, staged, [threads, processes], rescued, pruned, cancel_requests) =
             match written {
                 Ok(written) => written,
@@ -624,6 +650,10 @@ impl Coordinator {
         }
         if staged > 0 {
             self.wake_claims();
+        }
+        if ticked {
+            // The schedules moved on: find their next tick.
+            self.check_due = true;
         }
         if thread_limit > 0 {
             self.thread_lane.want = threads.len() == thread_limit;

@@ -23,7 +23,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
-use castor_abi::store::{ClaimQuery, Store, StoreOptions, TaskFilter, Watcher, WorkerRow, now_us};
+use castor_abi::schedule::{Cadence, Missed};
+use castor_abi::store::{
+    ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow, now_us,
+};
 use castor_abi::{LogLevel, StoreError, Uuid};
 use crossbeam_channel::{Receiver, Sender};
 
@@ -292,8 +295,77 @@ impl Worker {
         }
     }
 
+    /// This worker's task names and periodic names as JSON arrays, for the schedule
+    /// queries.
+    fn schedule_filter(&self) -> (String, String) {
+        let mut tasks: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+        tasks.sort_unstable();
+        let periodic: Vec<&str> = self
+            .config
+            .manager
+            .periodic
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        (
+            serde_json::to_string(&tasks).unwrap_or_else(|_| "[]".into()),
+            serde_json::to_string(&periodic).unwrap_or_else(|_| "[]".into()),
+        )
+    }
+
+    /// Makes the database's periodic schedules match this library's declarations.
+    fn declare_periodic(&mut self, now: i64) -> Result<(), StoreError> {
+        let manager = self.config.manager.name.to_string();
+        let mut schedules = Vec::new();
+        for p in self.config.manager.periodic.iter() {
+            let cadence = if p.every_ms > 0 {
+                Cadence::Every(Duration::from_millis(p.every_ms))
+            } else {
+                match p.cron.as_str().parse() {
+                    Ok(cron) => Cadence::Cron(cron),
+                    Err(_) => continue,
+                }
+            };
+            let Some(task) = self.config.manager.tasks.iter().find(|t| t.name == p.task) else {
+                continue;
+            };
+            let first = cadence.next_after(now, now).unwrap_or(now);
+            schedules.push((p, task, cadence, first));
+        }
+        self.store.write("declare periodic tasks", |tx| {
+            for (p, task, cadence, first) in &schedules {
+                let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                tx.upsert_periodic(
+                    &NewSchedule {
+                        manager: &manager,
+                        task: task.name.as_str(),
+                        name: Some(p.name.as_str()),
+                        args: p.args.as_slice(),
+                        cadence,
+                        times: None,
+                        until: None,
+                        first_run_at: *first,
+                        missed: if p.skip_missed {
+                            Missed::Skip
+                        } else {
+                            Missed::RunOnce
+                        },
+                        priority: 0,
+                        max_attempts: task.max_attempts,
+                        backoff_base_ms: ms(task.backoff_base_ms),
+                        backoff_cap_ms: ms(task.backoff_cap_ms),
+                        timeout_ms: (task.timeout_ms > 0).then(|| ms(task.timeout_ms)),
+                    },
+                    now,
+                )?;
+            }
+            Ok(())
+        })
+    }
+
     fn register(&mut self) -> Result<(), StoreError> {
         let now = now_us();
+        self.declare_periodic(now)?;
         let mut tasks: Vec<String> = self.tasks.keys().cloned().collect();
         tasks.sort();
         let row = WorkerRow {
