@@ -58,6 +58,7 @@ pub(crate) struct View {
     pub attempt: u32,
     pub result: Option<Vec<u8>>,
     pub errors: Vec<AttemptError>,
+    pub progress: Option<crate::store::Progress>,
 }
 
 pub(crate) trait Backend: Send + Sync {
@@ -208,6 +209,7 @@ impl Backend for HostBackend {
             attempt: snapshot.attempt,
             result: snapshot.result.into_option().map(|r| r.into_vec()),
             errors,
+            progress: None,
         }))
     }
 

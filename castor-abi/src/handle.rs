@@ -31,6 +31,8 @@ pub struct TaskInfo {
     pub attempt: u32,
     /// Every failed attempt's error, oldest first.
     pub errors: Vec<crate::AttemptError>,
+    /// The task's latest progress report, if it made one.
+    pub progress: Option<crate::store::Progress>,
 }
 
 /// A dispatched task whose result is an `R`.
@@ -111,7 +113,8 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         Ok(self.view()?.state)
     }
 
-    /// The task's state, attempts so far and every failed attempt's error.
+    /// The task's state, attempts so far, every failed attempt's error, and its latest
+    /// progress report.
     ///
     /// # Errors
     /// As [`status`](Self::status).
@@ -122,6 +125,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             task: view.task,
             attempt: view.attempt,
             errors: view.errors,
+            progress: view.progress,
         })
     }
 

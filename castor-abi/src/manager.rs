@@ -383,6 +383,7 @@ impl Backend for ClientInner {
             attempt: s.attempt,
             result: s.result,
             errors: s.errors,
+            progress: s.progress,
         }))
     }
 

@@ -63,7 +63,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or(cores, usize::from);
     let processes = args.processes.map_or(cores, usize::from);
-    let tasks = plugin::describe_tasks(&manager.tasks);
+    let tasks = plugin::describe_tasks(&manager.tasks, 12);
     let manager_name = manager.name.to_string();
     let worker = Worker::new(WorkerConfig {
         library: library.clone(),

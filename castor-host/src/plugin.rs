@@ -362,11 +362,29 @@ fn describe(instability: &AbiInstability) -> String {
     }
 }
 
-/// `decl.tasks` as a short list: `send_email (thread), resize (process)`.
-pub fn describe_tasks(tasks: &[TaskDecl]) -> String {
-    tasks
-        .iter()
-        .map(|t| format!("{} ({})", t.name, t.mode))
-        .collect::<Vec<_>>()
-        .join(", ")
+/// `decl.tasks` as a list wrapped for the banner: `send_email (thread), resize (process)`,
+/// continuation lines indented by `indent` columns.
+pub fn describe_tasks(tasks: &[TaskDecl], indent: usize) -> String {
+    const WIDTH: usize = 96;
+    let mut text = String::new();
+    let mut column = indent;
+    for (i, t) in tasks.iter().enumerate() {
+        let item = format!(
+            "{} ({}){}",
+            t.name,
+            t.mode,
+            if i + 1 < tasks.len() { "," } else { "" }
+        );
+        if column > indent && column + 1 + item.len() > WIDTH {
+            text.push('\n');
+            text.push_str(&" ".repeat(indent));
+            column = indent;
+        } else if column > indent {
+            text.push(' ');
+            column += 1;
+        }
+        column += item.len();
+        text.push_str(&item);
+    }
+    text
 }
