@@ -21,6 +21,20 @@ use crate::handle::TaskHandle;
 use crate::manager::{Dispatch, Manager};
 use crate::task::{DelayOptions, TaskContext, TaskErrorKind, TaskSpec};
 
+fn invalid(spec: &TaskSpec, reason: String) -> DispatchError {
+    DispatchError::InvalidOptions {
+        task: spec.name.to_owned(),
+        reason,
+    }
+}
+
+fn encode_args<A: Serialize>(spec: &TaskSpec, args: &A) -> Result<Vec<u8>, DispatchError> {
+    codec::encode(args).map_err(|source| DispatchError::EncodeArgs {
+        task: spec.name.to_owned(),
+        source,
+    })
+}
+
 /// `my_task::delay_with(to, options, args..)`.
 pub fn delay<A: Serialize, R: DeserializeOwned>(
     to: &impl Dispatch,
@@ -28,16 +42,8 @@ pub fn delay<A: Serialize, R: DeserializeOwned>(
     options: &DelayOptions,
     args: &A,
 ) -> Result<TaskHandle<R>, DispatchError> {
-    let resolved = options
-        .resolve(&spec)
-        .map_err(|reason| DispatchError::InvalidOptions {
-            task: spec.name.to_owned(),
-            reason,
-        })?;
-    let bytes = codec::encode(args).map_err(|source| DispatchError::EncodeArgs {
-        task: spec.name.to_owned(),
-        source,
-    })?;
+    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let bytes = encode_args(&spec, args)?;
     let backend = to.dispatcher().0;
     let id = backend.dispatch(spec.name, &bytes, &resolved)?;
     Ok(TaskHandle::dispatched(id, spec.name, backend))
@@ -50,20 +56,11 @@ pub fn delay_many<A: Serialize, R: DeserializeOwned>(
     options: &DelayOptions,
     args: impl IntoIterator<Item = A>,
 ) -> Result<Vec<TaskHandle<R>>, DispatchError> {
-    let resolved = options
-        .resolve(&spec)
-        .map_err(|reason| DispatchError::InvalidOptions {
-            task: spec.name.to_owned(),
-            reason,
-        })?;
+    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
     let encoded = args
         .into_iter()
-        .map(|args| codec::encode(&args))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| DispatchError::EncodeArgs {
-            task: spec.name.to_owned(),
-            source,
-        })?;
+        .map(|args| encode_args(&spec, &args))
+        .collect::<Result<Vec<_>, _>>()?;
     let backend = to.dispatcher().0;
     let ids = backend.dispatch_many(spec.name, &encoded, &resolved)?;
     Ok(ids
@@ -79,16 +76,8 @@ pub fn schedule<A: Serialize, R: DeserializeOwned>(
     schedule: &crate::Schedule,
     args: &A,
 ) -> Result<crate::ScheduleHandle<R>, DispatchError> {
-    let resolved = schedule
-        .resolve(&spec)
-        .map_err(|reason| DispatchError::InvalidOptions {
-            task: spec.name.to_owned(),
-            reason,
-        })?;
-    let bytes = codec::encode(args).map_err(|source| DispatchError::EncodeArgs {
-        task: spec.name.to_owned(),
-        source,
-    })?;
+    let resolved = schedule.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let bytes = encode_args(&spec, args)?;
     let backend = to.dispatcher().0;
     let id = backend.create_schedule(spec.name, &bytes, &resolved)?;
     Ok(crate::ScheduleHandle::new(id, spec.name, backend))

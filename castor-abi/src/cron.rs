@@ -149,7 +149,7 @@ const MINUTE_US: i64 = 60_000_000;
 const DAY_US: i64 = 86_400_000_000;
 
 /// Days since 1970-01-01 -> (year, month 1-12, day 1-31). Howard Hinnant's algorithm.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);

@@ -136,6 +136,20 @@ macro_rules! manager {
     };
 }
 
+/// Formats microseconds since the Unix epoch as `2026-11-27T15:04:05.123Z` (UTC).
+pub fn format_timestamp(us: i64) -> String {
+    let secs = us.div_euclid(1_000_000);
+    let millis = us.rem_euclid(1_000_000) / 1000;
+    let (year, month, day) = cron::civil_from_days(secs.div_euclid(86_400));
+    let rem = secs.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
 /// Formats a duration for people: `850us`, `12.3ms`, `2.0s`, `3m 20s`, `2h 5m`.
 pub fn format_duration(d: std::time::Duration) -> String {
     let micros = d.as_micros();
@@ -158,6 +172,19 @@ pub fn format_duration(d: std::time::Duration) -> String {
 mod tests {
     use super::format_duration;
     use std::time::Duration;
+
+    #[test]
+    fn timestamps_are_utc_iso() {
+        assert_eq!(super::format_timestamp(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            super::format_timestamp(1_795_791_845_123_456),
+            "2026-11-27T15:04:05.123Z"
+        );
+        assert_eq!(
+            super::format_timestamp(951_782_400_000_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+    }
 
     #[test]
     fn durations_read_naturally() {

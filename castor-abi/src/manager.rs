@@ -322,32 +322,6 @@ impl ClientInner {
     }
 }
 
-fn new_task<'a>(
-    manager: &'a str,
-    task: &'a str,
-    args: &'a [u8],
-    options: &'a DispatchOptionsAbi,
-) -> NewTask<'a> {
-    let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-    NewTask {
-        manager,
-        task,
-        args,
-        run_at_us: options.run_at_us.into_option(),
-        priority: options.priority,
-        unique_key: options
-            .unique_key
-            .as_ref()
-            .map(|k| k.as_str())
-            .into_option(),
-        max_attempts: options.max_attempts,
-        backoff_base_ms: ms(options.backoff_base_ms),
-        backoff_cap_ms: ms(options.backoff_cap_ms),
-        timeout_ms: options.timeout_ms.into_option().map(ms),
-        schedule_id: None,
-    }
-}
-
 impl Backend for ClientInner {
     fn dispatch(
         &self,
@@ -356,7 +330,7 @@ impl Backend for ClientInner {
         options: &DispatchOptionsAbi,
     ) -> Result<Uuid, DispatchError> {
         self.check_task(task)?;
-        let new = new_task(&self.manager, task, args, options);
+        let new = NewTask::with_options(&self.manager, task, args, options);
         let (id, _existing) = self.store().enqueue(&new)?;
         Ok(id)
     }
@@ -370,7 +344,7 @@ impl Backend for ClientInner {
         self.check_task(task)?;
         let tasks: Vec<NewTask<'_>> = args
             .iter()
-            .map(|args| new_task(&self.manager, task, args, options))
+            .map(|args| NewTask::with_options(&self.manager, task, args, options))
             .collect();
         Ok(self.store().enqueue_many(&tasks)?)
     }

@@ -392,27 +392,31 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn retry(args: &IdsArgs) -> anyhow::Result<()> {
+/// Runs `act` on each id in its own transaction; prints `say(id, outcome)` (or JSON);
+/// fails at the end if any id was unknown.
+fn for_each_id<T: Serialize>(
+    args: &IdsArgs,
+    operation: &'static str,
+    act: impl Fn(
+        &castor_abi::store::WriteTx<'_>,
+        Uuid,
+        i64,
+    ) -> Result<Option<T>, castor_abi::store::SqlError>,
+    say: impl Fn(Uuid, &T) -> String,
+) -> anyhow::Result<()> {
     let (mut store, _) = open(&args.db)?;
     let mut missing = 0;
     let mut results = Vec::new();
     for &id in &args.ids {
         let now = now_us();
-        let outcome = store.write("retry a task", |tx| tx.retry(id, now))?;
-        match outcome {
+        match store.write(operation, |tx| act(tx, id, now))? {
             None => {
                 missing += 1;
                 eprintln!("castor: no task {id}");
             }
-            Some(RetryOutcome::Retried) => {
+            Some(outcome) => {
                 if !args.db.json {
-                    println!("retrying {id}: available again, with one more attempt");
-                }
-                results.push((id, outcome));
-            }
-            Some(RetryOutcome::NotRetryable(state)) => {
-                if !args.db.json {
-                    println!("{id} is {state}: only discarded or cancelled tasks are retried");
+                    println!("{}", say(id, &outcome));
                 }
                 results.push((id, outcome));
             }
@@ -427,43 +431,37 @@ fn retry(args: &IdsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn retry(args: &IdsArgs) -> anyhow::Result<()> {
+    for_each_id(
+        args,
+        "retry a task",
+        |tx, id, now| tx.retry(id, now),
+        |id, outcome| match outcome {
+            RetryOutcome::Retried => {
+                format!("retrying {id}: available again, with one more attempt")
+            }
+            RetryOutcome::NotRetryable(state) => {
+                format!("{id} is {state}: only discarded or cancelled tasks are retried")
+            }
+        },
+    )
+}
+
 fn cancel(args: &IdsArgs) -> anyhow::Result<()> {
-    let (mut store, _) = open(&args.db)?;
-    let mut missing = 0;
-    let mut results = Vec::new();
-    for &id in &args.ids {
-        let now = now_us();
-        let outcome = store.write("cancel a task", |tx| tx.cancel(id, now))?;
-        match outcome {
-            None => {
-                missing += 1;
-                eprintln!("castor: no task {id}");
+    for_each_id(
+        args,
+        "cancel a task",
+        |tx, id, now| tx.cancel(id, now),
+        |id, outcome| match outcome {
+            CancelOutcome::Cancelled => format!("cancelled {id}"),
+            CancelOutcome::Requested => {
+                format!("cancel requested for {id}: it is running; its worker stops it")
             }
-            Some(outcome) => {
-                if !args.db.json {
-                    match outcome {
-                        CancelOutcome::Cancelled => println!("cancelled {id}"),
-                        CancelOutcome::Requested => {
-                            println!(
-                                "cancel requested for {id}: it is running; its worker stops it"
-                            )
-                        }
-                        CancelOutcome::AlreadyFinished(state) => {
-                            println!("{id} already finished ({state}); nothing to cancel")
-                        }
-                    }
-                }
-                results.push((id, outcome));
+            CancelOutcome::AlreadyFinished(state) => {
+                format!("{id} already finished ({state}); nothing to cancel")
             }
-        }
-    }
-    if args.db.json {
-        print_json(&results)?;
-    }
-    if missing > 0 {
-        bail!("{missing} of {} task(s) not found", args.ids.len());
-    }
-    Ok(())
+        },
+    )
 }
 
 fn purge(args: &PurgeArgs) -> anyhow::Result<()> {

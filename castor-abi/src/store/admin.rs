@@ -282,14 +282,7 @@ impl WriteTx<'_> {
         if flagged == 1 {
             return Ok(Some(CancelOutcome::Requested));
         }
-        let state: Option<String> = self
-            .tx
-            .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")?
-            .query_row([key], |row| row.get(0))
-            .optional()?;
-        state
-            .map(|s| state_from(s, 0).map(CancelOutcome::AlreadyFinished))
-            .transpose()
+        Ok(self.state_of(id)?.map(CancelOutcome::AlreadyFinished))
     }
 
     /// Puts a discarded or cancelled task back to `available` with one more attempt
@@ -311,14 +304,16 @@ impl WriteTx<'_> {
         if retried == 1 {
             return Ok(Some(RetryOutcome::Retried));
         }
+        Ok(self.state_of(id)?.map(RetryOutcome::NotRetryable))
+    }
+
+    fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, rusqlite::Error> {
         let state: Option<String> = self
             .tx
             .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")?
-            .query_row([key], |row| row.get(0))
+            .query_row([id.as_bytes().as_slice()], |row| row.get(0))
             .optional()?;
-        state
-            .map(|s| state_from(s, 0).map(RetryOutcome::NotRetryable))
-            .transpose()
+        state.map(|s| state_from(s, 0)).transpose()
     }
 
     /// Deletes tasks in `states` that finished (or, for unfinished states, were

@@ -36,6 +36,35 @@ pub struct NewTask<'a> {
     pub schedule_id: Option<i64>,
 }
 
+impl<'a> NewTask<'a> {
+    /// A task dispatched with resolved options (as `delay` and a task's context send them).
+    pub fn with_options(
+        manager: &'a str,
+        task: &'a str,
+        args: &'a [u8],
+        options: &'a crate::abi::DispatchOptionsAbi,
+    ) -> NewTask<'a> {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        NewTask {
+            manager,
+            task,
+            args,
+            run_at_us: options.run_at_us.into_option(),
+            priority: options.priority,
+            unique_key: options
+                .unique_key
+                .as_ref()
+                .map(|k| k.as_str())
+                .into_option(),
+            max_attempts: options.max_attempts,
+            backoff_base_ms: ms(options.backoff_base_ms),
+            backoff_cap_ms: ms(options.backoff_cap_ms),
+            timeout_ms: options.timeout_ms.into_option().map(ms),
+            schedule_id: None,
+        }
+    }
+}
+
 /// Which tasks a worker may claim: its manager, and the task names its library declares.
 /// A task whose name is not listed stays for a worker that knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -257,36 +257,5 @@ pub fn describe(f: &Finished<'_>) -> String {
 
 /// `2026-11-27T15:04:05.123Z` from microseconds since the epoch.
 pub fn timestamp(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let millis = us.rem_euclid(1_000_000) / 1000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Howard Hinnant's days-to-civil.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn timestamps_are_utc_iso() {
-        assert_eq!(timestamp(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(timestamp(1_795_791_845_123_456), "2026-11-27T15:04:05.123Z");
-        assert_eq!(timestamp(951_782_400_000_000), "2000-02-29T00:00:00.000Z");
-    }
+    castor_abi::format_timestamp(us)
 }

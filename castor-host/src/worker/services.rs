@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use abi_stable::std_types::{ROption, RString};
+use abi_stable::std_types::ROption;
 use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
 use castor_abi::host::Services;
 use castor_abi::store::{NewTask, Store, Watcher, now_us};
@@ -57,24 +57,7 @@ impl Services for WorkerServices {
                 self.tasks.join(", ")
             ));
         }
-        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        let new = NewTask {
-            manager: &self.manager,
-            task,
-            args,
-            run_at_us: options.run_at_us.into_option(),
-            priority: options.priority,
-            unique_key: options
-                .unique_key
-                .as_ref()
-                .map(RString::as_str)
-                .into_option(),
-            max_attempts: options.max_attempts,
-            backoff_base_ms: ms(options.backoff_base_ms),
-            backoff_cap_ms: ms(options.backoff_cap_ms),
-            timeout_ms: options.timeout_ms.into_option().map(ms),
-            schedule_id: None,
-        };
+        let new = NewTask::with_options(&self.manager, task, args, options);
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         store
             .enqueue(&new)
