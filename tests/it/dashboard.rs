@@ -103,6 +103,18 @@ fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
     // A process task's prints are its log, on the screen, not scribbled over it.
     assert!(screen.contains("stdout line 2"), "{screen}");
 
+    // Schedules and tasks waiting for their start time, with when they run next.
+    let later = castor_abi::DelayOptions::new().after(Duration::from_secs(3600));
+    fx::add::schedule(
+        &client,
+        &castor_abi::Schedule::every(Duration::from_secs(7200)).options(later.clone()),
+        1,
+        1,
+    )
+    .expect("schedule");
+    fx::add::delay_with(&client, &later, 2, 2).expect("delay");
+    tmux.wait_for(&["Schedules 1", "every 2h 0m", "waiting to start", "in 59m"]);
+
     // `?` opens the key help; Esc closes it.
     tmux.run(&["send-keys", "-t", "castor", "?"]);
     tmux.wait_for(&["Keys"]);

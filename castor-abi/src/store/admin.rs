@@ -225,6 +225,31 @@ impl Store {
             .map_err(|e| classify(&self.path, "list workers", e))
     }
 
+    /// The next `limit` tasks of `manager` waiting for a start time (scheduled, or
+    /// retryable after a backoff), soonest first: (id, task, starts at).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn waiting(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT id, task, scheduled_at FROM castor_tasks \
+                 WHERE manager = ?1 AND state IN ('scheduled', 'retryable') \
+                 ORDER BY scheduled_at LIMIT ?2",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map(params![manager, limit as i64], |row| {
+                    Ok((id_from(row.get(0)?, 0)?, row.get(1)?, row.get(2)?))
+                })?
+                .collect()
+            })
+            .map_err(|e| classify(&self.path, "list waiting tasks", e))
+    }
+
     /// The stored (encoded) arguments of the task with this id.
     ///
     /// # Errors

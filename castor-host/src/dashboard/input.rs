@@ -9,6 +9,8 @@
 //! | `g`, Home / `G`, End | first / last row (the log: oldest / newest, following) |
 //! | `r` | retry the selected task |
 //! | `c` | cancel the selected task |
+//! | `p` | pause or resume the selected schedule |
+//! | `x`, Delete | remove the selected schedule (asks for a second press first) |
 //! | `?` | open or close the help; Esc closes it |
 //!
 //! While the help is open, only quitting and closing it do anything, so no key acts on a
@@ -45,10 +47,14 @@ pub enum Action {
     RetrySelected,
     /// Cancel the selected task (running, or retryable in Recent).
     CancelSelected,
+    /// Pause the selected schedule, or resume it if it is paused (in Schedules).
+    TogglePauseSelected,
+    /// Remove the selected schedule (in Schedules): the first press asks for a second.
+    RemoveSelected,
 }
 
 /// The keys and what they do, as the help overlay lists them.
-pub const HELP: [(&str, &str); 9] = [
+pub const HELP: [(&str, &str); 11] = [
     ("q  Ctrl+C", "quit (again while stopping: now)"),
     ("Tab  → / ⇧Tab  ←", "next / previous pane"),
     ("↑ ↓  k j", "move the selection, scroll the log"),
@@ -56,6 +62,8 @@ pub const HELP: [(&str, &str); 9] = [
     ("g Home / G End", "first / last (End follows the log)"),
     ("r", "retry a discarded or cancelled task"),
     ("c", "cancel a running or retryable task"),
+    ("p", "pause or resume a schedule"),
+    ("x  Del", "remove a schedule (press twice)"),
     ("?", "show or hide this help"),
     ("Esc", "close this help"),
 ];
@@ -90,6 +98,8 @@ pub fn action_for(key: KeyEvent, state: &DashboardState) -> Option<Action> {
         KeyCode::End | KeyCode::Char('G') => Action::Bottom,
         KeyCode::Char('r') => Action::RetrySelected,
         KeyCode::Char('c') => Action::CancelSelected,
+        KeyCode::Char('p') => Action::TogglePauseSelected,
+        KeyCode::Char('x') | KeyCode::Delete => Action::RemoveSelected,
         _ => return None,
     };
     Some(action)
@@ -132,8 +142,11 @@ mod tests {
             (KeyCode::Char('?'), Some(Action::ToggleHelp)),
             (KeyCode::Char('r'), Some(Action::RetrySelected)),
             (KeyCode::Char('c'), Some(Action::CancelSelected)),
+            (KeyCode::Char('p'), Some(Action::TogglePauseSelected)),
+            (KeyCode::Char('x'), Some(Action::RemoveSelected)),
+            (KeyCode::Delete, Some(Action::RemoveSelected)),
             (KeyCode::Esc, None),
-            (KeyCode::Char('x'), None),
+            (KeyCode::Char('X'), None),
             (KeyCode::Enter, None),
         ];
         for (code, expected) in table {
@@ -179,6 +192,7 @@ mod tests {
         check(&s, press(KeyCode::Char('?')), Some(Action::ToggleHelp));
         check(&s, press(KeyCode::Char('q')), Some(Action::Quit));
         check(&s, press(KeyCode::Char('c')), None);
+        check(&s, press(KeyCode::Char('x')), None);
         check(&s, press(KeyCode::Down), None);
         check(
             &s,

@@ -42,7 +42,7 @@ use ratatui::crossterm::{cursor, execute, terminal};
 pub use input::action_for;
 pub use state::{
     Command, DashboardState, FinishedTask, Header, Level, LogLine, Progress, RunningTask,
-    WorkerInfo,
+    ScheduleRow, ScheduledTask, WorkerInfo,
 };
 pub use view::render;
 
@@ -105,7 +105,7 @@ fn event_loop(
     controller: &Controller,
 ) -> anyhow::Result<Summary> {
     let mut state = DashboardState::new(header);
-    let mut refresher = Refresher::new(store);
+    let mut refresher = Refresher::new(store, state.header.manager.clone());
     let mut last_tick = Instant::now();
     let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
@@ -115,7 +115,17 @@ fn event_loop(
                 Event::Key(key) => {
                     if let Some(action) = action_for(key, &state) {
                         if let Some(command) = state.apply(action) {
-                            carry_out(command, &mut state, &mut refresher.store, controller);
+                            let mut refresh_now = false;
+                            carry_out(
+                                command,
+                                &mut state,
+                                &mut refresher.store,
+                                controller,
+                                &mut refresh_now,
+                            );
+                            if refresh_now {
+                                refresher.next_workers = Instant::now();
+                            }
                         }
                         dirty = true;
                     }
@@ -172,6 +182,7 @@ fn carry_out(
     state: &mut DashboardState,
     store: &mut Store,
     controller: &Controller,
+    refresh_now: &mut bool,
 ) {
     match command {
         Command::Quit => {
@@ -194,6 +205,26 @@ fn carry_out(
                 Ok(None) => state.flash(Level::Warn, format!("no task {id}")),
                 Err(e) => state.flash(Level::Error, format!("retry failed: {e}")),
             }
+        }
+        Command::PauseSchedule { id } | Command::ResumeSchedule { id } => {
+            let paused = matches!(command, Command::PauseSchedule { .. });
+            let done = if paused { "paused" } else { "resumed" };
+            match store.write("pause or resume a schedule", |tx| {
+                tx.set_schedule_paused(id, paused)
+            }) {
+                Ok(true) => state.flash(Level::Info, format!("{done} schedule {id}")),
+                Ok(false) => state.flash(Level::Warn, format!("no schedule {id}")),
+                Err(e) => state.flash(Level::Error, format!("failed: {e}")),
+            }
+            *refresh_now = true;
+        }
+        Command::RemoveSchedule { id } => {
+            match store.write("remove a schedule", |tx| tx.remove_schedule(id)) {
+                Ok(true) => state.flash(Level::Info, format!("removed schedule {id}")),
+                Ok(false) => state.flash(Level::Warn, format!("no schedule {id}")),
+                Err(e) => state.flash(Level::Error, format!("remove failed: {e}")),
+            }
+            *refresh_now = true;
         }
         Command::Cancel { id } => {
             let Ok(uuid) = id.parse::<Uuid>() else { return };
@@ -218,15 +249,18 @@ fn carry_out(
 /// Rereads counts and workers from the database, no more often than it is worth.
 struct Refresher {
     store: Store,
+    manager: String,
     data_version: Option<i64>,
     next_counts: Instant,
+    /// Workers, schedules and waiting tasks are reread together.
     next_workers: Instant,
 }
 
 impl Refresher {
-    fn new(store: Store) -> Refresher {
+    fn new(store: Store, manager: String) -> Refresher {
         Refresher {
             store,
+            manager,
             data_version: None,
             next_counts: Instant::now(),
             next_workers: Instant::now(),
@@ -287,6 +321,38 @@ impl Refresher {
                     .collect();
                 state.set_workers(infos);
                 changed = true;
+            }
+            let now_us = now_us();
+            let ahead = |at: i64| Duration::from_micros(u64::try_from(at - now_us).unwrap_or(0));
+            if let Ok(schedules) = self.store.schedules(Some(&self.manager)) {
+                state.set_schedules(
+                    schedules
+                        .into_iter()
+                        .map(|s| ScheduleRow {
+                            id: s.id,
+                            task: s.task,
+                            name: s.name,
+                            cadence: s.cadence,
+                            runs: s.runs,
+                            times: s.times,
+                            next_run_in: s.next_run_at.map(ahead),
+                            paused: s.paused,
+                        })
+                        .collect(),
+                );
+                changed = true;
+            }
+            if let Ok(waiting) = self.store.waiting(&self.manager, state::SCHEDULED_CAPACITY) {
+                state.set_scheduled(
+                    waiting
+                        .into_iter()
+                        .map(|(id, task, at)| ScheduledTask {
+                            id: id.to_string(),
+                            task,
+                            runs_in: ahead(at),
+                        })
+                        .collect(),
+                );
             }
             self.next_workers = now + WORKERS_EVERY;
         }

@@ -2,17 +2,19 @@
 //!
 //! The worker owns a [`DashboardState`] and feeds it what happens (`task_started`,
 //! `task_progress`, `task_finished`, `log`), what it reads from the database now and
-//! then (`set_counts`, `set_workers`, `set_pool_busy`) and the passing of time
-//! (`advance`). Keys arrive as [`Action`]s (see `input`) and [`DashboardState::apply`]
-//! turns them into UI changes, or into a [`Command`] the worker carries out. Nothing here
-//! reads a clock, the terminal or the database, so each method is a plain function of its
-//! inputs (tested below) and the view can be snapshot-tested over hand-built values.
+//! then (`set_counts`, `set_workers`, `set_schedules`, `set_scheduled`, `set_pool_busy`)
+//! and the passing of time (`advance`). Keys arrive as [`Action`]s (see `input`) and
+//! [`DashboardState::apply`] turns them into UI changes, or into a [`Command`] the worker
+//! carries out. Nothing here reads a clock, the terminal or the database, so each method
+//! is a plain function of its inputs (tested below) and the view can be snapshot-tested
+//! over hand-built values.
 //!
 //! Everything that grows is bounded: [`RECENT_CAPACITY`] finished attempts,
-//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput samples and
-//! [`STATS_SAMPLE`] durations per task name. Text from tasks (log lines, errors) is
-//! cleaned of terminal escapes and control characters on the way in: a plugin that
-//! prints colour codes must not be able to repaint the screen.
+//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput samples,
+//! [`STATS_SAMPLE`] durations per task name and [`SCHEDULED_CAPACITY`] waiting tasks. Text
+//! from tasks (log lines, errors, names) is cleaned of terminal escapes and control
+//! characters on the way in: a plugin that prints colour codes must not be able to
+//! repaint the screen.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -44,6 +46,9 @@ pub const RATE_SECONDS: usize = 5;
 pub const FLASH_FOR: Duration = Duration::from_secs(5);
 /// How far PageUp and PageDown move a selection.
 pub const PAGE: usize = 10;
+/// How many waiting tasks (those with a start time to come) the Schedules pane keeps: the
+/// soonest ones.
+pub const SCHEDULED_CAPACITY: usize = 50;
 
 /// What the header shows about this worker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -199,6 +204,44 @@ pub struct WorkerInfo {
     pub failed: u64,
 }
 
+/// A schedule, as its row says: a task dispatched again and again, at an interval or on
+/// a cron expression, until it has run `times` times (if set).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleRow {
+    /// The schedule's id, what [`Command::PauseSchedule`] and the others name.
+    pub id: i64,
+    /// The task each run is.
+    pub task: String,
+    /// A periodic task's name (declared with the manager); `None` for a schedule an app
+    /// created.
+    pub name: Option<String>,
+    /// When it ticks, preformatted by the worker: `every 1.0s`, `cron 0 9 * * 1-5`.
+    pub cadence: String,
+    /// Runs created so far.
+    pub runs: u32,
+    /// The run limit, if any.
+    pub times: Option<u32>,
+    /// Time until its next run; `None` once it is finished (no run to come). Counts down
+    /// with [`DashboardState::advance`] between two [`DashboardState::set_schedules`],
+    /// stopping at zero ("due").
+    pub next_run_in: Option<Duration>,
+    /// Whether it is paused: no run is created while it is.
+    pub paused: bool,
+}
+
+/// A task waiting for its start time (state `scheduled`): a delayed dispatch or a
+/// schedule's run made ahead of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduledTask {
+    /// The task's id (a UUID).
+    pub id: String,
+    /// The task's name.
+    pub task: String,
+    /// Time until it may start; counts down with [`DashboardState::advance`] between two
+    /// [`DashboardState::set_scheduled`], stopping at zero ("due").
+    pub runs_in: Duration,
+}
+
 /// A pane that can take the focus, in Tab order (reading order on screen).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Pane {
@@ -211,17 +254,21 @@ pub enum Pane {
     Stats,
     /// Workers on the same database.
     Workers,
+    /// Schedules, and the tasks waiting for their start time; `p` pauses or resumes the
+    /// selected schedule, `x` (twice) removes it.
+    Schedules,
     /// The log.
     Logs,
 }
 
 impl Pane {
     /// Every pane, in Tab order.
-    pub const ALL: [Pane; 5] = [
+    pub const ALL: [Pane; 6] = [
         Pane::Running,
         Pane::Recent,
         Pane::Stats,
         Pane::Workers,
+        Pane::Schedules,
         Pane::Logs,
     ];
 
@@ -242,6 +289,7 @@ impl Pane {
             Pane::Recent => "Recent",
             Pane::Stats => "Tasks by name",
             Pane::Workers => "Workers",
+            Pane::Schedules => "Schedules",
             Pane::Logs => "Log",
         }
     }
@@ -252,7 +300,8 @@ impl Pane {
             Pane::Recent => 1,
             Pane::Stats => 2,
             Pane::Workers => 3,
-            Pane::Logs => 4,
+            Pane::Schedules => 4,
+            Pane::Logs => 5,
         }
     }
 }
@@ -269,6 +318,9 @@ pub struct Selection {
     pub stats: usize,
     /// Row in [`DashboardState::workers`].
     pub workers: usize,
+    /// Row in [`DashboardState::schedules`]; stays on the same schedule (by id) across
+    /// [`DashboardState::set_schedules`].
+    pub schedules: usize,
     /// Lines up from the newest log line; 0 follows the log.
     pub log_back: usize,
 }
@@ -300,6 +352,22 @@ pub enum Command {
         /// The task's id.
         id: String,
     },
+    /// Pause this schedule: it creates no run until resumed.
+    PauseSchedule {
+        /// The schedule's id ([`ScheduleRow::id`]).
+        id: i64,
+    },
+    /// Resume this paused schedule.
+    ResumeSchedule {
+        /// The schedule's id.
+        id: i64,
+    },
+    /// Delete this schedule; the runs it already created stay. The user confirmed it (a
+    /// second `x`).
+    RemoveSchedule {
+        /// The schedule's id.
+        id: i64,
+    },
 }
 
 /// Everything the dashboard shows, and where the user is in it.
@@ -324,6 +392,10 @@ pub struct DashboardState {
     pub logs: VecDeque<LogLine>,
     /// Workers on the same database, as last read.
     pub workers: Vec<WorkerInfo>,
+    /// Schedules, as last read, in the order given (by id).
+    pub schedules: Vec<ScheduleRow>,
+    /// Tasks waiting for their start time, soonest first, at most [`SCHEDULED_CAPACITY`].
+    pub scheduled: Vec<ScheduledTask>,
     /// The pane the keys act on.
     pub focus: Pane,
     /// Each pane's selection.
@@ -336,6 +408,8 @@ pub struct DashboardState {
     pub stopping: Option<String>,
     completed_this_second: u64,
     since_sample: Duration,
+    /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
+    pending_removal: Option<i64>,
 }
 
 impl DashboardState {
@@ -351,6 +425,8 @@ impl DashboardState {
             stats: StatsAccumulator::default(),
             logs: VecDeque::with_capacity(LOG_CAPACITY),
             workers: Vec::new(),
+            schedules: Vec::new(),
+            scheduled: Vec::new(),
             focus: Pane::default(),
             selection: Selection::default(),
             show_help: false,
@@ -358,6 +434,7 @@ impl DashboardState {
             stopping: None,
             completed_this_second: 0,
             since_sample: Duration::ZERO,
+            pending_removal: None,
         }
     }
 
@@ -461,6 +538,38 @@ impl DashboardState {
         self.clamp_selection();
     }
 
+    /// Replaces the list of schedules (for example `Store::schedules` of this manager).
+    /// The selection stays on the schedule it was on, if that is still listed. Names and
+    /// cadences are cleaned like log text.
+    pub fn set_schedules(&mut self, schedules: Vec<ScheduleRow>) {
+        let selected = self.selected_schedule().map(|s| s.id);
+        self.schedules = schedules
+            .into_iter()
+            .map(|s| ScheduleRow {
+                task: one_line(&s.task),
+                name: s.name.as_deref().map(one_line),
+                cadence: one_line(&s.cadence),
+                ..s
+            })
+            .collect();
+        if let Some(row) = selected.and_then(|id| self.schedules.iter().position(|s| s.id == id)) {
+            self.selection.schedules = row;
+        }
+        self.clamp_selection();
+    }
+
+    /// Replaces the tasks waiting for their start time. They are sorted soonest first and
+    /// only the first [`SCHEDULED_CAPACITY`] are kept, so passing more than that costs
+    /// nothing but the sort.
+    pub fn set_scheduled(&mut self, mut tasks: Vec<ScheduledTask>) {
+        tasks.sort_by_key(|t| t.runs_in);
+        tasks.truncate(SCHEDULED_CAPACITY);
+        for t in &mut tasks {
+            t.task = one_line(&t.task);
+        }
+        self.scheduled = tasks;
+    }
+
     /// How many thread and process slots are busy now.
     pub fn set_pool_busy(&mut self, threads_busy: usize, processes_busy: usize) {
         self.header.threads_busy = threads_busy;
@@ -468,8 +577,10 @@ impl DashboardState {
     }
 
     /// Shows a message in the footer for [`FLASH_FOR`], replacing any other; for example
-    /// the outcome of a [`Command`].
+    /// the outcome of a [`Command`]. A removal waiting for its second `x` is called off,
+    /// since its prompt is gone.
     pub fn flash(&mut self, level: Level, text: impl Into<String>) {
+        self.pending_removal = None;
         self.flash = Some(Flash {
             level,
             text: clean(&text.into()).replace('\n', " "),
@@ -479,8 +590,9 @@ impl DashboardState {
 
     /// Time passed: `dt` since the last call. Call it before each draw, with the time
     /// measured between calls (so the sum is exact). Ages uptimes, elapsed times and
-    /// heartbeats, expires the flash message, takes a throughput sample for each whole
-    /// second, and brings the statistics up to date.
+    /// heartbeats, counts down the time to schedules' next runs and waiting tasks' starts,
+    /// expires the flash message (and with it a removal waiting for its second `x`), takes
+    /// a throughput sample for each whole second, and brings the statistics up to date.
     pub fn advance(&mut self, dt: Duration) {
         self.header.uptime = self.header.uptime.saturating_add(dt);
         for task in &mut self.running {
@@ -489,10 +601,19 @@ impl DashboardState {
         for worker in &mut self.workers {
             worker.last_heartbeat_ago = worker.last_heartbeat_ago.saturating_add(dt);
         }
+        for schedule in &mut self.schedules {
+            if let Some(next) = &mut schedule.next_run_in {
+                *next = next.saturating_sub(dt);
+            }
+        }
+        for task in &mut self.scheduled {
+            task.runs_in = task.runs_in.saturating_sub(dt);
+        }
         if let Some(flash) = &mut self.flash {
             flash.remaining = flash.remaining.saturating_sub(dt);
             if flash.remaining.is_zero() {
                 self.flash = None;
+                self.pending_removal = None;
             }
         }
         self.since_sample = self.since_sample.saturating_add(dt);
@@ -513,9 +634,16 @@ impl DashboardState {
     }
 
     /// Does what a key asked: moves the focus or a selection, opens or closes the help,
-    /// or returns what the worker must do. A retry or cancel that does not apply to the
-    /// selection sets a flash message saying why instead.
+    /// or returns what the worker must do. A retry, cancel, pause or removal that does not
+    /// apply to the selection sets a flash message saying why instead.
+    ///
+    /// Removing a schedule takes two `x` in a row: the first only asks for the second (in
+    /// the flash); the second removes the schedule if it is still the one selected and the
+    /// flash is still showing. Any other action calls the removal off and clears its flash.
     pub fn apply(&mut self, action: Action) -> Option<Command> {
+        if action != Action::RemoveSelected && self.pending_removal.take().is_some() {
+            self.flash = None;
+        }
         match action {
             Action::Quit => return Some(Command::Quit),
             Action::NextPane => self.focus = self.focus.next(),
@@ -529,6 +657,8 @@ impl DashboardState {
             Action::Bottom => self.move_selection(Move::Last),
             Action::RetrySelected => return self.retry_selected(),
             Action::CancelSelected => return self.cancel_selected(),
+            Action::TogglePauseSelected => return self.toggle_pause_selected(),
+            Action::RemoveSelected => return self.remove_selected(),
         }
         None
     }
@@ -543,6 +673,11 @@ impl DashboardState {
         self.recent.get(self.selection.recent)
     }
 
+    /// The schedule under the selection, if the list is not empty.
+    pub fn selected_schedule(&self) -> Option<&ScheduleRow> {
+        self.schedules.get(self.selection.schedules)
+    }
+
     /// How many rows (lines, for the log) a pane has.
     pub fn pane_len(&self, pane: Pane) -> usize {
         match pane {
@@ -550,6 +685,7 @@ impl DashboardState {
             Pane::Recent => self.recent.len(),
             Pane::Stats => self.stats.rows().len(),
             Pane::Workers => self.workers.len(),
+            Pane::Schedules => self.schedules.len(),
             Pane::Logs => self.logs.len(),
         }
     }
@@ -573,6 +709,7 @@ impl DashboardState {
             Pane::Recent => (&mut self.selection.recent, step),
             Pane::Stats => (&mut self.selection.stats, step),
             Pane::Workers => (&mut self.selection.workers, step),
+            Pane::Schedules => (&mut self.selection.schedules, step),
             Pane::Logs => (&mut self.selection.log_back, step.reversed()),
         };
         *slot = match step {
@@ -589,6 +726,7 @@ impl DashboardState {
         s.recent = s.recent.min(self.recent.len().saturating_sub(1));
         s.stats = s.stats.min(self.stats.rows().len().saturating_sub(1));
         s.workers = s.workers.min(self.workers.len().saturating_sub(1));
+        s.schedules = s.schedules.min(self.schedules.len().saturating_sub(1));
         s.log_back = s.log_back.min(self.logs.len().saturating_sub(1));
     }
 
@@ -654,6 +792,64 @@ impl DashboardState {
             }
         }
     }
+
+    /// The selected schedule's id and how flash messages name it, if the Schedules pane
+    /// has the focus and a schedule is selected; otherwise flashes `why` and gives `None`.
+    fn focused_schedule(&mut self, why: &str) -> Option<(i64, String)> {
+        let target = self
+            .selected_schedule()
+            .filter(|_| self.focus == Pane::Schedules)
+            .map(|s| (s.id, schedule_label(s)));
+        if target.is_none() {
+            self.flash(Level::Warn, why);
+        }
+        target
+    }
+
+    fn toggle_pause_selected(&mut self) -> Option<Command> {
+        let (id, label) =
+            self.focused_schedule("p pauses or resumes a schedule: select one in Schedules")?;
+        let (paused, finished) = self
+            .selected_schedule()
+            .map_or((false, false), |s| (s.paused, s.next_run_in.is_none()));
+        if paused {
+            self.flash(Level::Info, format!("resume requested for {label}"));
+            Some(Command::ResumeSchedule { id })
+        } else if finished {
+            self.flash(
+                Level::Warn,
+                format!("{label} is finished: nothing to pause (x removes it)"),
+            );
+            None
+        } else {
+            self.flash(Level::Info, format!("pause requested for {label}"));
+            Some(Command::PauseSchedule { id })
+        }
+    }
+
+    fn remove_selected(&mut self) -> Option<Command> {
+        // Taken first: whatever this press does, it answers the pending removal.
+        let pending = self.pending_removal.take().filter(|_| self.flash.is_some());
+        let (id, label) = self.focused_schedule("x removes a schedule: select one in Schedules")?;
+        if pending == Some(id) {
+            self.flash(Level::Info, format!("removal requested for {label}"));
+            Some(Command::RemoveSchedule { id })
+        } else {
+            self.flash(Level::Warn, format!("press x again to remove {label}"));
+            self.pending_removal = Some(id);
+            None
+        }
+    }
+}
+
+/// How flash messages name a schedule: `schedule 3 (send_digest)`, with the periodic
+/// task's name if it has one, else the task's.
+fn schedule_label(s: &ScheduleRow) -> String {
+    format!(
+        "schedule {} ({})",
+        s.id,
+        s.name.as_deref().unwrap_or(&s.task)
+    )
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -780,6 +976,11 @@ impl TaskSamples {
             p95,
         }
     }
+}
+
+/// [`clean`] text on one line: newlines become spaces. For names and other short fields.
+fn one_line(text: &str) -> String {
+    clean(text).replace('\n', " ")
 }
 
 /// Text from a task made safe to draw: terminal escape sequences and control characters
@@ -1045,8 +1246,8 @@ mod tests {
             s.apply(Action::NextPane);
             seen.push(s.focus);
         }
-        assert_eq!(seen[..5], Pane::ALL);
-        assert_eq!(seen[5], Pane::Running);
+        assert_eq!(seen[..Pane::ALL.len()], Pane::ALL);
+        assert_eq!(seen[Pane::ALL.len()], Pane::Running);
         s.apply(Action::PrevPane);
         assert_eq!(s.focus, Pane::Logs);
     }
@@ -1182,6 +1383,230 @@ mod tests {
         assert_eq!(
             (a.mean, a.p95),
             (Duration::from_millis(7), Duration::from_millis(7))
+        );
+    }
+
+    fn schedule(id: i64, next_in_ms: Option<u64>, paused: bool) -> ScheduleRow {
+        ScheduleRow {
+            id,
+            task: "send_digest".into(),
+            name: None,
+            cadence: "every 1h 0m".into(),
+            runs: 2,
+            times: Some(5),
+            next_run_in: next_in_ms.map(Duration::from_millis),
+            paused,
+        }
+    }
+
+    fn waiting(id: &str, ms: u64) -> ScheduledTask {
+        ScheduledTask {
+            id: id.into(),
+            task: "resize".into(),
+            runs_in: Duration::from_millis(ms),
+        }
+    }
+
+    fn flash_text(s: &DashboardState) -> &str {
+        s.flash
+            .as_ref()
+            .map(|f| f.text.as_str())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn schedules_are_cleaned_and_keep_the_selected_one() {
+        let mut s = state();
+        s.set_schedules(vec![
+            schedule(1, Some(10), false),
+            schedule(2, Some(20), false),
+            ScheduleRow {
+                name: Some("nightly\u{1b}[1m\nrun".into()),
+                ..schedule(3, None, false)
+            },
+        ]);
+        assert_eq!(s.schedules[2].name.as_deref(), Some("nightly run"));
+        s.focus = Pane::Schedules;
+        s.apply(Action::Bottom);
+        assert_eq!(s.selected_schedule().map(|r| r.id), Some(3));
+        // Schedule 1 went; the selection follows schedule 3 up a row.
+        s.set_schedules(vec![schedule(2, Some(20), false), schedule(3, None, false)]);
+        assert_eq!(s.selection.schedules, 1);
+        assert_eq!(s.selected_schedule().map(|r| r.id), Some(3));
+        // Schedule 3 went too: the selection is clamped to what is left.
+        s.set_schedules(vec![schedule(2, Some(20), false)]);
+        assert_eq!(s.selected_schedule().map(|r| r.id), Some(2));
+        s.set_schedules(Vec::new());
+        assert_eq!(s.selection.schedules, 0);
+        assert_eq!(
+            s.apply(Action::TogglePauseSelected),
+            None,
+            "nothing selected"
+        );
+    }
+
+    #[test]
+    fn scheduled_tasks_are_sorted_and_bounded() {
+        let mut s = state();
+        let mut tasks: Vec<ScheduledTask> = (0..SCHEDULED_CAPACITY as u64 + 10)
+            .rev()
+            .map(|i| waiting(&i.to_string(), i * 100))
+            .collect();
+        tasks[0].task = "re\tsize\n".into();
+        s.set_scheduled(tasks);
+        assert_eq!(s.scheduled.len(), SCHEDULED_CAPACITY);
+        assert_eq!(s.scheduled[0].id, "0", "soonest first");
+        assert_eq!(
+            s.scheduled.last().map(|t| t.id.as_str()),
+            Some((SCHEDULED_CAPACITY - 1).to_string().as_str()),
+            "the latest are dropped"
+        );
+        s.set_scheduled(vec![
+            waiting("x", 5),
+            ScheduledTask {
+                task: "re\tsize\n".into(),
+                ..waiting("y", 1)
+            },
+        ]);
+        assert_eq!(s.scheduled[0].task, "re    size ");
+    }
+
+    #[test]
+    fn schedules_and_waiting_tasks_count_down_to_zero() {
+        let mut s = state();
+        s.set_schedules(vec![
+            schedule(1, Some(4_200), false),
+            schedule(2, None, false),
+            schedule(3, Some(500), true),
+        ]);
+        s.set_scheduled(vec![waiting("a", 200), waiting("b", 3_000)]);
+        s.advance(Duration::from_secs(1));
+        let next: Vec<Option<Duration>> = s.schedules.iter().map(|r| r.next_run_in).collect();
+        assert_eq!(
+            next,
+            [
+                Some(Duration::from_millis(3_200)),
+                None,
+                Some(Duration::ZERO)
+            ]
+        );
+        let starts: Vec<Duration> = s.scheduled.iter().map(|t| t.runs_in).collect();
+        assert_eq!(starts, [Duration::ZERO, Duration::from_secs(2)]);
+    }
+
+    #[test]
+    fn p_pauses_and_resumes_the_selected_schedule() {
+        let mut s = state();
+        s.set_schedules(vec![
+            schedule(7, Some(1_000), false),
+            schedule(8, Some(1_000), true),
+            ScheduleRow {
+                name: Some("weekly".into()),
+                ..schedule(9, None, false)
+            },
+        ]);
+        assert_eq!(
+            s.apply(Action::TogglePauseSelected),
+            None,
+            "focus is on Running"
+        );
+        assert!(flash_text(&s).contains("select one in Schedules"));
+        s.focus = Pane::Schedules;
+        assert_eq!(
+            s.apply(Action::TogglePauseSelected),
+            Some(Command::PauseSchedule { id: 7 })
+        );
+        assert_eq!(
+            flash_text(&s),
+            "pause requested for schedule 7 (send_digest)"
+        );
+        s.apply(Action::Down);
+        assert_eq!(
+            s.apply(Action::TogglePauseSelected),
+            Some(Command::ResumeSchedule { id: 8 })
+        );
+        s.apply(Action::Down);
+        assert_eq!(s.apply(Action::TogglePauseSelected), None);
+        assert_eq!(
+            flash_text(&s),
+            "schedule 9 (weekly) is finished: nothing to pause (x removes it)"
+        );
+        assert_eq!(s.flash.as_ref().map(|f| f.level), Some(Level::Warn));
+    }
+
+    #[test]
+    fn x_removes_a_schedule_only_when_pressed_twice_in_a_row() {
+        let mut s = state();
+        s.set_schedules(vec![schedule(1, Some(10), false), schedule(2, None, false)]);
+        assert_eq!(s.apply(Action::RemoveSelected), None, "focus is on Running");
+        assert!(flash_text(&s).contains("select one in Schedules"));
+        assert_eq!(s.apply(Action::RemoveSelected), None, "and still is");
+
+        s.focus = Pane::Schedules;
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+        assert_eq!(
+            flash_text(&s),
+            "press x again to remove schedule 1 (send_digest)"
+        );
+        assert_eq!(
+            s.apply(Action::RemoveSelected),
+            Some(Command::RemoveSchedule { id: 1 })
+        );
+        assert_eq!(
+            flash_text(&s),
+            "removal requested for schedule 1 (send_digest)"
+        );
+        assert_eq!(
+            s.apply(Action::RemoveSelected),
+            None,
+            "a third x starts over"
+        );
+
+        // Any other key in between calls the removal off, and clears its prompt.
+        s.apply(Action::Down);
+        assert!(s.flash.is_none());
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+        s.apply(Action::Up);
+        s.apply(Action::Down);
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+        s.apply(Action::ToggleHelp);
+        s.apply(Action::ToggleHelp);
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+
+        // So does the prompt's going: expiring, or replaced by another message.
+        s.advance(FLASH_FOR);
+        assert_eq!(s.apply(Action::RemoveSelected), None, "too late");
+        s.flash(Level::Info, "resumed schedule 1");
+        assert_eq!(s.apply(Action::RemoveSelected), None, "prompt replaced");
+        s.advance(FLASH_FOR - Duration::from_millis(1));
+        assert_eq!(
+            s.apply(Action::RemoveSelected),
+            Some(Command::RemoveSchedule { id: 2 }),
+            "just in time"
+        );
+    }
+
+    #[test]
+    fn a_second_x_removes_nothing_if_the_selected_schedule_changed() {
+        let mut s = state();
+        s.focus = Pane::Schedules;
+        s.set_schedules(vec![
+            schedule(1, Some(10), false),
+            schedule(2, Some(10), false),
+        ]);
+        s.apply(Action::Bottom);
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+        // Schedule 2 was removed elsewhere (by the CLI) before the second x: the selection
+        // falls on schedule 1, which the first x did not name.
+        s.set_schedules(vec![schedule(1, Some(10), false)]);
+        assert_eq!(s.apply(Action::RemoveSelected), None);
+        assert_eq!(
+            flash_text(&s),
+            "press x again to remove schedule 1 (send_digest)"
+        );
+        assert_eq!(
+            s.apply(Action::RemoveSelected),
+            Some(Command::RemoveSchedule { id: 1 })
         );
     }
 

@@ -3,12 +3,16 @@
 //! it).
 //!
 //! From 60x15 up, top to bottom: a two-line header; task counts by state beside a
-//! throughput sparkline; the five panes; a footer with key hints, or the flash message and
-//! the stopping notice. The panes go two by two (Running | Recent, Tasks by name |
-//! Workers, then the log) on short terminals, and one under the other, each as wide as the
-//! screen, from 30 rows up (below 160 columns). Smaller than 60x15, only the header, the
-//! counts and the focused pane are drawn (Tab still cycles). Whatever does not fit is cut,
-//! never a panic, and narrow tables drop their least useful columns first.
+//! throughput sparkline; the six panes; a footer with key hints (those of the focused
+//! pane), or the flash message and the stopping notice. The panes go two by two (Running |
+//! Recent, Tasks by name | Workers, then Schedules and the log across) on short
+//! terminals, and one under the other, each as wide as the screen, from 30 rows up (below
+//! 160 columns). Schedules is as tall as its rows within a share of the space, and a
+//! single "none" rule when there is nothing scheduled; on a wide pane the tasks waiting
+//! for their start time are listed beside the schedules, else under them. Smaller than
+//! 60x15, only the header, the counts and the focused pane are drawn (Tab still cycles).
+//! Whatever does not fit is cut, never a panic, and narrow tables drop their least useful
+//! columns first.
 //!
 //! The focused pane has a thick, coloured top rule and its selected row a `▶` and a
 //! highlight, so focus shows without colour too. Tables page rather than scroll: the
@@ -17,6 +21,7 @@
 //! points at on its bottom row.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use castor_abi::format_duration;
 
@@ -33,8 +38,8 @@ use ratatui::widgets::{
 
 use super::input::HELP;
 use super::state::{
-    DashboardState, FinishedTask, Level, LogLine, Pane, RunningTask, TaskStats, WorkerInfo,
-    short_id,
+    DashboardState, FinishedTask, Level, LogLine, Pane, RunningTask, ScheduleRow, TaskStats,
+    WorkerInfo, short_id,
 };
 
 /// Below this width or height only the header, the counts and the focused pane are shown.
@@ -46,6 +51,9 @@ const FULL_HEIGHT: u16 = 15;
 const STACK_HEIGHT: u16 = 30;
 /// From this width on, tables go two by two whatever the height.
 const SIDE_BY_SIDE_WIDTH: u16 = 160;
+/// From this height on, the focused Recent pane shows the selected attempt's error under
+/// its table.
+const RECENT_DETAIL_HEIGHT: u16 = 8;
 /// From this column width on, progress gets a bar as well as a percentage.
 const PROGRESS_BAR_WIDTH: u16 = 18;
 
@@ -90,11 +98,14 @@ fn full(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     footer(state, footer_area, buf);
 }
 
-/// Short terminals: Running beside Recent, Tasks by name beside Workers, then the log.
+/// Short terminals: Running beside Recent, Tasks by name beside Workers, Schedules as
+/// tall as its rows (up to a quarter of the space, a third when focused), then the log.
 fn side_by_side(state: &DashboardState, area: Rect, buf: &mut Buffer) {
-    let [top, mid, bottom] = Layout::vertical([
+    let share = if state.focus == Pane::Schedules { 3 } else { 4 };
+    let [top, mid, schedules_area, bottom] = Layout::vertical([
         Constraint::Fill(3),
         Constraint::Fill(2),
+        Constraint::Length(schedules_height(state, area.height / share)),
         Constraint::Fill(3),
     ])
     .areas(area);
@@ -105,12 +116,14 @@ fn side_by_side(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     pane(state, Pane::Recent, recent_area, buf);
     pane(state, Pane::Stats, stats_area, buf);
     pane(state, Pane::Workers, workers_area, buf);
+    pane(state, Pane::Schedules, schedules_area, buf);
     pane(state, Pane::Logs, bottom, buf);
 }
 
 /// Tall terminals: each table gets the whole width. Running and the Tasks by name |
-/// Workers row are as tall as their rows (up to a quarter of the space each); Recent and
-/// the log share the rest, more of it to the one with the focus.
+/// Workers row are as tall as their rows (up to a quarter of the space each); Schedules
+/// too, taking up to a third of what is left (half when focused); Recent and the log
+/// share the rest, more of it to the one with the focus.
 fn stacked(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     let quarter = area.height / 4;
     let fit = |rows: usize| -> u16 {
@@ -120,15 +133,21 @@ fn stacked(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     let running_h = fit(state.running.len());
     let pair_h = fit(state.stats.rows().len().max(state.workers.len()));
     let rest = area.height.saturating_sub(running_h + pair_h);
+    let share = if state.focus == Pane::Schedules { 2 } else { 3 };
+    let schedules_h = schedules_height(state, rest / share);
+    let rest = rest - schedules_h;
     // Recent and the log share the rest; the focused one of them gets two thirds.
     let recent_h = match state.focus {
-        Pane::Recent => rest * 2 / 3,
+        // Focused, Recent gets room for the selected attempt's error if the log keeps a
+        // rule and two lines.
+        Pane::Recent => (rest * 2 / 3).max(RECENT_DETAIL_HEIGHT.min(rest.saturating_sub(3))),
         Pane::Logs => rest / 3,
         _ => rest.div_ceil(2),
     };
     let (running_area, below) = take_top(area, running_h);
     let (recent_area, below) = take_top(below, recent_h);
-    let (pair, logs_area) = take_top(below, pair_h);
+    let (pair, below) = take_top(below, pair_h);
+    let (schedules_area, logs_area) = take_top(below, schedules_h);
     let [stats_area, workers_area] = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)])
         .spacing(1)
         .areas(pair);
@@ -136,7 +155,21 @@ fn stacked(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     pane(state, Pane::Recent, recent_area, buf);
     pane(state, Pane::Stats, stats_area, buf);
     pane(state, Pane::Workers, workers_area, buf);
+    pane(state, Pane::Schedules, schedules_area, buf);
     pane(state, Pane::Logs, logs_area, buf);
+}
+
+/// How tall the Schedules pane is, in at most `cap` rows: a title rule, a column header
+/// and a row per schedule or waiting task (the longer list of the two, as they are side
+/// by side on a full-width pane). Just the rule, which gives the count, when both lists
+/// are empty (it then says so) or `cap` has no room for a row.
+fn schedules_height(state: &DashboardState, cap: u16) -> u16 {
+    let rows = state.schedules.len().max(state.scheduled.len());
+    if rows == 0 || cap < 3 {
+        1
+    } else {
+        room_u16(rows + 2).min(cap)
+    }
 }
 
 fn compact(state: &DashboardState, area: Rect, buf: &mut Buffer) {
@@ -380,14 +413,7 @@ fn footer(state: &DashboardState, area: Rect, buf: &mut Buffer) {
         spans.push(Span::styled(flash.text.clone(), level_style(flash.level)));
     }
     if spans.is_empty() {
-        let hints = [
-            ("q", "quit"),
-            ("Tab", "pane"),
-            ("↑↓", "select"),
-            ("r", "retry"),
-            ("c", "cancel"),
-            ("?", "keys"),
-        ];
+        let hints = hints(state);
         // As many as fit, whole.
         let mut used = 0;
         for (i, (key, what)) in hints.into_iter().enumerate() {
@@ -403,6 +429,32 @@ fn footer(state: &DashboardState, area: Rect, buf: &mut Buffer) {
         }
     }
     Paragraph::new(Line::from(spans)).render(area, buf);
+}
+
+/// The footer's key hints: the keys that work everywhere, and those that act on the
+/// focused pane's selection (`p` says what it would do to the selected schedule).
+fn hints(state: &DashboardState) -> Vec<(&'static str, &'static str)> {
+    let select = if state.focus == Pane::Logs {
+        "scroll"
+    } else {
+        "select"
+    };
+    let mut hints = vec![("q", "quit"), ("Tab", "pane"), ("↑↓", select)];
+    match state.focus {
+        Pane::Running => hints.push(("c", "cancel")),
+        Pane::Recent => hints.extend([("r", "retry"), ("c", "cancel")]),
+        Pane::Schedules => {
+            let pause = if state.selected_schedule().is_some_and(|s| s.paused) {
+                "resume"
+            } else {
+                "pause"
+            };
+            hints.extend([("p", pause), ("x", "remove")]);
+        }
+        Pane::Stats | Pane::Workers | Pane::Logs => {}
+    }
+    hints.push(("?", "keys"));
+    hints
 }
 
 fn help(area: Rect, buf: &mut Buffer) {
@@ -458,6 +510,7 @@ fn pane(state: &DashboardState, which: Pane, area: Rect, buf: &mut Buffer) {
         Pane::Recent => recent(state, area, buf, focused),
         Pane::Stats => stats(state, area, buf, focused),
         Pane::Workers => workers(state, area, buf, focused),
+        Pane::Schedules => schedules(state, area, buf, focused),
         Pane::Logs => logs(state, area, buf, focused),
     }
 }
@@ -469,11 +522,7 @@ fn placeholder(text: &str, area: Rect, buf: &mut Buffer) {
 
 /// A pane's frame: a top rule carrying the title, thick and coloured when focused.
 fn rule(title: Line<'_>, focused: bool) -> Block<'_> {
-    let (set, style) = if focused {
-        (border::THICK, Style::new().fg(FOCUS).bold())
-    } else {
-        (border::PLAIN, DIM)
-    };
+    let (style, set) = rule_styles(focused);
     Block::new()
         .borders(Borders::TOP)
         .border_set(set)
@@ -492,6 +541,15 @@ fn pane_title(which: Pane, detail: String, focused: bool) -> Line<'static> {
         Span::styled(which.title(), name_style),
         Span::styled(format!(" {detail} "), LABEL),
     ])
+}
+
+/// A pane rule's style and line set: thick and coloured when focused, else plain and dim.
+fn rule_styles(focused: bool) -> (Style, border::Set<'static>) {
+    if focused {
+        (Style::new().fg(FOCUS).bold(), border::THICK)
+    } else {
+        (DIM, border::PLAIN)
+    }
 }
 
 /// "3" or "12/200": the row count, and the selected row when focused.
@@ -607,15 +665,14 @@ where
     let block = rule(title, focused);
     let inner = block.inner(area);
     block.render(area, buf);
-    if view.len == 0 {
-        placeholder(view.empty, inner, buf);
-        return;
-    }
     let (table_area, _) = take_top(inner, inner.height.saturating_sub(detail));
-    let widths = fit_columns(view.cols, table_area.width);
-    let shown: Vec<usize> = (0..view.cols.len()).filter(|&i| widths[i] > 0).collect();
-    let header = Row::new(shown.iter().map(|&i| {
-        let c = view.cols[i];
+    table_rows(table_area, buf, focused, &view);
+}
+
+/// The column titles of the columns `shown`, aligned as their cells are.
+fn header_row(cols: &[Col], shown: &[usize]) -> Row<'static> {
+    Row::new(shown.iter().map(|&i| {
+        let c = cols[i];
         let text = if c.right {
             Line::from(c.title).right_aligned()
         } else {
@@ -623,7 +680,22 @@ where
         };
         Cell::from(text)
     }))
-    .style(LABEL);
+    .style(LABEL)
+}
+
+/// A table's column header and the page of rows holding the selection (highlighted when
+/// `focused`), or the view's `empty` line: a table pane without its rule.
+fn table_rows<F>(table_area: Rect, buf: &mut Buffer, focused: bool, view: &TableView<'_, F>)
+where
+    F: Fn(usize, &[u16]) -> Vec<Cell<'static>>,
+{
+    if view.len == 0 {
+        placeholder(view.empty, table_area, buf);
+        return;
+    }
+    let widths = fit_columns(view.cols, table_area.width);
+    let shown: Vec<usize> = (0..view.cols.len()).filter(|&i| widths[i] > 0).collect();
+    let header = header_row(view.cols, &shown);
     let page = usize::from(table_area.height.saturating_sub(1)).max(1);
     let selected = view.selected.min(view.len - 1);
     let start = selected / page * page;
@@ -758,7 +830,7 @@ fn recent(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
     let selected_error = state
         .selected_recent()
         .and_then(|t| t.error.as_deref())
-        .filter(|_| focused && area.height >= 8);
+        .filter(|_| focused && area.height >= RECENT_DETAIL_HEIGHT);
     let detail = selected_error.map_or(0, |_| (area.height / 3).clamp(3, 6));
     let view = TableView {
         which: Pane::Recent,
@@ -909,6 +981,208 @@ fn worker_cells(w: &WorkerInfo, this: bool, widths: &[u16]) -> Vec<Cell<'static>
         Cell::from(Line::from(Span::styled(thousands(w.failed), failed_style)).right_aligned()),
         Cell::from(Span::styled(status, style)),
     ]
+}
+
+const SCHEDULE_COLS: [Col; 5] = [
+    right("id", 4, 6),
+    grow("task", 10, 3, 9),
+    grow("cadence", 10, 2, 7),
+    right("runs", 6, 5),
+    right("next run", 10, 8),
+];
+
+const WAITING_COLS: [Col; 3] = [
+    grow("task", 10, 1, 9),
+    col("id", 8, 5),
+    right("starts", 10, 8),
+];
+
+/// From this inner width on, the waiting tasks go beside the schedules rather than under
+/// them: the schedules' columns and the waiting tasks' names and start times fit whole,
+/// with the separator and the gap.
+const WAITING_BESIDE_WIDTH: u16 = 70;
+
+/// Schedules, and beside them (on a wide pane) or under them the tasks waiting for their
+/// start time. Only the schedules take a selection; the waiting tasks are for looking at.
+fn schedules(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
+    let len = state.schedules.len();
+    let empty = len == 0 && state.scheduled.is_empty();
+    // Empty, the pane is just its rule (see `schedules_height`), so the title says it.
+    let detail = if empty && area.height == 1 {
+        "none".to_owned()
+    } else {
+        position(len, state.selection.schedules, focused)
+    };
+    let block = rule(pane_title(Pane::Schedules, detail, focused), focused);
+    let inner = block.inner(area);
+    block.render(area, buf);
+    if empty {
+        placeholder("no schedules", inner, buf);
+        return;
+    }
+    let view = TableView {
+        which: Pane::Schedules,
+        cols: &SCHEDULE_COLS,
+        len,
+        selected: state.selection.schedules,
+        empty: "no schedules",
+        cells: |i: usize, widths: &[u16]| {
+            state
+                .schedules
+                .get(i)
+                .map(|s| schedule_cells(s, widths))
+                .unwrap_or_default()
+        },
+    };
+    let waiting_title = Line::from(Span::styled(
+        format!(" waiting to start {} ", state.scheduled.len()),
+        LABEL,
+    ));
+    if inner.width >= WAITING_BESIDE_WIDTH {
+        // The waiting tasks' ids come and go with the width: 24 cells hold the names and
+        // start times, 32 the ids too.
+        let waiting_width = (inner.width * 3 / 10).clamp(24, 48);
+        let [left, right] =
+            Layout::horizontal([Constraint::Fill(1), Constraint::Length(waiting_width)])
+                .spacing(1)
+                .areas(inner);
+        table_rows(left, buf, focused, &view);
+        // The waiting list's title sits on the pane's rule, over a separator joined to it.
+        let junction = if focused { "┯" } else { "┬" };
+        let (rule_style, _) = rule_styles(focused);
+        buf.set_string(right.x, area.y, junction, rule_style);
+        let title_area = Rect {
+            x: right.x + 1,
+            y: area.y,
+            width: right.width.saturating_sub(1),
+            height: 1,
+        };
+        Paragraph::new(waiting_title).render(title_area, buf);
+        let separator = Block::new().borders(Borders::LEFT).border_style(DIM);
+        let list_area = separator.inner(right);
+        separator.render(right, buf);
+        waiting(state, list_area, buf);
+        return;
+    }
+    // Narrow: the waiting tasks under the schedules, if there are any and there is room
+    // for a title, a column header and one of them; the schedules come first.
+    let schedules_need = room_u16(len.max(1) + 1);
+    let waiting_need = room_u16(state.scheduled.len() + 2);
+    let mut schedules_h = inner
+        .height
+        .saturating_sub(waiting_need)
+        .max(inner.height / 2)
+        .min(schedules_need);
+    if state.scheduled.is_empty() || inner.height - schedules_h < 3 {
+        schedules_h = inner.height;
+    }
+    let (schedules_area, below) = take_top(inner, schedules_h);
+    table_rows(schedules_area, buf, focused, &view);
+    if !below.is_empty() {
+        let sub = Block::new()
+            .borders(Borders::TOP)
+            .border_set(border::PLAIN)
+            .border_style(DIM)
+            .title(waiting_title);
+        let list_area = sub.inner(below);
+        sub.render(below, buf);
+        waiting(state, list_area, buf);
+    }
+}
+
+fn schedule_cells(s: &ScheduleRow, widths: &[u16]) -> Vec<Cell<'static>> {
+    let runs = match s.times {
+        Some(times) => format!("{}/{times}", s.runs),
+        None => s.runs.to_string(),
+    };
+    let (next, next_style) = match s.next_run_in {
+        _ if s.paused => ("paused".to_owned(), Style::new().fg(Color::Yellow)),
+        None => ("finished".to_owned(), DIM),
+        Some(in_) => (starts_in(in_), Style::new()),
+    };
+    vec![
+        Cell::from(Line::from(Span::styled(s.id.to_string(), LABEL)).right_aligned()),
+        Cell::from(task_and_name(&s.task, s.name.as_deref(), widths[1])),
+        Cell::from(fit(&s.cadence, widths[2])),
+        Cell::from(Line::from(runs).right_aligned()),
+        Cell::from(Line::from(Span::styled(next, next_style)).right_aligned()),
+    ]
+}
+
+/// `send_digest (weekly_digest)`: the task, then the periodic task's name if it has one
+/// other than the task's, dimmed; cut to `width` as a whole.
+fn task_and_name(task: &str, name: Option<&str>, width: u16) -> Line<'static> {
+    let Some(name) = name.filter(|n| *n != task) else {
+        return Line::from(fit(task, width));
+    };
+    let whole = fit(&format!("{task} ({name})"), width);
+    let split = whole
+        .char_indices()
+        .nth(task.chars().count())
+        .map_or(whole.len(), |(i, _)| i);
+    let (first, rest) = whole.split_at(split);
+    Line::from(vec![
+        Span::raw(first.to_owned()),
+        Span::styled(rest.to_owned(), DIM),
+    ])
+}
+
+/// The tasks waiting for their start time, soonest first, as many as fit; when some do
+/// not, the last row says how many.
+fn waiting(state: &DashboardState, area: Rect, buf: &mut Buffer) {
+    let tasks = &state.scheduled;
+    if tasks.is_empty() {
+        placeholder("no task waiting", area, buf);
+        return;
+    }
+    let widths = fit_columns(&WAITING_COLS, area.width);
+    let shown: Vec<usize> = (0..WAITING_COLS.len()).filter(|&i| widths[i] > 0).collect();
+    let room = usize::from(area.height.saturating_sub(1));
+    let (listed, more) = if tasks.len() > room && room > 1 {
+        let listed = room.saturating_sub(1);
+        (listed, tasks.len() - listed)
+    } else {
+        (tasks.len(), 0)
+    };
+    let mut rows: Vec<Row> = tasks
+        .iter()
+        .take(listed)
+        .map(|t| {
+            let mut cells = [
+                Cell::from(fit(&t.task, widths[0])),
+                Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+                Cell::from(Line::from(starts_in(t.runs_in)).right_aligned()),
+            ];
+            Row::new(
+                shown
+                    .iter()
+                    .filter_map(|&i| cells.get_mut(i).map(std::mem::take)),
+            )
+        })
+        .collect();
+    if more > 0 {
+        rows.push(Row::new([Cell::from(Span::styled(
+            format!("… {more} more"),
+            DIM,
+        ))]));
+    }
+    let constraints = shown.iter().map(|&i| Constraint::Length(widths[i]));
+    // The same blank first column as the schedules' selection bar, so the two line up.
+    let table = Table::new(rows, constraints)
+        .header(header_row(&WAITING_COLS, &shown))
+        .column_spacing(1)
+        .highlight_symbol(" ")
+        .highlight_spacing(HighlightSpacing::Always);
+    StatefulWidget::render(table, area, buf, &mut TableState::default());
+}
+
+/// `in 4.2s`, or `due` once the time has come.
+fn starts_in(d: Duration) -> String {
+    if d.is_zero() {
+        "due".to_owned()
+    } else {
+        format!("in {}", format_duration(d))
+    }
 }
 
 /// The log, wrapped to the pane's width. Following (`log_back` 0), the newest line is at
@@ -1170,6 +1444,28 @@ mod tests {
         assert_eq!(wrap("abcdefghij", 4), ["abcd", "efgh", "ij"]);
         assert_eq!(wrap("", 4), [""]);
         assert_eq!(wrap("abc", 0), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn schedule_cells_read_naturally() {
+        assert_eq!(starts_in(Duration::ZERO), "due");
+        assert_eq!(starts_in(Duration::from_millis(4_200)), "in 4.2s");
+        let text =
+            |line: Line| -> String { line.spans.iter().map(|s| s.content.as_ref()).collect() };
+        assert_eq!(text(task_and_name("digest", None, 20)), "digest");
+        assert_eq!(
+            text(task_and_name("digest", Some("digest"), 20)),
+            "digest",
+            "a name like the task's is not repeated"
+        );
+        let line = task_and_name("digest", Some("weekly"), 20);
+        assert_eq!(text(line.clone()), "digest (weekly)");
+        assert_eq!(line.spans[0].content, "digest");
+        assert_eq!(
+            text(task_and_name("digest", Some("weekly"), 10)),
+            "digest (w…"
+        );
+        assert_eq!(text(task_and_name("digest", Some("weekly"), 4)), "dig…");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use ratatui::backend::TestBackend;
 
 use super::render;
 use super::state::{
-    DashboardState, FinishedTask, Header, Level, LogLine, Pane, Progress, RunningTask, WorkerInfo,
+    DashboardState, FinishedTask, Header, Level, LogLine, Pane, Progress, RunningTask, ScheduleRow,
+    ScheduledTask, WorkerInfo,
 };
 
 const THIS_WORKER: &str = "0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f";
@@ -242,6 +243,93 @@ fn busy() -> DashboardState {
     s
 }
 
+fn schedule(
+    id: i64,
+    task: &str,
+    name: Option<&str>,
+    cadence: &str,
+    runs: u32,
+    times: Option<u32>,
+    next_in_ms: Option<u64>,
+) -> ScheduleRow {
+    ScheduleRow {
+        id,
+        task: task.into(),
+        name: name.map(str::to_owned),
+        cadence: cadence.into(),
+        runs,
+        times,
+        next_run_in: next_in_ms.map(Duration::from_millis),
+        paused: false,
+    }
+}
+
+fn waiting(n: u64, task: &str, ms: u64) -> ScheduledTask {
+    ScheduledTask {
+        id: id(n),
+        task: task.into(),
+        runs_in: Duration::from_millis(ms),
+    }
+}
+
+/// [`busy`], with schedules of every kind (interval, cron, a periodic task's, paused,
+/// finished, due) and tasks waiting for their start time.
+fn scheduling() -> DashboardState {
+    let mut s = busy();
+    s.set_schedules(vec![
+        schedule(
+            1,
+            "send_digest",
+            Some("weekly_digest"),
+            "cron 0 9 * * 1",
+            12,
+            None,
+            Some(7_500_000),
+        ),
+        schedule(
+            2,
+            "cleanup_tmp",
+            Some("cleanup_tmp"),
+            "every 30.0s",
+            124,
+            None,
+            Some(4_200),
+        ),
+        ScheduleRow {
+            paused: true,
+            ..schedule(
+                4,
+                "import_csv",
+                None,
+                "every 5m 0s",
+                3,
+                Some(10),
+                Some(80_000),
+            )
+        },
+        schedule(7, "send_email", None, "every 1.0s", 5, Some(5), None),
+        schedule(
+            12,
+            "generate_quarterly_report",
+            None,
+            "cron 0 0 1 */3 *",
+            0,
+            Some(4),
+            Some(0),
+        ),
+    ]);
+    s.set_scheduled(vec![
+        waiting(300, "send_email", 4_200),
+        waiting(301, "resize_image", 200),
+        waiting(302, "import_csv", 65_000),
+        waiting(303, "generate_quarterly_report", 7_500_000),
+        waiting(304, "send_email", 9_000),
+        waiting(305, "cleanup_tmp", 30_000),
+    ]);
+    s.advance(Duration::ZERO);
+    s
+}
+
 /// Discarded tasks with long, multi-line errors, panics in the log, a stop under way;
 /// Recent is focused on a discarded task, so its whole error shows.
 fn failures() -> DashboardState {
@@ -360,10 +448,31 @@ fn scrolled_log_and_selection_100x30() {
 }
 
 #[test]
+fn schedules_120x40() {
+    check("schedules_120x40", &scheduling(), 120, 40);
+}
+
+#[test]
+fn schedules_focused_80x24() {
+    let mut s = scheduling();
+    s.focus = Pane::Schedules;
+    s.selection.schedules = 2;
+    check("schedules_focused_80x24", &s, 80, 24);
+}
+
+#[test]
+fn narrow_50x12_schedules() {
+    let mut s = scheduling();
+    s.focus = Pane::Schedules;
+    check("narrow_50x12_schedules", &s, 50, 12);
+}
+
+#[test]
 fn any_size_renders_without_panicking() {
-    let mut states = [empty(), busy(), failures()];
+    let mut states = [empty(), busy(), failures(), scheduling()];
     states[1].show_help = true;
     states[2].selection.log_back = 3;
+    states[3].selection.schedules = 4;
     let widths = [
         0, 1, 2, 5, 10, 20, 30, 49, 50, 59, 60, 61, 79, 80, 100, 120, 159, 160, 250,
     ];
@@ -372,7 +481,7 @@ fn any_size_renders_without_panicking() {
     // debug build.
     for (i, width) in widths.into_iter().enumerate() {
         for (j, height) in heights.into_iter().enumerate() {
-            let state = &mut states[(i + j) % 3];
+            let state = &mut states[(i + j) % 4];
             state.focus = Pane::ALL[(i * 2 + j) % Pane::ALL.len()];
             draw(state, width, height);
         }
@@ -393,4 +502,37 @@ fn the_focused_pane_and_row_are_marked_without_colour() {
         screen.lines().any(|l| l.contains("Running 3/5 ━")),
         "{screen}"
     );
+}
+
+#[test]
+fn the_schedules_pane_renders_at_any_size_focused_or_not() {
+    let mut s = scheduling();
+    s.selection.schedules = 3;
+    for width in [0, 1, 20, 40, 59, 60, 69, 70, 71, 80, 100, 160, 250] {
+        for height in [0, 1, 2, 5, 9, 10, 14, 15, 16, 20, 24, 29, 30, 60] {
+            for focus in [Pane::Schedules, Pane::Recent] {
+                s.focus = focus;
+                draw(&s, width, height);
+            }
+        }
+    }
+}
+
+#[test]
+fn waiting_tasks_show_without_schedules() {
+    let mut s = busy();
+    s.set_scheduled(vec![
+        waiting(1, "resize_image", 200),
+        waiting(2, "send_email", 4_200),
+    ]);
+    let terminal = draw(&s, 100, 30);
+    let screen = terminal.backend().to_string();
+    let lines: Vec<&str> = screen.lines().collect();
+    let Some(top) = lines.iter().position(|l| l.contains("Schedules 0")) else {
+        panic!("no Schedules pane: {screen}");
+    };
+    assert!(lines[top].contains("waiting to start 2"), "{screen}");
+    assert!(lines[top + 1].contains("no schedules"), "{screen}");
+    assert!(lines[top + 2].contains("resize_image"), "{screen}");
+    assert!(lines[top + 3].contains("in 4.2s"), "{screen}");
 }
