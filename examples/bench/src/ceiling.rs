@@ -8,7 +8,7 @@ use std::time::Instant;
 use rusqlite::{Connection, params};
 
 use crate::table::Report;
-use crate::{Options, measure};
+use crate::{Options, Row, measure, measure_group};
 
 /// The ceilings measured in this run (medians).
 #[derive(Debug, Clone, Copy, Default)]
@@ -22,10 +22,14 @@ pub struct Ceilings {
     pub cycle: f64,
     /// Median latency of one single-row commit, in milliseconds.
     pub commit_ms: f64,
-    /// The same with synchronous=FULL.
+    /// The same cycle with synchronous=FULL.
     pub cycle_durable: f64,
+    /// Median latency of one single-row commit with synchronous=FULL, in milliseconds.
+    pub commit_ms_durable: f64,
 }
 
+/// A fresh database (old files removed) in WAL mode with Castor's `synchronous` setting,
+/// holding a minimal queue table with a partial index on ready rows.
 fn open(path: &Path, durable: bool) -> Result<Connection, String> {
     let _ = std::fs::remove_file(path);
     let _ = std::fs::remove_file(path.with_extension("db-wal"));
@@ -41,8 +45,9 @@ fn open(path: &Path, durable: bool) -> Result<Connection, String> {
     Ok(conn)
 }
 
-fn commits(path: &Path, n: usize) -> Result<(f64, f64), String> {
-    let conn = open(path, false)?;
+/// Single-row INSERT transactions: the rate, and the median latency in milliseconds.
+fn commits(path: &Path, n: usize, durable: bool) -> Result<(f64, f64), String> {
+    let conn = open(path, durable)?;
     let mut latencies = Vec::with_capacity(n);
     let start = Instant::now();
     for _ in 0..n {
@@ -56,6 +61,7 @@ fn commits(path: &Path, n: usize) -> Result<(f64, f64), String> {
     Ok((rate, crate::table::median(&latencies)))
 }
 
+/// Rows per second, inserted 100 to a transaction with a cached statement.
 fn batched(path: &Path, n: usize) -> Result<f64, String> {
     let mut conn = open(path, false)?;
     let start = Instant::now();
@@ -74,6 +80,8 @@ fn batched(path: &Path, n: usize) -> Result<f64, String> {
     Ok((n / 100 * 100) as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Tasks per second through the simplest queue: insert a row, claim the oldest ready
+/// one, complete it; each step its own transaction.
 fn cycle(path: &Path, n: usize, durable: bool) -> Result<f64, String> {
     let conn = open(path, durable)?;
     let start = Instant::now();
@@ -101,52 +109,69 @@ fn cycle(path: &Path, n: usize, durable: bool) -> Result<f64, String> {
 pub fn measure_all(options: &Options, report: &mut Report) -> Result<Ceilings, String> {
     let path = options.scratch.join("raw.db");
     let mut ceilings = Ceilings::default();
-    let mut latency = Vec::new();
-    measure(
+    let n = options.size(20_000);
+    measure_group(
         report,
         options,
-        "raw SQLite: single-row commits",
-        "/s",
-        None,
+        &[
+            Row::new("raw_commits", "raw SQLite: single-row commits", "/s"),
+            Row::new(
+                "raw_commit_latency",
+                "raw SQLite: single-row commit latency",
+                "ms",
+            ),
+        ],
         |_| {
-            let (rate, ms) = commits(&path, options.size(20_000))?;
-            latency.push(ms);
-            Ok(rate)
+            let (rate, ms) = commits(&path, n, false)?;
+            Ok(vec![rate, ms])
         },
     )?;
-    ceilings.commits = last_median(report);
-    latency.sort_by(f64::total_cmp);
-    ceilings.commit_ms = crate::table::median(&latency);
+    ceilings.commits = median_of(report, "raw_commits");
+    ceilings.commit_ms = median_of(report, "raw_commit_latency");
     measure(
         report,
         options,
-        "raw SQLite: rows in 100-row batches",
-        "/s",
-        None,
+        Row::new("raw_batched", "raw SQLite: rows in 100-row batches", "/s"),
         |_| batched(&path, options.size(500_000)),
     )?;
-    ceilings.batched_rows = last_median(report);
+    ceilings.batched_rows = median_of(report, "raw_batched");
     measure(
         report,
         options,
-        "raw SQLite: enqueue+claim+complete, unbatched",
-        "/s",
-        None,
+        Row::new(
+            "raw_cycle",
+            "raw SQLite: enqueue+claim+complete, unbatched",
+            "/s",
+        ),
         |_| cycle(&path, options.size(10_000), false),
     )?;
-    ceilings.cycle = last_median(report);
+    ceilings.cycle = median_of(report, "raw_cycle");
     measure(
         report,
         options,
-        "raw SQLite: same cycle, synchronous=FULL",
-        "/s",
-        None,
+        Row::new(
+            "raw_cycle_durable",
+            "raw SQLite: the same cycle, synchronous=FULL",
+            "/s",
+        ),
         |_| cycle(&path, options.size(2_000), true),
     )?;
-    ceilings.cycle_durable = last_median(report);
+    ceilings.cycle_durable = median_of(report, "raw_cycle_durable");
+    measure(
+        report,
+        options,
+        Row::new(
+            "raw_commit_latency_durable",
+            "raw SQLite: commit latency, synchronous=FULL",
+            "ms",
+        ),
+        |_| commits(&path, options.size(2_000), true).map(|(_, ms)| ms),
+    )?;
+    ceilings.commit_ms_durable = median_of(report, "raw_commit_latency_durable");
     Ok(ceilings)
 }
 
-fn last_median(report: &Report) -> f64 {
-    report.results.last().map_or(f64::NAN, |m| m.median)
+/// The median of the measurement `id` (NaN if it did not run).
+fn median_of(report: &Report, id: &str) -> f64 {
+    report.get(id).map_or(f64::NAN, |m| m.median)
 }

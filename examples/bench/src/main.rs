@@ -1,14 +1,21 @@
 //! `castor-bench`: measures Castor against SQLite's own ceiling on this machine, in one
 //! run, on one file system. Run it with `cargo run --release -p castor-bench`; it builds
 //! the `castor` worker it drives, runs every scenario several times, prints a table
-//! (median, min-max, ratio to the raw-SQLite figure it relates to) and writes the results
-//! as JSON for later comparison.
+//! (median, min-max, ratio to the raw-SQLite figure it relates to), checks the issue's
+//! targets and writes everything as JSON for later comparison.
+//!
+//! Scenarios: the raw-SQLite ceilings (`ceiling`), dispatch, drain, end to end, round
+//! trip, process mode and idle cost (`scenarios`), the same with `--durable`, a large
+//! backlog (`backlog`), and several workers or apps on one file (`several`).
 //!
 //! Timing goals live here, never in tests: a busy machine makes this slower, not red.
 
+mod backlog;
 mod ceiling;
 mod scenarios;
+mod several;
 mod table;
+mod targets;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +30,7 @@ pub struct Options {
     pub runs: usize,
     /// Smaller sizes, one run: a smoke test of the benchmark itself.
     pub quick: bool,
-    /// Only scenarios whose name contains one of these.
+    /// Only scenarios whose id or printed name contains one of these.
     pub only: Vec<String>,
     /// Where the JSON goes.
     pub json: PathBuf,
@@ -33,6 +40,10 @@ pub struct Options {
     pub castor: PathBuf,
     /// The benchmark's task library.
     pub library: PathBuf,
+    /// This program, re-executed as an app in its hidden modes. Not
+    /// `std::env::current_exe()`: the build at start-up may replace the file this process
+    /// runs from, and `/proc/self/exe` then names the deleted one.
+    pub bench: PathBuf,
 }
 
 impl Options {
@@ -41,15 +52,25 @@ impl Options {
         if self.quick { (full / 10).max(1) } else { full }
     }
 
-    pub fn wants(&self, scenario: &str) -> bool {
-        self.only.is_empty() || self.only.iter().any(|o| scenario.contains(o.as_str()))
+    /// Whether `--only` selects a scenario: one of its words is part of the scenario's
+    /// id or its printed name.
+    pub fn wants(&self, id: &str, name: &str) -> bool {
+        self.only.is_empty()
+            || self
+                .only
+                .iter()
+                .any(|o| id.contains(o.as_str()) || name.contains(o.as_str()))
     }
 }
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("idle-join") {
-        return scenarios::idle_join_child(&args[1..]);
+    // Hidden modes: this program re-executed as a separate app process.
+    match args.first().map(String::as_str) {
+        Some("idle-join") => return scenarios::idle_join_child(&args[1..]),
+        Some("dispatch") => return several::dispatch_child(&args[1..]),
+        Some("fill") => return backlog::fill_child(&args[1..]),
+        _ => {}
     }
     match parse(&args).and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
@@ -60,7 +81,17 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [--json PATH]";
+const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [--json PATH]
+
+  --quick        one run of each scenario at smaller sizes (a smoke test, under a minute)
+  --runs N       runs per scenario (default 3)
+  --only A,B     only scenarios whose id or name contains A or B (the raw-SQLite
+                 ceilings always run); ids: batch, drain, e2e, roundtrip, process,
+                 thread_noop, idle_worker, idle_join, durable, backlog, workers, apps
+  --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
+
+  castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile
+                           a worker on by hand)";
 
 fn parse(args: &[String]) -> Result<Options, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find myself: {e}"))?;
@@ -74,6 +105,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scratch: target_dir.join("castor-bench").join("scratch"),
         castor: bin_dir.join("castor"),
         library: bin_dir.join("libcastor_bench.so"),
+        bench: bin_dir.join("castor-bench"),
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -89,6 +121,9 @@ fn parse(args: &[String]) -> Result<Options, String> {
             }
             "--runs" => {
                 options.runs = value()?.parse().map_err(|e| format!("--runs: {e}"))?;
+                if options.runs == 0 {
+                    return Err(format!("--runs must be at least 1\n{USAGE}"));
+                }
             }
             "--only" => options.only = value()?.split(',').map(str::to_owned).collect(),
             "--json" => options.json = PathBuf::from(value()?),
@@ -137,13 +172,17 @@ fn run(options: Options) -> Result<(), String> {
     build_castor(&options)?;
     std::fs::create_dir_all(&options.scratch)
         .map_err(|e| format!("cannot create {}: {e}", options.scratch.display()))?;
-    let mut report = Report::new(machine());
+    let mut report = Report::new(machine(), options.runs, options.quick);
     println!("{}", report.header());
-    let ceiling = ceiling::measure_all(&options, &mut report)?;
-    scenarios::run_all(&options, &ceiling, &mut report)?;
+    let ceilings = ceiling::measure_all(&options, &mut report)?;
+    scenarios::run_all(&options, &ceilings, &mut report)?;
+    backlog::run(&options, &ceilings, &mut report)?;
+    several::run(&options, &ceilings, &mut report)?;
+    report.targets = targets::evaluate(&report);
     report.write_json(&options.json)?;
     println!("\n{}", report.table());
-    println!("results written to {}", options.json.display());
+    println!("\n{}", targets::summary(&report.targets));
+    println!("\nresults written to {}", options.json.display());
     Ok(())
 }
 
@@ -162,25 +201,97 @@ fn machine() -> String {
     format!("{cores} cores, {model}")
 }
 
-/// Runs `f` `runs` times and records the values under `name`.
+/// One row a scenario produces.
+#[derive(Debug, Clone)]
+pub struct Row<'a> {
+    /// The stable id (see [`Measurement::id`]).
+    pub id: &'a str,
+    /// The printed name; keep it within 52 characters so the streamed rows line up.
+    pub name: String,
+    pub unit: &'a str,
+    /// The raw-SQLite figure it is read against: a short name and its median.
+    pub ceiling: Option<(&'a str, f64)>,
+}
+
+impl<'a> Row<'a> {
+    /// A row without a ceiling.
+    pub fn new(id: &'a str, name: impl Into<String>, unit: &'a str) -> Row<'a> {
+        Row {
+            id,
+            name: name.into(),
+            unit,
+            ceiling: None,
+        }
+    }
+
+    /// The same row read against a raw-SQLite figure.
+    pub fn vs(mut self, ceiling: &'a str, value: f64) -> Row<'a> {
+        self.ceiling = Some((ceiling, value));
+        self
+    }
+}
+
+/// Runs `f` `runs` times and records the values under one row.
 pub fn measure(
     report: &mut Report,
     options: &Options,
-    name: &str,
-    unit: &str,
-    ceiling: Option<(&str, f64)>,
+    row: Row<'_>,
     mut f: impl FnMut(usize) -> Result<f64, String>,
 ) -> Result<(), String> {
-    // The raw-SQLite ceilings always run: every other figure is read against them.
-    if !name.starts_with("raw SQLite") && !options.wants(name) {
+    measure_group(report, options, std::slice::from_ref(&row), |run| {
+        f(run).map(|v| vec![v])
+    })
+}
+
+/// Runs `f` `runs` times; each run returns one value per row, in the order of `rows`
+/// (for figures that come out of the same run: p50 and p99, or a rate and a ratio).
+/// Skipped unless `--only` selects one of the rows; the raw-SQLite ceilings always run,
+/// since every other figure is read against them.
+pub fn measure_group(
+    report: &mut Report,
+    options: &Options,
+    rows: &[Row<'_>],
+    mut f: impl FnMut(usize) -> Result<Vec<f64>, String>,
+) -> Result<(), String> {
+    let wanted = rows
+        .iter()
+        .any(|r| r.id.starts_with("raw_") || options.wants(r.id, &r.name));
+    if !wanted {
         return Ok(());
     }
-    let mut values = Vec::with_capacity(options.runs);
+    let mut values = vec![Vec::with_capacity(options.runs); rows.len()];
     for run in 0..options.runs {
-        values.push(f(run)?);
+        let got = f(run).map_err(|e| format!("{}: {e}", rows[0].name))?;
+        if got.len() != rows.len() {
+            return Err(format!(
+                "{}: {} values for {} rows",
+                rows[0].name,
+                got.len(),
+                rows.len()
+            ));
+        }
+        for (column, value) in values.iter_mut().zip(got) {
+            column.push(value);
+        }
     }
-    let m = Measurement::new(name, unit, values, ceiling);
-    println!("{}", m.line());
-    report.push(m);
+    for (row, values) in rows.iter().zip(values) {
+        report.push(Measurement::new(
+            row.id,
+            &row.name,
+            row.unit,
+            values,
+            row.ceiling,
+        ));
+    }
     Ok(())
+}
+
+/// A task count for scenario names: `1M`, `50k`, or the plain number.
+pub fn count(n: usize) -> String {
+    match n {
+        n if n < 1_000 => n.to_string(),
+        n if n.is_multiple_of(1_000_000) => format!("{}M", n / 1_000_000),
+        n if n.is_multiple_of(1_000) => format!("{}k", n / 1_000),
+        n => table::human(n as f64),
+    }
 }

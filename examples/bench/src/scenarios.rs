@@ -1,5 +1,7 @@
-//! The scenarios: each one a real `castor` worker and a real app (this process) on a
-//! fresh database in the scratch directory.
+//! The core scenarios, each one a real `castor` worker and a real app (this process, or
+//! this program re-executed) on a fresh database in the scratch directory: dispatch,
+//! drain, end to end and round trip (with the default durability and with `--durable`),
+//! process mode, and the idle cost of a worker and of a waiting `join`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -12,29 +14,50 @@ use castor_bench::{bench, noop};
 use crate::ceiling::Ceilings;
 use crate::table::{Report, percentile};
 use crate::worker::Worker;
-use crate::{Options, measure};
+use crate::{Options, Row, count, measure, measure_group};
+
+/// The longest any drain may take before the scenario fails.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A fresh database path (old files removed).
-fn fresh(options: &Options, name: &str, run: usize) -> PathBuf {
+pub fn fresh(options: &Options, name: &str, run: usize) -> PathBuf {
     let path = options.scratch.join(format!("{name}-{run}.db"));
+    remove_db(&path);
+    path
+}
+
+/// Removes a database and its `-wal` and `-shm` files, if they exist.
+pub fn remove_db(path: &Path) {
     for suffix in ["", "-wal", "-shm"] {
         let mut p = path.as_os_str().to_owned();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
-    path
 }
 
-fn client(db: &Path) -> Result<Client, String> {
-    bench().with_database(db).open().map_err(|e| e.to_string())
+/// The bench manager opened on `db`, with `synchronous=FULL` if `durable`.
+pub fn client(db: &Path, durable: bool) -> Result<Client, String> {
+    bench()
+        .with_database(db)
+        .durable(durable)
+        .open()
+        .map_err(|e| format!("cannot open {}: {e}", db.display()))
 }
 
-fn err(e: impl std::fmt::Display) -> String {
+/// Error to string, for `map_err`.
+pub fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// The worker options for a durability setting.
+pub fn durability(durable: bool) -> &'static [&'static str] {
+    if durable { &["--durable"] } else { &[] }
+}
+
 /// Waits until no task of the bench manager is unfinished, waking on each commit.
-fn wait_drained(db: &Path, timeout: Duration) -> Result<(), String> {
+/// (Counts the unfinished tasks on each wake-up: fine for tens of thousands, too slow
+/// for a large backlog, which waits on the last task's handle instead.)
+pub fn wait_drained(db: &Path, timeout: Duration) -> Result<(), String> {
     let store = Store::open(db, StoreOptions::default()).map_err(err)?;
     let watcher = Watcher::start(db).map_err(err)?;
     let deadline = Instant::now() + timeout;
@@ -50,157 +73,208 @@ fn wait_drained(db: &Path, timeout: Duration) -> Result<(), String> {
     }
 }
 
+/// Starts one worker per entry of `workers` (each entry its options) on `db`, queues `n`
+/// no-op thread tasks in one transaction, and returns the tasks per second from that
+/// commit until none is unfinished.
+pub fn timed_drain(
+    options: &Options,
+    db: &Path,
+    n: usize,
+    durable: bool,
+    workers: &[&[&str]],
+) -> Result<f64, String> {
+    let client = client(db, durable)?;
+    let _workers = workers
+        .iter()
+        .map(|args| Worker::start(options, db, args))
+        .collect::<Result<Vec<_>, _>>()?;
+    noop::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
+    let start = Instant::now();
+    wait_drained(db, DRAIN_TIMEOUT)?;
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// Every scenario of this module, default durability first, then `--durable`.
 pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Result<(), String> {
-    let n_batch = options.size(50_000);
-    measure(
-        report,
-        options,
-        &format!("batch dispatch: delay_many of {n_batch}"),
-        "/s",
-        Some(("raw 100-row batches", ceilings.batched_rows)),
-        |run| {
-            let db = fresh(options, "batch", run);
-            let client = client(&db)?;
-            let start = Instant::now();
-            noop::delay_many(&client, (0..n_batch).map(|_| ())).map_err(err)?;
-            Ok(n_batch as f64 / start.elapsed().as_secs_f64())
-        },
-    )?;
-
-    let n_drain = options.size(20_000);
-    measure(
-        report,
-        options,
-        &format!("drain: {n_drain} queued no-op thread tasks"),
-        "/s",
-        Some(("raw cycle", ceilings.cycle)),
-        |run| {
-            let db = fresh(options, "drain", run);
-            let client = client(&db)?;
-            let _worker = Worker::start(options, &db, &[])?;
-            noop::delay_many(&client, (0..n_drain).map(|_| ())).map_err(err)?;
-            let start = Instant::now();
-            wait_drained(&db, Duration::from_secs(600))?;
-            Ok(n_drain as f64 / start.elapsed().as_secs_f64())
-        },
-    )?;
-
-    let n_e2e = options.size(20_000);
-    measure(
-        report,
-        options,
-        &format!("end to end: {n_e2e} delay() calls while draining"),
-        "/s",
-        Some(("raw cycle", ceilings.cycle)),
-        |run| {
-            let db = fresh(options, "e2e", run);
-            let client = client(&db)?;
-            let _worker = Worker::start(options, &db, &[])?;
-            let start = Instant::now();
-            for _ in 0..n_e2e {
-                noop::delay(&client).map_err(err)?;
-            }
-            wait_drained(&db, Duration::from_secs(600))?;
-            Ok(n_e2e as f64 / start.elapsed().as_secs_f64())
-        },
-    )?;
-
-    let n_rt = if options.quick { 50 } else { 300 };
-    let mut p99s = Vec::new();
-    measure(
-        report,
-        options,
-        &format!("round trip p50: delay+join, {n_rt} sequential"),
-        "ms",
-        Some(("raw commit latency", ceilings.commit_ms)),
-        |run| {
-            let db = fresh(options, "roundtrip", run);
-            let client = client(&db)?;
-            let _worker = Worker::start(options, &db, &[])?;
-            let mut latencies = Vec::with_capacity(n_rt);
-            for i in 0..n_rt + 20 {
-                let start = Instant::now();
-                noop::delay(&client)
-                    .map_err(err)?
-                    .join(Duration::from_secs(10))
-                    .map_err(err)?;
-                if i >= 20 {
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
-                }
-            }
-            latencies.sort_by(f64::total_cmp);
-            p99s.push(percentile(&latencies, 99.0));
-            Ok(percentile(&latencies, 50.0))
-        },
-    )?;
-    if !p99s.is_empty() {
-        let m = crate::table::Measurement::new(
-            &format!("round trip p99: delay+join, {n_rt} sequential"),
-            "ms",
-            p99s,
-            Some(("raw commit latency", ceilings.commit_ms)),
-        );
-        println!("{}", m.line());
-        report.push(m);
-    }
-
+    batch_dispatch(options, ceilings, report)?;
+    drain(options, ceilings, report, false)?;
+    end_to_end(options, ceilings, report, false)?;
+    round_trip(options, ceilings, report, false)?;
     process_mode(options, report)?;
+    idle(options, report)?;
+    drain(options, ceilings, report, true)?;
+    end_to_end(options, ceilings, report, true)?;
+    round_trip(options, ceilings, report, true)
+}
 
-    let idle = Duration::from_secs(if options.quick { 2 } else { 10 });
-    measure(
-        report,
-        options,
-        "idle worker CPU",
-        "% of a core",
-        None,
-        |run| {
-            let db = fresh(options, "idle", run);
-            let worker = Worker::start(options, &db, &[])?;
-            std::thread::sleep(Duration::from_millis(500));
-            let before = worker.cpu_time();
-            std::thread::sleep(idle);
-            let used = worker.cpu_time() - before;
-            Ok(used.as_secs_f64() / idle.as_secs_f64() * 100.0)
-        },
-    )?;
-    measure(
-        report,
-        options,
-        "idle join CPU (app waiting on a task)",
-        "% of a core",
-        None,
-        |run| {
-            let db = fresh(options, "idle-join", run);
-            let exe = std::env::current_exe().map_err(err)?;
-            let out = std::process::Command::new(exe)
-                .arg("idle-join")
-                .arg(&db)
-                .arg(idle.as_secs().to_string())
-                .output()
+/// `delay_many` of tens of thousands of tasks in one transaction, no worker running.
+fn batch_dispatch(
+    options: &Options,
+    ceilings: &Ceilings,
+    report: &mut Report,
+) -> Result<(), String> {
+    let n = options.size(50_000);
+    let row = Row::new(
+        "batch",
+        format!("batch dispatch: delay_many of {}", count(n)),
+        "/s",
+    )
+    .vs("raw 100-row batches", ceilings.batched_rows);
+    measure(report, options, row, |run| {
+        let db = fresh(options, "batch", run);
+        let client = client(&db, false)?;
+        let start = Instant::now();
+        noop::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// A worker (default options) drains tasks queued in one transaction.
+fn drain(
+    options: &Options,
+    ceilings: &Ceilings,
+    report: &mut Report,
+    durable: bool,
+) -> Result<(), String> {
+    let n = options.size(20_000);
+    let row = if durable {
+        Row::new(
+            "durable_drain",
+            format!("durable: drain {} queued no-op thread tasks", count(n)),
+            "/s",
+        )
+        .vs("raw FULL cycle", ceilings.cycle_durable)
+    } else {
+        Row::new(
+            "drain",
+            format!("drain: {} queued no-op thread tasks", count(n)),
+            "/s",
+        )
+        .vs("raw cycle", ceilings.cycle)
+    };
+    let name = if durable { "durable-drain" } else { "drain" };
+    measure(report, options, row, |run| {
+        let db = fresh(options, name, run);
+        timed_drain(options, &db, n, durable, &[durability(durable)])
+    })
+}
+
+/// One app calls `delay()` `n` times, one task per transaction, while a worker drains;
+/// timed from the first call until every task has finished.
+fn end_to_end(
+    options: &Options,
+    ceilings: &Ceilings,
+    report: &mut Report,
+    durable: bool,
+) -> Result<(), String> {
+    // With synchronous=FULL each delay() waits for an fsync: fewer calls keep it short.
+    let n = options.size(if durable { 5_000 } else { 20_000 });
+    let row = if durable {
+        Row::new(
+            "durable_e2e",
+            format!("durable: end to end, {} delay() calls", count(n)),
+            "/s",
+        )
+        .vs("raw FULL cycle", ceilings.cycle_durable)
+    } else {
+        Row::new(
+            "e2e",
+            format!("end to end: {} delay() calls while draining", count(n)),
+            "/s",
+        )
+        .vs("raw cycle", ceilings.cycle)
+    };
+    let name = if durable { "durable-e2e" } else { "e2e" };
+    measure(report, options, row, |run| {
+        let db = fresh(options, name, run);
+        let client = client(&db, durable)?;
+        let _worker = Worker::start(options, &db, durability(durable))?;
+        let start = Instant::now();
+        for _ in 0..n {
+            noop::delay(&client).map_err(err)?;
+        }
+        wait_drained(&db, DRAIN_TIMEOUT)?;
+        Ok(n as f64 / start.elapsed().as_secs_f64())
+    })
+}
+
+/// `delay` then `join` of one no-op task at a time on an otherwise idle worker: p50 and
+/// p99 of the sequential round trips, after a warm-up of 20.
+fn round_trip(
+    options: &Options,
+    ceilings: &Ceilings,
+    report: &mut Report,
+    durable: bool,
+) -> Result<(), String> {
+    let n = match (options.quick, durable) {
+        (true, _) => 50,
+        (false, false) => 300,
+        (false, true) => 100,
+    };
+    let (prefix, id_prefix, commit_ms) = if durable {
+        ("durable: ", "durable_", ceilings.commit_ms_durable)
+    } else {
+        ("", "", ceilings.commit_ms)
+    };
+    let (p50, p99) = (
+        format!("{id_prefix}roundtrip_p50"),
+        format!("{id_prefix}roundtrip_p99"),
+    );
+    let ceiling = if durable {
+        "raw FULL commit latency"
+    } else {
+        "raw commit latency"
+    };
+    let rows = [
+        Row::new(
+            &p50,
+            format!("{prefix}round trip delay+join, p50 of {n}"),
+            "ms",
+        )
+        .vs(ceiling, commit_ms),
+        Row::new(
+            &p99,
+            format!("{prefix}round trip delay+join, p99 of {n}"),
+            "ms",
+        )
+        .vs(ceiling, commit_ms),
+    ];
+    let name = format!("{id_prefix}roundtrip");
+    measure_group(report, options, &rows, |run| {
+        let db = fresh(options, &name, run);
+        let client = client(&db, durable)?;
+        let _worker = Worker::start(options, &db, durability(durable))?;
+        let mut latencies = Vec::with_capacity(n);
+        for i in 0..n + 20 {
+            let start = Instant::now();
+            noop::delay(&client)
+                .map_err(err)?
+                .join(Duration::from_secs(10))
                 .map_err(err)?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let cpu_us: f64 = text
-                .trim()
-                .parse()
-                .map_err(|_| format!("idle-join printed {text:?}"))?;
-            Ok(cpu_us / 1e6 / idle.as_secs_f64() * 100.0)
-        },
-    )?;
-    Ok(())
+            if i >= 20 {
+                latencies.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok(vec![
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+        ])
+    })
 }
 
 /// Process mode: what a warm child costs per task, and how CPU-bound work scales over
 /// the cores.
 fn process_mode(options: &Options, report: &mut Report) -> Result<(), String> {
     let n = options.size(5_000);
-    let mut per_task = |name: &str, process: bool| -> Result<(), String> {
-        measure(report, options, name, "us/task", None, |run| {
+    let mut per_task = |row: Row<'_>, process: bool| -> Result<(), String> {
+        measure(report, options, row, |run| {
             let db = fresh(
                 options,
                 if process { "proc-noop" } else { "thread-noop" },
                 run,
             );
-            let client = client(&db)?;
+            let client = client(&db, false)?;
             let _worker = Worker::start(options, &db, &[])?;
             let start = Instant::now();
             if process {
@@ -208,73 +282,116 @@ fn process_mode(options: &Options, report: &mut Report) -> Result<(), String> {
             } else {
                 noop::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
             }
-            wait_drained(&db, Duration::from_secs(600))?;
+            wait_drained(&db, DRAIN_TIMEOUT)?;
             Ok(start.elapsed().as_secs_f64() * 1e6 / n as f64)
         })
     };
     per_task(
-        &format!("process mode: {n} no-op process tasks, wall time per task"),
+        Row::new(
+            "process_noop",
+            format!("process mode: {} no-op tasks, wall time per task", count(n)),
+            "us/task",
+        ),
         true,
     )?;
     per_task(
-        &format!("thread mode: {n} no-op thread tasks, wall time per task"),
+        Row::new(
+            "thread_noop",
+            format!("thread mode: {} no-op tasks, wall time per task", count(n)),
+            "us/task",
+        ),
         false,
     )?;
 
     let n_rt = if options.quick { 30 } else { 200 };
-    measure(
-        report,
-        options,
-        &format!("process mode: round trip p50, {n_rt} sequential"),
+    let row = Row::new(
+        "process_roundtrip_p50",
+        format!("process mode: round trip p50 of {n_rt}"),
         "ms",
-        None,
-        |run| {
-            let db = fresh(options, "proc-rt", run);
-            let client = client(&db)?;
-            let _worker = Worker::start(options, &db, &[])?;
-            let mut latencies = Vec::with_capacity(n_rt);
-            for i in 0..n_rt + 10 {
-                let start = Instant::now();
-                castor_bench::noop_process::delay(&client)
-                    .map_err(err)?
-                    .join(Duration::from_secs(10))
-                    .map_err(err)?;
-                if i >= 10 {
-                    latencies.push(start.elapsed().as_secs_f64() * 1e3);
-                }
+    );
+    measure(report, options, row, |run| {
+        let db = fresh(options, "proc-rt", run);
+        let client = client(&db, false)?;
+        let _worker = Worker::start(options, &db, &[])?;
+        let mut latencies = Vec::with_capacity(n_rt);
+        for i in 0..n_rt + 10 {
+            let start = Instant::now();
+            castor_bench::noop_process::delay(&client)
+                .map_err(err)?
+                .join(Duration::from_secs(10))
+                .map_err(err)?;
+            if i >= 10 {
+                latencies.push(start.elapsed().as_secs_f64() * 1e3);
             }
-            latencies.sort_by(f64::total_cmp);
-            Ok(percentile(&latencies, 50.0))
-        },
-    )?;
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok(percentile(&latencies, 50.0))
+    })?;
 
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let (tasks, ms) = if options.quick { (4, 100) } else { (8, 250) };
     let timed = |processes: usize, run: usize| -> Result<f64, String> {
         let db = fresh(options, &format!("spin-{processes}"), run);
-        let client = client(&db)?;
+        let client = client(&db, false)?;
         let procs = processes.to_string();
         let _worker = Worker::start(options, &db, &["--processes", &procs])?;
         let start = Instant::now();
         let handles =
             castor_bench::spin::delay_many(&client, (0..tasks).map(|_| (ms,))).map_err(err)?;
         for handle in handles {
-            handle.join(Duration::from_secs(600)).map_err(err)?;
+            handle.join(DRAIN_TIMEOUT).map_err(err)?;
         }
         Ok(start.elapsed().as_secs_f64())
     };
-    measure(
-        report,
-        options,
-        &format!("process mode: {tasks} x {ms} ms CPU tasks, speed-up {cores} procs vs 1"),
+    let row = Row::new(
+        "process_speedup",
+        format!("process mode: {tasks} x {ms} ms CPU, {cores} procs vs 1"),
         "x",
-        None,
-        |run| {
-            let one = timed(1, run)?;
-            let all = timed(cores, run)?;
-            Ok(one / all)
-        },
-    )
+    );
+    measure(report, options, row, |run| {
+        let one = timed(1, run)?;
+        let all = timed(cores, run)?;
+        Ok(one / all)
+    })
+}
+
+/// CPU used by an idle worker, and by an app blocked in `join` on a task that will not
+/// run, over 10 s (2 s in quick mode).
+fn idle(options: &Options, report: &mut Report) -> Result<(), String> {
+    let idle = Duration::from_secs(if options.quick { 2 } else { 10 });
+    let row = Row::new("idle_worker", "idle worker: CPU", "% of a core");
+    measure(report, options, row, |run| {
+        let db = fresh(options, "idle", run);
+        let worker = Worker::start(options, &db, &[])?;
+        std::thread::sleep(Duration::from_millis(500));
+        let before = worker.cpu_time();
+        std::thread::sleep(idle);
+        let used = worker.cpu_time() - before;
+        Ok(used.as_secs_f64() / idle.as_secs_f64() * 100.0)
+    })?;
+    let row = Row::new(
+        "idle_join",
+        "idle join: CPU of an app waiting on a task",
+        "% of a core",
+    );
+    measure(report, options, row, |run| {
+        let db = fresh(options, "idle-join", run);
+        let out = std::process::Command::new(&options.bench)
+            .arg("idle-join")
+            .arg(&db)
+            .arg(idle.as_secs().to_string())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", options.bench.display()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let cpu_us: f64 = text.trim().parse().map_err(|_| {
+            format!(
+                "idle-join printed {text:?} ({}; stderr {:?})",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            )
+        })?;
+        Ok(cpu_us / 1e6 / idle.as_secs_f64() * 100.0)
+    })
 }
 
 /// The child side of the idle-join scenario: wait on a task that will not run for the
@@ -288,12 +405,20 @@ pub fn idle_join_child(args: &[String]) -> ExitCode {
         eprintln!("usage: castor-bench idle-join DB SECONDS");
         return ExitCode::FAILURE;
     };
-    let Ok(client) = client(Path::new(db)) else {
-        return ExitCode::FAILURE;
+    let client = match client(Path::new(db), false) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("idle-join: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     let later = DelayOptions::new().after(Duration::from_secs(3600));
-    let Ok(handle) = noop::delay_with(&client, &later) else {
-        return ExitCode::FAILURE;
+    let handle = match noop::delay_with(&client, &later) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("idle-join: cannot dispatch: {e}");
+            return ExitCode::FAILURE;
+        }
     };
     // Start the watcher, let start-up costs pass, then measure only the wait.
     let _ = handle.join(Duration::from_millis(500));
@@ -303,6 +428,7 @@ pub fn idle_join_child(args: &[String]) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// This process's CPU time so far.
 fn cpu_self() -> Duration {
     crate::worker::cpu_time(std::process::id())
 }

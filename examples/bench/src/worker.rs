@@ -1,8 +1,12 @@
-//! Starts and stops real `castor` workers for the scenarios, and reads their CPU time.
+//! Starts and stops real `castor` workers for the scenarios, and reads their CPU time
+//! and memory from `/proc`.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::Options;
@@ -43,6 +47,7 @@ impl Worker {
         Ok(Worker { child })
     }
 
+    /// The worker's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -50,6 +55,17 @@ impl Worker {
     /// CPU time used so far by all of the worker's threads.
     pub fn cpu_time(&self) -> Duration {
         cpu_time(self.pid())
+    }
+
+    /// Starts sampling the worker's anonymous memory (see [`HeapSampler`]).
+    pub fn sample_heap(&self) -> HeapSampler {
+        HeapSampler::start(self.pid())
+    }
+
+    /// The worker's peak resident set so far (`VmHWM`), in KiB. It counts the database
+    /// pages the worker touched through SQLite's memory map as well as its heap.
+    pub fn peak_rss_kib(&self) -> Result<u64, String> {
+        status_kib(self.pid(), "VmHWM")
     }
 }
 
@@ -87,4 +103,58 @@ pub fn cpu_time(pid: u32) -> Duration {
         }
     }
     Duration::from_nanos(total)
+}
+
+/// A field of `/proc/PID/status` given in kB (`VmHWM`, `RssAnon`, ..).
+pub fn status_kib(pid: u32, field: &str) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/status");
+    let status = std::fs::read_to_string(&path).map_err(|e| format!("{path}: {e}"))?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .ok_or_else(|| format!("{path} has no {field} line"))
+}
+
+/// Samples a process's `RssAnon` (heap and other private memory, not the memory-mapped
+/// database file) every few milliseconds on a thread, keeping the peak: the kernel keeps
+/// a peak only of the total (`VmHWM`), which grows with every database page read through
+/// the map and so says nothing about what the process holds itself.
+pub struct HeapSampler {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<u64>,
+}
+
+impl HeapSampler {
+    /// How often the sampler reads `/proc/PID/status`.
+    const EVERY: Duration = Duration::from_millis(5);
+
+    fn start(pid: u32) -> HeapSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let mut peak = 0;
+            loop {
+                if let Ok(kib) = status_kib(pid, "RssAnon") {
+                    peak = peak.max(kib);
+                }
+                if flag.load(Ordering::Relaxed) {
+                    return peak;
+                }
+                std::thread::sleep(Self::EVERY);
+            }
+        });
+        HeapSampler { stop, thread }
+    }
+
+    /// Stops sampling and returns the peak `RssAnon` seen, in KiB.
+    pub fn finish(self) -> Result<u64, String> {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.thread.join() {
+            Ok(0) => Err("could not read the worker's RssAnon".into()),
+            Ok(peak) => Ok(peak),
+            Err(_) => Err("the memory sampler panicked".into()),
+        }
+    }
 }
