@@ -17,6 +17,9 @@ use crate::handle::TaskHandle;
 use crate::store::{NewTask, Store, StoreOptions, Watcher};
 use crate::task::{TaskContext, TaskSpec};
 
+/// An app's connection checkpoints the WAL itself only beyond this many pages (40 MiB).
+const APP_CHECKPOINT_PAGES: u32 = 10_000;
+
 /// A declared manager is invalid.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -81,7 +84,12 @@ impl Manager {
             database: database.into(),
             tasks: Vec::new(),
             periodic: Vec::new(),
-            options: StoreOptions::default(),
+            options: StoreOptions {
+                // A running worker checkpoints in the background; an app does it only if
+                // the WAL grows large without one.
+                checkpoint_pages: APP_CHECKPOINT_PAGES,
+                ..StoreOptions::default()
+            },
         }
     }
 

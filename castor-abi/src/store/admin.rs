@@ -238,7 +238,7 @@ impl Store {
         self.conn
             .prepare_cached(
                 "SELECT id, task, scheduled_at FROM castor_tasks \
-                 WHERE manager = ?1 AND state IN ('scheduled', 'retryable') \
+                 WHERE manager = ?1 AND (state = 'scheduled' OR state = 'retryable') \
                  ORDER BY scheduled_at LIMIT ?2",
             )
             .and_then(|mut stmt| {

@@ -80,25 +80,38 @@ pub struct TaskFilter {
 #[derive(Debug, Clone)]
 pub struct ClaimQuery {
     filter: TaskFilter,
-    sql: String,
+    /// The rows to claim, in claim order: the best `limit` of each task name (one index
+    /// seek each), merged.
+    select: String,
+    /// Claims them all in one statement: cheapest for big batches.
+    batch: String,
 }
 
 impl ClaimQuery {
-    /// Builds the claim statement for `filter`.
+    /// Builds the claim statements for `filter`.
     pub fn new(filter: TaskFilter) -> ClaimQuery {
-        let names = (0..filter.tasks.len())
-            .map(|i| format!("?{}", i + 6))
+        let arms = (0..filter.tasks.len())
+            .map(|i| {
+                format!(
+                    "SELECT * FROM (SELECT seq, priority FROM castor_tasks \
+                     WHERE state = 'available' AND manager = ?4 AND task = ?{} \
+                     ORDER BY priority DESC, seq LIMIT ?5)",
+                    i + 6
+                )
+            })
             .collect::<Vec<_>>()
-            .join(", ");
-        let sql = format!(
+            .join(" UNION ALL ");
+        let select = format!("SELECT seq FROM ({arms}) ORDER BY priority DESC, seq LIMIT ?5");
+        let batch = format!(
             "UPDATE castor_tasks SET state = 'running', attempt = attempt + 1, \
              attempted_at = ?1, attempted_by = ?2, lease_expires_at = ?3 \
-             WHERE seq IN (SELECT seq FROM castor_tasks \
-                 WHERE state = 'available' AND manager = ?4 AND task IN ({names}) \
-                 ORDER BY priority DESC, seq LIMIT ?5) \
-             RETURNING {CLAIMED_COLUMNS}"
+             WHERE seq IN ({select}) RETURNING {CLAIMED_COLUMNS}"
         );
-        ClaimQuery { filter, sql }
+        ClaimQuery {
+            filter,
+            select,
+            batch,
+        }
     }
 
     /// The filter this query claims for.
@@ -106,10 +119,21 @@ impl ClaimQuery {
         &self.filter
     }
 
-    pub(super) fn sql(&self) -> &str {
-        &self.sql
+    pub(super) fn select_sql(&self) -> &str {
+        &self.select
+    }
+
+    pub(super) fn batch_sql(&self) -> &str {
+        &self.batch
     }
 }
+
+/// Claims one row, found by [`ClaimQuery`]'s select, guarded by its state.
+pub(super) const CLAIM_ONE_SQL: &str = "UPDATE castor_tasks SET state = 'running', \
+     attempt = attempt + 1, attempted_at = ?2, attempted_by = ?3, lease_expires_at = ?4 \
+     WHERE seq = ?1 AND state = 'available' \
+     RETURNING seq, id, task, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, \
+     timeout_ms, priority";
 
 const CLAIMED_COLUMNS: &str = "seq, id, task, args, attempt, max_attempts, backoff_base_ms, \
                                backoff_cap_ms, timeout_ms, priority";

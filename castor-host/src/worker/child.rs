@@ -141,17 +141,8 @@ impl Slot {
         // Warm: the first task should not pay for the start.
         self.child = self.spawn().ok();
         let _ = warm.send(());
-        loop {
-            let job = match queue.recv_timeout(CANCEL_POLL * 5) {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.kill.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => break,
-            };
+        // Idle slots block: the pool's shutdown closes the queue, which ends the loop.
+        while let Ok(job) = queue.recv() {
             let seq = job.task.seq;
             if self.stopping.load(Ordering::SeqCst) {
                 let _ = self.events.send(Event::Done(Done { seq, outcome: None }));

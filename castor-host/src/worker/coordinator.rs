@@ -450,13 +450,6 @@ impl Coordinator {
         let rescue = Instant::now() >= self.next_rescue;
         let prune = Instant::now() >= self.next_prune;
         let cancels = self.check_cancels && !self.inflight.is_empty();
-        if self.check_due {
-            let manager = &worker.config.manager.name;
-            self.next_due = worker.store.next_due(manager)?;
-            let (tasks, periodic) = &self.schedule_filter;
-            self.next_tick = worker.store.next_schedule_due(manager, tasks, periodic)?;
-            self.check_due = false;
-        }
         let stage = self.next_due.is_some_and(|due| due <= now);
         let tick = self.stop.is_none() && self.next_tick.is_some_and(|due| due <= now);
         let thread_limit = self.room(worker, TaskMode::Thread);
@@ -474,6 +467,7 @@ impl Coordinator {
             && thread_limit == 0
             && process_limit == 0
         {
+            self.refresh_due(worker)?;
             return Ok(Vec::new());
         }
         let retention_cutoff = now - duration_us(worker.config.retention);
@@ -663,7 +657,23 @@ impl Coordinator {
         }
         let mut claimed = threads;
         claimed.extend(processes);
+        // After the claim, not before: a new scheduled task is never due at once, and the
+        // claim is what a waiting app is waiting for.
+        self.refresh_due(worker)?;
         Ok(claimed)
+    }
+
+    /// Rereads when the next scheduled task and the next schedule tick are due, if
+    /// something may have changed them.
+    fn refresh_due(&mut self, worker: &Worker) -> Result<(), StoreError> {
+        if self.check_due {
+            let manager = &worker.config.manager.name;
+            self.next_due = worker.store.next_due(manager)?;
+            let (tasks, periodic) = &self.schedule_filter;
+            self.next_tick = worker.store.next_schedule_due(manager, tasks, periodic)?;
+            self.check_due = false;
+        }
+        Ok(())
     }
 
     /// Hands a claimed task to its pool.

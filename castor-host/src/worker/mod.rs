@@ -25,7 +25,8 @@ use std::time::Duration;
 use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_abi::store::{
-    ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow, now_us,
+    Checkpointer, ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow,
+    now_us,
 };
 use castor_abi::{LogLevel, StoreError, Uuid};
 use crossbeam_channel::{Receiver, Sender};
@@ -184,6 +185,8 @@ pub struct Worker {
     events: (Sender<Event>, Receiver<Event>),
     processes: Option<ProcessPool>,
     stopping: Arc<AtomicBool>,
+    /// Stops with the worker.
+    _checkpointer: Checkpointer,
 }
 
 impl Worker {
@@ -194,10 +197,13 @@ impl Worker {
     pub fn new(config: WorkerConfig) -> Result<Worker, StoreError> {
         let options = StoreOptions {
             durable: config.durable,
+            // Checkpoints happen on the checkpointer's thread, never inside a claim.
+            checkpoint_pages: 0,
         };
         let store = Store::open(&config.database, options)?;
         let service_store = Store::open(&config.database, options)?;
         let watcher = Arc::new(Watcher::start(&config.database)?);
+        let checkpointer = Checkpointer::start(&config.database, options)?;
         let events = crossbeam_channel::unbounded();
         let manager = config.manager.name.to_string();
         let tasks: HashMap<String, TaskInfo> = config
@@ -271,6 +277,7 @@ impl Worker {
             events,
             processes,
             stopping,
+            _checkpointer: checkpointer,
         })
     }
 
