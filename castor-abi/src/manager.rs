@@ -17,7 +17,8 @@ use crate::handle::TaskHandle;
 use crate::store::{NewTask, Store, StoreOptions, Watcher};
 use crate::task::{TaskContext, TaskSpec};
 
-/// An app's connection checkpoints the WAL itself only beyond this many pages (40 MiB).
+/// An app's connection checkpoints the WAL only past this many pages (40 MiB); while a
+/// worker runs, its commits checkpoint long before that.
 const APP_CHECKPOINT_PAGES: u32 = 10_000;
 
 /// A declared manager is invalid.
@@ -85,8 +86,6 @@ impl Manager {
             tasks: Vec::new(),
             periodic: Vec::new(),
             options: StoreOptions {
-                // A running worker checkpoints in the background; an app does it only if
-                // the WAL grows large without one.
                 checkpoint_pages: APP_CHECKPOINT_PAGES,
                 ..StoreOptions::default()
             },

@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use crate::error::StoreError;
 
 /// Wake-ups after a burst of writes, measured from its last event.
-const TRAILING: [Duration; 3] = [
+const TRAILING: [Duration; 4] = [
+    Duration::from_micros(150),
     Duration::from_millis(1),
     Duration::from_millis(5),
     Duration::from_millis(25),

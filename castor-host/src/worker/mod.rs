@@ -25,8 +25,7 @@ use std::time::Duration;
 use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_abi::store::{
-    Checkpointer, ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow,
-    now_us,
+    ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow, now_us,
 };
 use castor_abi::{LogLevel, StoreError, Uuid};
 use crossbeam_channel::{Receiver, Sender};
@@ -185,8 +184,6 @@ pub struct Worker {
     events: (Sender<Event>, Receiver<Event>),
     processes: Option<ProcessPool>,
     stopping: Arc<AtomicBool>,
-    /// Stops with the worker.
-    _checkpointer: Checkpointer,
 }
 
 impl Worker {
@@ -197,13 +194,11 @@ impl Worker {
     pub fn new(config: WorkerConfig) -> Result<Worker, StoreError> {
         let options = StoreOptions {
             durable: config.durable,
-            // Checkpoints happen on the checkpointer's thread, never inside a claim.
-            checkpoint_pages: 0,
+            ..StoreOptions::default()
         };
         let store = Store::open(&config.database, options)?;
         let service_store = Store::open(&config.database, options)?;
         let watcher = Arc::new(Watcher::start(&config.database)?);
-        let checkpointer = Checkpointer::start(&config.database, options)?;
         let events = crossbeam_channel::unbounded();
         let manager = config.manager.name.to_string();
         let tasks: HashMap<String, TaskInfo> = config
@@ -277,7 +272,6 @@ impl Worker {
             events,
             processes,
             stopping,
-            _checkpointer: checkpointer,
         })
     }
 
