@@ -175,6 +175,29 @@ fn a_thread_task_past_its_timeout_is_told_to_stop_and_recorded_as_timed_out() {
 }
 
 #[test]
+fn a_timed_out_attempt_that_answers_late_does_not_settle_its_retry() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
+    // Attempt 1 times out at 300ms and is retried at once; its thread still runs and
+    // answers at 450ms, while attempt 2 runs. That answer belongs to attempt 1.
+    let options = DelayOptions::new()
+        .timeout(Duration::from_millis(300))
+        .max_attempts(2)
+        .backoff(castor_abi::Backoff {
+            base: Duration::ZERO,
+            cap: Duration::ZERO,
+        });
+    let handle = fx::sleep_ms::delay_with(&client, &options, 450).expect("delay");
+    let (attempts, message, errors) = failed(handle.join(PATIENCE).expect_err("times out"));
+    assert_eq!(attempts, 2);
+    assert_eq!(message, "timed out after 300.0ms");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors.iter().all(|e| e.kind == "timeout"), "{errors:?}");
+    assert_worker_alive(&client);
+}
+
+#[test]
 fn dispatching_a_task_the_manager_does_not_declare_is_refused() {
     let dir = TestDir::new();
     let reports = castor_fixture_tasks::reports()

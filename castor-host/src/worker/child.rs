@@ -143,16 +143,21 @@ impl Slot {
         let _ = warm.send(());
         // Idle slots block: the pool's shutdown closes the queue, which ends the loop.
         while let Ok(job) = queue.recv() {
-            let seq = job.task.seq;
+            let (seq, attempt) = (job.task.seq, job.task.attempt);
             if self.stopping.load(Ordering::SeqCst) {
-                let _ = self.events.send(Event::Done(Done { seq, outcome: None }));
+                let _ = self.events.send(Event::Done(Done {
+                    seq,
+                    attempt,
+                    outcome: None,
+                }));
                 continue;
             }
             job.flags.started.store(true, Ordering::SeqCst);
-            let attempt = self.run_job(&job);
+            let outcome = self.run_job(&job);
             let _ = self.events.send(Event::Done(Done {
                 seq,
-                outcome: Some(attempt),
+                attempt,
+                outcome: Some(outcome),
             }));
         }
         if let Some(child) = self.child.take() {

@@ -2,7 +2,7 @@
 //! something happens, then runs one turn: expire thread-task timeouts, commit every
 //! pending outcome together with new claims, and hand the claimed tasks to the pools.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -48,9 +48,6 @@ struct Inflight {
     timeout: Option<Duration>,
     started_at: Option<Instant>,
     flags: Arc<Flags>,
-    /// The attempt was already recorded (a thread task that timed out); the pool's late
-    /// answer is ignored.
-    recorded: bool,
 }
 
 /// An outcome waiting to be written.
@@ -112,6 +109,9 @@ pub(super) struct Coordinator {
     stopping: Arc<AtomicBool>,
     inflight: HashMap<i64, Inflight>,
     by_id: HashMap<Uuid, i64>,
+    /// Thread attempts recorded as timed out that still hold a pool thread, by
+    /// (seq, attempt): their late answers are dropped.
+    zombies: HashSet<(i64, u32)>,
     outcomes: Vec<Outcome>,
     releases: Vec<(i64, u32)>,
     logs: Vec<LogLine>,
@@ -148,6 +148,7 @@ impl Coordinator {
             stopping,
             inflight: HashMap::new(),
             by_id: HashMap::new(),
+            zombies: HashSet::new(),
             outcomes: Vec::new(),
             releases: Vec::new(),
             logs: Vec::new(),
@@ -170,12 +171,17 @@ impl Coordinator {
         }
     }
 
+    /// Pool slots of `mode` in use, counting timed-out threads that still run.
     fn active(&self, mode: TaskMode) -> usize {
-        self.inflight.values().filter(|t| t.mode == mode).count()
+        let zombies = match mode {
+            TaskMode::Thread => self.zombies.len(),
+            TaskMode::Process => 0,
+        };
+        self.inflight.values().filter(|t| t.mode == mode).count() + zombies
     }
 
     fn running(&self) -> usize {
-        self.inflight.values().filter(|t| !t.recorded).count()
+        self.inflight.len()
     }
 
     pub(super) fn finished(&self) -> bool {
@@ -327,7 +333,6 @@ impl Coordinator {
         for task in self.inflight.values() {
             if let (TaskMode::Thread, Some(timeout), Some(started)) =
                 (task.mode, task.timeout, task.started_at)
-                && !task.recorded
             {
                 next = next.min(started + timeout);
             }
@@ -336,13 +341,14 @@ impl Coordinator {
     }
 
     fn on_done(&mut self, done: Done) {
+        if self.zombies.remove(&(done.seq, done.attempt)) {
+            // A timed-out attempt's late answer: already recorded, maybe retried since.
+            return;
+        }
         let Some(task) = self.inflight.remove(&done.seq) else {
             return;
         };
         self.by_id.remove(&task.id);
-        if task.recorded {
-            return;
-        }
         let Some(attempt) = done.outcome else {
             // Never started: the worker is stopping. Give the claim back.
             self.releases.push((done.seq, task.attempt));
@@ -371,27 +377,38 @@ impl Coordinator {
     /// (Process tasks are killed by their slot.)
     fn expire_timeouts(&mut self) {
         let now = Instant::now();
-        for (&seq, task) in &mut self.inflight {
-            let (TaskMode::Thread, Some(timeout), Some(started)) =
-                (task.mode, task.timeout, task.started_at)
-            else {
+        let expired: Vec<i64> = self
+            .inflight
+            .iter()
+            .filter_map(
+                |(&seq, task)| match (task.mode, task.timeout, task.started_at) {
+                    (TaskMode::Thread, Some(timeout), Some(started))
+                        if now >= started + timeout =>
+                    {
+                        Some(seq)
+                    }
+                    _ => None,
+                },
+            )
+            .collect();
+        for seq in expired {
+            let Some(task) = self.inflight.remove(&seq) else {
                 continue;
             };
-            if task.recorded || now < started + timeout {
-                continue;
-            }
+            self.by_id.remove(&task.id);
             task.flags.cancelled.store(true, Ordering::SeqCst);
-            task.recorded = true;
+            self.zombies.insert((seq, task.attempt));
+            let (timeout, started) = (task.timeout.unwrap_or_default(), task.started_at);
             self.outcomes.push(Outcome {
                 seq,
                 id: task.id,
-                task: task.task.clone(),
+                task: task.task,
                 attempt: task.attempt,
                 max_attempts: task.max_attempts,
                 backoff: task.backoff,
                 outcome: AttemptOutcome::TimedOut { after: timeout },
                 result: None,
-                elapsed: now - started,
+                elapsed: started.map_or(timeout, |at| now - at),
             });
         }
     }
@@ -691,7 +708,7 @@ impl Coordinator {
             max_attempts: task.max_attempts,
         });
         let flags = Arc::new(Flags::default());
-        let seq = task.seq;
+        let (seq, attempt) = (task.seq, task.attempt);
         self.by_id.insert(task.id, seq);
         self.inflight.insert(
             seq,
@@ -705,7 +722,6 @@ impl Coordinator {
                 timeout: task.timeout,
                 started_at: None,
                 flags: Arc::clone(&flags),
-                recorded: false,
             },
         );
         match (info.mode, &self.processes) {
@@ -716,7 +732,11 @@ impl Coordinator {
                 let stopping = Arc::clone(&self.stopping);
                 self.threads.spawn(move || {
                     if stopping.load(Ordering::SeqCst) {
-                        let _ = events.send(Event::Done(Done { seq, outcome: None }));
+                        let _ = events.send(Event::Done(Done {
+                            seq,
+                            attempt,
+                            outcome: None,
+                        }));
                         return;
                     }
                     flags.started.store(true, Ordering::SeqCst);
@@ -726,10 +746,11 @@ impl Coordinator {
                             at: Instant::now(),
                         });
                     }
-                    let attempt = executor::run_attempt(info.run, host, &task, &flags.cancelled);
+                    let outcome = executor::run_attempt(info.run, host, &task, &flags.cancelled);
                     let _ = events.send(Event::Done(Done {
                         seq,
-                        outcome: Some(attempt),
+                        attempt,
+                        outcome: Some(outcome),
                     }));
                 });
             }
@@ -756,9 +777,6 @@ impl Coordinator {
         let grace = worker.config.grace;
         let mut kill_children = false;
         for (seq, task) in std::mem::take(&mut self.inflight) {
-            if task.recorded {
-                continue;
-            }
             if !task.flags.started.load(Ordering::SeqCst) {
                 self.releases.push((seq, task.attempt));
                 continue;

@@ -116,6 +116,8 @@ pub enum Event {
 #[derive(Debug)]
 pub struct Done {
     seq: i64,
+    /// Which attempt: a timed-out thread task may answer after its retry started.
+    attempt: u32,
     outcome: Option<executor::Attempt>,
 }
 
