@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use castor_abi::store::{Store, StoreOptions};
@@ -114,6 +114,7 @@ fn three_workers_and_three_apps_share_one_file() {
         .collect();
     let per_app = 7_000;
     let app = fixture_app();
+    // All three at once: spawn them all before waiting for any.
     let apps: Vec<_> = (0..3)
         .map(|a| {
             Command::new(&app)
@@ -121,11 +122,14 @@ fn three_workers_and_three_apps_share_one_file() {
                 .arg(&file)
                 .arg(format!("app{a}"))
                 .arg(per_app.to_string())
-                .output()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn fixture-app")
         })
         .collect();
-    for out in apps {
-        let out = out.expect("run fixture-app");
+    for app in apps {
+        let out = app.wait_with_output().expect("run fixture-app");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "an app failed: {stderr}");
         assert!(!stderr.contains("locked"), "{stderr}");

@@ -278,48 +278,22 @@ pub fn assert_startup_error(dir: &TestDir, args: &[&str], code: i32, needles: &[
     out.stderr
 }
 
-/// The fixture's test app (`fixture-app`), built on first use with the same cargo,
-/// profile and target directory as this test binary (cargo does not build a
-/// dependency's binaries for tests).
+/// The fixture app (`tests/fixtures/app.rs`), which `cargo test` builds as an example of
+/// castor-host next to the tests.
 pub fn fixture_app() -> PathBuf {
-    static BUILT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
-    let built = BUILT.get_or_init(|| {
-        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .ok_or("the test executable is not in target/<profile>/deps")?;
-        let target_dir = profile_dir.parent().ok_or("no target directory")?;
-        let release = profile_dir.file_name().is_some_and(|n| n == "release");
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut command = Command::new(cargo);
-        command
-            .args([
-                "build",
-                "--quiet",
-                "-p",
-                "castor-fixture-tasks",
-                "--bin",
-                "fixture-app",
-            ])
-            .arg("--manifest-path")
-            .arg(&manifest)
-            .arg("--target-dir")
-            .arg(target_dir);
-        if release {
-            command.arg("--release");
-        }
-        let status = command.status().map_err(|e| e.to_string())?;
-        if !status.success() {
-            return Err(format!("building fixture-app failed: {status}"));
-        }
-        Ok(profile_dir.join("fixture-app"))
-    });
-    match built {
-        Ok(path) => path.clone(),
-        Err(e) => panic!("{e}"),
-    }
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable is in target/<profile>/deps");
+    let app = profile_dir.join("examples").join("fixture-app");
+    assert!(
+        app.exists(),
+        "{} is missing: run the tests with `cargo test -p castor-host` (which builds \
+         examples), or build it with `cargo build -p castor-host --example fixture-app`",
+        app.display()
+    );
+    app
 }
 
 /// Reads the keys a `record` task wrote, with how often each was written.
