@@ -50,6 +50,16 @@ struct Inflight {
     flags: Arc<Flags>,
 }
 
+impl Inflight {
+    /// When a started thread task times out. (A process task's slot enforces its own.)
+    fn thread_deadline(&self) -> Option<Instant> {
+        match (self.mode, self.timeout, self.started_at) {
+            (TaskMode::Thread, Some(timeout), Some(started)) => Some(started + timeout),
+            _ => None,
+        }
+    }
+}
+
 /// An outcome waiting to be written.
 struct Outcome {
     seq: i64,
@@ -330,12 +340,8 @@ impl Coordinator {
             let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
             next = next.min(now + wait);
         }
-        for task in self.inflight.values() {
-            if let (TaskMode::Thread, Some(timeout), Some(started)) =
-                (task.mode, task.timeout, task.started_at)
-            {
-                next = next.min(started + timeout);
-            }
+        for at in self.inflight.values().filter_map(Inflight::thread_deadline) {
+            next = next.min(at);
         }
         next
     }
@@ -380,16 +386,8 @@ impl Coordinator {
         let expired: Vec<i64> = self
             .inflight
             .iter()
-            .filter_map(
-                |(&seq, task)| match (task.mode, task.timeout, task.started_at) {
-                    (TaskMode::Thread, Some(timeout), Some(started))
-                        if now >= started + timeout =>
-                    {
-                        Some(seq)
-                    }
-                    _ => None,
-                },
-            )
+            .filter(|(_, task)| task.thread_deadline().is_some_and(|at| now >= at))
+            .map(|(&seq, _)| seq)
             .collect();
         for seq in expired {
             let Some(task) = self.inflight.remove(&seq) else {
