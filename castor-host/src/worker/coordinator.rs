@@ -58,6 +58,27 @@ impl Inflight {
             _ => None,
         }
     }
+
+    /// This attempt's outcome, ready to be written.
+    fn into_outcome(
+        self,
+        seq: i64,
+        outcome: AttemptOutcome,
+        result: Option<Vec<u8>>,
+        elapsed: Duration,
+    ) -> Outcome {
+        Outcome {
+            seq,
+            id: self.id,
+            task: self.task,
+            attempt: self.attempt,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            outcome,
+            result,
+            elapsed,
+        }
+    }
 }
 
 /// An outcome waiting to be written.
@@ -365,17 +386,8 @@ impl Coordinator {
             TaskMode::Thread => self.thread_lane.observe(elapsed),
             TaskMode::Process => self.process_lane.observe(elapsed),
         }
-        self.outcomes.push(Outcome {
-            seq: done.seq,
-            id: task.id,
-            task: task.task,
-            attempt: task.attempt,
-            max_attempts: task.max_attempts,
-            backoff: task.backoff,
-            outcome: attempt.outcome,
-            result: attempt.result,
-            elapsed,
-        });
+        self.outcomes
+            .push(task.into_outcome(done.seq, attempt.outcome, attempt.result, elapsed));
     }
 
     /// Thread tasks past their timeout: signal cooperative cancellation and record the
@@ -396,18 +408,11 @@ impl Coordinator {
             self.by_id.remove(&task.id);
             task.flags.cancelled.store(true, Ordering::SeqCst);
             self.zombies.insert((seq, task.attempt));
-            let (timeout, started) = (task.timeout.unwrap_or_default(), task.started_at);
-            self.outcomes.push(Outcome {
-                seq,
-                id: task.id,
-                task: task.task,
-                attempt: task.attempt,
-                max_attempts: task.max_attempts,
-                backoff: task.backoff,
-                outcome: AttemptOutcome::TimedOut { after: timeout },
-                result: None,
-                elapsed: started.map_or(timeout, |at| now - at),
-            });
+            let timeout = task.timeout.unwrap_or_default();
+            let elapsed = task.started_at.map_or(timeout, |at| now - at);
+            let outcome = AttemptOutcome::TimedOut { after: timeout };
+            self.outcomes
+                .push(task.into_outcome(seq, outcome, None, elapsed));
         }
     }
 
@@ -785,22 +790,15 @@ impl Coordinator {
                 id: task.id,
                 task: &task.task,
             });
-            self.outcomes.push(Outcome {
-                seq,
-                id: task.id,
-                task: task.task,
-                attempt: task.attempt,
-                max_attempts: task.max_attempts,
-                backoff: task.backoff,
-                outcome: AttemptOutcome::Abandoned {
-                    message: format!(
-                        "the worker stopped before the task finished (grace period {})",
-                        castor_abi::format_duration(grace)
-                    ),
-                },
-                result: None,
-                elapsed: task.started_at.map_or(Duration::ZERO, |t| t.elapsed()),
-            });
+            let outcome = AttemptOutcome::Abandoned {
+                message: format!(
+                    "the worker stopped before the task finished (grace period {})",
+                    castor_abi::format_duration(grace)
+                ),
+            };
+            let elapsed = task.started_at.map_or(Duration::ZERO, |t| t.elapsed());
+            self.outcomes
+                .push(task.into_outcome(seq, outcome, None, elapsed));
         }
         self.thread_lane.want = false;
         self.process_lane.want = false;
