@@ -2,12 +2,10 @@
 //! runs out of memory fails that attempt with an error naming what happened, and the
 //! worker goes on with a new child.
 
-use std::time::{Duration, Instant};
-
 use castor_abi::{JoinError, LogLevel, TaskState};
 use castor_fixture_tasks as fx;
 
-use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state};
+use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until};
 
 /// The worker's process-mode children (`castor __child`), by pid.
 fn children_of(worker: i32) -> Vec<i32> {
@@ -34,14 +32,6 @@ fn alive(pid: i32) -> bool {
             .next()
             .is_some_and(|s| !s.starts_with('Z')),
         Err(_) => false,
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -12,6 +12,7 @@ use castor_fixture_tasks as fx;
 
 use crate::support::{
     PATIENCE, TestDir, Worker, fixture_app, recorded, run_castor, tasks_target, wait_for_state,
+    wait_until,
 };
 
 fn wait_drained(db: &Path) {
@@ -281,14 +282,9 @@ fn finished_tasks_are_pruned_after_the_retention_period() {
     )
     .expect("delay");
     let worker = Worker::start(&dir, &tasks_target("manager"), &["--retention", "10ms"]);
-    let deadline = Instant::now() + PATIENCE;
-    while !matches!(handle.status(), Err(StatusError::NotFound { .. })) {
-        assert!(
-            Instant::now() < deadline,
-            "the finished task was never pruned"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the finished task is pruned", || {
+        matches!(handle.status(), Err(StatusError::NotFound { .. }))
+    });
     match handle.join(PATIENCE) {
         Err(err @ JoinError::Pruned { .. }) => {
             assert!(err.to_string().contains("pruned"), "{err}");

@@ -4,28 +4,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use castor_abi::store::{Store, StoreOptions};
 use castor_abi::{DelayOptions, DispatchError, Schedule, StatusError, TaskState};
 use castor_fixture_tasks as fx;
 
-use crate::support::{PATIENCE, TestDir, Worker, fixture_app, run_castor, tasks_target};
-
-fn unix_us() -> i64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970");
-    i64::try_from(since.as_micros()).expect("fits")
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use crate::support::{
+    PATIENCE, TestDir, Worker, fixture_app, run_castor, tasks_target, wait_until,
+};
 
 #[test]
 fn a_delayed_task_starts_on_time_not_before() {
@@ -34,7 +21,7 @@ fn a_delayed_task_starts_on_time_not_before() {
     let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
     let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
     for _ in 0..3 {
-        let asked_at = unix_us();
+        let asked_at = castor_abi::store::now_us();
         let handle = fx::add::delay_with(
             &client,
             &DelayOptions::new().after(Duration::from_millis(200)),

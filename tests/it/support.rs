@@ -240,6 +240,15 @@ pub fn run_castor(dir: &TestDir, args: &[&str]) -> Stopped {
     Worker::spawn(command).wait()
 }
 
+/// Polls `done` until it is true; fails the test after [`PATIENCE`].
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Polls the task's state until it is `state`.
 pub fn wait_for_state<R: serde::de::DeserializeOwned>(handle: &TaskHandle<R>, state: TaskState) {
     let deadline = Instant::now() + PATIENCE;
