@@ -33,10 +33,12 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("castor: error: {err:#}");
             if verbose > 0
-                && let Some(plugin::LoadError::IncompatibleAbi { details, .. }) =
-                    err.downcast_ref::<plugin::LoadError>()
+                && let Some(plugin::LoadError::IncompatibleAbi {
+                    details: Some(details),
+                    ..
+                }) = err.downcast_ref::<plugin::LoadError>()
             {
-                eprintln!("\nabi_stable's report:\n{details}");
+                eprintln!("\n{details}");
             }
             ExitCode::FAILURE
         }

@@ -9,10 +9,12 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use abi_stable::abi_stability::abi_checking::{AbiInstability, check_layout_compatibility};
-use abi_stable::library::{LibraryError, lib_header_from_path};
+use abi_stable::abi_stability::abi_checking::{
+    AbiInstability, AbiInstabilityErrors, ExpectedFound, check_layout_compatibility,
+};
+use abi_stable::library::{AbiHeader, LibHeader, LibraryError, RootModule, lib_header_from_path};
 use abi_stable::std_types::RResult;
-use abi_stable::type_layout::TLFieldOrFunction;
+use abi_stable::type_layout::{DiscriminantRepr, ReprAttr, TLFieldOrFunction, TypeLayout};
 use castor_abi::abi::{ABI_VERSION, ManagerDecl, PluginRootRef, TaskDecl};
 
 /// A library could not be used as a Castor plugin.
@@ -43,33 +45,45 @@ pub enum LoadError {
         /// The path given.
         path: PathBuf,
     },
-    /// Built against a castor-abi version this worker cannot load.
-    #[error(
-        "{path} was built against castor-abi {found}, which is incompatible with this castor \
-         (castor-abi {expected}); rebuild the library against castor-abi {expected}"
-    )]
-    IncompatibleVersion {
-        /// The path given.
-        path: PathBuf,
-        /// This worker's castor-abi version.
-        expected: String,
-        /// The library's castor-abi version.
-        found: String,
-    },
-    /// Same version, different layout (or a different abi_stable).
-    #[error(
-        "{path} has an incompatible ABI: {summary}\nRebuild the library against the castor-abi \
-         this castor was built with ({expected}); run with -v for abi_stable's full report"
-    )]
+    /// Built against a castor-abi whose plugin ABI differs from this worker's: another
+    /// release, or the same release from other (modified) sources.
+    #[error("{}", incompatible_abi(path, library, worker, details.is_some()))]
     IncompatibleAbi {
         /// The path given.
         path: PathBuf,
-        /// This worker's castor-abi version.
+        /// What the library was built with (boxed, like `worker`: errors stay small).
+        library: Box<AbiBuild>,
+        /// What this worker was built with.
+        worker: Box<AbiBuild>,
+        /// The differences one per line, then abi_stable's full report (printed with
+        /// `-v`); `None` when the check stopped at the version numbers.
+        details: Option<String>,
+    },
+    /// Built with another release of abi_stable, whose library header this worker cannot
+    /// even read.
+    #[error(
+        "{path} was built with abi_stable ABI {found} (through its castor-abi), and this \
+         castor with abi_stable ABI {expected} ({worker}): rebuild the library against \
+         castor-abi {}", worker.castor_abi
+    )]
+    IncompatibleAbiStable {
+        /// The path given.
+        path: PathBuf,
+        /// The library's abi_stable ABI version (`major.minor`).
+        found: String,
+        /// This worker's abi_stable ABI version.
         expected: String,
-        /// A short description of the first differences.
-        summary: String,
-        /// abi_stable's full report.
-        details: String,
+        /// What this worker was built with.
+        worker: Box<AbiBuild>,
+    },
+    /// A Castor plugin whose root module could not be loaded for another reason (its
+    /// version strings are malformed, or building the module failed).
+    #[error("{path} exports a Castor root module that cannot be loaded: {reason}")]
+    Unloadable {
+        /// The path given.
+        path: PathBuf,
+        /// abi_stable's message, first line.
+        reason: String,
     },
     /// The library's manager declarations are invalid.
     #[error("{path}: invalid manager declaration: {message}")]
@@ -123,30 +137,10 @@ impl Plugin {
         let path = path.canonicalize().map_err(|_| LoadError::NotFound {
             path: path.to_path_buf(),
         })?;
-        let header = lib_header_from_path(&path).map_err(|e| library_error(&path, e))?;
+        let header = lib_header_from_path(&path).map_err(|e| library_error(&path, None, e))?;
         let root = header
             .init_root_module::<PluginRootRef>()
-            .map_err(|e| match e {
-                LibraryError::AbiInstability(_) => {
-                    let found = header.layout();
-                    let (summary, details) = match found.map(|found| {
-                        check_layout_compatibility(
-                            <PluginRootRef as abi_stable::StableAbi>::LAYOUT,
-                            found,
-                        )
-                    }) {
-                        Some(Err(errors)) => (summarize(&errors), errors.to_string()),
-                        _ => ("the layouts differ".to_owned(), e.to_string()),
-                    };
-                    LoadError::IncompatibleAbi {
-                        path: path.clone(),
-                        expected: ABI_VERSION.to_owned(),
-                        summary,
-                        details,
-                    }
-                }
-                other => library_error(&path, other),
-            })?;
+            .map_err(|e| library_error(&path, Some(header), e))?;
         let managers = match (root.managers())() {
             RResult::ROk(managers) => managers.into_vec(),
             RResult::RErr(message) => {
@@ -235,53 +229,174 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
     Ok(())
 }
 
-fn library_error(path: &Path, e: LibraryError) -> LoadError {
+/// Which castor-abi a library, or this worker, was built with: what the load check
+/// compares, in the words a user fixes a mismatch with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbiBuild {
+    /// castor-abi's crate version, as a Cargo.toml names it (`0.1.0`).
+    pub castor_abi: String,
+    /// The plugin ABI version abi_stable compares first (the root module's version
+    /// strings). Today it is castor-abi's crate version; where the two differ, messages
+    /// name both.
+    pub abi: String,
+}
+
+impl AbiBuild {
+    /// What this worker was built with.
+    pub fn worker() -> AbiBuild {
+        let layout = <PluginRootRef as abi_stable::StableAbi>::LAYOUT;
+        AbiBuild {
+            castor_abi: castor_abi_version(layout).unwrap_or_else(|| ABI_VERSION.to_owned()),
+            abi: <PluginRootRef as RootModule>::VERSION_STRINGS
+                .version
+                .to_string(),
+        }
+    }
+
+    /// What the library behind `header` was built with. Its castor-abi version comes
+    /// from the package abi_stable recorded for its root module's type, and falls back to
+    /// the plugin ABI version if that names no `castor-abi`.
+    fn library(header: &LibHeader) -> AbiBuild {
+        let abi = header.version_strings().version.to_string();
+        AbiBuild {
+            castor_abi: header
+                .layout()
+                .and_then(castor_abi_version)
+                .unwrap_or_else(|| abi.clone()),
+            abi,
+        }
+    }
+}
+
+impl fmt::Display for AbiBuild {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.abi == self.castor_abi {
+            write!(f, "castor-abi {}", self.castor_abi)
+        } else {
+            write!(
+                f,
+                "castor-abi {} (plugin ABI {})",
+                self.castor_abi, self.abi
+            )
+        }
+    }
+}
+
+/// The version of the `castor-abi` package that defines the root module's type: the type
+/// itself (`PluginRoot`) or what it points to (the `PrefixRef` abi_stable wraps it in).
+fn castor_abi_version(layout: &'static TypeLayout) -> Option<String> {
+    let castor_abi = |layout: &'static TypeLayout| {
+        let (package, version) = layout.item_info().package_and_version();
+        (package == "castor-abi").then(|| version.to_owned())
+    };
+    castor_abi(layout).or_else(|| {
+        layout
+            .phantom_fields()
+            .iter()
+            .find_map(|field| castor_abi(field.layout()))
+    })
+}
+
+/// [`LoadError::IncompatibleAbi`]'s sentence: both versions, and what to rebuild.
+fn incompatible_abi(
+    path: &Path,
+    library: &AbiBuild,
+    worker: &AbiBuild,
+    has_details: bool,
+) -> String {
+    let path = path.display();
+    let more = if has_details {
+        " (castor -v shows the differences)"
+    } else {
+        ""
+    };
+    if library == worker {
+        format!(
+            "{path} was built with {library} and this castor with {worker} too, but from \
+             different sources whose plugin ABIs differ: rebuild the library and castor from \
+             the same castor-abi{more}"
+        )
+    } else {
+        format!(
+            "{path} was built with {library} and this castor with {worker}, whose plugin ABIs \
+             differ: rebuild the library against castor-abi {}, or run it with a castor built \
+             from castor-abi {}{more}",
+            worker.castor_abi, library.castor_abi
+        )
+    }
+}
+
+/// The [`LoadError`] for a library abi_stable refused; `header` is the library's, once
+/// it could be read.
+fn library_error(path: &Path, header: Option<&LibHeader>, e: LibraryError) -> LoadError {
     let path = path.to_path_buf();
-    match e {
-        LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
+    let worker = Box::new(AbiBuild::worker());
+    match (e, header) {
+        (LibraryError::OpenError { err, .. }, _) => LoadError::NotALibrary {
             path,
             reason: err.to_string(),
         },
-        LibraryError::GetSymbolError { .. } => LoadError::NotAPlugin { path },
-        LibraryError::IncompatibleVersionNumber {
-            expected_version,
-            actual_version,
-            ..
-        } => LoadError::IncompatibleVersion {
+        (LibraryError::GetSymbolError { .. }, _) => LoadError::NotAPlugin { path },
+        (LibraryError::InvalidAbiHeader(header), _) => LoadError::IncompatibleAbiStable {
             path,
-            expected: expected_version.to_string(),
-            found: actual_version.to_string(),
-        },
-        LibraryError::InvalidAbiHeader(header) => LoadError::IncompatibleAbi {
-            path,
-            expected: ABI_VERSION.to_owned(),
-            summary: format!(
-                "it was built with an incompatible abi_stable (its ABI header is {header:?})"
+            found: format!("{}.{}", header.abi_major, header.abi_minor),
+            expected: format!(
+                "{}.{}",
+                AbiHeader::VALUE.abi_major,
+                AbiHeader::VALUE.abi_minor
             ),
-            details: String::new(),
+            worker,
         },
-        other => LoadError::IncompatibleAbi {
+        (
+            LibraryError::IncompatibleVersionNumber { .. } | LibraryError::AbiInstability(_),
+            Some(header),
+        ) => LoadError::IncompatibleAbi {
             path,
-            expected: ABI_VERSION.to_owned(),
-            summary: first_line(&other.to_string()),
-            details: other.to_string(),
+            library: Box::new(AbiBuild::library(header)),
+            details: header.layout().and_then(|found| {
+                let expected = <PluginRootRef as abi_stable::StableAbi>::LAYOUT;
+                check_layout_compatibility(expected, found)
+                    .err()
+                    .map(|errors| report(&errors))
+            }),
+            worker,
+        },
+        (other, _) => LoadError::Unloadable {
+            path,
+            reason: other
+                .to_string()
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
         },
     }
 }
 
-fn first_line(text: &str) -> String {
-    text.lines().next().unwrap_or_default().trim().to_owned()
+/// What `castor -v` prints for an incompatible library: each difference on one line,
+/// then abi_stable's full report.
+fn report(errors: &AbiInstabilityErrors) -> String {
+    let mut text = String::from("differences:\n");
+    for line in differences(errors) {
+        text.push_str("  ");
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.push_str("\nabi_stable's report:\n");
+    text.push_str(&errors.to_string());
+    text
 }
 
-/// The differences abi_stable found, one short line each: where (the field path from the
-/// root module) and what (expected vs found).
-fn summarize(errors: &abi_stable::abi_stability::abi_checking::AbiInstabilityErrors) -> String {
-    const MAX_LINES: usize = 4;
+/// The differences abi_stable found, once each: where (the field path from the root
+/// module, in the names a user wrote) and what (expected vs found).
+fn differences(errors: &AbiInstabilityErrors) -> Vec<String> {
+    let mut seen = HashSet::new();
     let mut lines = Vec::new();
     for error in &errors.errors {
         // Keep the names a user wrote (`managers().tasks.timeout_ms`), not abi_stable's
-        // plumbing (`0`, `buffer`, `__returns`, `field_0`).
-        let path: Vec<String> = error
+        // plumbing (`0`, `buffer`, `__returns`, `field_0`, `param_1`, unnamed parameters).
+        let mut path: Vec<String> = error
             .stack_trace
             .iter()
             .filter_map(|step| match &step.expected {
@@ -289,14 +404,15 @@ fn summarize(errors: &abi_stable::abi_stability::abi_checking::AbiInstabilityErr
                     let name = field.name();
                     let plumbing = name.starts_with("__")
                         || name.starts_with("field_")
+                        || name.starts_with("param_")
                         || name == "buffer"
-                        || name.chars().all(|c| c.is_ascii_digit());
+                        || name.chars().all(|c| c.is_ascii_digit())
+                        || !name.chars().all(|c| c.is_alphanumeric() || c == '_');
                     (!plumbing).then(|| name.to_owned())
                 }
                 TLFieldOrFunction::Function(function) => Some(format!("{}()", function.name)),
             })
             .collect();
-        let mut path = path;
         // A field holding a function pointer appears as the field and as the function.
         path.dedup_by(|b, a| *b == format!("{a}()") || *a == format!("{b}()"));
         let place = if path.is_empty() {
@@ -305,33 +421,20 @@ fn summarize(errors: &abi_stable::abi_stability::abi_checking::AbiInstabilityErr
             format!("field `{}`", path.join("."))
         };
         for instability in &error.errs {
-            lines.push(format!("{place}: {}", describe(instability)));
+            let line = format!("{place}: {}", describe(instability));
+            if seen.insert(line.clone()) {
+                lines.push(line);
+            }
         }
     }
-    let total = lines.len();
-    lines.dedup();
-    lines.truncate(MAX_LINES);
-    if total > MAX_LINES {
-        lines.push(format!("... and {} more difference(s)", total - MAX_LINES));
-    }
-    if lines.is_empty() {
-        "the layouts differ".to_owned()
-    } else {
-        lines.join("; ")
-    }
+    lines
 }
 
 fn describe(instability: &AbiInstability) -> String {
-    fn pair<T: fmt::Display>(
-        what: &str,
-        ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>,
-    ) -> String {
+    fn pair<T: fmt::Display>(what: &str, ef: &ExpectedFound<T>) -> String {
         format!("{what}: expected {}, found {}", ef.expected, ef.found)
     }
-    fn pair_dbg<T: fmt::Debug>(
-        what: &str,
-        ef: &abi_stable::abi_stability::abi_checking::ExpectedFound<T>,
-    ) -> String {
+    fn pair_dbg<T: fmt::Debug>(what: &str, ef: &ExpectedFound<T>) -> String {
         format!("{what}: expected {:?}, found {:?}", ef.expected, ef.found)
     }
     match instability {
@@ -351,6 +454,12 @@ fn describe(instability: &AbiInstability) -> String {
         AbiInstability::MismatchedPrimitive(ef) => pair_dbg("different primitive", ef),
         AbiInstability::TooManyVariants(ef) => pair("different number of variants", ef),
         AbiInstability::UnexpectedVariant(ef) => pair_dbg("unexpected variant", ef),
+        AbiInstability::ReprAttr(ef) => format!(
+            "different representation: expected {}, found {}",
+            repr(ef.expected),
+            repr(ef.found)
+        ),
+        AbiInstability::EnumDiscriminant(ef) => pair_dbg("different discriminant", ef),
         other => {
             let text = format!("{other:?}");
             if text.len() > 160 {
@@ -359,6 +468,20 @@ fn describe(instability: &AbiInstability) -> String {
                 text
             }
         }
+    }
+}
+
+/// A type's representation as its source spells it: `#[repr(u8)]`.
+fn repr(attr: ReprAttr) -> String {
+    let int = |d: DiscriminantRepr| format!("{d:?}").to_ascii_lowercase();
+    match attr {
+        ReprAttr::C => "#[repr(C)]".to_owned(),
+        ReprAttr::Transparent => "#[repr(transparent)]".to_owned(),
+        ReprAttr::Int(d) => format!("#[repr({})]", int(d)),
+        ReprAttr::CAndInt(d) => format!("#[repr(C, {})]", int(d)),
+        ReprAttr::Primitive => "a primitive".to_owned(),
+        ReprAttr::OptionNonZero => "an Option of a non-zero type".to_owned(),
+        other => format!("{other:?}"),
     }
 }
 
@@ -387,4 +510,55 @@ pub fn describe_tasks(tasks: &[TaskDecl], indent: usize) -> String {
         text.push_str(&item);
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build(castor_abi: &str, abi: &str) -> AbiBuild {
+        AbiBuild {
+            castor_abi: castor_abi.into(),
+            abi: abi.into(),
+        }
+    }
+
+    #[test]
+    fn the_worker_reports_its_own_castor_abi() {
+        assert_eq!(AbiBuild::worker(), build(ABI_VERSION, ABI_VERSION));
+    }
+
+    #[test]
+    fn the_refusal_names_the_plugin_abi_only_where_it_differs_from_the_crate_version() {
+        let path = Path::new("/x/libapp.so");
+        assert_eq!(
+            incompatible_abi(
+                path,
+                &build("0.2.0", "0.2.0"),
+                &build("0.1.0", "0.1.0"),
+                false
+            ),
+            "/x/libapp.so was built with castor-abi 0.2.0 and this castor with castor-abi \
+             0.1.0, whose plugin ABIs differ: rebuild the library against castor-abi 0.1.0, \
+             or run it with a castor built from castor-abi 0.2.0"
+        );
+        // Once the plugin ABI has a version of its own, both are named.
+        assert_eq!(
+            incompatible_abi(path, &build("0.5.0", "2"), &build("0.3.0", "1"), true),
+            "/x/libapp.so was built with castor-abi 0.5.0 (plugin ABI 2) and this castor with \
+             castor-abi 0.3.0 (plugin ABI 1), whose plugin ABIs differ: rebuild the library \
+             against castor-abi 0.3.0, or run it with a castor built from castor-abi 0.5.0 \
+             (castor -v shows the differences)"
+        );
+    }
+
+    #[test]
+    fn representations_read_as_source() {
+        assert_eq!(repr(ReprAttr::Int(DiscriminantRepr::U8)), "#[repr(u8)]");
+        assert_eq!(
+            repr(ReprAttr::CAndInt(DiscriminantRepr::I32)),
+            "#[repr(C, i32)]"
+        );
+        assert_eq!(repr(ReprAttr::C), "#[repr(C)]");
+    }
 }

@@ -37,33 +37,113 @@ fn a_shared_library_that_is_not_a_castor_plugin() {
     );
 }
 
-#[test]
-fn a_library_built_against_an_incompatible_abi_gets_a_short_summary() {
+/// This worker's castor-abi version, and the next release after it (what the
+/// `newer-abi` fixture's build script compiles its copy as).
+fn castor_abi_versions() -> (String, String) {
+    let ours = castor_abi::abi::ABI_VERSION.to_owned();
+    let mut parts = ours.split('.').map(|p| p.parse::<u64>().expect("numeric"));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let next = if major == 0 {
+        format!("0.{}.0", minor + 1)
+    } else {
+        format!("{}.0.0", major + 1)
+    };
+    (ours, next)
+}
+
+/// Loads the fixture `name` as a worker and as `castor list --lib`, checks that both
+/// refuse it with the same single line, exit 1; returns the line and the `-v` output.
+fn refuse(name: &str) -> (String, String) {
     let dir = TestDir::new();
-    let target = format!("{}:manager", fixture_path("wrong_abi").display());
-    let stderr = assert_startup_error(
-        &dir,
-        &[&target],
+    let target = format!("{}:manager", fixture_path(name).display());
+    let stderr = assert_startup_error(&dir, &[&target], 1, &[]);
+    assert_eq!(
+        stderr.lines().count(),
         1,
-        &[
-            "has an incompatible ABI",
-            "field `managers.tasks.timeout_ms`: different type: expected u64, found u32",
-            "Rebuild the library",
-        ],
+        "one line, not a report:\n{stderr}"
     );
-    assert!(
-        stderr.len() < 1000,
-        "the summary should be short, not abi_stable's full report ({} bytes):\n{stderr}",
-        stderr.len()
-    );
-    // The full report is there for those who ask.
+    let line = stderr.trim_end().to_owned();
+    // An inspection command that loads the library says the same.
+    std::fs::write(dir.db(), "").expect("create the database file");
+    let list = assert_startup_error(&dir, &["list", "--lib", &target], 1, &[]);
+    assert_eq!(list.trim_end(), line);
     let verbose = run_castor(&dir, &[&target, "-v"]);
+    assert!(verbose.stderr.starts_with(&line), "{}", verbose.stderr);
     assert!(
-        verbose.stderr.contains("abi_stable's report"),
-        "{}",
+        verbose.stderr.contains("\ndifferences:\n")
+            && verbose.stderr.contains("abi_stable's report"),
+        "-v adds the differences and abi_stable's report:\n{}",
         verbose.stderr
     );
-    assert!(verbose.stderr.len() > stderr.len());
+    (line, verbose.stderr)
+}
+
+#[test]
+fn a_library_built_against_another_castor_abi_release_names_both_versions() {
+    let (ours, next) = castor_abi_versions();
+    let (line, verbose) = refuse("newer_abi");
+    let path = fixture_path("newer_abi").canonicalize().expect("canonical");
+    assert_eq!(
+        line,
+        format!(
+            "castor: error: {} was built with castor-abi {next} and this castor with \
+             castor-abi {ours}, whose plugin ABIs differ: rebuild the library against \
+             castor-abi {ours}, or run it with a castor built from castor-abi {next} \
+             (castor -v shows the differences)",
+            path.display()
+        )
+    );
+    assert!(
+        verbose.contains(&format!(
+            "the root module: different package version: expected {ours}, found {next}"
+        )),
+        "{verbose}"
+    );
+}
+
+#[test]
+fn a_library_whose_abi_layout_differs_at_a_compatible_version() {
+    let (ours, _) = castor_abi_versions();
+    let (line, verbose) = refuse("wrong_abi");
+    assert!(
+        line.contains(&format!(
+            "was built with castor-abi 0.1.1 and this castor with castor-abi {ours}, whose \
+             plugin ABIs differ: rebuild the library against castor-abi {ours}, or run it \
+             with a castor built from castor-abi 0.1.1"
+        )),
+        "{line}"
+    );
+    assert!(
+        verbose.contains(
+            "  field `managers.tasks.timeout_ms`: different type: expected u64, found u32\n"
+        ),
+        "{verbose}"
+    );
+}
+
+#[test]
+fn a_library_built_from_modified_sources_of_the_same_version_says_so_without_debug_output() {
+    let (ours, _) = castor_abi_versions();
+    let (line, verbose) = refuse("repr_abi");
+    assert!(
+        line.contains(&format!(
+            "was built with castor-abi {ours} and this castor with castor-abi {ours} too, but \
+             from different sources whose plugin ABIs differ: rebuild the library and castor \
+             from the same castor-abi (castor -v shows the differences)"
+        )),
+        "{line}"
+    );
+    let differences = verbose
+        .split("abi_stable's report")
+        .next()
+        .unwrap_or_default();
+    let repr = "field `managers.tasks.mode`: different representation: expected #[repr(u8)], \
+                found #[repr(u32)]";
+    assert_eq!(differences.matches(repr).count(), 1, "{verbose}");
+    assert!(
+        !differences.contains("ExpectedFound") && !differences.contains("ReprAttr"),
+        "{differences}"
+    );
 }
 
 #[test]
