@@ -392,31 +392,42 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `act` on each id in its own transaction; prints `say(id, outcome)` (or JSON);
-/// fails at the end if any id was unknown.
+/// What became of one id, as the user reads it.
+enum Verdict {
+    /// The operation was carried out (or its goal already held).
+    Done(String),
+    /// Nothing was done, and why.
+    Refused(String),
+}
+
+/// Runs `act` on each id in its own transaction and prints what it did (or JSON). Fails
+/// if any id was refused or unknown: with that refusal as the error for a single id,
+/// else with each refusal on stderr and a count (`verb` says what was not done).
 fn for_each_id<T: Serialize>(
     args: &IdsArgs,
     operation: &'static str,
+    verb: &str,
     act: impl Fn(
         &castor_abi::store::WriteTx<'_>,
         Uuid,
         i64,
     ) -> Result<Option<T>, castor_abi::store::SqlError>,
-    say: impl Fn(Uuid, &T) -> String,
+    judge: impl Fn(Uuid, &T) -> Verdict,
 ) -> anyhow::Result<()> {
     let (mut store, _) = open(&args.db)?;
-    let mut missing = 0;
+    let mut refused = Vec::new();
     let mut results = Vec::new();
     for &id in &args.ids {
         let now = now_us();
         match store.write(operation, |tx| act(tx, id, now))? {
-            None => {
-                missing += 1;
-                eprintln!("castor: no task {id}");
-            }
+            None => refused.push(format!(
+                "no task {id} in the database (unknown id, or finished and pruned)"
+            )),
             Some(outcome) => {
-                if !args.db.json {
-                    println!("{}", say(id, &outcome));
+                match judge(id, &outcome) {
+                    Verdict::Done(text) if !args.db.json => println!("{text}"),
+                    Verdict::Done(_) => {}
+                    Verdict::Refused(text) => refused.push(text),
                 }
                 results.push((id, outcome));
             }
@@ -425,24 +436,35 @@ fn for_each_id<T: Serialize>(
     if args.db.json {
         print_json(&results)?;
     }
-    if missing > 0 {
-        bail!("{missing} of {} task(s) not found", args.ids.len());
+    match refused.as_slice() {
+        [] => Ok(()),
+        [only] if args.ids.len() == 1 => bail!("{only}"),
+        _ => {
+            for text in &refused {
+                eprintln!("castor: {text}");
+            }
+            bail!(
+                "{} of {} tasks were not {verb} (see above)",
+                refused.len(),
+                args.ids.len()
+            )
+        }
     }
-    Ok(())
 }
 
 fn retry(args: &IdsArgs) -> anyhow::Result<()> {
     for_each_id(
         args,
         "retry a task",
+        "retried",
         |tx, id, now| tx.retry(id, now),
         |id, outcome| match outcome {
-            RetryOutcome::Retried => {
-                format!("retrying {id}: available again, with one more attempt")
-            }
-            RetryOutcome::NotRetryable(state) => {
-                format!("{id} is {state}: only discarded or cancelled tasks are retried")
-            }
+            RetryOutcome::Retried => Verdict::Done(format!(
+                "retrying {id}: available again, with one more attempt"
+            )),
+            RetryOutcome::NotRetryable(state) => Verdict::Refused(format!(
+                "task {id} is {state}: only discarded or cancelled tasks can be retried"
+            )),
         },
     )
 }
@@ -451,15 +473,19 @@ fn cancel(args: &IdsArgs) -> anyhow::Result<()> {
     for_each_id(
         args,
         "cancel a task",
+        "cancelled",
         |tx, id, now| tx.cancel(id, now),
         |id, outcome| match outcome {
-            CancelOutcome::Cancelled => format!("cancelled {id}"),
-            CancelOutcome::Requested => {
-                format!("cancel requested for {id}: it is running; its worker stops it")
+            CancelOutcome::Cancelled => Verdict::Done(format!("cancelled {id}")),
+            CancelOutcome::Requested => Verdict::Done(format!(
+                "cancel requested for {id}: it is running; its worker stops it"
+            )),
+            CancelOutcome::AlreadyFinished(TaskState::Cancelled) => {
+                Verdict::Done(format!("{id} was already cancelled"))
             }
-            CancelOutcome::AlreadyFinished(state) => {
-                format!("{id} already finished ({state}); nothing to cancel")
-            }
+            CancelOutcome::AlreadyFinished(state) => Verdict::Refused(format!(
+                "task {id} already finished ({state}): there is nothing to cancel"
+            )),
         },
     )
 }

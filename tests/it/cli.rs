@@ -112,11 +112,18 @@ fn retry_gives_a_discarded_task_another_attempt() {
         handle.join(PATIENCE).expect("the fourth attempt succeeds"),
         4
     );
-    let out = castor_ok(&dir, &["retry", &handle.id().to_string(), "--db", &db]);
-    assert!(
-        out.contains("only discarded or cancelled tasks are retried"),
-        "{out}"
+    // Completed now: a second retry is refused, and says so with its exit status.
+    let out = run_castor(&dir, &["retry", &handle.id().to_string(), "--db", &db]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "castor: error: task {} is completed: only discarded or cancelled tasks can be \
+             retried",
+            handle.id()
+        )
     );
+    assert_eq!(out.stdout, "");
 }
 
 #[test]
@@ -129,11 +136,54 @@ fn cancel_from_the_command_line() {
     let out = castor_ok(&dir, &["cancel", &handle.id().to_string(), "--db", &db]);
     assert_eq!(out.trim(), format!("cancelled {}", handle.id()));
     assert_eq!(handle.status().expect("status"), TaskState::Cancelled);
+    // Cancelling it again changes nothing, and its goal holds: not a refusal.
+    let out = castor_ok(&dir, &["cancel", &handle.id().to_string(), "--db", &db]);
+    assert_eq!(out.trim(), format!("{} was already cancelled", handle.id()));
     let unknown = castor_abi::Uuid::now_v7().to_string();
     let out = run_castor(&dir, &["cancel", &unknown, "--db", &db]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         out.stderr.contains(&format!("no task {unknown}")),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn every_refusal_exits_non_zero() {
+    let dir = TestDir::new();
+    let db = dir.db().display().to_string();
+    let client = dir.client();
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
+    let done = fx::add::delay(&client, 1, 2).expect("delay");
+    assert_eq!(done.join(PATIENCE).expect("completes"), 3);
+    let later = DelayOptions::new().after(Duration::from_secs(3600));
+    let waiting = fx::add::delay_with(&client, &later, 1, 2).expect("delay");
+    let (done, waiting) = (done.id().to_string(), waiting.id().to_string());
+
+    let out = run_castor(&dir, &["cancel", &done, "--db", &db]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        out.stderr.trim(),
+        format!(
+            "castor: error: task {done} already finished (completed): there is nothing to \
+             cancel"
+        )
+    );
+    let out = run_castor(&dir, &["retry", &waiting, "--db", &db, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("not_retryable"), "{}", out.stdout);
+
+    // Several ids: each is carried out or refused, and any refusal fails the command.
+    let out = run_castor(&dir, &["cancel", &waiting, &done, "--db", &db]);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.stdout.trim(), format!("cancelled {waiting}"));
+    assert!(
+        out.stderr
+            .contains(&format!("castor: task {done} already finished (completed)"))
+            && out
+                .stderr
+                .contains("castor: error: 1 of 2 tasks were not cancelled (see above)"),
         "{}",
         out.stderr
     );
