@@ -259,6 +259,53 @@ pub struct ChildArgs {
     pub memory_limit: Option<u64>,
 }
 
+/// Parses the command line. A first argument that names no file but is a near miss of a
+/// subcommand's name (`lsit`, `shwo`) is a usage error with a hint (exit 2), instead of a
+/// library path that is not found.
+pub fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(word) = args.get(1).and_then(|a| a.to_str())
+        && let Some(meant) = mistyped_subcommand(word)
+    {
+        use clap::CommandFactory;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::InvalidSubcommand,
+                format!(
+                    "unrecognized subcommand `{word}` (and no library file by that name): did \
+                     you mean `{meant}`?"
+                ),
+            )
+            .exit();
+    }
+    Cli::parse_from(args)
+}
+
+/// The subcommand `word` looks like a typo of: none if `word` could be a library (an
+/// existing file, or anything with a `/`, `.` or `:`), is a subcommand, or is not close to
+/// any. Close means one or two edits (a swap of neighbours is one), and at most a third of
+/// the name.
+pub fn mistyped_subcommand(word: &str) -> Option<String> {
+    use clap::CommandFactory;
+    if word.is_empty()
+        || word.starts_with('-')
+        || word.contains(['/', '.', ':'])
+        || std::path::Path::new(word).exists()
+    {
+        return None;
+    }
+    Cli::command()
+        .get_subcommands()
+        .filter(|c| !c.is_hide_set())
+        .map(|c| {
+            let name = c.get_name();
+            (strsim::osa_distance(word, name), name.to_owned())
+        })
+        .filter(|(distance, name)| (1..=2).contains(distance) && distance * 3 <= name.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, name)| name)
+}
+
 /// `path/to/lib.so[:MANAGER]`, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginTarget {
@@ -455,6 +502,33 @@ mod tests {
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn near_misses_of_subcommands_are_typos() {
+        for (typo, meant) in [
+            ("lsit", "list"),
+            ("shwo", "show"),
+            ("lst", "list"),
+            ("retyr", "retry"),
+            ("cancle", "cancel"),
+            ("stat", "stats"),
+            ("schedule", "schedules"),
+        ] {
+            assert_eq!(mistyped_subcommand(typo).as_deref(), Some(meant), "{typo}");
+        }
+        for word in [
+            "list",
+            "frobnicate",
+            "ls",
+            "libtasks.so",
+            "./list",
+            "lsit:manager",
+            "",
+            "-v",
+        ] {
+            assert_eq!(mistyped_subcommand(word), None, "{word}");
+        }
     }
 
     #[test]

@@ -13,15 +13,13 @@ mod worker;
 
 use std::process::ExitCode;
 
-use anyhow::Context;
-use clap::Parser;
-
-use crate::cli::{Cli, Command, WorkerArgs};
+use crate::cli::{Command, WorkerArgs};
 use crate::plugin::Plugin;
 use crate::worker::{Controller, PlainReporter, Worker, WorkerConfig};
+use anyhow::Context;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = cli::parse();
     let verbose = cli.worker.verbose;
     let result = match cli.command {
         Some(Command::Child(args)) => child_mode::run(args),
@@ -47,6 +45,11 @@ fn main() -> ExitCode {
 
 fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let target = args.target.context("no LIB[:MANAGER] target given")?;
+    let plugin = Plugin::load(&target.library)?;
+    let library = plugin.path().to_path_buf();
+    let manager = plugin.into_manager(&target.manager)?;
+    // Said once the library loaded and has that manager, so it never precedes an error
+    // it has nothing to do with.
     if !target.explicit_manager {
         println!(
             "castor: no manager named in the target; using `{}` ({}:{})",
@@ -55,9 +58,6 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             target.manager
         );
     }
-    let plugin = Plugin::load(&target.library)?;
-    let library = plugin.path().to_path_buf();
-    let manager = plugin.into_manager(&target.manager)?;
     let database = args
         .db
         .clone()

@@ -14,6 +14,40 @@ fn a_missing_library_is_named() {
 }
 
 #[test]
+fn a_mistyped_subcommand_gets_a_hint_and_a_missing_library_stays_one() {
+    let dir = TestDir::new();
+    let id = castor_abi::Uuid::now_v7().to_string();
+    for (args, meant) in [
+        (vec!["lsit"], "list"),
+        (vec!["shwo", id.as_str()], "show"),
+        (vec!["retyr", id.as_str(), "--db", "x.db"], "retry"),
+    ] {
+        let typo = args[0];
+        let stderr = assert_startup_error(
+            &dir,
+            &args,
+            2,
+            &[&format!(
+                "unrecognized subcommand `{typo}` (and no library file by that name): did you \
+                 mean `{meant}`?"
+            )],
+        );
+        assert!(!stderr.contains("no library at"), "{stderr}");
+    }
+    // Not close to any subcommand: the library is not found, and nothing else is said.
+    let out = run_castor(&dir, &["frobnicate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert_eq!(out.stderr.trim(), "castor: error: no library at frobnicate");
+    assert_eq!(
+        out.stdout, "",
+        "no notice about the default manager before the error"
+    );
+    // A file by that name is a library path, typo or not.
+    std::fs::write(dir.path().join("lsit"), "not a library").expect("write");
+    assert_startup_error(&dir, &["lsit"], 1, &["is not a loadable shared library"]);
+}
+
+#[test]
 fn a_file_that_is_not_a_shared_library() {
     let dir = TestDir::new();
     let text = dir.path().join("notes.so");
