@@ -130,3 +130,72 @@ fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
     let alternate = tmux.run(&["display", "-p", "-t", "castor", "#{alternate_on}"]);
     assert_eq!(String::from_utf8_lossy(&alternate.stdout).trim(), "0");
 }
+
+/// One thread and three claims: the two claims waiting for the thread are shown as
+/// waiting, not running, and `c` on a running (or claimed) task asks before it cancels.
+#[test]
+fn claims_waiting_for_a_slot_are_shown_apart_and_cancel_asks_first() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let tmux = Tmux::new();
+    let command = format!(
+        "{} {} --db {} --threads 1 --processes 1 -i; echo castor-exit=$?; sleep 60",
+        castor_bin().display(),
+        tasks_target("manager"),
+        dir.db().display()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "castor",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    tmux.wait_for(&["Tasks by state", "Running"]);
+
+    // One transaction, so one claim takes all three.
+    let handles = fx::sleep_ms::delay_many(&client, [(2_000,), (2_000,), (2_000,)]).expect("delay");
+    let screen = tmux.wait_for(&["threads 1/1", "Running 1/3 · 2 waiting for a slot"]);
+    let short = |h: &castor_abi::TaskHandle<u64>| {
+        let id = h.id().simple().to_string();
+        id[id.len() - 8..].to_owned()
+    };
+    let (first, waiting) = (short(&handles[0]), short(&handles[1]));
+    let waiting_rows = screen
+        .lines()
+        .filter(|l| l.contains("sleep_ms") && l.contains(" waiting "))
+        .count();
+    assert_eq!(waiting_rows, 2, "{screen}");
+
+    // `c` on the running task asks; `n` keeps it running.
+    tmux.run(&["send-keys", "-t", "castor", "c"]);
+    tmux.wait_for(&[&format!("cancel sleep_ms {first} (running)? y/n")]);
+    tmux.run(&["send-keys", "-t", "castor", "n"]);
+    // `c` on a claim waiting for the thread asks too; `y` cancels it.
+    tmux.run(&["send-keys", "-t", "castor", "j"]);
+    tmux.run(&["send-keys", "-t", "castor", "c"]);
+    let screen = tmux.wait_for(&[&format!(
+        "cancel sleep_ms {waiting} (claimed and waiting for a slot)? y/n"
+    )]);
+    assert!(
+        !screen.contains("(running)? y/n"),
+        "n took the question away:\n{screen}"
+    );
+    tmux.run(&["send-keys", "-t", "castor", "y"]);
+    tmux.wait_for(&[&format!("cancel requested for {}", handles[1].id())]);
+    assert_eq!(
+        handles[0]
+            .join(PATIENCE)
+            .expect("the running task was kept"),
+        2_000
+    );
+
+    tmux.run(&["send-keys", "-t", "castor", "q"]);
+    let screen = tmux.wait_for(&["castor-exit="]);
+    assert!(screen.contains("castor-exit=0"), "{screen}");
+}

@@ -8,7 +8,8 @@
 //! | PgUp / PgDn | up / down by a page |
 //! | `g`, Home / `G`, End | first / last row (the log: oldest / newest, following) |
 //! | `r` | retry the selected task |
-//! | `c` | cancel the selected task |
+//! | `c` | cancel the selected task (a running one after `y`) |
+//! | `y` / `n`, Esc | answer the footer's question (cancel this running task?) |
 //! | `p` | pause or resume the selected schedule |
 //! | `x`, Delete | remove the selected schedule (asks for a second press first) |
 //! | `?` | open or close the help; Esc closes it |
@@ -51,10 +52,14 @@ pub enum Action {
     TogglePauseSelected,
     /// Remove the selected schedule (in Schedules): the first press asks for a second.
     RemoveSelected,
+    /// Yes to the footer's question (cancel the running task `c` named).
+    Confirm,
+    /// No to the footer's question.
+    Decline,
 }
 
 /// The keys and what they do, as the help overlay lists them.
-pub const HELP: [(&str, &str); 11] = [
+pub const HELP: [(&str, &str); 12] = [
     ("q  Ctrl+C", "quit (again while stopping: now)"),
     ("Tab  → / ⇧Tab  ←", "next / previous pane"),
     ("↑ ↓  k j", "move the selection, scroll the log"),
@@ -62,6 +67,7 @@ pub const HELP: [(&str, &str); 11] = [
     ("g Home / G End", "first / last (End follows the log)"),
     ("r", "retry a discarded or cancelled task"),
     ("c", "cancel a running or retryable task"),
+    ("y / n  Esc", "cancel the running task / keep it"),
     ("p", "pause or resume a schedule"),
     ("x  Del", "remove a schedule (press twice)"),
     ("?", "show or hide this help"),
@@ -100,6 +106,8 @@ pub fn action_for(key: KeyEvent, state: &DashboardState) -> Option<Action> {
         KeyCode::Char('c') => Action::CancelSelected,
         KeyCode::Char('p') => Action::TogglePauseSelected,
         KeyCode::Char('x') | KeyCode::Delete => Action::RemoveSelected,
+        KeyCode::Char('y') => Action::Confirm,
+        KeyCode::Char('n') | KeyCode::Esc => Action::Decline,
         _ => return None,
     };
     Some(action)
@@ -145,7 +153,9 @@ mod tests {
             (KeyCode::Char('p'), Some(Action::TogglePauseSelected)),
             (KeyCode::Char('x'), Some(Action::RemoveSelected)),
             (KeyCode::Delete, Some(Action::RemoveSelected)),
-            (KeyCode::Esc, None),
+            (KeyCode::Char('y'), Some(Action::Confirm)),
+            (KeyCode::Char('n'), Some(Action::Decline)),
+            (KeyCode::Esc, Some(Action::Decline)),
             (KeyCode::Char('X'), None),
             (KeyCode::Enter, None),
         ];

@@ -23,6 +23,7 @@ pub mod view;
 #[cfg(test)]
 mod view_tests;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -41,12 +42,12 @@ use ratatui::crossterm::{cursor, execute, terminal};
 
 pub use input::action_for;
 pub use state::{
-    Command, DashboardState, FinishedTask, Header, Level, LogLine, Progress, RunningTask,
+    Command, DashboardState, FinishedTask, Header, Level, LogLine, Phase, Progress, RunningTask,
     ScheduleRow, ScheduledTask, WorkerInfo,
 };
 pub use view::render;
 
-use crate::worker::{Controller, Reporter, Summary, Worker, WorkerEvent, timestamp};
+use crate::worker::{AttemptStart, Controller, Reporter, Summary, Worker, WorkerEvent, timestamp};
 
 /// The fastest the screen is redrawn.
 const FRAME: Duration = Duration::from_millis(100);
@@ -62,7 +63,8 @@ const ALIVE_WITHIN: Duration = Duration::from_secs(60);
 
 /// What the worker's thread tells the screen.
 enum UiEvent {
-    Started(RunningTask),
+    /// A claim, and what says when it begins running.
+    Started(RunningTask, AttemptStart),
     Finished(FinishedTask),
     Log(LogLine),
     Progress(String, Progress),
@@ -106,6 +108,8 @@ fn event_loop(
 ) -> anyhow::Result<Summary> {
     let mut state = DashboardState::new(header);
     let mut refresher = Refresher::new(store, state.header.manager.clone());
+    // Claimed attempts still waiting for a slot, by id: watched until they begin.
+    let mut waiting: HashMap<String, AttemptStart> = HashMap::new();
     let mut last_tick = Instant::now();
     let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
@@ -138,8 +142,14 @@ fn event_loop(
         for event in events.try_iter() {
             dirty = true;
             match event {
-                UiEvent::Started(task) => state.task_started(task),
-                UiEvent::Finished(task) => state.task_finished(task),
+                UiEvent::Started(task, start) => {
+                    waiting.insert(task.id.clone(), start);
+                    state.task_started(task);
+                }
+                UiEvent::Finished(task) => {
+                    waiting.remove(&task.id);
+                    state.task_finished(task);
+                }
                 UiEvent::Log(line) => state.log(line),
                 UiEvent::Progress(id, progress) => state.task_progress(&id, progress),
                 UiEvent::Stopping(text) => state.stopping = Some(text),
@@ -150,6 +160,15 @@ fn event_loop(
             break result;
         }
         dirty |= refresher.refresh(&mut state);
+        let now = Instant::now();
+        waiting.retain(|id, start| match start.started_at() {
+            Some(at) => {
+                state.task_running(id, now.saturating_duration_since(at));
+                dirty = true;
+                false
+            }
+            None => true,
+        });
         let (threads, processes) = busy(&state);
         state.set_pool_busy(threads, processes);
         let now = Instant::now();
@@ -167,9 +186,11 @@ fn event_loop(
     exit.map_err(anyhow::Error::msg)
 }
 
+/// Busy thread and process slots: the attempts running, not those waiting for a slot.
 fn busy(state: &DashboardState) -> (usize, usize) {
-    let threads = state.running.iter().filter(|t| t.mode == "thread").count();
-    let processes = state.running.len() - threads;
+    let running = state.running.iter().filter(|t| t.phase == Phase::Running);
+    let threads = running.clone().filter(|t| t.mode == "thread").count();
+    let processes = running.count() - threads;
     (
         threads.min(state.header.threads),
         processes.min(state.header.processes),
@@ -397,19 +418,24 @@ impl Reporter for ChannelReporter {
                 mode,
                 attempt,
                 max_attempts,
-            } => self.send(UiEvent::Started(RunningTask {
-                id: id.to_string(),
-                task: task.to_owned(),
-                mode: match mode {
-                    TaskMode::Thread => "thread",
-                    TaskMode::Process => "process",
-                }
-                .to_owned(),
-                attempt,
-                max_attempts,
-                elapsed: Duration::ZERO,
-                progress: None,
-            })),
+                start,
+            } => self.send(UiEvent::Started(
+                RunningTask {
+                    id: id.to_string(),
+                    task: task.to_owned(),
+                    mode: match mode {
+                        TaskMode::Thread => "thread",
+                        TaskMode::Process => "process",
+                    }
+                    .to_owned(),
+                    attempt,
+                    max_attempts,
+                    phase: Phase::Waiting,
+                    elapsed: Duration::ZERO,
+                    progress: None,
+                },
+                start,
+            )),
             WorkerEvent::Finished(f) => {
                 let completed = f.state == TaskState::Completed;
                 let error = (!completed).then(|| f.outcome.message().unwrap_or_default());
@@ -615,5 +641,41 @@ impl Screen {
 impl Drop for Screen {
     fn drop(&mut self) {
         restore_terminal();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_slots_count_running_attempts_not_claims_waiting_for_one() {
+        let mut state = DashboardState::new(Header {
+            threads: 4,
+            processes: 2,
+            ..Header::default()
+        });
+        let task = |id: &str, mode: &str, phase| RunningTask {
+            id: id.into(),
+            task: "t".into(),
+            mode: mode.into(),
+            attempt: 1,
+            max_attempts: 1,
+            phase,
+            elapsed: Duration::ZERO,
+            progress: None,
+        };
+        for i in 0..21 {
+            let phase = if i < 4 {
+                Phase::Running
+            } else {
+                Phase::Waiting
+            };
+            state.task_started(task(&format!("t{i}"), "thread", phase));
+        }
+        state.task_started(task("p0", "process", Phase::Waiting));
+        assert_eq!(busy(&state), (4, 0));
+        state.task_running("p0", Duration::ZERO);
+        assert_eq!(busy(&state), (4, 1));
     }
 }

@@ -84,7 +84,17 @@ pub struct Progress {
     pub message: Option<String>,
 }
 
-/// An attempt in progress on this worker.
+/// Where an attempt this worker claimed is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Phase {
+    /// Claimed (the task is `running` in the database), but waiting in its pool's queue
+    /// for a free thread or child slot: it has not begun.
+    Waiting,
+    /// Running on a thread or in a child.
+    Running,
+}
+
+/// An attempt this worker claimed: running, or waiting for a slot to run in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningTask {
     /// The task's id (a UUID).
@@ -97,7 +107,10 @@ pub struct RunningTask {
     pub attempt: u32,
     /// The attempt limit.
     pub max_attempts: u32,
-    /// How long the attempt has run; grows with [`DashboardState::advance`].
+    /// Whether it has begun; [`DashboardState::task_running`] moves it on.
+    pub phase: Phase,
+    /// How long the attempt has run: zero while it waits, then grows with
+    /// [`DashboardState::advance`].
     pub elapsed: Duration,
     /// The last progress report, if the task made one.
     pub progress: Option<Progress>,
@@ -306,14 +319,29 @@ impl Pane {
     }
 }
 
-/// Where each pane's selection is. Table panes count rows from the top; the log counts
-/// lines up from the newest, so 0 follows the log as it grows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// A finished attempt in [`DashboardState::recent`]: a task may appear there once per
+/// attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct AttemptKey {
+    /// The task's id.
+    pub id: String,
+    /// The attempt's number.
+    pub attempt: u32,
+}
+
+/// Where each pane's selection is. The panes whose keys act on a task (`c`, `r`) select
+/// it by id, so rows that arrive or leave never slide another task under the selection;
+/// the other table panes count rows from the top; the log counts lines up from the
+/// newest, so 0 follows the log as it grows.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Selection {
-    /// Row in [`DashboardState::running`].
-    pub running: usize,
-    /// Row in [`DashboardState::recent`]; 0 (the newest) follows new arrivals.
-    pub recent: usize,
+    /// The selected task in [`DashboardState::running`], by id; `None` only while the
+    /// list is empty. When it leaves, the row that takes its place is selected.
+    pub running: Option<String>,
+    /// The selected attempt in [`DashboardState::recent`]; `None` follows the newest
+    /// (row 0), which it does only while the pane is not focused: focusing it pins the
+    /// row shown, so `r` and `c` act on what the user saw.
+    pub recent: Option<AttemptKey>,
     /// Row in the statistics.
     pub stats: usize,
     /// Row in [`DashboardState::workers`].
@@ -410,6 +438,8 @@ pub struct DashboardState {
     since_sample: Duration,
     /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
     pending_removal: Option<i64>,
+    /// The running task a `c` asked to cancel, while its "y/n" flash shows.
+    pending_cancel: Option<String>,
 }
 
 impl DashboardState {
@@ -435,16 +465,51 @@ impl DashboardState {
             completed_this_second: 0,
             since_sample: Duration::ZERO,
             pending_removal: None,
+            pending_cancel: None,
         }
     }
 
-    /// An attempt started on this worker. A task already listed with the same id is
-    /// replaced (its earlier attempt's end was missed).
+    /// This worker claimed an attempt (or, with [`Phase::Running`], one began at once). A
+    /// task already listed with the same id is replaced (its earlier attempt's end was
+    /// missed). Running attempts come first, in the order they began, then the waiting
+    /// ones in the order they were claimed.
     pub fn task_started(&mut self, task: RunningTask) {
-        match self.running.iter_mut().find(|r| r.id == task.id) {
-            Some(slot) => *slot = task,
-            None => self.running.push(task),
+        if let Some(index) = self.running.iter().position(|r| r.id == task.id) {
+            self.running.remove(index);
         }
+        let at = match task.phase {
+            Phase::Running => self.running_count(),
+            Phase::Waiting => self.running.len(),
+        };
+        self.running.insert(at, task);
+        if self.selection.running.is_none() {
+            self.selection.running = self.running.first().map(|t| t.id.clone());
+        }
+    }
+
+    /// A claimed attempt began running `elapsed` ago (it waited for a slot until then);
+    /// ignored if the task is not listed or already running.
+    pub fn task_running(&mut self, id: &str, elapsed: Duration) {
+        let Some(index) = self
+            .running
+            .iter()
+            .position(|r| r.id == id && r.phase == Phase::Waiting)
+        else {
+            return;
+        };
+        let mut task = self.running.remove(index);
+        task.phase = Phase::Running;
+        task.elapsed = elapsed;
+        let at = self.running_count();
+        self.running.insert(at, task);
+    }
+
+    /// How many listed attempts are running (not waiting for a slot).
+    pub fn running_count(&self) -> usize {
+        self.running
+            .iter()
+            .filter(|t| t.phase == Phase::Running)
+            .count()
     }
 
     /// A running task reported progress; ignored if the task is not listed.
@@ -461,14 +526,20 @@ impl DashboardState {
     /// An attempt ended: it leaves the running list, goes on top of the recent list and
     /// into the statistics, and counts towards throughput if it completed.
     ///
-    /// Selections stay on the rows they were on, unless the recent list was following
-    /// its newest row (row 0), which it keeps doing.
+    /// Selections stay on the tasks they were on. If the selected running task is the one
+    /// that ended, the row that takes its place is selected. The recent list follows its
+    /// newest row only while it is not focused and was following; if the selected
+    /// attempt drops off its end, the last row is selected.
     pub fn task_finished(&mut self, mut task: FinishedTask) {
         if let Some(index) = self.running.iter().position(|r| r.id == task.id) {
             self.running.remove(index);
-            if index < self.selection.running {
-                self.selection.running -= 1;
+            if self.selection.running.as_deref() == Some(task.id.as_str()) {
+                let next = index.min(self.running.len().saturating_sub(1));
+                self.selection.running = self.running.get(next).map(|t| t.id.clone());
             }
+        }
+        if self.focus == Pane::Recent && self.selection.recent.is_none() {
+            self.selection.recent = self.recent.front().map(key_of);
         }
         self.stats
             .record(&task.task, task.duration, counts_as_failure(&task.state));
@@ -478,9 +549,6 @@ impl DashboardState {
         task.error = task.error.as_deref().map(clean);
         self.recent.push_front(task);
         self.recent.truncate(RECENT_CAPACITY);
-        if self.selection.recent > 0 {
-            self.selection.recent += 1;
-        }
         self.clamp_selection();
     }
 
@@ -577,10 +645,11 @@ impl DashboardState {
     }
 
     /// Shows a message in the footer for [`FLASH_FOR`], replacing any other; for example
-    /// the outcome of a [`Command`]. A removal waiting for its second `x` is called off,
-    /// since its prompt is gone.
+    /// the outcome of a [`Command`]. A removal waiting for its second `x`, or a cancel
+    /// waiting for its `y`, is called off, since its prompt is gone.
     pub fn flash(&mut self, level: Level, text: impl Into<String>) {
         self.pending_removal = None;
+        self.pending_cancel = None;
         self.flash = Some(Flash {
             level,
             text: clean(&text.into()).replace('\n', " "),
@@ -596,7 +665,9 @@ impl DashboardState {
     pub fn advance(&mut self, dt: Duration) {
         self.header.uptime = self.header.uptime.saturating_add(dt);
         for task in &mut self.running {
-            task.elapsed = task.elapsed.saturating_add(dt);
+            if task.phase == Phase::Running {
+                task.elapsed = task.elapsed.saturating_add(dt);
+            }
         }
         for worker in &mut self.workers {
             worker.last_heartbeat_ago = worker.last_heartbeat_ago.saturating_add(dt);
@@ -614,6 +685,7 @@ impl DashboardState {
             if flash.remaining.is_zero() {
                 self.flash = None;
                 self.pending_removal = None;
+                self.pending_cancel = None;
             }
         }
         self.since_sample = self.since_sample.saturating_add(dt);
@@ -640,14 +712,23 @@ impl DashboardState {
     /// Removing a schedule takes two `x` in a row: the first only asks for the second (in
     /// the flash); the second removes the schedule if it is still the one selected and the
     /// flash is still showing. Any other action calls the removal off and clears its flash.
+    ///
+    /// Cancelling a task that runs (or waits for a slot) asks first: `c` names it in the
+    /// flash, `y` cancels that task (wherever the selection has gone since), `n` or Esc
+    /// declines; any other action, or the flash's going, calls it off.
     pub fn apply(&mut self, action: Action) -> Option<Command> {
         if action != Action::RemoveSelected && self.pending_removal.take().is_some() {
             self.flash = None;
         }
+        if !matches!(action, Action::Confirm | Action::Decline)
+            && self.pending_cancel.take().is_some()
+        {
+            self.flash = None;
+        }
         match action {
             Action::Quit => return Some(Command::Quit),
-            Action::NextPane => self.focus = self.focus.next(),
-            Action::PrevPane => self.focus = self.focus.prev(),
+            Action::NextPane => self.set_focus(self.focus.next()),
+            Action::PrevPane => self.set_focus(self.focus.prev()),
             Action::ToggleHelp => self.show_help = !self.show_help,
             Action::Up => self.move_selection(Move::Back(1)),
             Action::Down => self.move_selection(Move::Forward(1)),
@@ -659,18 +740,62 @@ impl DashboardState {
             Action::CancelSelected => return self.cancel_selected(),
             Action::TogglePauseSelected => return self.toggle_pause_selected(),
             Action::RemoveSelected => return self.remove_selected(),
+            Action::Confirm => return self.confirm_cancel(),
+            Action::Decline => {
+                if self.pending_cancel.take().is_some() {
+                    self.flash = None;
+                }
+            }
         }
         None
     }
 
     /// The running task under the selection, if the list is not empty.
     pub fn selected_running(&self) -> Option<&RunningTask> {
-        self.running.get(self.selection.running)
+        self.running.get(self.selected_row(Pane::Running))
     }
 
     /// The finished attempt under the selection, if the list is not empty.
     pub fn selected_recent(&self) -> Option<&FinishedTask> {
-        self.recent.get(self.selection.recent)
+        self.recent.get(self.selected_row(Pane::Recent))
+    }
+
+    /// The row of a table pane's selection (0 for an empty pane); for the log, the lines
+    /// back from the newest.
+    pub fn selected_row(&self, pane: Pane) -> usize {
+        let s = &self.selection;
+        match pane {
+            Pane::Running => s
+                .running
+                .as_ref()
+                .and_then(|id| self.running.iter().position(|t| &t.id == id))
+                .unwrap_or(0),
+            Pane::Recent => s
+                .recent
+                .as_ref()
+                .and_then(|key| self.recent.iter().position(|t| key_of(t) == *key))
+                .unwrap_or(0),
+            Pane::Stats => s.stats,
+            Pane::Workers => s.workers,
+            Pane::Schedules => s.schedules,
+            Pane::Logs => s.log_back,
+        }
+    }
+
+    /// Focuses `pane`. Focusing Recent pins the row it shows, so that a finished attempt
+    /// arriving now does not slide under the selection; leaving it on its newest row lets
+    /// it follow new arrivals again.
+    fn set_focus(&mut self, pane: Pane) {
+        if self.focus == Pane::Recent
+            && pane != Pane::Recent
+            && self.selected_row(Pane::Recent) == 0
+        {
+            self.selection.recent = None;
+        }
+        if pane == Pane::Recent && self.selection.recent.is_none() {
+            self.selection.recent = self.recent.front().map(key_of);
+        }
+        self.focus = pane;
     }
 
     /// The schedule under the selection, if the list is not empty.
@@ -703,10 +828,10 @@ impl DashboardState {
     fn move_selection(&mut self, step: Move) {
         let len = self.pane_len(self.focus);
         let last = len.saturating_sub(1);
+        let mut row = self.selected_row(self.focus);
         // The log counts back from its newest line, so "up" (older) means a larger number.
         let (slot, step) = match self.focus {
-            Pane::Running => (&mut self.selection.running, step),
-            Pane::Recent => (&mut self.selection.recent, step),
+            Pane::Running | Pane::Recent => (&mut row, step),
             Pane::Stats => (&mut self.selection.stats, step),
             Pane::Workers => (&mut self.selection.workers, step),
             Pane::Schedules => (&mut self.selection.schedules, step),
@@ -718,12 +843,21 @@ impl DashboardState {
             Move::First => 0,
             Move::Last => last,
         };
+        match self.focus {
+            Pane::Running => self.selection.running = self.running.get(row).map(|t| t.id.clone()),
+            Pane::Recent => self.selection.recent = self.recent.get(row).map(key_of),
+            _ => {}
+        }
     }
 
     fn clamp_selection(&mut self) {
+        // A selected attempt that dropped off the recent list's end: the last row.
+        if let Some(key) = &self.selection.recent
+            && !self.recent.iter().any(|t| key_of(t) == *key)
+        {
+            self.selection.recent = self.recent.back().map(key_of);
+        }
         let s = &mut self.selection;
-        s.running = s.running.min(self.running.len().saturating_sub(1));
-        s.recent = s.recent.min(self.recent.len().saturating_sub(1));
         s.stats = s.stats.min(self.stats.rows().len().saturating_sub(1));
         s.workers = s.workers.min(self.workers.len().saturating_sub(1));
         s.schedules = s.schedules.min(self.schedules.len().saturating_sub(1));
@@ -732,8 +866,7 @@ impl DashboardState {
 
     fn retry_selected(&mut self) -> Option<Command> {
         let Some(task) = self
-            .recent
-            .get(self.selection.recent)
+            .selected_recent()
             .filter(|_| self.focus == Pane::Recent)
         else {
             self.flash(
@@ -758,17 +891,29 @@ impl DashboardState {
     }
 
     fn cancel_selected(&mut self) -> Option<Command> {
+        if self.focus == Pane::Running
+            && let Some(task) = self.selected_running()
+        {
+            let (id, name) = (
+                task.id.clone(),
+                format!("{} {}", task.task, short_id(&task.id)),
+            );
+            let what = match task.phase {
+                Phase::Running => "running",
+                Phase::Waiting => "claimed and waiting for a slot",
+            };
+            self.flash(Level::Warn, format!("cancel {name} ({what})? y/n"));
+            self.pending_cancel = Some(id);
+            return None;
+        }
         let target = match self.focus {
-            Pane::Running => self
-                .selected_running()
-                .map(|t| (t.id.clone(), t.task.clone(), "running")),
             Pane::Recent => self
                 .selected_recent()
                 .map(|t| (t.id.clone(), t.task.clone(), t.state.as_str())),
             _ => None,
         };
         match target {
-            Some((id, task, "running" | "retryable")) => {
+            Some((id, task, "retryable")) => {
                 self.flash(
                     Level::Info,
                     format!("cancel requested for {task} {}", short_id(&id)),
@@ -791,6 +936,18 @@ impl DashboardState {
                 None
             }
         }
+    }
+
+    /// `y` after a `c` on a running task: cancels the task the prompt named, if the prompt
+    /// is still showing.
+    fn confirm_cancel(&mut self) -> Option<Command> {
+        let id = self.pending_cancel.take()?;
+        let name = match self.running.iter().find(|t| t.id == id) {
+            Some(t) => format!("{} {}", t.task, short_id(&t.id)),
+            None => short_id(&id).to_owned(),
+        };
+        self.flash(Level::Info, format!("cancel requested for {name}"));
+        Some(Command::Cancel { id })
     }
 
     /// The selected schedule's id and how flash messages name it, if the Schedules pane
@@ -839,6 +996,14 @@ impl DashboardState {
             self.pending_removal = Some(id);
             None
         }
+    }
+}
+
+/// How the recent list's selection names an attempt.
+fn key_of(task: &FinishedTask) -> AttemptKey {
+    AttemptKey {
+        id: task.id.clone(),
+        attempt: task.attempt,
     }
 }
 
@@ -1041,6 +1206,7 @@ mod tests {
             mode: "thread".into(),
             attempt: 1,
             max_attempts: 3,
+            phase: Phase::Running,
             elapsed: Duration::ZERO,
             progress: None,
         }
@@ -1143,7 +1309,7 @@ mod tests {
             s.task_finished(finished(&format!("t{i}"), "completed", 1));
         }
         assert_eq!(s.recent.len(), RECENT_CAPACITY);
-        assert_eq!(s.selection.recent, 0, "row 0 follows the newest");
+        assert_eq!(s.selected_row(Pane::Recent), 0, "row 0 follows the newest");
         s.focus = Pane::Recent;
         s.apply(Action::Down);
         s.apply(Action::Down);
@@ -1153,10 +1319,164 @@ mod tests {
         s.apply(Action::Bottom);
         s.task_finished(finished("newer", "completed", 1));
         assert_eq!(
-            s.selection.recent,
+            s.selected_row(Pane::Recent),
             RECENT_CAPACITY - 1,
             "clamped at the end"
         );
+    }
+
+    fn claimed(id: &str) -> RunningTask {
+        RunningTask {
+            phase: Phase::Waiting,
+            ..running(id)
+        }
+    }
+
+    fn ids(s: &DashboardState) -> Vec<&str> {
+        s.running.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn claimed_tasks_wait_apart_and_age_only_once_they_run() {
+        let mut s = state();
+        s.task_started(claimed("w1"));
+        s.task_started(claimed("w2"));
+        s.task_started(running("r1"));
+        assert_eq!(ids(&s), ["r1", "w1", "w2"], "running first, then waiting");
+        assert_eq!(s.running_count(), 1);
+        s.advance(Duration::from_secs(5));
+        assert_eq!(
+            s.running[1].elapsed,
+            Duration::ZERO,
+            "waiting is not running"
+        );
+        s.task_running("w2", Duration::from_millis(300));
+        assert_eq!(ids(&s), ["r1", "w2", "w1"]);
+        assert_eq!(
+            (s.running[1].phase, s.running[1].elapsed),
+            (Phase::Running, Duration::from_millis(300))
+        );
+        s.task_running("w2", Duration::from_secs(9));
+        assert_eq!(
+            s.running[1].elapsed,
+            Duration::from_millis(300),
+            "a second start is ignored"
+        );
+        s.advance(Duration::from_secs(1));
+        assert_eq!(s.running[1].elapsed, Duration::from_millis(1_300));
+        assert_eq!(s.running_count(), 2);
+    }
+
+    #[test]
+    fn the_running_selection_stays_on_its_task_as_rows_move() {
+        let mut s = state();
+        s.task_started(running("r1"));
+        s.task_started(claimed("w1"));
+        s.task_started(claimed("w2"));
+        s.apply(Action::Bottom);
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        // Rows arrive above it and move around it: the selection follows w2, not row 2.
+        s.task_started(running("r2"));
+        s.task_running("w1", Duration::ZERO);
+        assert_eq!(ids(&s), ["r1", "r2", "w1", "w2"]);
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        assert_eq!(s.selected_row(Pane::Running), 3);
+        s.task_running("w2", Duration::ZERO);
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        // The selected task ends: the row that takes its place is selected.
+        s.apply(Action::Up);
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w1"));
+        s.task_finished(finished("w1", "completed", 1));
+        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+    }
+
+    #[test]
+    fn the_focused_recent_selection_does_not_follow_new_rows() {
+        let mut s = state();
+        s.task_finished(finished("a", "discarded", 1));
+        assert_eq!(s.selection.recent, None, "unfocused row 0 follows");
+        s.task_finished(finished("b", "completed", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("b"));
+        // Focusing pins the row on screen: `r` retries what the user saw.
+        s.apply(Action::PrevPane);
+        s.apply(Action::PrevPane);
+        s.apply(Action::PrevPane);
+        s.apply(Action::PrevPane);
+        s.apply(Action::PrevPane);
+        assert_eq!(s.focus, Pane::Recent);
+        s.apply(Action::Down);
+        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("a"));
+        s.task_finished(finished("c", "completed", 1));
+        assert_eq!(
+            s.apply(Action::RetrySelected),
+            Some(Command::Retry { id: "a".into() })
+        );
+        s.apply(Action::Top);
+        s.task_finished(finished("d", "completed", 1));
+        assert_eq!(
+            s.selected_recent().map(|t| t.id.as_str()),
+            Some("c"),
+            "focused row 0 stays put"
+        );
+        // Leaving the pane on its newest row lets it follow again; elsewhere, not.
+        s.apply(Action::NextPane);
+        s.task_finished(finished("e", "completed", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("c"));
+        s.apply(Action::PrevPane);
+        s.apply(Action::Top);
+        s.apply(Action::NextPane);
+        s.task_finished(finished("f", "completed", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("f"));
+        s.apply(Action::PrevPane);
+        s.task_finished(finished("g", "completed", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("f"));
+        // The same task's attempts are told apart.
+        s.task_finished(FinishedTask {
+            attempt: 2,
+            ..finished("f", "completed", 1)
+        });
+        assert_eq!(s.selected_recent().map(|t| t.attempt), Some(1));
+    }
+
+    #[test]
+    fn cancelling_a_running_task_asks_first() {
+        let mut s = state();
+        s.task_started(running("0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f"));
+        s.task_started(claimed("0190f1e2-aa3b-7c4d-8e9f-00000000beef"));
+        assert_eq!(s.apply(Action::CancelSelected), None);
+        assert_eq!(flash_text(&s), "cancel resize 2c3d4e5f (running)? y/n");
+        assert_eq!(s.apply(Action::Decline), None);
+        assert!(s.flash.is_none(), "n clears the question");
+        assert_eq!(s.apply(Action::Confirm), None, "nothing to confirm");
+
+        // Any other key calls it off; so does the question's going.
+        s.apply(Action::CancelSelected);
+        s.apply(Action::Down);
+        assert!(s.flash.is_none());
+        assert_eq!(s.apply(Action::Confirm), None);
+        s.apply(Action::CancelSelected);
+        assert_eq!(
+            flash_text(&s),
+            "cancel resize 0000beef (claimed and waiting for a slot)? y/n"
+        );
+        s.advance(FLASH_FOR);
+        assert_eq!(s.apply(Action::Confirm), None, "too late");
+
+        // `y` cancels the task the question named, wherever the selection went since.
+        s.apply(Action::CancelSelected);
+        s.task_started(running("0190f1e2-aa3b-7c4d-8e9f-00000000cafe"));
+        s.task_finished(finished(
+            "0190f1e2-aa3b-7c4d-8e9f-00000000beef",
+            "completed",
+            1,
+        ));
+        assert_eq!(
+            s.apply(Action::Confirm),
+            Some(Command::Cancel {
+                id: "0190f1e2-aa3b-7c4d-8e9f-00000000beef".into()
+            })
+        );
+        assert_eq!(flash_text(&s), "cancel requested for 0000beef");
     }
 
     #[test]
@@ -1222,20 +1542,20 @@ mod tests {
     fn selection_moves_within_bounds() {
         let mut s = state();
         s.apply(Action::Down);
-        assert_eq!(s.selection.running, 0, "an empty pane stays at 0");
+        assert_eq!(s.selected_row(Pane::Running), 0, "an empty pane stays at 0");
         for i in 0..15 {
             s.task_started(running(&i.to_string()));
         }
         s.apply(Action::PageDown);
-        assert_eq!(s.selection.running, PAGE);
+        assert_eq!(s.selected_row(Pane::Running), PAGE);
         s.apply(Action::PageDown);
-        assert_eq!(s.selection.running, 14);
+        assert_eq!(s.selected_row(Pane::Running), 14);
         s.apply(Action::Up);
-        assert_eq!(s.selection.running, 13);
+        assert_eq!(s.selected_row(Pane::Running), 13);
         s.apply(Action::Top);
-        assert_eq!(s.selection.running, 0);
+        assert_eq!(s.selected_row(Pane::Running), 0);
         s.apply(Action::Up);
-        assert_eq!(s.selection.running, 0);
+        assert_eq!(s.selected_row(Pane::Running), 0);
     }
 
     #[test]
@@ -1281,7 +1601,13 @@ mod tests {
         );
         let flash = s.flash.as_ref().map(|f| f.text.as_str());
         assert_eq!(flash, Some("retry requested for resize 2c3d4e5f"));
+        // A new row does not slide under the focused selection; moving to it does.
         s.task_finished(finished("c", "completed", 5));
+        assert_eq!(
+            s.selected_recent().map(|t| t.state.as_str()),
+            Some("discarded")
+        );
+        s.apply(Action::Top);
         assert_eq!(s.apply(Action::RetrySelected), None);
         let flash = s
             .flash
@@ -1296,17 +1622,20 @@ mod tests {
         let mut s = state();
         assert_eq!(s.apply(Action::CancelSelected), None, "nothing running");
         s.task_started(running("r"));
+        assert_eq!(s.apply(Action::CancelSelected), None, "asks first");
         assert_eq!(
-            s.apply(Action::CancelSelected),
+            s.apply(Action::Confirm),
             Some(Command::Cancel { id: "r".into() })
         );
         s.focus = Pane::Recent;
         s.task_finished(finished("r", "retryable", 5));
         assert_eq!(
             s.apply(Action::CancelSelected),
-            Some(Command::Cancel { id: "r".into() })
+            Some(Command::Cancel { id: "r".into() }),
+            "a retryable task is not running: no question"
         );
         s.task_finished(finished("d", "discarded", 5));
+        s.apply(Action::Top);
         assert_eq!(s.apply(Action::CancelSelected), None);
         s.focus = Pane::Logs;
         assert_eq!(s.apply(Action::CancelSelected), None);

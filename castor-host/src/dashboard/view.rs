@@ -38,7 +38,7 @@ use ratatui::widgets::{
 
 use super::input::HELP;
 use super::state::{
-    DashboardState, FinishedTask, Level, LogLine, Pane, RunningTask, ScheduleRow, TaskStats,
+    DashboardState, FinishedTask, Level, LogLine, Pane, Phase, RunningTask, ScheduleRow, TaskStats,
     WorkerInfo, short_id,
 };
 
@@ -648,6 +648,8 @@ struct TableView<'a, F> {
     cols: &'a [Col],
     len: usize,
     selected: usize,
+    /// Said in the title after the row count (`· 3 waiting for a slot`), if anything.
+    note: Option<String>,
     empty: &'a str,
     cells: F,
 }
@@ -657,11 +659,11 @@ fn table<F>(area: Rect, buf: &mut Buffer, focused: bool, view: TableView<'_, F>,
 where
     F: Fn(usize, &[u16]) -> Vec<Cell<'static>>,
 {
-    let title = pane_title(
-        view.which,
-        position(view.len, view.selected, focused),
-        focused,
-    );
+    let mut count = position(view.len, view.selected, focused);
+    if let Some(note) = &view.note {
+        count = format!("{count} · {note}");
+    }
+    let title = pane_title(view.which, count, focused);
     let block = rule(title, focused);
     let inner = block.inner(area);
     block.render(area, buf);
@@ -740,7 +742,8 @@ fn running(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) 
         which: Pane::Running,
         cols: &RUNNING_COLS,
         len: state.running.len(),
-        selected: state.selection.running,
+        selected: state.selected_row(Pane::Running),
+        note: waiting_note(state),
         empty: "no task running",
         cells: |i: usize, widths: &[u16]| {
             state
@@ -753,7 +756,24 @@ fn running(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) 
     table(area, buf, focused, view, 0);
 }
 
+/// How many of the listed attempts wait for a slot, for the Running pane's title.
+fn waiting_note(state: &DashboardState) -> Option<String> {
+    let waiting = state.running.len() - state.running_count();
+    (waiting > 0).then(|| format!("{waiting} waiting for a slot"))
+}
+
 fn running_cells(t: &RunningTask, widths: &[u16]) -> Vec<Cell<'static>> {
+    if t.phase == Phase::Waiting {
+        // Claimed but not begun: no time runs, and nothing claims it does.
+        return vec![
+            Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+            Cell::from(Span::styled(fit(&t.task, widths[1]), DIM)),
+            Cell::from(Span::styled(t.mode.clone(), DIM)),
+            Cell::from(Line::from(attempts(t.attempt, t.max_attempts)).right_aligned()),
+            Cell::from(Line::from(Span::styled("waiting", DIM)).right_aligned()),
+            Cell::from(Span::styled("-", DIM)),
+        ];
+    }
     let progress_width = widths.get(5).copied().unwrap_or(0);
     vec![
         Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
@@ -814,14 +834,18 @@ fn bar(eighths: usize, cells: usize) -> String {
     s
 }
 
+/// The id outranks everything but the state and the name: `r` and `c` act on the selected
+/// row, and the id is how the log names it. At 80 columns (a pane of about 38) the
+/// columns left are state, id, task and took; the selected attempt's error shows below
+/// the table when the pane has the focus and the room.
 const RECENT_COLS: [Col; 7] = [
     col("at", 8, 3),
     col("state", 9, 9),
-    col("id", 8, 5),
+    col("id", 8, 7),
     grow("task", 10, 1, 8),
     right("try", 5, 4),
     right("took", 7, 6),
-    grow("error", 10, 3, 7),
+    grow("error", 10, 3, 5),
 ];
 
 fn recent(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
@@ -836,7 +860,8 @@ fn recent(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         which: Pane::Recent,
         cols: &RECENT_COLS,
         len: state.recent.len(),
-        selected: state.selection.recent,
+        selected: state.selected_row(Pane::Recent),
+        note: None,
         empty: "no task finished yet",
         cells: |i: usize, widths: &[u16]| {
             state
@@ -903,6 +928,7 @@ fn stats(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         cols: &STATS_COLS,
         len: rows.len(),
         selected: state.selection.stats,
+        note: None,
         empty: "no task finished yet",
         cells: |i: usize, widths: &[u16]| {
             rows.get(i)
@@ -946,6 +972,7 @@ fn workers(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) 
         cols: &WORKER_COLS,
         len: state.workers.len(),
         selected: state.selection.workers,
+        note: None,
         empty: "no worker registered",
         cells: |i: usize, widths: &[u16]| {
             state
@@ -1025,6 +1052,7 @@ fn schedules(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool
         cols: &SCHEDULE_COLS,
         len,
         selected: state.selection.schedules,
+        note: None,
         empty: "no schedules",
         cells: |i: usize, widths: &[u16]| {
             state

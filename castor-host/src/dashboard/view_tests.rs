@@ -10,8 +10,8 @@ use ratatui::backend::TestBackend;
 
 use super::render;
 use super::state::{
-    DashboardState, FinishedTask, Header, Level, LogLine, Pane, Progress, RunningTask, ScheduleRow,
-    ScheduledTask, WorkerInfo,
+    DashboardState, FinishedTask, Header, Level, LogLine, Pane, Phase, Progress, RunningTask,
+    ScheduleRow, ScheduledTask, WorkerInfo,
 };
 
 const THIS_WORKER: &str = "0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f";
@@ -62,8 +62,17 @@ fn running(n: u64, task: &str, mode: &str, secs: f64, progress: Option<Progress>
         mode: mode.into(),
         attempt: 1,
         max_attempts: 3,
+        phase: Phase::Running,
         elapsed: Duration::from_secs_f64(secs),
         progress,
+    }
+}
+
+/// A process task this worker claimed while both child slots were busy.
+fn waiting_for_a_slot(n: u64, task: &str) -> RunningTask {
+    RunningTask {
+        phase: Phase::Waiting,
+        ..running(n, task, "process", 0.0, None)
     }
 }
 
@@ -110,8 +119,8 @@ fn worker(id: &str, host: &str, pid: u32, ago_ms: u64, alive: bool, done: u64) -
     }
 }
 
-/// A worker a while into a drain: five running tasks, a full recent list, statistics,
-/// a log and two workers.
+/// A worker a while into a drain: five running tasks and two more claimed, waiting for a
+/// child slot; a full recent list, statistics, a log and two workers.
 fn busy() -> DashboardState {
     let mut s = empty();
     s.header.uptime = Duration::from_secs(3725);
@@ -165,6 +174,8 @@ fn busy() -> DashboardState {
         0.0008,
         progress(1, 1, None),
     ));
+    s.task_started(waiting_for_a_slot(105, "resize_image"));
+    s.task_started(waiting_for_a_slot(106, "generate_quarterly_report"));
     s.throughput = (0..120u64)
         .map(|i| (i * 2).min(90) + i * 7919 % 23)
         .collect();
@@ -384,7 +395,7 @@ fn failures() -> DashboardState {
         "\u{1b}[31mDECLINED\u{1b}[0m\tcard ending 4242",
     );
     s.focus = Pane::Recent;
-    s.selection.recent = 0;
+    s.selection.recent = None;
     s.stopping = Some("waiting up to 30s for 5 running tasks; q again stops now".into());
     s.advance(Duration::ZERO);
     s
@@ -411,6 +422,37 @@ fn failures_100x30() {
     check("failures_100x30", &s, 100, 30);
     s.focus = Pane::Logs;
     check("failures_log_100x30", &s, 100, 30);
+}
+
+/// Every thread busy and three more claims waiting for one: the header counts the busy
+/// threads, the Running pane says how many wait and shows them without a clock; `c` on
+/// a waiting one asks first.
+#[test]
+fn claimed_tasks_wait_apart_and_cancel_asks_80x24() {
+    let mut s = empty();
+    s.header.uptime = Duration::from_secs(90);
+    for n in 0..4 {
+        s.task_started(running(
+            400 + n,
+            "send_email",
+            "thread",
+            1.5 + n as f64,
+            None,
+        ));
+    }
+    for n in 0..3 {
+        s.task_started(RunningTask {
+            phase: Phase::Waiting,
+            ..running(500 + n, "send_email", "thread", 0.0, None)
+        });
+    }
+    s.set_pool_busy(4, 0);
+    s.task_finished(finished(7, "send_email", "completed", 1_250, None));
+    s.advance(Duration::ZERO);
+    s.apply(super::input::Action::Bottom);
+    s.apply(super::input::Action::Up);
+    s.apply(super::input::Action::CancelSelected);
+    check("claimed_waiting_80x24", &s, 80, 24);
 }
 
 #[test]
@@ -492,14 +534,16 @@ fn any_size_renders_without_panicking() {
 fn the_focused_pane_and_row_are_marked_without_colour() {
     let mut s = busy();
     s.focus = Pane::Running;
-    s.selection.running = 2;
+    s.selection.running = Some(id(102));
     let terminal = draw(&s, 120, 40);
     let screen = terminal.backend().to_string();
     let marked: Vec<&str> = screen.lines().filter(|l| l.contains('▶')).collect();
     assert_eq!(marked.len(), 1, "{screen}");
     assert!(marked[0].contains("generate_quarterly_report"), "{screen}");
     assert!(
-        screen.lines().any(|l| l.contains("Running 3/5 ━")),
+        screen
+            .lines()
+            .any(|l| l.contains("Running 3/7 · 2 waiting for a slot ━")),
         "{screen}"
     );
 }

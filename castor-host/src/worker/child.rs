@@ -152,7 +152,7 @@ impl Slot {
                 }));
                 continue;
             }
-            job.flags.started.store(true, Ordering::SeqCst);
+            job.flags.start();
             let outcome = self.run_job(&job);
             let _ = self.events.send(Event::Done(Done {
                 seq,

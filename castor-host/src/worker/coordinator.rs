@@ -15,7 +15,9 @@ use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
 use super::rescuer::{self, Rescue};
-use super::{Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerEvent, executor};
+use super::{
+    AttemptStart, Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerEvent, executor,
+};
 
 /// How often leases are renewed, as a fraction of the lease.
 const RENEW_EVERY: u32 = 3;
@@ -703,14 +705,15 @@ impl Coordinator {
             self.releases.push((task.seq, task.attempt));
             return;
         };
+        let flags = Arc::new(Flags::default());
         reporter.event(WorkerEvent::Started {
             id: task.id,
             task: &task.task,
             mode: info.mode,
             attempt: task.attempt,
             max_attempts: task.max_attempts,
+            start: AttemptStart(Arc::clone(&flags)),
         });
-        let flags = Arc::new(Flags::default());
         let (seq, attempt) = (task.seq, task.attempt);
         self.by_id.insert(task.id, seq);
         self.inflight.insert(
@@ -742,7 +745,7 @@ impl Coordinator {
                         }));
                         return;
                     }
-                    flags.started.store(true, Ordering::SeqCst);
+                    flags.start();
                     if task.timeout.is_some() {
                         let _ = events.send(Event::Started {
                             seq,

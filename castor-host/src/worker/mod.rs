@@ -121,12 +121,35 @@ pub struct Done {
     outcome: Option<executor::Attempt>,
 }
 
-/// The flags an attempt shares with whoever runs it: the runner sets `started`, the
-/// coordinator sets `cancelled`.
+/// The flags an attempt shares with whoever runs it: the runner sets `started` (through
+/// [`Flags::start`]), the coordinator sets `cancelled`.
 #[derive(Debug, Default)]
 struct Flags {
     started: AtomicBool,
+    /// When the runner took the attempt; set just before `started`.
+    started_at: std::sync::OnceLock<std::time::Instant>,
     cancelled: AtomicBool,
+}
+
+impl Flags {
+    /// The runner (a pool thread, or a child's slot) begins the attempt now.
+    fn start(&self) {
+        let _ = self.started_at.set(std::time::Instant::now());
+        self.started.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Whether a claimed attempt has begun running, and since when: a claim waits in its
+/// pool's queue until a thread or a child slot is free. Cheap to clone; what
+/// [`WorkerEvent::Started`] hands a reporter.
+#[derive(Debug, Clone)]
+pub struct AttemptStart(Arc<Flags>);
+
+impl AttemptStart {
+    /// When the attempt began running; `None` while it waits for a slot.
+    pub fn started_at(&self) -> Option<std::time::Instant> {
+        self.0.started_at.get().copied()
+    }
 }
 
 /// Asks a running worker to stop. Cheap to clone; usable from a signal thread.

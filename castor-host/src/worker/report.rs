@@ -34,7 +34,8 @@ pub struct Finished<'a> {
 /// Something the worker did or saw.
 #[derive(Debug)]
 pub enum WorkerEvent<'a> {
-    /// An attempt was handed to a pool.
+    /// An attempt was claimed and handed to a pool, where it may wait for a free slot
+    /// before it runs (`start` tells when it does).
     Started {
         /// The task's id.
         id: Uuid,
@@ -46,6 +47,8 @@ pub enum WorkerEvent<'a> {
         attempt: u32,
         /// The attempt limit.
         max_attempts: u32,
+        /// Set when a thread or a child slot begins the attempt.
+        start: super::AttemptStart,
     },
     /// A running task logged a line (or a process task printed one).
     TaskLog {
