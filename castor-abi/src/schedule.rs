@@ -283,10 +283,23 @@ impl<A> Periodic<A> {
 }
 
 impl<A: Serialize + 'static> Periodic<A> {
-    /// Binds the declaration to its task (the generated `my_task::periodic` does this).
+    /// Binds the declaration to its task.
     pub fn into_spec(self, spec: TaskSpec) -> PeriodicSpec {
+        self.into_spec_encoded(spec, crate::codec::encode::<A>)
+    }
+}
+
+impl<A: 'static> Periodic<A> {
+    /// [`into_spec`](Self::into_spec) with the task's own encoder, which carries the
+    /// serde bounds (the generated `my_task::periodic` does this).
+    #[doc(hidden)]
+    pub fn into_spec_encoded(
+        self,
+        spec: TaskSpec,
+        encode: fn(&A) -> Result<Vec<u8>, crate::codec::EncodeError>,
+    ) -> PeriodicSpec {
         let args = match &self.args {
-            Some(args) => crate::codec::encode(args).map_err(|e| e.to_string()),
+            Some(args) => encode(args).map_err(|e| e.to_string()),
             None if TypeId::of::<A>() == TypeId::of::<()>() => {
                 crate::codec::encode(&()).map_err(|e| e.to_string())
             }
@@ -378,7 +391,7 @@ impl<R> fmt::Debug for ScheduleHandle<R> {
     }
 }
 
-impl<R: DeserializeOwned> ScheduleHandle<R> {
+impl<R> ScheduleHandle<R> {
     pub(crate) fn new(id: i64, task: &'static str, backend: Arc<dyn Backend>) -> Self {
         ScheduleHandle {
             id,
@@ -387,7 +400,9 @@ impl<R: DeserializeOwned> ScheduleHandle<R> {
             result: PhantomData,
         }
     }
+}
 
+impl<R: DeserializeOwned> ScheduleHandle<R> {
     /// The schedule's id (`castor schedules` lists it).
     pub fn id(&self) -> i64 {
         self.id

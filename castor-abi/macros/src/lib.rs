@@ -40,6 +40,9 @@ pub fn export_managers(input: TokenStream) -> TokenStream {
     }
 }
 
+/// The most arguments a task takes (serde's tuples, and castor-abi's `args0`..`args16`).
+const MAX_ARGS: usize = 16;
+
 /// Three attempts unless a task says otherwise: one for a transient failure, one for a
 /// worker that died holding the task (every attempt counts, so a task that kills its
 /// worker cannot loop forever).
@@ -193,6 +196,48 @@ fn is_context(ty: &Type) -> bool {
         .is_some_and(|s| s.ident == "TaskContext")
 }
 
+/// The first borrow in `ty` (`&str`, or one inside `Vec<&[u8]>`), and the owned type to
+/// use instead (`String`, `Vec<u8>`).
+fn borrowed(ty: &Type) -> Option<(&syn::TypeReference, String)> {
+    match ty {
+        Type::Reference(reference) => {
+            let owned = match &*reference.elem {
+                Type::Slice(slice) => {
+                    let elem = &slice.elem;
+                    format!("Vec<{}>", quote!(#elem)).replace(' ', "")
+                }
+                Type::Path(path) => {
+                    let last = path.path.segments.last().map(|s| s.ident.to_string());
+                    match last.as_deref() {
+                        Some("str") => "String".to_owned(),
+                        Some("Path") => "PathBuf".to_owned(),
+                        Some("OsStr") => "OsString".to_owned(),
+                        Some("CStr") => "CString".to_owned(),
+                        _ => quote!(#path).to_string().replace(' ', ""),
+                    }
+                }
+                other => quote!(#other).to_string().replace(' ', ""),
+            };
+            Some((reference, owned))
+        }
+        Type::Path(path) => path.path.segments.iter().find_map(|segment| {
+            let PathArguments::AngleBracketed(args) = &segment.arguments else {
+                return None;
+            };
+            args.args.iter().find_map(|arg| match arg {
+                GenericArgument::Type(ty) => borrowed(ty),
+                _ => None,
+            })
+        }),
+        Type::Tuple(tuple) => tuple.elems.iter().find_map(borrowed),
+        Type::Array(array) => borrowed(&array.elem),
+        Type::Slice(slice) => borrowed(&slice.elem),
+        Type::Paren(paren) => borrowed(&paren.elem),
+        Type::Group(group) => borrowed(&group.elem),
+        _ => None,
+    }
+}
+
 /// For `Result<T, E>` (any path ending in `Result`), `Some(T)`.
 fn result_ok_type(ty: &Type) -> Option<Type> {
     let Type::Path(path) = ty else { return None };
@@ -246,6 +291,15 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 "the task context must be the first parameter",
             ));
         }
+        if let Some((reference, owned)) = borrowed(&typed.ty) {
+            return Err(syn::Error::new_spanned(
+                reference,
+                format!(
+                    "task arguments must be owned: they are stored, then decoded in the worker \
+                     when the task runs; take `{owned}` instead"
+                ),
+            ));
+        }
         let name = match &*typed.pat {
             Pat::Ident(ident) => ident.ident.clone(),
             _ => format_ident!("arg{}", i),
@@ -254,6 +308,17 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
         arg_types.push((*typed.ty).clone());
     }
 
+    if let ReturnType::Type(_, ty) = &sig.output
+        && let Some((reference, owned)) = borrowed(result_ok_type(ty).as_ref().unwrap_or(ty))
+    {
+        return Err(syn::Error::new_spanned(
+            reference,
+            format!(
+                "a task's result must be owned: it is stored, then decoded by whoever joins the \
+                 task; return `{owned}` instead"
+            ),
+        ));
+    }
     let (output, fallible) = match &sig.output {
         ReturnType::Default => (syn::parse_quote!(()), false),
         ReturnType::Type(_, ty) => match result_ok_type(ty) {
@@ -261,6 +326,26 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             None => ((**ty).clone(), false),
         },
     };
+
+    // The serde bounds are checked here, once per type, spanned at what the user wrote:
+    // each argument's type, and the return type.
+    if arg_types.len() > MAX_ARGS {
+        return Err(syn::Error::new(
+            sig.inputs.span(),
+            format!(
+                "a task takes at most {MAX_ARGS} arguments: group them in a struct that derives \
+                 serde's `Serialize` and `Deserialize`"
+            ),
+        ));
+    }
+    let args_codec_fn = format_ident!("args{}", arg_types.len());
+    let args_codec = quote!(::castor_abi::__private::#args_codec_fn::<#(#arg_types),*>());
+    let result_span = match &sig.output {
+        ReturnType::Default => sig.ident.span(),
+        ReturnType::Type(_, ty) => ty.span(),
+    };
+    let result_codec =
+        quote::quote_spanned!(result_span=> ::castor_abi::__private::codec::<Output>());
 
     let mode = &attr.mode;
     let timeout = match attr.timeout_ms {
@@ -328,6 +413,15 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 describe: __castor_describe,
             };
 
+            /// How the arguments and the result are stored: built here, where the
+            /// compiler checks their serde bounds once, at the types as written.
+            fn __castor_codecs() -> ::castor_abi::__private::Codecs<Args, Output> {
+                ::castor_abi::__private::Codecs {
+                    args: #args_codec,
+                    result: #result_codec,
+                }
+            }
+
             extern "C" fn __castor_describe(
                 bytes: ::castor_abi::__private::abi_stable::std_types::RSlice<'_, u8>,
                 result: bool,
@@ -335,7 +429,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 ::castor_abi::__private::abi_stable::std_types::RString,
                 ::castor_abi::__private::abi_stable::std_types::RString,
             > {
-                ::castor_abi::__private::describe::<Args, Output>(bytes, result)
+                ::castor_abi::__private::describe(bytes, result, __castor_codecs())
             }
 
             extern "C" fn __castor_run(
@@ -348,6 +442,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 ::castor_abi::__private::run::<Args, Output>(
                     host,
                     args,
+                    __castor_codecs(),
                     |#ctx_binding, (#(#arg_names,)*)| #body,
                 )
             }
@@ -361,7 +456,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 to: &impl ::castor_abi::Dispatch,
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay(to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*))
+                ::castor_abi::__private::delay(to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args)
             }
 
             /// Dispatches the task with options (a start time, a priority, a unique key,
@@ -374,7 +469,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 options: &::castor_abi::DelayOptions,
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*))
+                ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args)
             }
 
             /// Dispatches one task per argument tuple, all in one transaction.
@@ -385,7 +480,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 to: &impl ::castor_abi::Dispatch,
                 args: impl ::core::iter::IntoIterator<Item = Args>,
             ) -> ::core::result::Result<::std::vec::Vec<::castor_abi::TaskHandle<Output>>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args)
+                ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args, __castor_codecs().args)
             }
 
             /// Dispatches a run every interval (optionally a number of times, or until a
@@ -399,12 +494,12 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 schedule: &::castor_abi::Schedule,
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::ScheduleHandle<Output>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::schedule(to, SPEC, schedule, &(#(#arg_names,)*))
+                ::castor_abi::__private::schedule(to, SPEC, schedule, &(#(#arg_names,)*), __castor_codecs().args)
             }
 
             /// Binds a periodic declaration to this task (for `manager!`'s `periodic`).
             pub fn periodic(when: ::castor_abi::Periodic<Args>) -> ::castor_abi::PeriodicSpec {
-                when.into_spec(SPEC)
+                when.into_spec_encoded(SPEC, __castor_codecs().args.encode)
             }
 
             /// A handle on an existing task of this kind, by id.
