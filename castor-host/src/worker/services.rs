@@ -10,7 +10,7 @@ use abi_stable::std_types::ROption;
 use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
 use castor_abi::host::Services;
 use castor_abi::store::{NewTask, Store, Watcher, now_us};
-use castor_abi::{LogLevel, Uuid};
+use castor_abi::{LogLevel, StoreError, Uuid};
 use crossbeam_channel::Sender;
 
 use super::Event;
@@ -43,6 +43,17 @@ impl WorkerServices {
     }
 }
 
+impl WorkerServices {
+    /// The task's message for `error`; a damaged file also stops the worker.
+    fn failed(&self, error: StoreError) -> String {
+        let message = error.to_string();
+        if matches!(error, StoreError::Corrupt { .. }) {
+            let _ = self.events.send(Event::Fatal(error));
+        }
+        message
+    }
+}
+
 impl Services for WorkerServices {
     fn dispatch(
         &self,
@@ -62,12 +73,12 @@ impl Services for WorkerServices {
         store
             .enqueue(&new)
             .map(|(id, _)| id)
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.failed(e))
     }
 
     fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String> {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = store.snapshot(id).map_err(|e| e.to_string())?;
+        let snapshot = store.snapshot(id).map_err(|e| self.failed(e))?;
         Ok(snapshot.map(|s| SnapshotAbi {
             state: s.state.as_str().into(),
             task: s.task.into(),
