@@ -198,13 +198,22 @@ pub enum DispatchError {
         known: Vec<String>,
     },
     /// The arguments could not be encoded.
-    #[error("task `{task}`: {source}")]
+    #[error("task `{task}`: {error}; nothing was dispatched")]
     EncodeArgs {
         /// The task's name.
         task: String,
         /// The codec's reason.
-        #[source]
-        source: EncodeError,
+        error: EncodeError,
+    },
+    /// The encoded arguments are larger than [`MAX_PAYLOAD`](crate::codec::MAX_PAYLOAD).
+    #[error("{}", crate::codec::args_too_large(.task, *.size))]
+    ArgsTooLarge {
+        /// The task's name.
+        task: String,
+        /// The encoded arguments' size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
     },
     /// The dispatch options contradict each other or are out of range.
     #[error("task `{task}`: invalid dispatch options: {reason}")]
@@ -307,19 +316,28 @@ pub enum JoinError {
         /// The task's name.
         task: String,
     },
-    /// The stored result does not decode as the result type (the app and the library that
-    /// ran the task disagree on the task's signature).
-    #[error("task {id} ({task}) completed, but its result does not decode: {source}")]
+    /// The stored result does not decode as the result type: the app and the library that
+    /// ran the task disagree on the task's signature, or the result is over the size limit.
+    #[error("task {id} ({task}) completed, but its result does not decode: {error}{}", decode_hint(.error))]
     DecodeResult {
         /// The task's id.
         id: Uuid,
         /// The task's name.
         task: String,
         /// The codec's reason.
-        #[source]
-        source: DecodeError,
+        error: DecodeError,
     },
     /// The task's state could not be read.
     #[error(transparent)]
     Status(#[from] StatusError),
+}
+
+/// For a result that is not an encoding of the type asked for: the likely reason.
+fn decode_hint(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::Invalid { .. } => {
+            " (was the app built against another version of the task than the worker's library?)"
+        }
+        _ => "",
+    }
 }

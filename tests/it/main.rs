@@ -16,6 +16,8 @@ mod reliability;
 mod cli;
 // A damaged database: refused at open and at start, met mid-run, `castor check`.
 mod damage;
+// Arguments and results past the 64 MiB limit: refused, never stored.
+mod limits;
 // Delayed, repeating and periodic tasks; priorities; unique keys.
 mod scheduling;
 // `castor -i` under tmux: the screen, the keys, a clean exit.
