@@ -189,10 +189,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Opens the manager's database (creating it if needed) for dispatching and joining.
+    /// Opens the manager's database (creating it if needed) for dispatching and joining. A
+    /// file of up to [`QUICK_CHECK_BYTES`](crate::store::QUICK_CHECK_BYTES) is checked for
+    /// damage first (a few milliseconds); a larger one only as far as statements read it.
     ///
     /// # Errors
-    /// An invalid declaration, or a database that cannot be opened (see
+    /// An invalid declaration, or a database that cannot be opened or is damaged (see
     /// [`Store::open`](crate::store::Store::open)).
     pub fn open(&self) -> Result<Client, OpenError> {
         self.validate()?;

@@ -167,13 +167,15 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed, with mode 0600) the database at `path`, sets WAL mode,
-    /// the busy timeout and `synchronous`, checks that each took effect, and creates or
-    /// checks the schema.
+    /// the busy timeout and `synchronous`, checks that each took effect, checks the file
+    /// for damage as `options.check` says, and creates or checks the schema.
     ///
     /// # Errors
-    /// [`StoreError::MissingDirectory`], [`StoreError::Open`] (cannot create the file),
-    /// [`StoreError::Corrupt`] (not a SQLite file), [`StoreError::ReadOnly`],
-    /// [`StoreError::Pragma`] (e.g. WAL unsupported), [`StoreError::SchemaTooNew`].
+    /// [`StoreError::MissingDirectory`], [`StoreError::NotADirectory`],
+    /// [`StoreError::NotAFile`] (a directory, FIFO, socket or device), [`StoreError::Open`]
+    /// (cannot create or read the file), [`StoreError::Corrupt`] (not a SQLite file, or
+    /// damaged), [`StoreError::ReadOnly`], [`StoreError::Pragma`] (e.g. WAL unsupported),
+    /// [`StoreError::SchemaTooNew`].
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
         prepare_file(&path, true)?;
