@@ -306,9 +306,16 @@ pub struct Codecs<A, R> {
 }
 
 fn encode_args<A>(spec: &TaskSpec, args: &A, codec: Codec<A>) -> Result<Vec<u8>, DispatchError> {
-    (codec.encode)(args).map_err(|source| DispatchError::EncodeArgs {
-        task: spec.name.to_owned(),
-        source,
+    (codec.encode)(args).map_err(|error| match error {
+        codec::EncodeError::TooLarge { size, limit, .. } => DispatchError::ArgsTooLarge {
+            task: spec.name.to_owned(),
+            size,
+            limit,
+        },
+        error => DispatchError::EncodeArgs {
+            task: spec.name.to_owned(),
+            error,
+        },
     })
 }
 
@@ -438,20 +445,27 @@ pub fn run<A, R>(
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let task = host.task_name.as_str();
         let args: A = (codecs.args.decode)(args.as_slice()).map_err(|e| {
-            failure(
-                FailureKind::DecodeArgs,
-                format!(
+            let message = match e {
+                codec::DecodeError::Invalid { .. } => format!(
                     "task `{task}`: the stored arguments do not match its parameters \
                      (was the app built against another version of the task?): {e}"
                 ),
-            )
+                _ => format!("task `{task}`: its stored arguments cannot be read: {e}"),
+            };
+            failure(FailureKind::DecodeArgs, message)
         })?;
         // SAFETY: the worker keeps its services alive for the rest of the process.
         let backend = unsafe { HostBackend::shared(host.services) };
         let ctx = TaskContext::from_host(host, backend);
         let value = f(&ctx, args)?;
-        (codecs.result.encode)(&value)
-            .map_err(|e| failure(FailureKind::EncodeResult, format!("task `{task}`: {e}")))
+        (codecs.result.encode)(&value).map_err(|e| match e {
+            // Retried under the task's policy, like any error: the size may depend on data
+            // that changes between attempts.
+            codec::EncodeError::TooLarge { size, .. } => {
+                failure(FailureKind::Error, codec::result_too_large(task, size))
+            }
+            e => failure(FailureKind::EncodeResult, format!("task `{task}`: {e}")),
+        })
     }));
     IN_TASK.with(|flag| flag.set(false));
     match outcome {

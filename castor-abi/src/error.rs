@@ -10,43 +10,65 @@ use crate::codec::{DecodeError, EncodeError};
 use crate::store::AttemptError;
 
 /// The database could not be opened, read or written.
+///
+/// Each variant's message is one sentence that already holds its cause (SQLite's or the
+/// operating system's reason), so the cause is kept in a named field and not returned
+/// again by [`source`](std::error::Error::source): printed with `{}` or with anyhow's
+/// `{:#}`, the reason appears once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The directory that should hold the database does not exist.
-    #[error("cannot open database {path}: directory {dir} does not exist")]
+    #[error("cannot open database {path}: directory {dir} does not exist; create it first")]
     MissingDirectory {
         /// The database path.
         path: PathBuf,
         /// The directory that is missing.
         dir: PathBuf,
     },
+    /// What should be the database's directory is a file (or something else).
+    #[error("cannot open database {path}: {dir} is not a directory")]
+    NotADirectory {
+        /// The database path.
+        path: PathBuf,
+        /// The path that should be a directory.
+        dir: PathBuf,
+    },
+    /// The path names a directory, a FIFO, a socket or a device instead of a file.
+    #[error("cannot open database {path}: it is {kind}, not a database file{}", not_a_file_hint(.path, .kind))]
+    NotAFile {
+        /// The database path.
+        path: PathBuf,
+        /// What it is instead: `a directory`, `a FIFO (named pipe)`, `a socket`, `a device`.
+        kind: &'static str,
+    },
     /// The database file could not be created or opened.
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {path}: {}", io_reason(.error))]
     Open {
         /// The database path.
         path: PathBuf,
         /// The operating system's reason.
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    /// SQLite could not open the file.
-    #[error("cannot open database {path}: {source}")]
+    /// SQLite could not open the file, for a reason none of the other variants names.
+    #[error("cannot open database {path}: {detail}")]
     Sqlite {
         /// The database path.
         path: PathBuf,
         /// SQLite's reason.
-        #[source]
-        source: rusqlite::Error,
+        detail: String,
     },
     /// The file is not a SQLite database, or it is damaged.
     #[error(
-        "database {path} is corrupt or not a SQLite database ({detail}); nothing was written to it"
+        "database {path} is damaged or not a SQLite database: {detail} (found while castor tried to {operation}); \
+         check it with `castor check --db {path}` and recover it as README's \"Recovering a damaged database\" says"
     )]
     Corrupt {
         /// The database path.
         path: PathBuf,
-        /// SQLite's description.
+        /// What castor was doing when it found the damage.
+        operation: &'static str,
+        /// SQLite's description, or the first problem `PRAGMA quick_check` found.
         detail: String,
     },
     /// The database (or its directory) is read-only for this user.
@@ -107,15 +129,14 @@ pub enum StoreError {
         waited: Duration,
     },
     /// A query failed.
-    #[error("database {path}: {operation} failed: {source}")]
+    #[error("database {path}: {operation} failed: {}", crate::store::sqlite_reason(.error, .path))]
     Query {
         /// The database path.
         path: PathBuf,
         /// What castor was doing.
         operation: &'static str,
-        /// SQLite's reason.
-        #[source]
-        source: rusqlite::Error,
+        /// SQLite's error (part of the message, not a separate cause).
+        error: rusqlite::Error,
     },
     /// A row holds a value castor does not understand (the file was edited by hand, or by
     /// a newer castor).
@@ -131,14 +152,35 @@ pub enum StoreError {
         detail: String,
     },
     /// The change watcher (inotify) could not be set up.
-    #[error("cannot watch {path} for changes: {source}")]
+    #[error("cannot watch {path} for changes: {reason}")]
     Watch {
         /// The watched file.
         path: PathBuf,
         /// The operating system's reason.
-        #[source]
-        source: std::io::Error,
+        reason: String,
     },
+}
+
+/// What to do about a path that is not a file: for a directory, the file to name instead.
+fn not_a_file_hint(path: &std::path::Path, kind: &str) -> String {
+    if kind == "a directory" {
+        format!(
+            "; give the path of a file, e.g. {}",
+            path.join("tasks.db").display()
+        )
+    } else {
+        String::new()
+    }
+}
+
+/// The operating system's reason, with what to do where that is clear.
+fn io_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (this user needs read and write access to the file and its directory)".to_owned()
+        }
+        _ => error.to_string(),
+    }
 }
 
 /// A task could not be dispatched. Nothing was written.
@@ -156,13 +198,22 @@ pub enum DispatchError {
         known: Vec<String>,
     },
     /// The arguments could not be encoded.
-    #[error("task `{task}`: {source}")]
+    #[error("task `{task}`: {error}; nothing was dispatched")]
     EncodeArgs {
         /// The task's name.
         task: String,
         /// The codec's reason.
-        #[source]
-        source: EncodeError,
+        error: EncodeError,
+    },
+    /// The encoded arguments are larger than [`MAX_PAYLOAD`](crate::codec::MAX_PAYLOAD).
+    #[error("{}", crate::codec::args_too_large(.task, *.size))]
+    ArgsTooLarge {
+        /// The task's name.
+        task: String,
+        /// The encoded arguments' size in bytes.
+        size: usize,
+        /// The limit in bytes.
+        limit: usize,
     },
     /// The dispatch options contradict each other or are out of range.
     #[error("task `{task}`: invalid dispatch options: {reason}")]
@@ -265,19 +316,28 @@ pub enum JoinError {
         /// The task's name.
         task: String,
     },
-    /// The stored result does not decode as the result type (the app and the library that
-    /// ran the task disagree on the task's signature).
-    #[error("task {id} ({task}) completed, but its result does not decode: {source}")]
+    /// The stored result does not decode as the result type: the app and the library that
+    /// ran the task disagree on the task's signature, or the result is over the size limit.
+    #[error("task {id} ({task}) completed, but its result does not decode: {error}{}", decode_hint(.error))]
     DecodeResult {
         /// The task's id.
         id: Uuid,
         /// The task's name.
         task: String,
         /// The codec's reason.
-        #[source]
-        source: DecodeError,
+        error: DecodeError,
     },
     /// The task's state could not be read.
     #[error(transparent)]
     Status(#[from] StatusError),
+}
+
+/// For a result that is not an encoding of the type asked for: the likely reason.
+fn decode_hint(error: &DecodeError) -> &'static str {
+    match error {
+        DecodeError::Invalid { .. } => {
+            " (was the app built against another version of the task than the worker's library?)"
+        }
+        _ => "",
+    }
 }

@@ -176,10 +176,10 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             TaskState::Completed => {
                 let bytes = view.result.as_deref().unwrap_or_default();
                 Check::Done(
-                    codec::decode::<R>(bytes).map_err(|source| JoinError::DecodeResult {
+                    codec::decode::<R>(bytes).map_err(|error| JoinError::DecodeResult {
                         id: self.id,
                         task: task(),
-                        source,
+                        error,
                     }),
                 )
             }

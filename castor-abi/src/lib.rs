@@ -168,9 +168,30 @@ pub fn format_duration(d: std::time::Duration) -> String {
     }
 }
 
+/// Formats a byte count for people: `312 bytes`, `1,048,575 bytes`, `64 MiB`,
+/// `100.0 MiB (104,857,605 bytes)` (exact where rounding would hide a limit's edge).
+pub fn format_size(bytes: usize) -> String {
+    const MIB: usize = 1 << 20;
+    let digits = bytes.to_string();
+    let mut exact = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            exact.push(',');
+        }
+        exact.push(c);
+    }
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
+        format!("{} MiB", bytes / MIB)
+    } else if bytes >= MIB {
+        format!("{:.1} MiB ({exact} bytes)", bytes as f64 / MIB as f64)
+    } else {
+        format!("{exact} bytes")
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::format_duration;
+    use super::{format_duration, format_size};
     use std::time::Duration;
 
     #[test]
@@ -193,5 +214,13 @@ mod tests {
         assert_eq!(format_duration(Duration::from_secs(2)), "2.0s");
         assert_eq!(format_duration(Duration::from_secs(200)), "3m 20s");
         assert_eq!(format_duration(Duration::from_secs(7500)), "2h 5m");
+    }
+
+    #[test]
+    fn sizes_read_plainly() {
+        assert_eq!(format_size(312), "312 bytes");
+        assert_eq!(format_size(1_048_575), "1,048,575 bytes");
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(100 << 20 | 5), "100.0 MiB (104,857,605 bytes)");
     }
 }

@@ -189,10 +189,12 @@ impl Manager {
         Ok(())
     }
 
-    /// Opens the manager's database (creating it if needed) for dispatching and joining.
+    /// Opens the manager's database (creating it if needed) for dispatching and joining. A
+    /// file of up to [`QUICK_CHECK_BYTES`](crate::store::QUICK_CHECK_BYTES) is checked for
+    /// damage first (a few milliseconds); a larger one only as far as statements read it.
     ///
     /// # Errors
-    /// An invalid declaration, or a database that cannot be opened (see
+    /// An invalid declaration, or a database that cannot be opened or is damaged (see
     /// [`Store::open`](crate::store::Store::open)).
     pub fn open(&self) -> Result<Client, OpenError> {
         self.validate()?;
@@ -295,7 +297,7 @@ struct ClientInner {
     tasks: Vec<&'static str>,
     path: PathBuf,
     store: Mutex<Store>,
-    watcher: OnceLock<Result<Watcher, String>>,
+    watcher: OnceLock<Result<Watcher, StoreError>>,
 }
 
 impl ClientInner {
@@ -307,12 +309,19 @@ impl ClientInner {
 
     fn watcher(&self) -> Result<&Watcher, StatusError> {
         self.watcher
-            .get_or_init(|| Watcher::start(&self.path).map_err(|e| e.to_string()))
+            .get_or_init(|| Watcher::start(&self.path))
             .as_ref()
-            .map_err(|message| {
-                StatusError::Store(StoreError::Watch {
-                    path: self.path.clone(),
-                    source: std::io::Error::other(message.clone()),
+            .map_err(|e| {
+                // The error is kept for every later waiter; each gets its own copy.
+                StatusError::Store(match e {
+                    StoreError::Watch { path, reason } => StoreError::Watch {
+                        path: path.clone(),
+                        reason: reason.clone(),
+                    },
+                    other => StoreError::Watch {
+                        path: self.path.clone(),
+                        reason: other.to_string(),
+                    },
                 })
             })
     }

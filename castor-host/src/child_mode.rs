@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use anyhow::Context;
-use castor_abi::abi::{DispatchOptionsAbi, HostCtx, RunFn, SnapshotAbi};
+use castor_abi::abi::{DispatchOptionsAbi, FailureKind, HostCtx, RunFn, SnapshotAbi};
+use castor_abi::codec;
 use castor_abi::host::Services;
 use castor_abi::{LogLevel, Uuid};
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cli::ChildArgs;
 use crate::plugin::Plugin;
-use crate::protocol::{self, END_MARKER, FromChild, Reply, Request, ToChild};
+use crate::protocol::{self, END_MARKER, FromChild, Payload, Reply, Request, ToChild};
 
 /// Runs the child until the worker closes the socket or goes away.
 ///
@@ -80,7 +81,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
                     max_attempts,
                     cancelled,
                 };
-                call(run, &ctx, &args)
+                call(run, &ctx, &args.0)
             }
             None => (
                 Err((0, format!("this child does not know task `{task}`"))),
@@ -99,19 +100,46 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Outcome = (Result<Vec<u8>, (u8, String)>, Duration);
+type Outcome = (Result<Payload, (u8, String)>, Duration);
 
 fn call(run: RunFn, ctx: &HostCtx<'_>, args: &[u8]) -> Outcome {
     let start = Instant::now();
     let returned = run(ctx, RSlice::from(args));
     let elapsed = start.elapsed();
     match returned {
-        RResult::ROk(bytes) => (Ok(bytes.into_vec()), elapsed),
+        // The library's glue refuses such a result; one built against an older castor-abi
+        // may not, and the frame would be refused, which the worker would take for a crash.
+        RResult::ROk(bytes) if bytes.len() > codec::MAX_PAYLOAD => (
+            Err((
+                FailureKind::Error as u8,
+                codec::result_too_large(ctx.task_name.as_str(), bytes.len()),
+            )),
+            elapsed,
+        ),
+        RResult::ROk(bytes) => (Ok(Payload(bytes.into_vec())), elapsed),
         RResult::RErr(failure) => (
-            Err((failure.kind as u8, failure.message.into_string())),
+            Err((failure.kind as u8, fit(failure.message.into_string()))),
             elapsed,
         ),
     }
+}
+
+/// A task's text (an error, a log line) cut to fit in a frame, saying so.
+fn fit(mut text: String) -> String {
+    if text.len() <= codec::MAX_PAYLOAD {
+        return text;
+    }
+    let len = text.len();
+    let mut cut = codec::MAX_PAYLOAD - 100;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    text.truncate(cut);
+    text.push_str(&format!(
+        " [cut: the text was {}]",
+        codec::over_limit(len, codec::MAX_PAYLOAD)
+    ));
+    text
 }
 
 /// Moves the socket off standard input and puts `/dev/null` there instead.
@@ -254,9 +282,12 @@ impl Services for ChildServices {
         args: &[u8],
         options: &DispatchOptionsAbi,
     ) -> Result<Uuid, String> {
+        if args.len() > codec::MAX_PAYLOAD {
+            return Err(codec::args_too_large(task, args.len()));
+        }
         match self.ask(Request::Dispatch {
             task: task.to_owned(),
-            args: args.to_vec(),
+            args: Payload(args.to_vec()),
             options: options.into(),
         }) {
             Some(Reply::Dispatched(result)) => result.map(Uuid::from_bytes),
@@ -293,7 +324,7 @@ impl Services for ChildServices {
             &FromChild::Log {
                 id: id.into_bytes(),
                 level: level as u8,
-                line: line.to_owned(),
+                line: fit(line.to_owned()),
             },
         );
     }
@@ -305,7 +336,7 @@ impl Services for ChildServices {
                 id: id.into_bytes(),
                 done,
                 total,
-                message: message.to_owned(),
+                message: fit(message.to_owned()),
             },
         );
     }

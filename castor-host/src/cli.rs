@@ -115,6 +115,9 @@ pub enum Command {
     /// List repeating and periodic schedules with their next run; pause, resume or
     /// remove one.
     Schedules(SchedulesArgs),
+    /// Check a database for damage (PRAGMA integrity_check) and show its schema version
+    /// and task counts; exits 1 on a problem.
+    Check(CheckArgs),
     /// Internal: a process-mode child (started by the worker itself).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -208,6 +211,17 @@ pub enum ScheduleAction {
         /// The schedule's id.
         id: i64,
     },
+}
+
+/// `castor check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The task library whose manager's database to check (as `--lib`).
+    #[arg(value_name = "LIB[:MANAGER]")]
+    pub target: Option<PluginTarget>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
 }
 
 /// `castor purge`.

@@ -3,11 +3,11 @@
 //! castor-abi's store; none of them runs a task.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RSlice};
-use anyhow::{Context, bail};
+use anyhow::bail;
 use castor_abi::abi::ManagerDecl;
 use castor_abi::store::{
     CancelOutcome, ListFilter, RetryOutcome, Store, StoreOptions, TaskSnapshot, TaskSummary,
@@ -17,7 +17,8 @@ use castor_abi::{TaskState, Uuid, format_duration};
 use serde::Serialize;
 
 use crate::cli::{
-    Command, DbArgs, IdsArgs, ListArgs, PurgeArgs, ScheduleAction, SchedulesArgs, ShowArgs,
+    Command, DbArgs, IdsArgs, ListArgs, PluginTarget, PurgeArgs, ScheduleAction, SchedulesArgs,
+    ShowArgs,
 };
 use crate::plugin::Plugin;
 use crate::worker::timestamp;
@@ -35,18 +36,30 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Purge(args) => purge(&args),
         Command::Stats(args) => stats(&args),
         Command::Schedules(args) => schedules(&args),
+        Command::Check(args) => crate::check::run(&args),
         Command::Child(_) => bail!("the child mode is started by the worker, not by hand"),
     }
 }
 
 /// The database a subcommand works on, and the manager declaration if `--lib` was given.
 fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
-    let manager = match &args.lib {
+    let (path, manager) = database(args.db.as_deref(), args.lib.as_ref())?;
+    let store = Store::open(&path, StoreOptions::default())?;
+    Ok((store, manager))
+}
+
+/// The database a subcommand names (`--db`, else the library's manager's, else
+/// `./tasks.db`), which must exist, and the manager declaration if a library was given.
+pub fn database(
+    db: Option<&Path>,
+    lib: Option<&PluginTarget>,
+) -> anyhow::Result<(PathBuf, Option<ManagerDecl>)> {
+    let manager = match lib {
         Some(target) => Some(Plugin::load(&target.library)?.into_manager(&target.manager)?),
         None => None,
     };
-    let path: PathBuf = match (&args.db, &manager) {
-        (Some(db), _) => db.clone(),
+    let path: PathBuf = match (db, &manager) {
+        (Some(db), _) => db.to_path_buf(),
         (None, Some(manager)) => manager.database.as_str().into(),
         (None, None) => "tasks.db".into(),
     };
@@ -57,9 +70,7 @@ fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
             path.display()
         );
     }
-    let store = Store::open(&path, StoreOptions::default())
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok((store, manager))
+    Ok((path, manager))
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {

@@ -3,6 +3,7 @@
 //! Exit codes: 0 after a clean stop, 1 on an error (printed with its causes), 2 on bad
 //! usage (from clap).
 
+mod check;
 mod child_mode;
 mod cli;
 mod commands;
@@ -80,8 +81,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         lease: args.lease,
         durable: args.durable,
         retention: args.retention,
-    })
-    .with_context(|| format!("cannot start a worker on {}", database.display()))?;
+    })?;
     println!(
         "castor {} worker {} started",
         env!("CARGO_PKG_VERSION"),
@@ -89,7 +89,18 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     );
     println!("  library   {}", library.display());
     println!("  manager   {manager_name}: {tasks}");
-    println!("  database  {}", database.display());
+    let check = worker.start_check();
+    if check.whole {
+        println!("  database  {}", database.display());
+    } else {
+        println!(
+            "  database  {} (checked for {} without reaching the end of its {}; \
+             `castor check` checks all of it)",
+            database.display(),
+            castor_abi::format_duration(check.took),
+            castor_abi::format_size(usize::try_from(check.bytes).unwrap_or(usize::MAX))
+        );
+    }
     match worker.processes() {
         0 => println!("  pool      {threads} thread(s)"),
         n => println!("  pool      {threads} thread(s), {n} process(es)"),

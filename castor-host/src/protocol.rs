@@ -31,6 +31,37 @@ use serde::{Deserialize, Serialize};
 /// colliding with anything a task prints.
 pub const END_MARKER: &str = "\u{1}castor:end-of-task\u{1}";
 
+/// An encoded argument tuple or result as it crosses the socket: written as one run of
+/// bytes (serde's `bytes`), not byte by byte as a `Vec<u8>` is, which made a 64 MiB
+/// payload cost seconds in a debug build. The encoding is the same either way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload(pub Vec<u8>);
+
+impl Serialize for Payload {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Payload;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_byte_buf<E>(self, bytes: Vec<u8>) -> Result<Payload, E> {
+                Ok(Payload(bytes))
+            }
+            fn visit_bytes<E>(self, bytes: &[u8]) -> Result<Payload, E> {
+                Ok(Payload(bytes.to_vec()))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
+
 /// Worker to child.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ToChild {
@@ -45,7 +76,7 @@ pub enum ToChild {
         /// The attempt limit.
         max_attempts: u32,
         /// The encoded arguments.
-        args: Vec<u8>,
+        args: Payload,
     },
     /// The running task was cancelled or timed out: set its flag.
     Cancel,
@@ -74,7 +105,7 @@ pub enum FromChild {
     /// The attempt returned.
     Done {
         /// The encoded result, or the failure's kind and message.
-        result: Result<Vec<u8>, (u8, String)>,
+        result: Result<Payload, (u8, String)>,
         /// How long the task ran, in microseconds.
         elapsed_us: u64,
     },
@@ -115,7 +146,7 @@ pub enum Request {
         /// The task's name.
         task: String,
         /// Its encoded arguments.
-        args: Vec<u8>,
+        args: Payload,
         /// The resolved options.
         options: DispatchOptions,
     },
@@ -193,7 +224,7 @@ pub struct Snapshot {
     task: String,
     attempt: u32,
     max_attempts: u32,
-    result: Option<Vec<u8>>,
+    result: Option<Payload>,
     errors_json: String,
 }
 
@@ -204,7 +235,7 @@ impl From<SnapshotAbi> for Snapshot {
             task: s.task.into_string(),
             attempt: s.attempt,
             max_attempts: s.max_attempts,
-            result: s.result.into_option().map(|r| r.into_vec()),
+            result: s.result.into_option().map(|r| Payload(r.into_vec())),
             errors_json: s.errors_json.into_string(),
         }
     }
@@ -217,18 +248,20 @@ impl From<Snapshot> for SnapshotAbi {
             task: s.task.into(),
             attempt: s.attempt,
             max_attempts: s.max_attempts,
-            result: s.result.map(Into::into).into(),
+            result: s.result.map(|r| r.0.into()).into(),
             errors_json: s.errors_json.into(),
         }
     }
 }
 
-/// Writes one frame.
+/// Writes one frame. A message larger than [`codec::MAX_FRAME`] is refused before any
+/// byte is sent (the other side would refuse it), as an `InvalidInput` error.
 ///
 /// # Errors
-/// The message does not encode, or the socket is closed.
+/// The message does not encode or is too large, or the socket is closed.
 pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Result<()> {
-    let bytes = codec::encode(message).map_err(io::Error::other)?;
+    let bytes =
+        codec::encode_frame(message).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let len = u32::try_from(bytes.len()).map_err(io::Error::other)?;
     let mut frame = Vec::with_capacity(4 + bytes.len());
     frame.extend_from_slice(&len.to_le_bytes());
@@ -240,7 +273,7 @@ pub fn write_frame<T: Serialize>(out: &mut impl Write, message: &T) -> io::Resul
 /// Reads one frame; `None` at a clean end of stream.
 ///
 /// # Errors
-/// A truncated or oversized frame, or one that does not decode.
+/// A truncated frame, one over [`codec::MAX_FRAME`], or one that does not decode.
 pub fn read_frame<T: serde::de::DeserializeOwned>(input: &mut impl Read) -> io::Result<Option<T>> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len) {
@@ -249,15 +282,15 @@ pub fn read_frame<T: serde::de::DeserializeOwned>(input: &mut impl Read) -> io::
         Err(e) => return Err(e),
     }
     let len = u32::from_le_bytes(len) as usize;
-    if len > codec::MAX_PAYLOAD + 1024 {
+    if len > codec::MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("frame of {len} bytes is too large"),
+            format!("a frame of {}", codec::over_limit(len, codec::MAX_FRAME)),
         ));
     }
     let mut bytes = vec![0u8; len];
     input.read_exact(&mut bytes)?;
-    codec::decode(&bytes)
+    codec::decode_frame(&bytes)
         .map(Some)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
@@ -276,7 +309,7 @@ mod tests {
                 task: "add".into(),
                 attempt: 1,
                 max_attempts: 3,
-                args: vec![1, 2, 3],
+                args: Payload(vec![1, 2, 3]),
             },
         )
         .expect("write");
@@ -285,7 +318,7 @@ mod tests {
         match read_frame::<ToChild>(&mut input).expect("read") {
             Some(ToChild::Run { task, args, .. }) => {
                 assert_eq!(task, "add");
-                assert_eq!(args, vec![1, 2, 3]);
+                assert_eq!(args, Payload(vec![1, 2, 3]));
             }
             other => panic!("{other:?}"),
         }
@@ -294,6 +327,28 @@ mod tests {
             Some(ToChild::Cancel)
         ));
         assert!(read_frame::<ToChild>(&mut input).expect("eof").is_none());
+    }
+
+    #[test]
+    fn a_payload_at_the_limit_crosses_and_one_past_it_is_refused_before_sending() {
+        let mut buf = Vec::new();
+        let run = |args: Vec<u8>| ToChild::Run {
+            id: [7; 16],
+            task: "echo_bytes".into(),
+            attempt: 1,
+            max_attempts: 3,
+            args: Payload(args),
+        };
+        write_frame(&mut buf, &run(vec![1; codec::MAX_PAYLOAD])).expect("a full payload fits");
+        match read_frame::<ToChild>(&mut buf.as_slice()).expect("read") {
+            Some(ToChild::Run { args, .. }) => assert_eq!(args.0.len(), codec::MAX_PAYLOAD),
+            other => panic!("{other:?}"),
+        }
+        let mut buf = Vec::new();
+        let err = write_frame(&mut buf, &run(vec![1; codec::MAX_FRAME])).expect_err("too large");
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("over the 65 MiB limit"), "{err}");
+        assert!(buf.is_empty(), "nothing was sent");
     }
 
     #[test]

@@ -14,6 +14,10 @@ mod process;
 mod reliability;
 // The inspection subcommands: list, show, retry, cancel, purge, stats.
 mod cli;
+// A damaged database: refused at open and at start, met mid-run, `castor check`.
+mod damage;
+// Arguments and results past the 64 MiB limit: refused, never stored.
+mod limits;
 // Delayed, repeating and periodic tasks; priorities; unique keys.
 mod scheduling;
 // `castor -i` under tmux: the screen, the keys, a clean exit.

@@ -14,6 +14,7 @@ mod schedules;
 mod watch;
 mod workers;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -47,6 +48,9 @@ const MMAP_SIZE: i64 = 1 << 30;
 /// How many log lines are kept per task; older ones are dropped.
 pub const LOG_LINES_KEPT: i64 = 1000;
 
+/// The most problems [`Store::integrity_check`] reports.
+pub const CHECK_PROBLEMS: usize = 100;
+
 /// How many times a write that stayed busy for [`BUSY_TIMEOUT`] is tried again.
 const BUSY_RETRIES: u32 = 3;
 
@@ -74,6 +78,8 @@ pub struct StoreOptions {
     /// the worker, which commits all the time; an app raises it so that its `delay` calls
     /// leave checkpoints to a running worker (measured: a fifth more end-to-end rate).
     pub checkpoint_pages: u32,
+    /// How much of the file [`Store::open`] checks for damage before using it.
+    pub check: OpenCheck,
 }
 
 impl Default for StoreOptions {
@@ -81,8 +87,38 @@ impl Default for StoreOptions {
         StoreOptions {
             durable: false,
             checkpoint_pages: 1000,
+            check: OpenCheck::UpTo(QUICK_CHECK_BYTES),
         }
     }
+}
+
+/// The largest database [`OpenCheck::UpTo`] checks by default (about 6,000 tasks).
+/// `PRAGMA quick_check` reads every page: measured here, opening a file of this size
+/// takes about 3 ms with the check and 0.3 ms without, so a larger file is not checked
+/// by an app (the worker checks it at start, `castor check` in full).
+pub const QUICK_CHECK_BYTES: u64 = 1 << 20;
+
+/// How much of the file [`Store::open`] checks before using it. Opening reads only the
+/// header and the schema; a damaged page elsewhere shows only when a statement reads it,
+/// after other statements may have written into the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenCheck {
+    /// No check: the caller checks ([`Store::quick_check_within`], as the worker does), or
+    /// this process just checked the file through another connection.
+    Skip,
+    /// `PRAGMA quick_check` if the file holds at most this many bytes, else no check (an
+    /// app or a CLI command, which should open quickly).
+    UpTo(u64),
+}
+
+/// How far [`Store::quick_check_within`] got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckReach {
+    /// Every page was checked; none is damaged.
+    Whole,
+    /// The time ran out first; the pages checked by then were sound, or the damage found
+    /// was not reported before the check stopped (it shows when a statement reads it).
+    OutOfTime,
 }
 
 /// The largest the WAL file is left at after a checkpoint resets it (64 MiB).
@@ -131,30 +167,205 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Opens (creating if needed, with mode 0600) the database at `path`, sets WAL mode,
-    /// the busy timeout and `synchronous`, checks that each took effect, and creates or
-    /// checks the schema.
+    /// the busy timeout and `synchronous`, checks that each took effect, checks the file
+    /// for damage as `options.check` says, and creates or checks the schema.
     ///
     /// # Errors
-    /// [`StoreError::MissingDirectory`], [`StoreError::Open`] (cannot create the file),
-    /// [`StoreError::Corrupt`] (not a SQLite file), [`StoreError::ReadOnly`],
-    /// [`StoreError::Pragma`] (e.g. WAL unsupported), [`StoreError::SchemaTooNew`].
+    /// [`StoreError::MissingDirectory`], [`StoreError::NotADirectory`],
+    /// [`StoreError::NotAFile`] (a directory, FIFO, socket or device), [`StoreError::Open`]
+    /// (cannot create or read the file), [`StoreError::Corrupt`] (not a SQLite file, or
+    /// damaged), [`StoreError::ReadOnly`], [`StoreError::Pragma`] (e.g. WAL unsupported),
+    /// [`StoreError::SchemaTooNew`].
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Store, StoreError> {
         let path = path.as_ref().to_path_buf();
-        create_private_file(&path)?;
+        prepare_file(&path, true)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(&path, flags).map_err(|source| {
-            match classify(&path, "open", source) {
-                StoreError::Query { source, .. } => StoreError::Sqlite {
-                    path: path.clone(),
-                    source,
-                },
-                other => other,
-            }
-        })?;
-        let mut store = Store { conn, path };
+        let mut store = Store::connect(path, flags)?;
         store.configure(options)?;
+        match options.check {
+            OpenCheck::Skip => {}
+            OpenCheck::UpTo(limit) => {
+                if store.size()? <= limit {
+                    store.quick_check()?;
+                }
+            }
+        }
         store.migrate()?;
         Ok(store)
+    }
+
+    /// Opens an existing database read-only, as it is: no pragma set, no schema created,
+    /// nothing written (for `castor check`).
+    ///
+    /// # Errors
+    /// The path does not name a readable file, or SQLite cannot open it.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        prepare_file(&path, false)?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let mut store = Store::connect(path, flags)?;
+        store
+            .conn
+            .busy_handler(Some(busy_wait))
+            .map_err(|e| classify(&store.path, "set the busy handler", e))?;
+        Ok(store)
+    }
+
+    fn connect(path: PathBuf, flags: OpenFlags) -> Result<Store, StoreError> {
+        match Connection::open_with_flags(&path, flags) {
+            Ok(conn) => Ok(Store { conn, path }),
+            Err(e) => Err(match classify(&path, "open the database", e) {
+                StoreError::Query { path, error, .. } => StoreError::Sqlite {
+                    detail: sqlite_reason(&error, &path),
+                    path,
+                },
+                other => other,
+            }),
+        }
+    }
+
+    /// The database's size in bytes, as this connection sees it (the WAL's pages included).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn size(&self) -> Result<u64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(|e| classify(&self.path, "read the database's size", e))
+    }
+
+    /// `PRAGMA quick_check`: reads every page and checks each b-tree's structure (not that
+    /// the indexes match the table: see [`Store::integrity_check`]).
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] naming the first problem found, or the failure to read.
+    pub fn quick_check(&self) -> Result<(), StoreError> {
+        const OPERATION: &str = "run PRAGMA quick_check";
+        let problems = self.check_pragma("quick_check", OPERATION)?;
+        match problems.first() {
+            None => Ok(()),
+            Some(first) => Err(StoreError::Corrupt {
+                path: self.path.clone(),
+                operation: OPERATION,
+                detail: match problems.len() {
+                    1 => first.clone(),
+                    n => format!("{first}, and {} more problem(s)", n - 1),
+                },
+            }),
+        }
+    }
+
+    /// [`Store::quick_check`], interrupted if it takes longer than `budget` (SQLite stops
+    /// the check between pages): the cost of a check at start stays bounded, whatever the
+    /// file's size and however cold its pages are.
+    ///
+    /// # Errors
+    /// As [`Store::quick_check`], when it finishes in time.
+    pub fn quick_check_within(&self, budget: Duration) -> Result<CheckReach, StoreError> {
+        let interrupt = self.conn.get_interrupt_handle();
+        let (finished, wait) = std::sync::mpsc::channel::<()>();
+        let timer = std::thread::Builder::new()
+            .name("castor-check-timer".into())
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(budget) {
+                    // Harmless if the check has just finished: SQLite clears the flag
+                    // when the next statement starts on an idle connection.
+                    interrupt.interrupt();
+                }
+            });
+        let checked = self.quick_check();
+        drop(finished);
+        if let Ok(timer) = timer {
+            let _ = timer.join();
+        }
+        match checked {
+            Ok(()) => Ok(CheckReach::Whole),
+            Err(StoreError::Query { error, .. })
+                if error.sqlite_error_code() == Some(rusqlite::ErrorCode::OperationInterrupted) =>
+            {
+                Ok(CheckReach::OutOfTime)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PRAGMA integrity_check`: [`Store::quick_check`] plus a check that every index
+    /// matches its table; slower (about five times here). Returns the problems found, at
+    /// most [`CHECK_PROBLEMS`]; none means the file is sound.
+    ///
+    /// # Errors
+    /// Fails if the check cannot run at all (the file is not a database, say).
+    pub fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        match self.check_pragma("integrity_check", "run PRAGMA integrity_check") {
+            // integrity_check gives up on the first table it cannot scan; quick_check
+            // walks every b-tree and lists what it finds.
+            // (If quick_check cannot run either, the file is not a database at all.)
+            Err(StoreError::Corrupt { detail, .. }) => {
+                let mut problems = self.check_pragma("quick_check", "run PRAGMA quick_check")?;
+                problems.retain(|p| *p != detail);
+                problems.push(format!("PRAGMA integrity_check stopped: {detail}"));
+                Ok(problems)
+            }
+            other => other,
+        }
+    }
+
+    fn check_pragma(
+        &self,
+        pragma: &str,
+        operation: &'static str,
+    ) -> Result<Vec<String>, StoreError> {
+        let sql = format!("PRAGMA {pragma}({CHECK_PROBLEMS})");
+        // The check may report problems, then fail on a page it cannot get past: keep what
+        // it reported, and the failure as the last problem.
+        let mut rows: Vec<String> = Vec::new();
+        let failed = self
+            .conn
+            .prepare(&sql)
+            .and_then(|mut stmt| {
+                for row in stmt.query_map([], |row| row.get::<_, String>(0))? {
+                    rows.push(row?);
+                }
+                Ok(())
+            })
+            .err()
+            .map(|e| classify(&self.path, operation, e));
+        match failed {
+            None => {}
+            Some(StoreError::Corrupt { detail, .. }) if !rows.is_empty() => rows.push(detail),
+            Some(e) => return Err(e),
+        }
+        if rows.len() == 1 && rows[0] == "ok" {
+            return Ok(Vec::new());
+        }
+        // "Tree 2 page 93: .." names a b-tree by its root page: name it as the schema does.
+        let names: HashMap<i64, String> = self
+            .conn
+            .prepare("SELECT rootpage, name FROM sqlite_schema WHERE rootpage > 0")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                    .collect()
+            })
+            .unwrap_or_default();
+        let name_tree = |line: &str| -> String {
+            let named = line.strip_prefix("Tree ").and_then(|rest| {
+                let (root, rest) = rest.split_once(' ')?;
+                let name = names.get(&root.parse().ok()?)?;
+                Some(format!("Tree {root} ({name}) {rest}"))
+            });
+            named.unwrap_or_else(|| line.to_owned())
+        };
+        Ok(rows
+            .iter()
+            .flat_map(|row| row.lines())
+            .filter(|line| !line.starts_with("*** in database"))
+            .map(name_tree)
+            .collect())
     }
 
     /// The database file's path.
@@ -172,7 +383,7 @@ impl Store {
         let mode: String = self
             .conn
             .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
-            .map_err(|e| classify(&path, "set journal_mode", e))?;
+            .map_err(|e| classify(&path, "open the database", e))?;
         if self.conn.is_readonly("main").unwrap_or(false) {
             return Err(StoreError::ReadOnly {
                 path,
@@ -280,10 +491,40 @@ impl Store {
         })
     }
 
-    fn schema_version(&self) -> Result<i64, StoreError> {
+    /// The file's schema version (`PRAGMA user_version`; 0 for a file castor never set
+    /// up).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn schema_version(&self) -> Result<i64, StoreError> {
         self.conn
             .query_row("PRAGMA user_version", [], |row| row.get(0))
             .map_err(|e| classify(&self.path, "read the schema version", e))
+    }
+
+    /// The tables and indexes of castor's schema that the file lacks (a copy recovered
+    /// with sqlite3's `.dump` skips an index it cannot build).
+    ///
+    /// # Errors
+    /// Fails if the schema cannot be read.
+    pub fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
+        let present: Vec<String> = self
+            .conn
+            .prepare("SELECT name FROM sqlite_schema")
+            .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
+            .map_err(|e| classify(&self.path, "read the schema", e))?;
+        Ok(SCHEMA
+            .lines()
+            .filter_map(|line| {
+                let rest = line.trim_start().strip_prefix("CREATE ")?;
+                let rest = rest.strip_prefix("UNIQUE ").unwrap_or(rest);
+                let rest = rest
+                    .strip_prefix("TABLE IF NOT EXISTS ")
+                    .or_else(|| rest.strip_prefix("INDEX IF NOT EXISTS "))?;
+                rest.split([' ', '(']).next().map(str::to_owned)
+            })
+            .filter(|name| !present.contains(name))
+            .collect())
     }
 
     /// A counter that changes whenever another connection commits (`PRAGMA data_version`).
@@ -779,12 +1020,13 @@ pub(crate) fn classify(path: &Path, operation: &'static str, e: rusqlite::Error)
     let path = path.to_path_buf();
     match e.sqlite_error_code() {
         Some(ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) => StoreError::Corrupt {
+            detail: sqlite_reason(&e, &path),
             path,
-            detail: e.to_string(),
+            operation,
         },
         Some(ErrorCode::ReadOnly) => StoreError::ReadOnly {
+            detail: sqlite_reason(&e, &path),
             path,
-            detail: e.to_string(),
         },
         Some(ErrorCode::DiskFull) => StoreError::DiskFull { path, operation },
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => StoreError::Busy {
@@ -795,37 +1037,98 @@ pub(crate) fn classify(path: &Path, operation: &'static str, e: rusqlite::Error)
         _ => StoreError::Query {
             path,
             operation,
-            source: e,
+            error: e,
         },
     }
 }
 
-/// Creates the database file readable and writable by its owner only, unless it exists.
-/// SQLite gives the `-wal` and `-shm` files the same mode.
-fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// SQLite's reason for `e`, said once: rusqlite's message (without the path it appends to
+/// "unable to open database file", which the caller's message names already), or the
+/// error code's description, never both.
+pub(crate) fn sqlite_reason(e: &rusqlite::Error, path: &Path) -> String {
+    match e {
+        rusqlite::Error::SqliteFailure(_, Some(message)) => {
+            let suffix = format!(": {}", path.display());
+            message.strip_suffix(&suffix).unwrap_or(message).to_owned()
+        }
+        rusqlite::Error::SqliteFailure(code, None) => {
+            rusqlite::ffi::code_to_str(code.extended_code).to_owned()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Checks that `path` can be a database file before SQLite opens it (SQLite says only
+/// "unable to open database file" for a directory, and blocks or fails on a FIFO), and,
+/// with `create`, creates it readable and writable by its owner only. SQLite gives the
+/// `-wal` and `-shm` files the same mode.
+fn prepare_file(path: &Path, create: bool) -> Result<(), StoreError> {
+    use std::io::ErrorKind;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    if !dir.is_dir() {
-        return Err(StoreError::MissingDirectory {
-            path: path.to_path_buf(),
-            dir: dir.to_path_buf(),
-        });
+    let open_error = |error| StoreError::Open {
+        path: path.to_path_buf(),
+        error,
+    };
+    match std::fs::metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return Err(StoreError::NotADirectory {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(StoreError::MissingDirectory {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) if e.kind() == ErrorKind::NotADirectory => {
+            return Err(StoreError::NotADirectory {
+                path: path.to_path_buf(),
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(open_error(e)),
     }
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(source) => Err(StoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        }),
+    match std::fs::metadata(path) {
+        Ok(meta) => {
+            let file_type = meta.file_type();
+            let kind = if file_type.is_dir() {
+                "a directory"
+            } else if file_type.is_fifo() {
+                "a FIFO (named pipe)"
+            } else if file_type.is_socket() {
+                "a socket"
+            } else if file_type.is_char_device() || file_type.is_block_device() {
+                "a device"
+            } else {
+                // A regular file: SQLite reports an unreadable one only as "unable to
+                // open database file"; the operating system says why.
+                return std::fs::File::open(path).map(drop).map_err(open_error);
+            };
+            Err(StoreError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            })
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound && create => {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)
+            {
+                Ok(_) => Ok(()),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
+                Err(e) => Err(open_error(e)),
+            }
+        }
+        Err(e) => Err(open_error(e)),
     }
 }
 

@@ -106,6 +106,239 @@ fn a_missing_directory_is_named() {
     assert!(err.to_string().contains("does not exist"), "{err}");
 }
 
+/// Every error in `err`'s chain says something its parent did not: printed with anyhow's
+/// `{:#}` (each cause after the last), no reason appears twice.
+fn assert_said_once(err: &dyn std::error::Error) {
+    let mut parent = err.to_string();
+    let mut cause = err.source();
+    while let Some(next) = cause {
+        let text = next.to_string();
+        assert!(
+            !parent.contains(&text),
+            "{parent:?} already says its cause {text:?}"
+        );
+        parent = text;
+        cause = next.source();
+    }
+}
+
+#[test]
+fn a_path_that_cannot_be_a_database_says_why_once() {
+    use std::os::unix::net::UnixListener;
+    let dir = TempDir::new("not-a-file");
+    let file = dir.0.join("plain");
+    std::fs::write(&file, "x").expect("write");
+    let fifo = dir.0.join("fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: mkfifo reads a live NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o600) }, 0, "mkfifo");
+    let socket = dir.0.join("socket");
+    let _listener = UnixListener::bind(&socket).expect("bind");
+    let d = dir.0.display();
+    let cases = [
+        (
+            dir.0.clone(),
+            format!(
+                "cannot open database {d}: it is a directory, not a database file; give the path \
+                 of a file, e.g. {d}/tasks.db"
+            ),
+        ),
+        (
+            dir.0.join("missing").join("tasks.db"),
+            format!(
+                "cannot open database {d}/missing/tasks.db: directory {d}/missing does not exist; \
+                 create it first"
+            ),
+        ),
+        (
+            file.join("tasks.db"),
+            format!("cannot open database {d}/plain/tasks.db: {d}/plain is not a directory"),
+        ),
+        (
+            fifo.clone(),
+            format!(
+                "cannot open database {d}/fifo: it is a FIFO (named pipe), not a database file"
+            ),
+        ),
+        (
+            socket.clone(),
+            format!("cannot open database {d}/socket: it is a socket, not a database file"),
+        ),
+        (
+            PathBuf::from("/dev/null"),
+            "cannot open database /dev/null: it is a device, not a database file".to_owned(),
+        ),
+    ];
+    for (path, expected) in cases {
+        let err = Store::open(&path, StoreOptions::default()).expect_err("must fail");
+        assert_eq!(err.to_string(), expected);
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+    }
+}
+
+#[test]
+fn no_store_error_repeats_its_cause() {
+    let dir = TempDir::new("chain");
+    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let query = store
+        .conn()
+        .query_row("SELECT * FROM no_such_table", [], |_| Ok(()))
+        .map(|()| unreachable!())
+        .unwrap_or_else(|e| classify(&dir.db(), "read a task", e));
+    assert_eq!(
+        query.to_string(),
+        format!(
+            "database {}: read a task failed: no such table: no_such_table",
+            dir.db().display()
+        )
+    );
+    let open = StoreError::Open {
+        path: dir.db(),
+        error: std::io::Error::from_raw_os_error(libc::EACCES),
+    };
+    assert_eq!(
+        open.to_string(),
+        format!(
+            "cannot open database {}: permission denied (this user needs read and write access \
+             to the file and its directory)",
+            dir.db().display()
+        )
+    );
+    let cant_open =
+        rusqlite::Connection::open_with_flags(&dir.0, rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE)
+            .expect_err("a directory");
+    assert_eq!(
+        sqlite_reason(&cant_open, &dir.0),
+        "unable to open database file",
+        "the path rusqlite appends is dropped"
+    );
+    for err in [query, open] {
+        assert_said_once(&err);
+        assert!(std::error::Error::source(&err).is_none(), "{err:?}");
+    }
+}
+
+/// Overwrites the middle half of `path` with bytes that are not a b-tree page.
+fn damage(path: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let len = std::fs::metadata(path).expect("stat").len();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open");
+    file.seek(SeekFrom::Start(len / 4)).expect("seek");
+    let noise: Vec<u8> = (0..len / 2)
+        .map(|i| (i * 7919 % 251) as u8 | 0x80)
+        .collect();
+    file.write_all(&noise).expect("write");
+}
+
+/// A database of `n` queued tasks, its WAL folded into the file.
+fn filled(dir: &TempDir, n: usize) -> PathBuf {
+    let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let args = vec![0u8; 32];
+    let tasks: Vec<NewTask<'_>> = (0..n).map(|_| new_task("add", &args)).collect();
+    store.enqueue_many(&tasks).expect("enqueue");
+    drop(store);
+    dir.db()
+}
+
+#[test]
+fn a_damaged_file_is_refused_at_open_when_it_is_small_enough_to_check() {
+    let dir = TempDir::new("damaged");
+    let path = filled(&dir, 3000);
+    damage(&path);
+    let before = std::fs::read(&path).expect("read");
+    let err = Store::open(&path, StoreOptions::default()).expect_err("damaged");
+    let StoreError::Corrupt {
+        operation, detail, ..
+    } = &err
+    else {
+        panic!("{err:?}");
+    };
+    assert_eq!(*operation, "run PRAGMA quick_check");
+    assert!(detail.starts_with("Tree "), "{detail}");
+    assert!(detail.contains("more problem(s)"), "{detail}");
+    assert_eq!(
+        std::fs::read(&path).expect("read"),
+        before,
+        "nothing written"
+    );
+    // Past the size bound the app does not pay for the check; the worker's full one finds it.
+    let options = StoreOptions {
+        check: OpenCheck::UpTo(before.len() as u64 - 1),
+        ..StoreOptions::default()
+    };
+    drop(Store::open(&path, options).expect("not checked"));
+    let unchecked = StoreOptions {
+        check: OpenCheck::Skip,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(&path, unchecked).expect("not checked");
+    assert!(matches!(
+        store.quick_check_within(Duration::from_secs(60)),
+        Err(StoreError::Corrupt { .. })
+    ));
+    drop(store);
+    // integrity_check lists the damage through a read-only connection.
+    let problems = Store::open_read_only(&path)
+        .expect("read-only")
+        .integrity_check()
+        .expect("runs");
+    assert!(problems.len() > 1, "{problems:?}");
+    assert!(
+        problems.iter().any(|p| p.contains("(castor_tasks)")),
+        "b-trees are named: {problems:?}"
+    );
+}
+
+#[test]
+fn a_sound_file_passes_both_checks() {
+    let dir = TempDir::new("sound");
+    let path = filled(&dir, 3000);
+    let store = Store::open(&path, StoreOptions::default()).expect("sound");
+    assert_eq!(
+        store
+            .quick_check_within(Duration::from_secs(60))
+            .expect("sound"),
+        CheckReach::Whole
+    );
+    assert_eq!(store.integrity_check().expect("runs"), Vec::<String>::new());
+    assert_eq!(
+        store.missing_schema_objects().expect("reads"),
+        Vec::<String>::new()
+    );
+    store
+        .conn()
+        .execute_batch("DROP INDEX castor_tasks_due")
+        .expect("drop");
+    assert_eq!(
+        store.missing_schema_objects().expect("reads"),
+        vec!["castor_tasks_due".to_owned()]
+    );
+    assert!(store.size().expect("size") > 64 * 1024);
+}
+
+#[test]
+fn a_check_that_runs_out_of_time_says_so_and_leaves_the_connection_usable() {
+    let dir = TempDir::new("out-of-time");
+    let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    // Checking 100,000 rows takes a hundred times the budget or more.
+    let args = vec![7u8; 32];
+    let tasks: Vec<NewTask<'_>> = (0..100_000).map(|_| new_task("add", &args)).collect();
+    store.enqueue_many(&tasks).expect("enqueue");
+    let started = std::time::Instant::now();
+    assert_eq!(
+        store
+            .quick_check_within(Duration::from_millis(1))
+            .expect("not a verdict"),
+        CheckReach::OutOfTime
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "stopped early");
+    assert_eq!(store.schema_version().expect("reads"), SCHEMA_VERSION);
+    assert_eq!(store.unfinished("manager").expect("reads"), 100_000);
+}
+
 #[test]
 fn a_file_that_is_not_a_database_is_refused_untouched() {
     let dir = TempDir::new("corrupt");

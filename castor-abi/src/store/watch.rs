@@ -86,9 +86,9 @@ impl Watcher {
         let mut wal = db_path.as_os_str().to_owned();
         wal.push("-wal");
         let wal = PathBuf::from(wal);
-        let watch_error = |source| StoreError::Watch {
+        let watch_error = |error: std::io::Error| StoreError::Watch {
             path: wal.clone(),
-            source,
+            reason: error.to_string(),
         };
         let (source, stop) = sys::Source::new(&wal).map_err(watch_error)?;
         let shared = Arc::new(Shared::default());

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 use castor_abi::abi::FailureKind;
 use castor_abi::host::Services;
 use castor_abi::store::{Claimed, now_us};
-use castor_abi::{AttemptOutcome, LogLevel, Uuid};
+use castor_abi::{AttemptOutcome, LogLevel, Uuid, codec};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::executor::{Attempt, outcome_of};
 use super::services::WorkerServices;
 use super::{Done, Event, Flags};
-use crate::protocol::{self, END_MARKER, FromChild, Reply, Request, ToChild};
+use crate::protocol::{self, END_MARKER, FromChild, Payload, Reply, Request, ToChild};
 
 /// How the pool runs its children.
 #[derive(Debug, Clone)]
@@ -202,6 +202,23 @@ impl Slot {
     fn attempt(&self, mut child: ChildProcess, job: &Job) -> (Attempt, Option<ChildProcess>) {
         let task = &job.task;
         let started = Instant::now();
+        if task.args.len() > codec::MAX_PAYLOAD {
+            // Stored by something that did not check the limit: the frame would be
+            // refused, so say why here instead of sending it.
+            let attempt = Attempt {
+                outcome: AttemptOutcome::Errored {
+                    message: format!(
+                        "task `{}`: its stored arguments cannot be read: they are {}",
+                        task.task,
+                        codec::over_limit(task.args.len(), codec::MAX_PAYLOAD)
+                    ),
+                    retry: false,
+                },
+                result: None,
+                elapsed: Duration::ZERO,
+            };
+            return (attempt, Some(child));
+        }
         child.output.begin(task.id);
         child.tasks_run += 1;
         let run = ToChild::Run {
@@ -209,7 +226,7 @@ impl Slot {
             task: task.task.clone(),
             attempt: task.attempt,
             max_attempts: task.max_attempts,
-            args: task.args.clone(),
+            args: Payload(task.args.clone()),
         };
         if child.send(&run).is_err() {
             let outcome = child.died(self.config.kill_grace);
@@ -228,7 +245,7 @@ impl Slot {
                     let attempt = match result {
                         Ok(bytes) => Attempt {
                             outcome: AttemptOutcome::Succeeded,
-                            result: Some(bytes),
+                            result: Some(bytes.0),
                             elapsed,
                         },
                         Err((kind, message)) => Attempt {
@@ -322,13 +339,29 @@ impl Slot {
                 options,
             } => Reply::Dispatched(
                 services
-                    .dispatch(&task, &args, &options.into())
+                    .dispatch(&task, &args.0, &options.into())
                     .map(Uuid::into_bytes),
             ),
             Request::Snapshot { id } => Reply::Snapshot(
                 services
                     .snapshot(Uuid::from_bytes(id))
-                    .map(|s| s.map(Into::into)),
+                    .and_then(|snapshot| match snapshot {
+                        // Stored by something that did not check the limit: it would not
+                        // fit in the reply's frame.
+                        Some(s)
+                            if s.result
+                                .as_ref()
+                                .into_option()
+                                .is_some_and(|r| r.len() > codec::MAX_PAYLOAD) =>
+                        {
+                            Err(format!(
+                                "task {} has a stored result over the {} limit",
+                                Uuid::from_bytes(id),
+                                castor_abi::format_size(codec::MAX_PAYLOAD)
+                            ))
+                        }
+                        s => Ok(s.map(Into::into)),
+                    }),
             ),
             Request::Generation => Reply::Generation(services.generation()),
             Request::WaitChange { since, timeout_ms } => {

@@ -16,7 +16,8 @@ use crossbeam_channel::Receiver;
 use super::child::{Job, ProcessPool};
 use super::rescuer::{self, Rescue};
 use super::{
-    AttemptStart, Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerEvent, executor,
+    AttemptStart, Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerError,
+    WorkerEvent, executor,
 };
 
 /// How often leases are renewed, as a fraction of the lease.
@@ -165,6 +166,8 @@ pub(super) struct Coordinator {
     check_cancels: bool,
     stop: Option<Stop>,
     retry_at: Option<Instant>,
+    /// An error the services' connection met that stops the worker (a damaged file).
+    fatal_error: Option<StoreError>,
     summary: Summary,
 }
 
@@ -200,6 +203,7 @@ impl Coordinator {
             check_cancels: false,
             stop: None,
             retry_at: None,
+            fatal_error: None,
             summary: Summary::default(),
         }
     }
@@ -311,6 +315,7 @@ impl Coordinator {
                         self.progress.insert(seq, (attempt, done, total, message));
                     }
                 }
+                Event::Fatal(error) => self.fatal_error = Some(error),
                 Event::ChildOutput { pid, line } => {
                     reporter.event(WorkerEvent::ChildOutput { pid, line: &line });
                 }
@@ -424,6 +429,9 @@ impl Coordinator {
         worker: &mut Worker,
         reporter: &mut dyn Reporter,
     ) -> Result<(), StoreError> {
+        if let Some(error) = self.fatal_error.take() {
+            return Err(error);
+        }
         self.expire_timeouts();
         if let Some(at) = self.retry_at {
             if Instant::now() < at {
@@ -588,6 +596,7 @@ impl Coordinator {
         let (applied, staged, [threads, processes], rescued, pruned, cancel_requests) =
             match written {
                 Ok(written) => written,
+                Err(e) if Self::fatal(&e) => return Err(e),
                 Err(e) => {
                     // Everything stays pending; try again shortly.
                     self.retry_at = Some(Instant::now() + STORE_RETRY);
@@ -763,6 +772,22 @@ impl Coordinator {
         }
     }
 
+    /// After an error that waiting cannot fix: stops at once and writes nothing more (on a
+    /// damaged file every write risks more damage). Running tasks are told to stop and
+    /// children are killed and reaped; the rows of the tasks this worker claimed stay
+    /// `running` under its id, for the next worker's rescuer, as after a crash. Returns
+    /// how many.
+    pub(super) fn abort(&mut self) -> usize {
+        self.stopping.store(true, Ordering::SeqCst);
+        for task in self.inflight.values() {
+            task.flags.cancelled.store(true, Ordering::SeqCst);
+        }
+        if let Some(processes) = self.processes.take() {
+            processes.shutdown(true);
+        }
+        self.inflight.len()
+    }
+
     /// True for errors that waiting cannot fix.
     pub(super) fn fatal(e: &StoreError) -> bool {
         matches!(
@@ -771,6 +796,8 @@ impl Coordinator {
                 | StoreError::ReadOnly { .. }
                 | StoreError::SchemaTooNew { .. }
                 | StoreError::MissingDirectory { .. }
+                | StoreError::NotADirectory { .. }
+                | StoreError::NotAFile { .. }
                 | StoreError::InvalidRow { .. }
         )
     }
@@ -778,7 +805,14 @@ impl Coordinator {
     /// After the loop: tasks still running are recorded as abandoned (and retried under
     /// their policy by whichever worker runs next); claims never started are given back;
     /// children are stopped and reaped.
-    pub(super) fn finish(&mut self, worker: &mut Worker, reporter: &mut dyn Reporter) -> Summary {
+    ///
+    /// # Errors
+    /// [`WorkerError::Stopped`] if the database fails in a way no retry fixes meanwhile.
+    pub(super) fn finish(
+        &mut self,
+        worker: &mut Worker,
+        reporter: &mut dyn Reporter,
+    ) -> Result<Summary, WorkerError> {
         self.stopping.store(true, Ordering::SeqCst);
         let grace = worker.config.grace;
         let mut kill_children = false;
@@ -806,29 +840,45 @@ impl Coordinator {
         self.thread_lane.want = false;
         self.process_lane.want = false;
         // A few tries: a briefly busy database should not lose these outcomes.
+        let mut fatal = None;
         for _ in 0..3 {
             if self.outcomes.is_empty() && self.releases.is_empty() && self.logs.is_empty() {
                 break;
             }
-            if self.commit(worker, reporter).is_ok() {
-                break;
+            match self.commit(worker, reporter) {
+                Ok(_) => break,
+                Err(error) if Self::fatal(&error) => {
+                    fatal = Some(error);
+                    break;
+                }
+                Err(_) => {}
             }
         }
         if let Some(processes) = self.processes.take() {
-            processes.shutdown(kill_children);
+            processes.shutdown(kill_children || fatal.is_some());
+        }
+        if let Some(error) = fatal {
+            return Err(WorkerError::Stopped {
+                error,
+                claimed: self.outcomes.len() + self.releases.len(),
+            });
         }
         let (id, summary) = (worker.id.clone(), self.summary.clone());
         let stopped = worker.store.write("record the worker's stop", |tx| {
             tx.heartbeat(&id, now_us(), summary.completed, summary.failed)?;
             tx.stop_worker(&id, now_us())
         });
-        if let Err(error) = stopped {
-            reporter.event(WorkerEvent::StoreError {
+        match stopped {
+            Ok(()) => {}
+            Err(error) if Self::fatal(&error) => {
+                return Err(WorkerError::Stopped { error, claimed: 0 });
+            }
+            Err(error) => reporter.event(WorkerEvent::StoreError {
                 error: &error,
                 retry_in: Duration::ZERO,
-            });
+            }),
         }
-        self.summary.clone()
+        Ok(self.summary.clone())
     }
 }
 

@@ -5,9 +5,9 @@ use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
-use castor_abi::AttemptOutcome;
 use castor_abi::abi::{FailureKind, HostCtx, HostServices, RunFn, TaskFailure};
 use castor_abi::store::Claimed;
+use castor_abi::{AttemptOutcome, codec};
 
 /// What one attempt produced: its outcome and, on success, the encoded result.
 #[derive(Debug)]
@@ -40,6 +40,16 @@ pub fn run_attempt(
     let returned = run(&ctx, RSlice::from(task.args.as_slice()));
     let elapsed = start.elapsed();
     match returned {
+        // The library's glue refuses such a result; one built against an older castor-abi
+        // may not, and nothing past the limit is stored.
+        RResult::ROk(bytes) if bytes.len() > codec::MAX_PAYLOAD => Attempt {
+            outcome: AttemptOutcome::Errored {
+                message: codec::result_too_large(&task.task, bytes.len()),
+                retry: true,
+            },
+            result: None,
+            elapsed,
+        },
         RResult::ROk(bytes) => Attempt {
             outcome: AttemptOutcome::Succeeded,
             result: Some(bytes.into_vec()),

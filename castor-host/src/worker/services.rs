@@ -10,7 +10,7 @@ use abi_stable::std_types::ROption;
 use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
 use castor_abi::host::Services;
 use castor_abi::store::{NewTask, Store, Watcher, now_us};
-use castor_abi::{LogLevel, Uuid};
+use castor_abi::{LogLevel, StoreError, Uuid, codec};
 use crossbeam_channel::Sender;
 
 use super::Event;
@@ -43,6 +43,17 @@ impl WorkerServices {
     }
 }
 
+impl WorkerServices {
+    /// The task's message for `error`; a damaged file also stops the worker.
+    fn failed(&self, error: StoreError) -> String {
+        let message = error.to_string();
+        if matches!(error, StoreError::Corrupt { .. }) {
+            let _ = self.events.send(Event::Fatal(error));
+        }
+        message
+    }
+}
+
 impl Services for WorkerServices {
     fn dispatch(
         &self,
@@ -57,17 +68,22 @@ impl Services for WorkerServices {
                 self.tasks.join(", ")
             ));
         }
+        // A library's glue refuses such arguments; one built against an older castor-abi
+        // may not.
+        if args.len() > codec::MAX_PAYLOAD {
+            return Err(codec::args_too_large(task, args.len()));
+        }
         let new = NewTask::with_options(&self.manager, task, args, options);
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         store
             .enqueue(&new)
             .map(|(id, _)| id)
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.failed(e))
     }
 
     fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String> {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
-        let snapshot = store.snapshot(id).map_err(|e| e.to_string())?;
+        let snapshot = store.snapshot(id).map_err(|e| self.failed(e))?;
         Ok(snapshot.map(|s| SnapshotAbi {
             state: s.state.as_str().into(),
             task: s.task.into(),
@@ -106,5 +122,53 @@ impl Services for WorkerServices {
             total,
             message: message.to_owned(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use abi_stable::std_types::ROption;
+    use castor_abi::store::StoreOptions;
+
+    use super::*;
+
+    /// A library built against an older castor-abi may send arguments its glue did not
+    /// check; the worker refuses them before they reach the database.
+    #[test]
+    fn arguments_over_the_limit_from_a_task_are_refused_at_the_worker() {
+        let dir = std::env::temp_dir().join(format!("castor-services-{}", Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let db = dir.join("tasks.db");
+        let store = Store::open(&db, StoreOptions::default()).expect("open");
+        let watcher = Arc::new(Watcher::start(&db).expect("watch"));
+        let (events, _queue) = crossbeam_channel::unbounded();
+        let services = WorkerServices::new(
+            "manager".into(),
+            vec!["echo".into()],
+            store,
+            watcher,
+            events,
+        );
+        let options = DispatchOptionsAbi {
+            run_at_us: ROption::RNone,
+            priority: 0,
+            unique_key: ROption::RNone,
+            max_attempts: 1,
+            timeout_ms: ROption::RNone,
+            backoff_base_ms: 10,
+            backoff_cap_ms: 10,
+        };
+        let over = vec![0u8; codec::MAX_PAYLOAD + 1];
+        let refused = services
+            .dispatch("echo", &over, &options)
+            .expect_err("over the limit");
+        assert_eq!(refused, codec::args_too_large("echo", over.len()));
+        let small = vec![0u8; 16];
+        services
+            .dispatch("echo", &small, &options)
+            .expect("within the limit");
+        let store = Store::open(&db, StoreOptions::default()).expect("open");
+        assert_eq!(store.unfinished("manager").expect("count"), 1);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

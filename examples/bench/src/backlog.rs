@@ -34,6 +34,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use castor_abi::Uuid;
+use castor_abi::store::{OpenCheck, Store, StoreOptions};
 use castor_bench::noop;
 
 use crate::ceiling::Ceilings;
@@ -137,6 +138,26 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             "/s",
         )
         .vs("raw 100-row batches", ceilings.batched_rows),
+        Row::new(
+            "backlog_quick_check",
+            format!("backlog {l}: worker's start check (quick_check)"),
+            "ms",
+        ),
+        Row::new(
+            "backlog_integrity_check",
+            format!("backlog {l}: `castor check` (integrity_check)"),
+            "ms",
+        ),
+        Row::new(
+            "open_checked",
+            format!("app open, {OPEN_TASKS} tasks (<= 1 MiB): checked"),
+            "ms",
+        ),
+        Row::new(
+            "open_unchecked",
+            format!("app open, {OPEN_TASKS} tasks: check skipped"),
+            "ms",
+        ),
     ];
     measure_group(report, options, &rows, |run| {
         let mut small_runs = Vec::new();
@@ -146,13 +167,17 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             remove_db(&db);
             small_runs.push(drained?);
         }
+        let db = fresh(options, "open-check", run);
+        let opens = time_open(&db);
+        remove_db(&db);
+        let (open_checked, open_unchecked) = opens?;
         let db = fresh(options, "backlog-large", run);
         let copy = fresh(options, "backlog-large-copy", run);
         let large = drain_large(options, &db, &copy, large, window);
         // A million rows are a few hundred MB: do not leave them behind.
         remove_db(&db);
         remove_db(&copy);
-        let (large_runs, enqueue_rate) = large?;
+        let (large_runs, enqueue_rate, checks) = large?;
         let peak =
             |runs: &[Drained], f: fn(&Drained) -> f64| runs.iter().map(f).fold(0.0, f64::max);
         let (small_heap, large_heap) = (
@@ -172,6 +197,10 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             peak(&small_runs, |d| d.rss_mib),
             peak(&large_runs, |d| d.rss_mib),
             enqueue_rate,
+            checks.quick_ms,
+            checks.integrity_ms,
+            open_checked,
+            open_unchecked,
         ])
     })
 }
@@ -213,17 +242,85 @@ fn drain_small(
     })
 }
 
+/// Tasks in the file whose opening is timed: as many as stay under the size up to which
+/// an app's `open` checks the file.
+const OPEN_TASKS: usize = 6_000;
+
+/// The median time of opening a file of [`OPEN_TASKS`] tasks as an app does (which runs
+/// `PRAGMA quick_check` on a file this small), and with the check skipped, in ms.
+fn time_open(db: &Path) -> Result<(f64, f64), String> {
+    drop(noop::delay_many(&client(db, false)?, (0..OPEN_TASKS).map(|_| ())).map_err(err)?);
+    let size = std::fs::metadata(db).map_err(err)?.len();
+    if size > castor_abi::store::QUICK_CHECK_BYTES {
+        return Err(format!(
+            "{OPEN_TASKS} tasks take {size} bytes, past the checked size"
+        ));
+    }
+    let median = |check: OpenCheck| -> Result<f64, String> {
+        let mut times = Vec::new();
+        for _ in 0..21 {
+            let start = Instant::now();
+            let options = StoreOptions {
+                check,
+                ..StoreOptions::default()
+            };
+            drop(Store::open(db, options).map_err(err)?);
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[times.len() / 2])
+    };
+    Ok((
+        median(OpenCheck::UpTo(castor_abi::store::QUICK_CHECK_BYTES))?,
+        median(OpenCheck::Skip)?,
+    ))
+}
+
+/// What the checks of a database cost.
+struct Checks {
+    /// `PRAGMA quick_check`, which a worker runs on the whole file at start.
+    quick_ms: f64,
+    /// `PRAGMA integrity_check`, which `castor check` runs.
+    integrity_ms: f64,
+}
+
+/// Times the checks on `db`, as the worker and `castor check` run them (the file is in
+/// the page cache, as it is right after it was written: a cold read adds the disk's time).
+fn time_checks(db: &Path) -> Result<Checks, String> {
+    let store = Store::open(
+        db,
+        StoreOptions {
+            check: OpenCheck::Skip,
+            ..StoreOptions::default()
+        },
+    )
+    .map_err(err)?;
+    let start = Instant::now();
+    store.quick_check().map_err(err)?;
+    let quick_ms = start.elapsed().as_secs_f64() * 1e3;
+    let start = Instant::now();
+    let problems = store.integrity_check().map_err(err)?;
+    let integrity_ms = start.elapsed().as_secs_f64() * 1e3;
+    if !problems.is_empty() {
+        return Err(format!("the backlog is damaged: {problems:?}"));
+    }
+    Ok(Checks {
+        quick_ms,
+        integrity_ms,
+    })
+}
+
 /// The large backlog: queues `backlog` tasks on `db` with no worker and copies the file
 /// to `copy`; then times a fresh worker on each, from ready until the task `window`
 /// places down the queue has completed: quiet on `db`, with an app dispatching on
-/// `copy`. Also returns the enqueue rate.
+/// `copy`. Also returns the enqueue rate and what the checks cost.
 fn drain_large(
     options: &Options,
     db: &Path,
     copy: &Path,
     backlog: usize,
     window: usize,
-) -> Result<([Drained; 2], f64), String> {
+) -> Result<([Drained; 2], f64, Checks), String> {
     let window = window.min(backlog - 1);
     let mut last: Option<Uuid> = None;
     let start = Instant::now();
@@ -242,9 +339,10 @@ fn drain_large(
     let enqueue_rate = backlog as f64 / start.elapsed().as_secs_f64();
     let last = last.ok_or("the last timed task's id is missing")?;
     std::fs::copy(db, copy).map_err(|e| format!("cannot copy {}: {e}", db.display()))?;
+    let checks = time_checks(copy)?;
     let quiet = drain_window(options, db, last, window, false)?;
     let busy = drain_window(options, copy, last, window, true)?;
-    Ok(([quiet, busy], enqueue_rate))
+    Ok(([quiet, busy], enqueue_rate, checks))
 }
 
 /// Starts a worker on a queued backlog and times it from ready until task `last`
