@@ -30,7 +30,7 @@ fi
 
 mkdir -p "$root"
 log="$root/install.log"
-echo "installing cargo-generate $version into target/tools (once, ~3 min; log: $log)" >&2
+echo "installing cargo-generate $version into target/tools (once, ~4 min; log: $log)" >&2
 # A debug build without debug info: rendering a template needs no optimiser, and
 # cargo-generate's own release profile (fat LTO, one codegen unit) took 2.3 times the CPU
 # to compile (334 s against 148 s on the 2-core build machine; without LTO, 389 s).
