@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use castor_abi::store::{Store, StoreOptions};
@@ -198,12 +198,21 @@ fn unique_keys_hold_under_concurrent_dispatch_from_several_processes() {
                 .arg("job")
                 .arg("300")
                 .arg("unique")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
                 .spawn()
                 .expect("spawn fixture-app")
         })
         .collect();
-    for mut app in apps {
-        assert!(app.wait().expect("wait").success());
+    for app in apps {
+        let out = app.wait_with_output().expect("run fixture-app");
+        assert!(
+            out.status.success(),
+            "an app failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Each dispatch returned a handle, whether it made a task or found the existing one.
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "dispatched 300\n");
     }
     let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
     let tasks = store

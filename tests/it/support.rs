@@ -146,6 +146,11 @@ impl Worker {
             .arg(dir.db())
             .args(args)
             .current_dir(dir.path());
+        Worker::started(command)
+    }
+
+    /// Spawns `command`, a `castor` worker, and waits until it says it started.
+    pub fn started(command: Command) -> Worker {
         let worker = Worker::spawn(command);
         if let Err(text) = worker.stdout.wait_for("Ctrl+C to stop", PATIENCE) {
             panic!(
