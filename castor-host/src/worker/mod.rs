@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
+use abi_stable::std_types::RStr;
+use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_abi::store::{
     ClaimQuery, NewSchedule, Store, StoreOptions, TaskFilter, Watcher, WorkerRow, now_us,
@@ -62,6 +63,10 @@ pub struct WorkerConfig {
     pub durable: bool,
     /// Finished tasks are deleted this long after they finish.
     pub retention: Duration,
+    /// The library's `attach`, called once the worker's services exist.
+    pub attach: Option<AttachFn>,
+    /// What the library forwards to task logs (see [`crate::logging`]).
+    pub log_filter: String,
 }
 
 /// Messages to the coordinator.
@@ -267,6 +272,11 @@ impl Worker {
             events.0.clone(),
         )));
         let host = castor_abi::host::host_services(services);
+        // From now on the library's `log` and `tracing` records reach task logs (and,
+        // outside tasks, the worker's log).
+        if let Some(attach) = config.attach {
+            attach(host, RStr::from(config.log_filter.as_str()));
+        }
         let stopping = Arc::new(AtomicBool::new(false));
         // Warm children before the worker says it started.
         let processes = process_claim.as_ref().map(|_| {
@@ -278,6 +288,7 @@ impl Worker {
                     max_tasks_per_child: config.max_tasks_per_child,
                     memory_limit: config.child_memory,
                     kill_grace: config.kill_grace,
+                    log_filter: config.log_filter.clone(),
                 },
                 services,
                 events.0.clone(),
