@@ -1,9 +1,16 @@
-//! The benchmark's task library: tasks that do nothing (to measure Castor's own cost) and
-//! tasks that burn CPU (to measure process-mode scaling).
+//! The benchmark's task library: tasks that do nothing (to measure Castor's own cost), one
+//! that logs a line (the cost of a task log) and tasks that burn CPU (to measure
+//! process-mode scaling).
 
 /// Does nothing, on the thread pool.
 #[castor_abi::task(thread)]
 pub fn noop() {}
+
+/// Does nothing but log one `tracing` line (which the worker stores in the task's log).
+#[castor_abi::task(thread)]
+pub fn noop_logged() {
+    tracing::info!(answer = 42, "done");
+}
 
 /// Does nothing, in a child process.
 #[castor_abi::task(process)]
@@ -41,7 +48,7 @@ castor_abi::manager!(
     /// The benchmark's manager.
     pub bench,
     db = "bench.db",
-    tasks = [noop, noop_process, spin, spin_thread]
+    tasks = [noop, noop_logged, noop_process, spin, spin_thread]
 );
 
 castor_abi::export_managers!(bench);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use castor_abi::store::{Store, StoreOptions, Watcher};
 use castor_abi::{Client, DelayOptions};
-use castor_bench::{bench, noop};
+use castor_bench::{bench, noop, noop_logged};
 
 use crate::ceiling::Ceilings;
 use crate::table::{Report, percentile};
@@ -98,6 +98,7 @@ pub fn timed_drain(
 pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Result<(), String> {
     batch_dispatch(options, ceilings, report)?;
     drain(options, ceilings, report, false)?;
+    logged_drain(options, ceilings, report)?;
     end_to_end(options, ceilings, report, false)?;
     round_trip(options, ceilings, report, false)?;
     process_mode(options, report)?;
@@ -156,6 +157,35 @@ fn drain(
     measure(report, options, row, |run| {
         let db = fresh(options, name, run);
         timed_drain(options, &db, n, durable, &[durability(durable)])
+    })
+}
+
+/// The drain again, each task logging one `tracing` line: the cost of capturing a log
+/// line across the library boundary and storing it.
+fn logged_drain(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Result<(), String> {
+    let n = options.size(20_000);
+    let row = Row::new(
+        "log_drain",
+        format!("drain: {} thread tasks logging a line", count(n)),
+        "/s",
+    )
+    .vs("raw cycle", ceilings.cycle);
+    measure(report, options, row, |run| {
+        let db = fresh(options, "log-drain", run);
+        let client = client(&db, false)?;
+        let _worker = Worker::start(options, &db, &[])?;
+        let handles = noop_logged::delay_many(&client, (0..n).map(|_| ())).map_err(err)?;
+        let start = Instant::now();
+        wait_drained(&db, DRAIN_TIMEOUT)?;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        // The line really was captured (not dropped on the way).
+        let logs = handles.last().map(|h| h.logs()).transpose().map_err(err)?;
+        match logs.as_deref() {
+            Some([line]) if line.line.ends_with("done answer=42") => Ok(rate),
+            other => Err(format!(
+                "the last task's log is {other:?}, not its one line"
+            )),
+        }
     })
 }
 
