@@ -53,10 +53,13 @@ fn run_worker(mut args: WorkerArgs) -> anyhow::Result<()> {
         .take()
         .context("no LIB[:MANAGER] target given")?;
     let directives = logging::directives(args.quiet, args.verbose);
-    let logging = logging::init(&directives, args.log_format, args.interactive)?;
+    let format = args.log_format;
+    let logging = logging::init(&directives, format, args.interactive)?;
     let result = run_logged(target, args, &logging);
-    if let Err(err) = &result {
-        // The same error main prints on stderr, in the log too (a JSON reader sees it).
+    if let Err(err) = &result
+        && format == logging::LogFormat::Json
+    {
+        // The error main prints on stderr, in the JSON stream too.
         tracing::error!(target: "castor", error = %format!("{err:#}"), "castor: error: {err:#}");
     }
     result

@@ -378,3 +378,15 @@ fn quiet_and_an_invalid_rust_log() {
         out.stderr
     );
 }
+
+#[test]
+fn a_startup_error_is_a_json_line_too() {
+    let dir = TestDir::new();
+    let out = run_castor(&dir, &["./missing.so:manager", "--log-format", "json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.stderr, "castor: error: no library at ./missing.so\n");
+    let lines = json_lines(&out.stdout);
+    assert_eq!(lines.len(), 1, "{}", out.stdout);
+    assert_eq!(lines[0]["level"], "ERROR");
+    assert_eq!(lines[0]["error"], "no library at ./missing.so");
+}
