@@ -42,9 +42,9 @@ pub struct PluginRoot {
     /// `tracing`, a logger and a subscriber that forward each record to `services.log`,
     /// for the task running on the recording thread, or with the nil id for a record
     /// made outside any task. `filter` is a `target=level,..` list (`info` when empty or
-    /// invalid) of what to forward. A field after the prefix: a library built before it
-    /// existed still loads (its records then go nowhere, as before).
-    #[sabi(missing_field(option))]
+    /// invalid) of what to forward. Added after the first 0.1.0 layout: an older worker
+    /// still loads a library that has it (and never calls it), but this worker refuses a
+    /// library built without it (rebuild the library).
     pub attach: extern "C" fn(&'static HostServices, RStr<'_>),
 }
 

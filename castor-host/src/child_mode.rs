@@ -53,9 +53,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
     spawn_reader(socket, services, cancelled, runs)?;
     let host = castor_abi::host::host_services(services);
     // The library's `log` and `tracing` records go to the worker as `Log` frames.
-    if let Some(attach) = attach {
-        attach(host, RStr::from(args.log_filter.as_str()));
-    }
+    attach(host, RStr::from(args.log_filter.as_str()));
     send(
         &writer,
         &FromChild::Ready {
@@ -164,7 +162,7 @@ fn limit_memory(bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Loaded = (HashMap<String, RunFn>, Option<AttachFn>);
+type Loaded = (HashMap<String, RunFn>, AttachFn);
 
 fn load(args: &ChildArgs) -> anyhow::Result<Loaded> {
     let plugin = Plugin::load(&args.library)?;

@@ -109,7 +109,7 @@ pub enum LoadError {
 pub struct Plugin {
     path: PathBuf,
     managers: Vec<ManagerDecl>,
-    attach: Option<AttachFn>,
+    attach: AttachFn,
 }
 
 impl fmt::Debug for Plugin {
@@ -165,8 +165,8 @@ impl Plugin {
     }
 
     /// The library's `attach`, which forwards its `log` and `tracing` records to a
-    /// worker's services; `None` for a library built before it existed.
-    pub fn attach(&self) -> Option<AttachFn> {
+    /// worker's services.
+    pub fn attach(&self) -> AttachFn {
         self.attach
     }
 

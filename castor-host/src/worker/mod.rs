@@ -64,7 +64,7 @@ pub struct WorkerConfig {
     /// Finished tasks are deleted this long after they finish.
     pub retention: Duration,
     /// The library's `attach`, called once the worker's services exist.
-    pub attach: Option<AttachFn>,
+    pub attach: AttachFn,
     /// What the library forwards to task logs (see [`crate::logging`]).
     pub log_filter: String,
 }
@@ -274,9 +274,7 @@ impl Worker {
         let host = castor_abi::host::host_services(services);
         // From now on the library's `log` and `tracing` records reach task logs (and,
         // outside tasks, the worker's log).
-        if let Some(attach) = config.attach {
-            attach(host, RStr::from(config.log_filter.as_str()));
-        }
+        (config.attach)(host, RStr::from(config.log_filter.as_str()));
         let stopping = Arc::new(AtomicBool::new(false));
         // Warm children before the worker says it started.
         let processes = process_claim.as_ref().map(|_| {
