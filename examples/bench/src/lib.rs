@@ -12,6 +12,12 @@ pub fn noop_logged() {
     tracing::info!(answer = 42, "done");
 }
 
+/// The same line through `ctx.info` (the storage cost alone, without the capture).
+#[castor_abi::task(thread)]
+pub fn noop_ctx_logged(ctx: &castor_abi::TaskContext) {
+    ctx.info("bench: done answer=42");
+}
+
 /// Does nothing, in a child process.
 #[castor_abi::task(process)]
 pub fn noop_process() {}
@@ -48,7 +54,7 @@ castor_abi::manager!(
     /// The benchmark's manager.
     pub bench,
     db = "bench.db",
-    tasks = [noop, noop_logged, noop_process, spin, spin_thread]
+    tasks = [noop, noop_logged, noop_ctx_logged, noop_process, spin, spin_thread]
 );
 
 castor_abi::export_managers!(bench);
