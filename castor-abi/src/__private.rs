@@ -9,11 +9,13 @@ use std::sync::Once;
 
 pub use abi_stable;
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::abi::{FailureKind, HostCtx, ManagerDecl, PluginRoot, PluginRootRef, TaskFailure};
+use crate::abi::{
+    FailureKind, HostCtx, HostServices, ManagerDecl, PluginRoot, PluginRootRef, TaskFailure,
+};
 use crate::backend::HostBackend;
 use crate::codec;
 use crate::error::DispatchError;
@@ -441,6 +443,8 @@ pub fn run<A, R>(
     codecs: Codecs<A, R>,
     f: impl FnOnce(&TaskContext, A) -> Result<R, TaskFailure>,
 ) -> RResult<RVec<u8>, TaskFailure> {
+    // `tracing` and `log` records made on this thread go to this task's log.
+    let _scope = crate::capture::TaskScope::enter(host);
     IN_TASK.with(|flag| flag.set(true));
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         let task = host.task_name.as_str();
@@ -521,5 +525,12 @@ pub fn root_module(
     managers: extern "C" fn() -> RResult<RVec<ManagerDecl>, RString>,
 ) -> PluginRootRef {
     install_panic_hook();
-    PluginRoot { managers }.leak_into_prefix()
+    PluginRoot { managers, attach }.leak_into_prefix()
+}
+
+/// The root module's `attach`: what a worker (or its child) calls once it has loaded the
+/// library, to receive the library's `log` and `tracing` records (see
+/// [`capture`](crate::capture)).
+extern "C" fn attach(services: &'static HostServices, filter: RStr<'_>) {
+    let _ = catch_unwind(|| crate::capture::attach(services, filter.as_str()));
 }

@@ -37,6 +37,15 @@ pub struct PluginRoot {
     /// panicking) if a declaration is invalid, e.g. two tasks share a name.
     #[sabi(last_prefix_field)]
     pub managers: extern "C" fn() -> RResult<RVec<ManagerDecl>, RString>,
+    /// Called once by a worker, and by each of its process-mode children, right after
+    /// loading the library: installs, in the library's own copies of `log` and
+    /// `tracing`, a logger and a subscriber that forward each record to `services.log`,
+    /// for the task running on the recording thread, or with the nil id for a record
+    /// made outside any task. `filter` is a `target=level,..` list (`info` when empty or
+    /// invalid) of what to forward. Added after the first 0.1.0 layout: an older worker
+    /// still loads a library that has it (and never calls it), but this worker refuses a
+    /// library built without it (rebuild the library).
+    pub attach: extern "C" fn(&'static HostServices, RStr<'_>),
 }
 
 impl RootModule for PluginRootRef {
@@ -106,6 +115,9 @@ impl std::fmt::Display for TaskMode {
 
 /// Runs one attempt of a task: decodes the arguments, calls the function, encodes the result.
 pub type RunFn = extern "C" fn(&HostCtx<'_>, RSlice<'_, u8>) -> RResult<RVec<u8>, TaskFailure>;
+
+/// The root module's `attach` (see [`PluginRoot::attach`]).
+pub type AttachFn = extern "C" fn(&'static HostServices, RStr<'_>);
 
 /// Renders stored arguments (or a result, with `true`) as JSON.
 pub type DescribeFn = extern "C" fn(RSlice<'_, u8>, bool) -> RResult<RString, RString>;
@@ -248,7 +260,8 @@ pub struct HostServices {
     /// Blocks until the change counter passes `since` or `timeout_ms` elapses; returns the
     /// counter.
     pub wait_change: extern "C" fn(*const c_void, u64, u64) -> u64,
-    /// Records a log line for a task (level: 0 debug, 1 info, 2 warn, 3 error).
+    /// Records a log line for a task (level: 0 debug, 1 info, 2 warn, 3 error); the nil
+    /// id means a line of the library's own, made outside any task.
     pub log: extern "C" fn(*const c_void, &RawId, u8, RStr<'_>),
     /// Records a task's progress: done of total (total 0: a fraction in done/1e6), and a
     /// message.

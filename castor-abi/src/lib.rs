@@ -62,6 +62,7 @@ extern crate self as castor_abi;
 
 pub mod abi;
 mod backend;
+mod capture;
 pub mod codec;
 pub mod cron;
 mod error;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use anyhow::Context;
-use castor_abi::abi::{DispatchOptionsAbi, FailureKind, HostCtx, RunFn, SnapshotAbi};
+use castor_abi::abi::{AttachFn, DispatchOptionsAbi, FailureKind, HostCtx, RunFn, SnapshotAbi};
 use castor_abi::codec;
 use castor_abi::host::Services;
 use castor_abi::{LogLevel, Uuid};
@@ -36,8 +36,8 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
         limit_memory(bytes)?;
     }
     let writer = Arc::new(Mutex::new(socket.try_clone().context("clone the socket")?));
-    let tasks = match load(&args) {
-        Ok(tasks) => tasks,
+    let (tasks, attach) = match load(&args) {
+        Ok(loaded) => loaded,
         Err(e) => {
             let message = format!("{e:#}");
             send(&writer, &FromChild::LoadFailed { message });
@@ -52,13 +52,15 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
     let cancelled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (runs, queue) = crossbeam_channel::unbounded();
     spawn_reader(socket, services, cancelled, runs)?;
+    let host = castor_abi::host::host_services(services);
+    // The library's `log` and `tracing` records go to the worker as `Log` frames.
+    attach(host, RStr::from(args.log_filter.as_str()));
     send(
         &writer,
         &FromChild::Ready {
             pid: std::process::id(),
         },
     );
-    let host = castor_abi::host::host_services(services);
     for run in queue {
         let ToChild::Run {
             id,
@@ -188,14 +190,18 @@ fn limit_memory(bytes: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn load(args: &ChildArgs) -> anyhow::Result<HashMap<String, RunFn>> {
+type Loaded = (HashMap<String, RunFn>, AttachFn);
+
+fn load(args: &ChildArgs) -> anyhow::Result<Loaded> {
     let plugin = Plugin::load(&args.library)?;
+    let attach = plugin.attach();
     let manager = plugin.into_manager(&args.manager)?;
-    Ok(manager
+    let tasks = manager
         .tasks
         .iter()
         .map(|t| (t.name.to_string(), t.run))
-        .collect())
+        .collect();
+    Ok((tasks, attach))
 }
 
 /// Writes the end-of-task marker to stdout and stderr, past any buffering, so the worker

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::logging::LogFormat;
+
 /// The manager used when a target names none, as in Python's `main:manager`.
 pub const DEFAULT_MANAGER: &str = "manager";
 
@@ -88,13 +90,20 @@ pub struct WorkerArgs {
     #[arg(short, long)]
     pub interactive: bool,
 
-    /// Print only failures and lifecycle events, not every completed task.
+    /// Print only failures and lifecycle events, not every completed task (the log
+    /// filter `info,castor::task=warn`; RUST_LOG, when set, wins).
     #[arg(short, long)]
     pub quiet: bool,
 
-    /// More detail in errors (e.g. abi_stable's full report on an incompatible library).
+    /// More detail: debug log lines (task logs among them; -vv: trace) and in errors
+    /// (e.g. abi_stable's full report on an incompatible library).
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// Log lines as text, or as one JSON object per line (with task_id, task, attempt,
+    /// duration_ms, outcome, ..). Filter them with RUST_LOG (default info).
+    #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 /// Subcommands (besides running a worker).
@@ -271,6 +280,9 @@ pub struct ChildArgs {
     /// Address-space limit in bytes.
     #[arg(long)]
     pub memory_limit: Option<u64>,
+    /// What the library forwards to task logs (the worker's, see `logging`).
+    #[arg(long, default_value = "info")]
+    pub log_filter: String,
 }
 
 /// Parses the command line. A first argument that names no file but is a near miss of a

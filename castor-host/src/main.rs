@@ -8,6 +8,7 @@ mod child_mode;
 mod cli;
 mod commands;
 mod dashboard;
+mod logging;
 mod plugin;
 mod protocol;
 mod worker;
@@ -39,20 +40,46 @@ fn main() -> ExitCode {
             {
                 eprintln!("\n{details}");
             }
+            if err.downcast_ref::<logging::LogError>().is_some() {
+                return ExitCode::from(2);
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
-    let target = args.target.context("no LIB[:MANAGER] target given")?;
+fn run_worker(mut args: WorkerArgs) -> anyhow::Result<()> {
+    let target = args
+        .target
+        .take()
+        .context("no LIB[:MANAGER] target given")?;
+    let directives = logging::directives(args.quiet, args.verbose);
+    let format = args.log_format;
+    let logging = logging::init(&directives, format, args.interactive)?;
+    let result = run_logged(target, args, &logging);
+    if let Err(err) = &result
+        && format == logging::LogFormat::Json
+    {
+        // The error main prints on stderr, in the JSON stream too.
+        tracing::error!(target: "castor", error = %format!("{err:#}"), "castor: error: {err:#}");
+    }
+    result
+}
+
+fn run_logged(
+    target: cli::PluginTarget,
+    args: WorkerArgs,
+    logging: &logging::Logging,
+) -> anyhow::Result<()> {
     let plugin = Plugin::load(&target.library)?;
     let library = plugin.path().to_path_buf();
+    let attach = plugin.attach();
     let manager = plugin.into_manager(&target.manager)?;
     // Said once the library loaded and has that manager, so it never precedes an error
     // it has nothing to do with.
     if !target.explicit_manager {
-        println!(
+        tracing::info!(
+            target: logging::BANNER,
             "castor: no manager named in the target; using `{}` ({}:{})",
             target.manager,
             target.library.display(),
@@ -66,7 +93,7 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or(cores, usize::from);
     let processes = args.processes.map_or(cores, usize::from);
-    let tasks = plugin::describe_tasks(&manager.tasks, 12);
+    let tasks = plugin::describe_tasks(&manager.tasks);
     let manager_name = manager.name.to_string();
     let worker = Worker::new(WorkerConfig {
         library: library.clone(),
@@ -81,30 +108,35 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
         lease: args.lease,
         durable: args.durable,
         retention: args.retention,
+        attach,
+        log_filter: logging.task_filter().to_owned(),
     })?;
-    println!(
+    let check = worker.start_check();
+    let database_line = if check.whole {
+        database.display().to_string()
+    } else {
+        format!(
+            "{} (checked for {} without reaching the end of its {}; `castor check` checks \
+             all of it)",
+            database.display(),
+            castor_abi::format_duration(check.took),
+            castor_abi::format_size(usize::try_from(check.bytes).unwrap_or(usize::MAX))
+        )
+    };
+    tracing::info!(
+        target: logging::BANNER,
+        worker_id = worker.id(),
+        version = env!("CARGO_PKG_VERSION"),
+        library = %library.display(),
+        manager = %manager_name,
+        tasks = %tasks,
+        database = %database_line,
+        threads,
+        processes = worker.processes(),
         "castor {} worker {} started",
         env!("CARGO_PKG_VERSION"),
         worker.id()
     );
-    println!("  library   {}", library.display());
-    println!("  manager   {manager_name}: {tasks}");
-    let check = worker.start_check();
-    if check.whole {
-        println!("  database  {}", database.display());
-    } else {
-        println!(
-            "  database  {} (checked for {} without reaching the end of its {}; \
-             `castor check` checks all of it)",
-            database.display(),
-            castor_abi::format_duration(check.took),
-            castor_abi::format_size(usize::try_from(check.bytes).unwrap_or(usize::MAX))
-        );
-    }
-    match worker.processes() {
-        0 => println!("  pool      {threads} thread(s)"),
-        n => println!("  pool      {threads} thread(s), {n} process(es)"),
-    }
     // Handlers first: "Ctrl+C to stop" is a promise.
     let controller = worker.controller();
     forward_signals(controller.clone())?;
@@ -121,14 +153,20 @@ fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
             processes_busy: 0,
         };
         let summary = dashboard::run(worker, header, &database, controller)?;
-        println!(
+        tracing::info!(
+            target: logging::BANNER,
+            completed = summary.completed,
+            failed = summary.failed,
+            abandoned = summary.abandoned,
             "castor: stopped: {} completed, {} failed, {} abandoned",
-            summary.completed, summary.failed, summary.abandoned
+            summary.completed,
+            summary.failed,
+            summary.abandoned
         );
         return Ok(());
     }
-    println!("Ctrl+C to stop");
-    let mut reporter = PlainReporter::new(args.quiet);
+    tracing::info!(target: logging::BANNER, "Ctrl+C to stop");
+    let mut reporter = PlainReporter::new();
     worker.run(&mut reporter)?;
     Ok(())
 }

@@ -15,7 +15,7 @@ use abi_stable::abi_stability::abi_checking::{
 use abi_stable::library::{AbiHeader, LibHeader, LibraryError, RootModule, lib_header_from_path};
 use abi_stable::std_types::RResult;
 use abi_stable::type_layout::{DiscriminantRepr, ReprAttr, TLFieldOrFunction, TypeLayout};
-use castor_abi::abi::{ABI_VERSION, ManagerDecl, PluginRootRef, TaskDecl};
+use castor_abi::abi::{ABI_VERSION, AttachFn, ManagerDecl, PluginRootRef, TaskDecl};
 
 /// A library could not be used as a Castor plugin.
 #[derive(Debug, thiserror::Error)]
@@ -109,6 +109,7 @@ pub enum LoadError {
 pub struct Plugin {
     path: PathBuf,
     managers: Vec<ManagerDecl>,
+    attach: AttachFn,
 }
 
 impl fmt::Debug for Plugin {
@@ -151,12 +152,22 @@ impl Plugin {
             }
         };
         check_declarations(&path, &managers)?;
-        Ok(Plugin { path, managers })
+        Ok(Plugin {
+            path,
+            managers,
+            attach: root.attach(),
+        })
     }
 
     /// The library's canonical path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The library's `attach`, which forwards its `log` and `tracing` records to a
+    /// worker's services.
+    pub fn attach(&self) -> AttachFn {
+        self.attach
     }
 
     /// Takes the manager called `name` out of the library.
@@ -485,31 +496,13 @@ fn repr(attr: ReprAttr) -> String {
     }
 }
 
-/// `decl.tasks` as a list wrapped for the banner: `send_email (thread), resize (process)`,
-/// continuation lines indented by `indent` columns.
-pub fn describe_tasks(tasks: &[TaskDecl], indent: usize) -> String {
-    const WIDTH: usize = 96;
-    let mut text = String::new();
-    let mut column = indent;
-    for (i, t) in tasks.iter().enumerate() {
-        let item = format!(
-            "{} ({}){}",
-            t.name,
-            t.mode,
-            if i + 1 < tasks.len() { "," } else { "" }
-        );
-        if column > indent && column + 1 + item.len() > WIDTH {
-            text.push('\n');
-            text.push_str(&" ".repeat(indent));
-            column = indent;
-        } else if column > indent {
-            text.push(' ');
-            column += 1;
-        }
-        column += item.len();
-        text.push_str(&item);
-    }
-    text
+/// `decl.tasks` as a list for the banner: `send_email (thread), resize (process)`.
+pub fn describe_tasks(tasks: &[TaskDecl]) -> String {
+    tasks
+        .iter()
+        .map(|t| format!("{} ({})", t.name, t.mode))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 #[cfg(test)]

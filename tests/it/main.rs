@@ -20,6 +20,8 @@ mod damage;
 mod limits;
 // Delayed, repeating and periodic tasks; priorities; unique keys.
 mod scheduling;
+// Task logs from `tracing` and `log`; the worker's own log lines (text, JSON, RUST_LOG).
+mod logging;
 // `castor -i` under tmux: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.

@@ -162,6 +162,10 @@ impl Worker {
     }
 
     pub fn spawn(mut command: Command) -> Worker {
+        // The worker's log filter is the test's to choose, not the shell's.
+        if command.get_envs().all(|(key, _)| key != "RUST_LOG") {
+            command.env_remove("RUST_LOG");
+        }
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -476,6 +476,17 @@ impl Reporter for ChannelReporter {
                     text: line.to_owned(),
                 }));
             }
+            WorkerEvent::LibraryLog { level, line } => self.send(UiEvent::Log(LogLine {
+                at: clock(),
+                level: match level {
+                    LogLevel::Debug => Level::Debug,
+                    LogLevel::Info => Level::Info,
+                    LogLevel::Warn => Level::Warn,
+                    LogLevel::Error => Level::Error,
+                },
+                source: "library".into(),
+                text: line.to_owned(),
+            })),
             WorkerEvent::Progress {
                 id,
                 done,

@@ -40,6 +40,8 @@ pub struct PoolConfig {
     pub memory_limit: Option<u64>,
     /// Between SIGTERM and SIGKILL when a child must go.
     pub kill_grace: Duration,
+    /// What the library forwards to task logs (passed to each child).
+    pub log_filter: String,
 }
 
 /// A process task for a slot.
@@ -266,14 +268,6 @@ impl Slot {
                         return (crashed(outcome, started), None);
                     }
                 }
-                Ok(FromChild::Log { id, level, line }) => {
-                    let _ = self.events.send(Event::Log {
-                        id: Uuid::from_bytes(id),
-                        level: LogLevel::from_u8(level),
-                        line,
-                        at: now_us(),
-                    });
-                }
                 Ok(FromChild::Progress {
                     id,
                     done,
@@ -287,7 +281,9 @@ impl Slot {
                         message,
                     });
                 }
-                Ok(FromChild::Ready { .. } | FromChild::LoadFailed { .. }) => {}
+                Ok(
+                    FromChild::Ready { .. } | FromChild::LoadFailed { .. } | FromChild::Log { .. },
+                ) => {}
                 Err(RecvTimeoutError::Disconnected) => {
                     let outcome = child.died(self.config.kill_grace);
                     return (crashed(outcome, started), None);
@@ -532,7 +528,9 @@ impl ChildProcess {
             .arg("--manager")
             .arg(&config.manager)
             .arg("--parent")
-            .arg(std::process::id().to_string());
+            .arg(std::process::id().to_string())
+            .arg("--log-filter")
+            .arg(&config.log_filter);
         if let Some(bytes) = config.memory_limit {
             command.arg("--memory-limit").arg(bytes.to_string());
         }
@@ -553,13 +551,24 @@ impl ChildProcess {
         }
         let (tx, messages) = crossbeam_channel::unbounded();
         let reader = ours.try_clone().map_err(|e| format!("socket: {e}"))?;
+        let log = events.clone();
         readers.extend(
             std::thread::Builder::new()
                 .name(format!("castor-socket-{pid}"))
                 .spawn(move || {
                     let mut reader = reader;
                     while let Ok(Some(message)) = protocol::read_frame::<FromChild>(&mut reader) {
-                        if tx.send(message).is_err() {
+                        // Log lines go straight to the coordinator: a library's line made
+                        // outside any task may come while the child runs none. (A task's
+                        // lines still precede its `Done`, which takes the slot's way.)
+                        if let FromChild::Log { id, level, line } = message {
+                            let _ = log.send(Event::Log {
+                                id: Uuid::from_bytes(id),
+                                level: LogLevel::from_u8(level),
+                                line,
+                                at: now_us(),
+                            });
+                        } else if tx.send(message).is_err() {
                             return;
                         }
                     }

@@ -279,7 +279,10 @@ impl Coordinator {
                     line,
                     at,
                 } => {
-                    if let Some(&seq) = self.by_id.get(&id) {
+                    if id.is_nil() {
+                        // A library's record made outside any task.
+                        reporter.event(WorkerEvent::LibraryLog { level, line: &line });
+                    } else if let Some(&seq) = self.by_id.get(&id) {
                         let attempt = self.inflight.get(&seq).map_or(0, |t| t.attempt);
                         if let Some(task) = self.inflight.get(&seq) {
                             reporter.event(WorkerEvent::TaskLog {

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use castor_abi::abi::{HostServices, ManagerDecl, RunFn, TaskMode};
+use abi_stable::std_types::RStr;
+use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_abi::store::{
     CheckReach, ClaimQuery, NewSchedule, OpenCheck, Store, StoreOptions, TaskFilter, Watcher,
@@ -80,6 +81,10 @@ pub struct WorkerConfig {
     pub durable: bool,
     /// Finished tasks are deleted this long after they finish.
     pub retention: Duration,
+    /// The library's `attach`, called once the worker's services exist.
+    pub attach: AttachFn,
+    /// What the library forwards to task logs (see [`crate::logging`]).
+    pub log_filter: String,
 }
 
 /// Messages to the coordinator.
@@ -317,6 +322,9 @@ impl Worker {
             events.0.clone(),
         )));
         let host = castor_abi::host::host_services(services);
+        // From now on the library's `log` and `tracing` records reach task logs (and,
+        // outside tasks, the worker's log).
+        (config.attach)(host, RStr::from(config.log_filter.as_str()));
         let stopping = Arc::new(AtomicBool::new(false));
         // Warm children before the worker says it started.
         let processes = process_claim.as_ref().map(|_| {
@@ -328,6 +336,7 @@ impl Worker {
                     max_tasks_per_child: config.max_tasks_per_child,
                     memory_limit: config.child_memory,
                     kill_grace: config.kill_grace,
+                    log_filter: config.log_filter.clone(),
                 },
                 services,
                 events.0.clone(),

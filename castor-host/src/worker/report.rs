@@ -1,10 +1,14 @@
 //! What the worker tells its user. The coordinator emits [`WorkerEvent`]s to a
-//! [`Reporter`]: plain log lines by default ([`PlainReporter`]), or the dashboard.
+//! [`Reporter`]: log lines through `tracing` by default ([`PlainReporter`]), or the
+//! dashboard.
 
-use std::io::Write;
 use std::time::Duration;
 
-use castor_abi::{AttemptOutcome, StoreError, TaskState, Uuid, format_duration};
+use castor_abi::{AttemptOutcome, LogLevel, StoreError, TaskState, Uuid, format_duration};
+use tracing::Level;
+
+use crate::event_at;
+use crate::logging;
 
 use super::Summary;
 
@@ -59,6 +63,14 @@ pub enum WorkerEvent<'a> {
         /// The line's level.
         level: castor_abi::LogLevel,
         /// The line.
+        line: &'a str,
+    },
+    /// A task library logged a line outside any task (a `log` or `tracing` record on a
+    /// thread of its own).
+    LibraryLog {
+        /// The line's level.
+        level: castor_abi::LogLevel,
+        /// The line: `target: message fields`.
         line: &'a str,
     },
     /// A running task reported progress.
@@ -144,37 +156,101 @@ pub trait Reporter {
     fn flush(&mut self) {}
 }
 
-/// Log lines on stdout (stderr for problems), buffered per batch.
-pub struct PlainReporter {
-    out: std::io::BufWriter<std::io::Stdout>,
-    quiet: bool,
-}
+/// The worker's log lines: each event becomes one `tracing` event (see
+/// [`crate::logging`] for the targets, the filter and the formats), held until the
+/// batch's [`Reporter::flush`].
+pub struct PlainReporter;
 
 impl PlainReporter {
-    /// `quiet`: print failures and lifecycle only, not every completed task.
-    pub fn new(quiet: bool) -> PlainReporter {
-        PlainReporter {
-            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
-            quiet,
-        }
+    /// A reporter for the installed log.
+    pub fn new() -> PlainReporter {
+        PlainReporter
+    }
+}
+
+impl Default for PlainReporter {
+    fn default() -> Self {
+        PlainReporter::new()
+    }
+}
+
+/// How much an event matters, for the filter (`-q` is `castor::task=warn`).
+fn level(event: &WorkerEvent<'_>) -> Level {
+    match event {
+        WorkerEvent::StoreError { .. } => Level::ERROR,
+        WorkerEvent::Forced { .. }
+        | WorkerEvent::Abandoned { .. }
+        | WorkerEvent::Buried { .. }
+        | WorkerEvent::Rescued { .. } => Level::WARN,
+        WorkerEvent::Started { .. }
+        | WorkerEvent::TaskLog { .. }
+        | WorkerEvent::Progress { .. } => Level::DEBUG,
+        WorkerEvent::LibraryLog { level, .. } => tracing_level(*level),
+        WorkerEvent::Finished(f) => match f.state {
+            _ if f.lost_lease => Level::WARN,
+            TaskState::Completed => Level::INFO,
+            TaskState::Discarded => Level::ERROR,
+            _ => Level::WARN,
+        },
+        _ => Level::INFO,
+    }
+}
+
+fn tracing_level(level: LogLevel) -> Level {
+    match level {
+        LogLevel::Debug => Level::DEBUG,
+        LogLevel::Info => Level::INFO,
+        LogLevel::Warn => Level::WARN,
+        LogLevel::Error => Level::ERROR,
     }
 }
 
 impl Reporter for PlainReporter {
     fn event(&mut self, event: WorkerEvent<'_>) {
+        logging::hold();
+        let level = level(&event);
         let line = match event {
-            // Plain output shows outcomes; starts, logs and progress are kept with the task
-            // (`castor show`) and shown live by the dashboard.
-            WorkerEvent::Started { .. }
-            | WorkerEvent::TaskLog { .. }
-            | WorkerEvent::Progress { .. } => {
+            // Starts and progress are shown live by the dashboard; logs are kept with the
+            // task (`castor show`) and printed at debug.
+            WorkerEvent::Started { .. } | WorkerEvent::Progress { .. } => {
+                return;
+            }
+            WorkerEvent::TaskLog {
+                id,
+                task,
+                level: task_level,
+                line,
+            } => {
+                tracing::debug!(
+                    target: logging::TASK_LOG,
+                    task_id = %id,
+                    task,
+                    task_level = task_level.as_str(),
+                    "{line}"
+                );
+                return;
+            }
+            WorkerEvent::LibraryLog { line, .. } => {
+                event_at!(level, target: logging::LIBRARY, "{line}");
                 return;
             }
             WorkerEvent::Finished(f) => {
-                if self.quiet && f.state == TaskState::Completed && !f.lost_lease {
-                    return;
-                }
-                describe(f)
+                event_at!(
+                    level,
+                    target: logging::TASK,
+                    task_id = %f.id,
+                    task = f.task,
+                    attempt = f.attempt,
+                    max_attempts = f.max_attempts,
+                    state = f.state.as_str(),
+                    outcome = f.outcome.kind(),
+                    duration_ms = f.elapsed.as_secs_f64() * 1e3,
+                    error = f.outcome.message(),
+                    lost_lease = f.lost_lease,
+                    "{}",
+                    describe(f)
+                );
+                return;
             }
             WorkerEvent::StoreError { error, retry_in } => {
                 format!(
@@ -210,20 +286,18 @@ impl Reporter for PlainReporter {
                 summary.completed, summary.failed, summary.abandoned
             ),
         };
-        // The clock is read only for lines that are printed: at 100k tasks a second, a
-        // quiet worker would otherwise spend most of its reporting time formatting it.
-        let now = timestamp(castor_abi::store::now_us());
-        let _ = writeln!(self.out, "{now} {line}");
+        // The one place the worker's other events enter `tracing`.
+        event_at!(level, target: "castor", "{line}");
     }
 
     fn flush(&mut self) {
-        let _ = self.out.flush();
+        logging::flush();
     }
 }
 
 impl Drop for PlainReporter {
     fn drop(&mut self) {
-        let _ = self.out.flush();
+        logging::release();
     }
 }
 

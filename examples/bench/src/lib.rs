@@ -1,9 +1,22 @@
-//! The benchmark's task library: tasks that do nothing (to measure Castor's own cost) and
-//! tasks that burn CPU (to measure process-mode scaling).
+//! The benchmark's task library: tasks that do nothing (to measure Castor's own cost), one
+//! that logs a line (the cost of a task log) and tasks that burn CPU (to measure
+//! process-mode scaling).
 
 /// Does nothing, on the thread pool.
 #[castor_abi::task(thread)]
 pub fn noop() {}
+
+/// Does nothing but log one `tracing` line (which the worker stores in the task's log).
+#[castor_abi::task(thread)]
+pub fn noop_logged() {
+    tracing::info!(answer = 42, "done");
+}
+
+/// The same line through `ctx.info` (the storage cost alone, without the capture).
+#[castor_abi::task(thread)]
+pub fn noop_ctx_logged(ctx: &castor_abi::TaskContext) {
+    ctx.info("bench: done answer=42");
+}
 
 /// Does nothing, in a child process.
 #[castor_abi::task(process)]
@@ -41,7 +54,7 @@ castor_abi::manager!(
     /// The benchmark's manager.
     pub bench,
     db = "bench.db",
-    tasks = [noop, noop_process, spin, spin_thread]
+    tasks = [noop, noop_logged, noop_ctx_logged, noop_process, spin, spin_thread]
 );
 
 castor_abi::export_managers!(bench);

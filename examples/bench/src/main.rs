@@ -86,8 +86,9 @@ const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [
   --quick        one run of each scenario at smaller sizes (a smoke test, under a minute)
   --runs N       runs per scenario (default 3)
   --only A,B     only scenarios whose id or name contains A or B (the raw-SQLite
-                 ceilings always run); ids: batch, drain, e2e, roundtrip, process,
-                 thread_noop, idle_worker, idle_join, durable, backlog, workers, apps
+                 ceilings always run); ids: batch, drain, log_drain, ctx_log_drain, e2e,
+                 roundtrip, process, thread_noop, idle_worker, idle_join, durable, backlog,
+                 workers, apps
   --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
 
   castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile

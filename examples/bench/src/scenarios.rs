@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use castor_abi::store::{Store, StoreOptions, Watcher};
 use castor_abi::{Client, DelayOptions};
-use castor_bench::{bench, noop};
+use castor_bench::{bench, noop, noop_ctx_logged, noop_logged};
 
 use crate::ceiling::Ceilings;
 use crate::table::{Report, percentile};
@@ -98,6 +98,8 @@ pub fn timed_drain(
 pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Result<(), String> {
     batch_dispatch(options, ceilings, report)?;
     drain(options, ceilings, report, false)?;
+    logged_drain(options, ceilings, report, false)?;
+    logged_drain(options, ceilings, report, true)?;
     end_to_end(options, ceilings, report, false)?;
     round_trip(options, ceilings, report, false)?;
     process_mode(options, report)?;
@@ -156,6 +158,52 @@ fn drain(
     measure(report, options, row, |run| {
         let db = fresh(options, name, run);
         timed_drain(options, &db, n, durable, &[durability(durable)])
+    })
+}
+
+/// The drain again, each task logging one line: through `tracing` (captured across the
+/// library boundary, then stored), or through `ctx.info` (stored only), which tells the
+/// capture's cost from the storage's.
+fn logged_drain(
+    options: &Options,
+    ceilings: &Ceilings,
+    report: &mut Report,
+    via_ctx: bool,
+) -> Result<(), String> {
+    let n = options.size(20_000);
+    let (id, how) = if via_ctx {
+        ("ctx_log_drain", "a ctx.info line")
+    } else {
+        ("log_drain", "a tracing line")
+    };
+    let row = Row::new(
+        id,
+        format!("drain: {} thread tasks logging {how}", count(n)),
+        "/s",
+    )
+    .vs("raw cycle", ceilings.cycle);
+    measure(report, options, row, |run| {
+        let db = fresh(options, id, run);
+        let client = client(&db, false)?;
+        let _worker = Worker::start(options, &db, &[])?;
+        let last = if via_ctx {
+            noop_ctx_logged::delay_many(&client, (0..n).map(|_| ())).map_err(err)?
+        } else {
+            noop_logged::delay_many(&client, (0..n).map(|_| ())).map_err(err)?
+        }
+        .pop()
+        .ok_or("nothing was dispatched")?;
+        let start = Instant::now();
+        wait_drained(&db, DRAIN_TIMEOUT)?;
+        let rate = n as f64 / start.elapsed().as_secs_f64();
+        // The line really was stored (not dropped on the way).
+        let logs = last.logs().map_err(err)?;
+        match logs.as_slice() {
+            [line] if line.line.ends_with("done answer=42") => Ok(rate),
+            other => Err(format!(
+                "the last task's log is {other:?}, not its one line"
+            )),
+        }
     })
 }
 

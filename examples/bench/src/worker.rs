@@ -26,6 +26,9 @@ impl Worker {
             .arg(db)
             .arg("--quiet")
             .args(args)
+            // `--quiet` decides what it prints (and the start-up line waited for below),
+            // not the shell's RUST_LOG.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
