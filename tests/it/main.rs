@@ -16,6 +16,8 @@ mod reliability;
 mod cli;
 // Delayed, repeating and periodic tasks; priorities; unique keys.
 mod scheduling;
+// Idle workers sleep: CPU per library shape, after a burst, with tasks far ahead.
+mod idle;
 // `castor -i` under tmux: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.

@@ -107,22 +107,29 @@ struct Stop {
     forced: bool,
 }
 
-/// Per mode: whether a claim may find more, and how long attempts take (a moving
-/// average, for the claim window).
+/// Per mode: its pool's size, whether a claim may find more, and how long attempts take
+/// (a moving average, for the claim window).
 struct Lane {
+    /// Pool slots for this mode; 0 when the library declares no task of the mode, and
+    /// then the lane never claims (nor keeps the coordinator awake wanting to).
+    slots: usize,
+    /// The last claim filled its window, or the database changed since: a claim may find
+    /// more.
     want: bool,
     mean: Duration,
 }
 
 impl Lane {
-    fn new() -> Lane {
+    fn new(slots: usize) -> Lane {
         Lane {
-            want: true,
+            slots,
+            want: slots > 0,
             mean: Duration::from_millis(1),
         }
     }
 
-    fn window(&self, slots: usize) -> usize {
+    fn window(&self) -> usize {
+        let slots = self.slots;
         let per_slot = BATCH_TARGET.as_secs_f64() / self.mean.as_secs_f64().max(1e-7);
         let extra = (slots as f64 * per_slot) as usize;
         (slots + extra).clamp(slots, MAX_WINDOW.max(slots))
@@ -184,8 +191,12 @@ impl Coordinator {
             releases: Vec::new(),
             logs: Vec::new(),
             progress: HashMap::new(),
-            thread_lane: Lane::new(),
-            process_lane: Lane::new(),
+            thread_lane: Lane::new(if worker.thread_claim.is_some() {
+                worker.config.threads
+            } else {
+                0
+            }),
+            process_lane: Lane::new(worker.processes()),
             data_version: None,
             next_due: None,
             check_due: true,
@@ -226,10 +237,10 @@ impl Coordinator {
         }
     }
 
+    /// True if a turn now would claim: a lane wants more and has room for it. (Wanting
+    /// without room, or a lane without slots, must not keep the loop awake.)
     fn wants_claim(&self) -> bool {
-        self.stop.is_none()
-            && self.retry_at.is_none()
-            && (self.thread_lane.want || self.process_lane.want)
+        self.room(TaskMode::Thread) > 0 || self.room(TaskMode::Process) > 0
     }
 
     /// Sleeps until the next event or timer, then takes every queued event.
@@ -332,8 +343,8 @@ impl Coordinator {
     }
 
     fn wake_claims(&mut self) {
-        self.thread_lane.want = true;
-        self.process_lane.want = true;
+        self.thread_lane.want = self.thread_lane.slots > 0;
+        self.process_lane.want = self.process_lane.slots > 0;
         self.check_due = true;
         self.check_cancels = true;
     }
@@ -357,7 +368,9 @@ impl Coordinator {
         if let Some(stop) = &self.stop {
             next = next.min(stop.deadline);
         }
-        for due in [self.next_due, self.next_tick].into_iter().flatten() {
+        // A stopping worker runs no schedule tick: waking for one would find nothing to do.
+        let tick = self.next_tick.filter(|_| self.stop.is_none());
+        for due in [self.next_due, tick].into_iter().flatten() {
             let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
             next = next.min(now + wait);
         }
@@ -436,26 +449,18 @@ impl Coordinator {
     }
 
     /// How many tasks of `mode` to claim now.
-    fn room(&self, worker: &Worker, mode: TaskMode) -> usize {
-        if self.stop.is_some() {
+    fn room(&self, mode: TaskMode) -> usize {
+        if self.stop.is_some() || self.retry_at.is_some() {
             return 0;
         }
-        let (lane, slots, query) = match mode {
-            TaskMode::Thread => (
-                &self.thread_lane,
-                worker.config.threads,
-                &worker.thread_claim,
-            ),
-            TaskMode::Process => (
-                &self.process_lane,
-                worker.processes(),
-                &worker.process_claim,
-            ),
+        let lane = match mode {
+            TaskMode::Thread => &self.thread_lane,
+            TaskMode::Process => &self.process_lane,
         };
-        if !lane.want || query.is_none() {
+        if !lane.want || lane.slots == 0 {
             return 0;
         }
-        lane.window(slots).saturating_sub(self.active(mode))
+        lane.window().saturating_sub(self.active(mode))
     }
 
     /// One transaction: outcomes, releases, logs, progress, staging, lease renewal,
@@ -472,8 +477,8 @@ impl Coordinator {
         let cancels = self.check_cancels && !self.inflight.is_empty();
         let stage = self.next_due.is_some_and(|due| due <= now);
         let tick = self.stop.is_none() && self.next_tick.is_some_and(|due| due <= now);
-        let thread_limit = self.room(worker, TaskMode::Thread);
-        let process_limit = self.room(worker, TaskMode::Process);
+        let thread_limit = self.room(TaskMode::Thread);
+        let process_limit = self.room(TaskMode::Process);
         if self.outcomes.is_empty()
             && self.releases.is_empty()
             && self.logs.is_empty()
@@ -664,6 +669,11 @@ impl Coordinator {
         }
         if staged > 0 {
             self.wake_claims();
+        }
+        if stage {
+            // Whatever this staged (maybe nothing: another worker got there first), the
+            // next due time moved on; a stale one would wake the loop again at once.
+            self.check_due = true;
         }
         if ticked {
             // The schedules moved on: find their next tick.
