@@ -85,8 +85,9 @@ impl Default for StoreOptions {
     }
 }
 
-/// The largest the WAL file is left at after a checkpoint resets it (64 MiB).
-const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+/// The largest the WAL file is left at after a checkpoint resets it (8 MiB, an app's
+/// checkpoint bound): a WAL that one large transaction grew gives its space back.
+const JOURNAL_SIZE_LIMIT: i64 = 8 << 20;
 
 /// One failed attempt, as recorded in a task's `errors` column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
