@@ -139,11 +139,16 @@ pub struct Stopped {
 impl Worker {
     /// Starts `castor TARGET --db DB ARGS..` in `dir` and waits until it says it started.
     pub fn start(dir: &TestDir, target: &str, args: &[&str]) -> Worker {
+        Worker::start_on(dir, &dir.db(), target, args)
+    }
+
+    /// Starts `castor TARGET --db DB ARGS..` in `dir` and waits until it says it started.
+    pub fn start_on(dir: &TestDir, db: &Path, target: &str, args: &[&str]) -> Worker {
         let mut command = Command::new(castor_bin());
         command
             .arg(target)
             .arg("--db")
-            .arg(dir.db())
+            .arg(db)
             .args(args)
             .current_dir(dir.path());
         let worker = Worker::spawn(command);
@@ -191,6 +196,18 @@ impl Worker {
 
     pub fn stdout(&self) -> String {
         self.stdout.text.lock().expect("lock").clone()
+    }
+
+    /// Waits until the worker's stdout contains `needle`; returns it all.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        self.stdout
+            .wait_for(needle, PATIENCE)
+            .unwrap_or_else(|text| {
+                panic!(
+                    "the worker never printed {needle:?}:\n{text}\n{}",
+                    self.stderr.text.lock().expect("lock")
+                )
+            })
     }
 
     /// Ctrl+C, then waits for the worker to exit.

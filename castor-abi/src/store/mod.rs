@@ -11,6 +11,7 @@ mod admin;
 mod rescue;
 mod rows;
 mod schedules;
+mod space;
 mod watch;
 mod workers;
 

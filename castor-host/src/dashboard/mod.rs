@@ -46,7 +46,9 @@ pub use state::{
 };
 pub use view::render;
 
-use crate::worker::{Controller, Reporter, Summary, Worker, WorkerEvent, timestamp};
+use crate::worker::{
+    Controller, Reporter, Summary, Worker, WorkerEvent, timestamp, write_failing, write_recovered,
+};
 
 /// The fastest the screen is redrawn.
 const FRAME: Duration = Duration::from_millis(100);
@@ -482,6 +484,13 @@ impl Reporter for ChannelReporter {
                     format_duration(retry_in)
                 ),
             ))),
+            WorkerEvent::WriteFailing { error, retry_in } => self.send(UiEvent::Log(worker_line(
+                Level::Error,
+                write_failing(error, retry_in),
+            ))),
+            WorkerEvent::WriteRecovered { failed_for, tries } => self.send(UiEvent::Log(
+                worker_line(Level::Info, write_recovered(failed_for, tries)),
+            )),
             WorkerEvent::Abandoned { id, task } => self.send(UiEvent::Log(worker_line(
                 Level::Warn,
                 format!("abandoned {task} {id}: still running at shutdown; it will be retried"),

@@ -12,6 +12,7 @@
 mod child;
 mod coordinator;
 mod executor;
+mod recovery;
 mod report;
 mod rescuer;
 mod services;
@@ -32,7 +33,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
 use self::coordinator::Coordinator;
-pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent, describe, timestamp};
+pub use self::report::{
+    Finished, PlainReporter, Reporter, WorkerEvent, describe, timestamp, write_failing,
+    write_recovered,
+};
 use self::services::WorkerServices;
 
 /// Everything a worker needs to run.
@@ -412,7 +416,7 @@ impl Worker {
                 }
             });
         }
-        self.register()?;
+        // The worker registers in its first turn: on a full disk it waits like any write.
         let processes = self.processes.take();
         let stopping = Arc::clone(&self.stopping);
         let mut coordinator = Coordinator::new(&self, threads, processes, stopping);
