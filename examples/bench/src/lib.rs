@@ -1,5 +1,6 @@
 //! The benchmark's task library: tasks that do nothing (to measure Castor's own cost) and
-//! tasks that burn CPU (to measure process-mode scaling).
+//! tasks that burn CPU (to measure process-mode scaling), under three managers, one per
+//! shape of library (both modes, thread tasks only, process tasks only).
 
 /// Does nothing, on the thread pool.
 #[castor_abi::task(thread)]
@@ -38,10 +39,24 @@ fn spin_for(ms: u64) -> u64 {
 }
 
 castor_abi::manager!(
-    /// The benchmark's manager.
+    /// The benchmark's manager: thread and process tasks.
     pub bench,
     db = "bench.db",
     tasks = [noop, noop_process, spin, spin_thread]
 );
 
-castor_abi::export_managers!(bench);
+castor_abi::manager!(
+    /// Thread tasks only (the quickstart's shape): its worker has no process lane.
+    pub bench_threads,
+    db = "bench.db",
+    tasks = [noop, spin_thread]
+);
+
+castor_abi::manager!(
+    /// Process tasks only: its worker has no thread lane.
+    pub bench_processes,
+    db = "bench.db",
+    tasks = [noop_process, spin]
+);
+
+castor_abi::export_managers!(bench, bench_threads, bench_processes);
