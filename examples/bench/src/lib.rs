@@ -22,6 +22,12 @@ pub fn spin_thread(ms: u64) -> u64 {
     spin_for(ms)
 }
 
+/// Sleeps for `ms` milliseconds on the thread pool: an attempt that takes time but no CPU.
+#[castor_abi::task(thread)]
+pub fn pause(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
 fn spin_for(ms: u64) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -49,7 +55,7 @@ castor_abi::manager!(
     /// Thread tasks only (the quickstart's shape): its worker has no process lane.
     pub bench_threads,
     db = "bench.db",
-    tasks = [noop, spin_thread]
+    tasks = [noop, spin_thread, pause]
 );
 
 castor_abi::manager!(

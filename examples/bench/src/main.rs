@@ -6,13 +6,14 @@
 //!
 //! Scenarios: the raw-SQLite ceilings (`ceiling`), dispatch, drain, end to end, round
 //! trip (per shape of library) and process mode (`scenarios`), the same with `--durable`,
-//! the idle costs (`idle`), a large backlog (`backlog`), and several workers or apps on
-//! one file (`several`).
+//! the idle costs (`idle`), a large backlog (`backlog`), several workers or apps on one
+//! file (`several`), and a full disk (`full_disk`).
 //!
 //! Timing goals live here, never in tests: a busy machine makes this slower, not red.
 
 mod backlog;
 mod ceiling;
+mod full_disk;
 mod idle;
 mod scenarios;
 mod several;
@@ -95,7 +96,7 @@ const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [
                  roundtrip_threads, roundtrip_processes), process, thread_noop, idle
                  (idle_worker_threads, idle_worker_processes, idle_worker,
                  idle_scheduled_ahead, idle_after_burst, idle_dashboard, idle_join),
-                 durable, backlog, workers, apps
+                 durable, backlog, workers, apps, full_disk (mounts a tmpfs: root only)
   --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
 
   castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile
@@ -189,6 +190,7 @@ fn run(options: Options) -> Result<(), String> {
     scenarios::run_all(&options, &ceilings, &mut report)?;
     backlog::run(&options, &ceilings, &mut report)?;
     several::run(&options, &ceilings, &mut report)?;
+    full_disk::run(&options, &mut report)?;
     report.targets = targets::evaluate(&report);
     report.write_json(&options.json)?;
     println!("\n{}", report.table());

@@ -95,6 +95,18 @@ const TARGETS: &[Target] = &[
         goal: Goal::Below(0.5),
     },
     Target {
+        text: "a worker whose writes fail (a full disk, under it) uses under 0.5% of a core",
+        scenario: "full_disk_running_cpu",
+        unit: "% of a core",
+        goal: Goal::Below(0.5),
+    },
+    Target {
+        text: "a worker whose writes fail (started on a full disk) uses under 0.5% of a core",
+        scenario: "full_disk_start_cpu",
+        unit: "% of a core",
+        goal: Goal::Below(0.5),
+    },
+    Target {
         text: "an idle join uses under 0.5% of a core",
         scenario: "idle_join",
         unit: "% of a core",
