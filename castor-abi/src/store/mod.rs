@@ -70,10 +70,11 @@ pub struct StoreOptions {
     /// loss, at the price of an fsync per commit. With `NORMAL` (the default) a crash of any
     /// process loses nothing; a power loss may lose the last commits.
     pub durable: bool,
-    /// A commit that leaves the WAL at this many pages or more copies it into the database
-    /// file (a checkpoint, with an fsync) before it returns. SQLite's default, 1000, suits
-    /// the worker, which commits all the time; an app raises it so that its `delay` calls
-    /// leave checkpoints to a running worker (measured: a fifth more end-to-end rate).
+    /// The connection's WAL bound: past this many pages, its commits copy the WAL into the
+    /// database file (a checkpoint, with an fsync), at most once per this many new pages;
+    /// past twice as many, it makes the WAL start over (see `store/space.rs`). 1000
+    /// (SQLite's default) for the worker; an app's is larger, so that while a worker runs
+    /// its `delay` calls leave checkpoints to the worker.
     pub checkpoint_pages: u32,
 }
 
@@ -123,6 +124,9 @@ pub struct TaskLog {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The WAL hook's state (see `space.rs`). Declared after `conn`, so it outlives the
+    /// connection whose hook points at it.
+    wal_hook: Option<Box<space::WalHook>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -153,8 +157,13 @@ impl Store {
                 other => other,
             }
         })?;
-        let mut store = Store { conn, path };
+        let mut store = Store {
+            conn,
+            path,
+            wal_hook: None,
+        };
         store.configure(options)?;
+        store.install_wal_hook(options.checkpoint_pages);
         store.migrate()?;
         Ok(store)
     }
@@ -322,7 +331,10 @@ impl Store {
                 Ok(value)
             })();
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.restart_wal_if_asked();
+                    return Ok(value);
+                }
                 Err(e) if is_busy(&e) && tries <= BUSY_RETRIES => continue,
                 Err(e) if self.out_of_space(&e) => {
                     return Err(StoreError::DiskFull {
