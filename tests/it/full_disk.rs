@@ -48,7 +48,10 @@ impl Tmpfs {
             .output();
         let why = match out {
             Ok(out) if out.status.success() => return Some(Tmpfs { path }),
-            Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            Ok(out) => String::from_utf8_lossy(&out.stderr)
+                .trim()
+                .trim_end_matches('.')
+                .to_owned(),
             Err(e) => format!("cannot run mount: {e}"),
         };
         let ci = std::env::var("CI").is_ok_and(|v| v == "true");
