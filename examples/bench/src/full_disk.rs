@@ -61,6 +61,7 @@ impl Tmpfs {
 impl Drop for Tmpfs {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.path).output();
+        let _ = std::fs::remove_dir(&self.path);
     }
 }
 
