@@ -17,9 +17,12 @@ use crate::handle::TaskHandle;
 use crate::store::{NewTask, Store, StoreOptions, Watcher};
 use crate::task::{TaskContext, TaskSpec};
 
-/// An app's connection checkpoints the WAL only past this many pages (40 MiB); while a
-/// worker runs, its commits checkpoint long before that.
-const APP_CHECKPOINT_PAGES: u32 = 10_000;
+/// An app connection's WAL bound, in pages (8 MiB of 4 KiB pages; see `store/space.rs`).
+/// While a worker runs, the worker's checkpoints (at 1,000) come first. Alone, an app's WAL
+/// stays near this size: what must fit into the database before a full disk can recover,
+/// so well below the space an operator frees (at 10,000 pages, a 40 MiB WAL over a 64 MiB
+/// disk could never be checkpointed).
+const APP_CHECKPOINT_PAGES: u32 = 2_000;
 
 /// A declared manager is invalid.
 #[derive(Debug, thiserror::Error)]

@@ -189,7 +189,9 @@ fn an_unknown_manager_lists_the_available_ones() {
         &dir,
         &[&tasks_target("nope")],
         1,
-        &["has no manager named `nope`; it exports: manager, reports, clock"],
+        &[
+            "has no manager named `nope`; it exports: manager, reports, clock, threads_only, processes_only",
+        ],
     );
 }
 

@@ -22,6 +22,10 @@ mod limits;
 mod scheduling;
 // Task logs from `tracing` and `log`; the worker's own log lines (text, JSON, RUST_LOG).
 mod logging;
+// Idle workers sleep: CPU per library shape, after a burst, with tasks far ahead.
+mod idle;
+// A real full disk (a tmpfs the test mounts): the worker sleeps, then recovers alone.
+mod full_disk;
 // `castor -i` under tmux: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.

@@ -139,11 +139,16 @@ pub struct Stopped {
 impl Worker {
     /// Starts `castor TARGET --db DB ARGS..` in `dir` and waits until it says it started.
     pub fn start(dir: &TestDir, target: &str, args: &[&str]) -> Worker {
+        Worker::start_on(dir, &dir.db(), target, args)
+    }
+
+    /// Starts `castor TARGET --db DB ARGS..` in `dir` and waits until it says it started.
+    pub fn start_on(dir: &TestDir, db: &Path, target: &str, args: &[&str]) -> Worker {
         let mut command = Command::new(castor_bin());
         command
             .arg(target)
             .arg("--db")
-            .arg(dir.db())
+            .arg(db)
             .args(args)
             .current_dir(dir.path());
         Worker::started(command)
@@ -202,6 +207,18 @@ impl Worker {
         self.stdout.text.lock().expect("lock").clone()
     }
 
+    /// Waits until the worker's stdout contains `needle`; returns it all.
+    pub fn wait_for_stdout(&self, needle: &str) -> String {
+        self.stdout
+            .wait_for(needle, PATIENCE)
+            .unwrap_or_else(|text| {
+                panic!(
+                    "the worker never printed {needle:?}:\n{text}\n{}",
+                    self.stderr.text.lock().expect("lock")
+                )
+            })
+    }
+
     /// Ctrl+C, then waits for the worker to exit.
     pub fn stop(self) -> Stopped {
         self.signal(libc::SIGINT);
@@ -247,6 +264,41 @@ pub fn run_castor(dir: &TestDir, args: &[&str]) -> Stopped {
     let mut command = Command::new(castor_bin());
     command.args(args).current_dir(dir.path());
     Worker::spawn(command).wait()
+}
+
+/// CPU time (user + system) the process `pid` has used so far, from `/proc/PID/stat`
+/// (clock ticks, 10 ms each: coarse, which is why tests only assert loose bounds).
+pub fn cpu_time(pid: i32) -> Duration {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+    // The command name, in parentheses, may hold spaces: count fields after it. `state` is
+    // field 3 of the line, so utime (14) and stime (15) are the 12th and 13th after it.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after_name
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|f| f.parse().unwrap_or_else(|e| panic!("{path}: {f:?}: {e}")))
+        .collect();
+    assert_eq!(fields.len(), 2, "{path} has no utime and stime: {stat}");
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).unwrap_or(100).max(1);
+    Duration::from_nanos((fields[0] + fields[1]) * 1_000_000_000 / ticks_per_second)
+}
+
+/// The share of one core each of `pids` used over the next `over` (0.5 = half a core),
+/// measured for all of them over the same interval.
+pub fn cpu_shares(pids: &[i32], over: Duration) -> Vec<f64> {
+    let before: Vec<Duration> = pids.iter().map(|&pid| cpu_time(pid)).collect();
+    let start = Instant::now();
+    // Measuring an interval, not waiting for anything to happen.
+    std::thread::sleep(over);
+    let elapsed = start.elapsed().as_secs_f64();
+    pids.iter()
+        .zip(before)
+        .map(|(&pid, before)| (cpu_time(pid) - before).as_secs_f64() / elapsed)
+        .collect()
 }
 
 /// Polls `done` until it is true; fails the test after [`PATIENCE`].

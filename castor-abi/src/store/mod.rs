@@ -11,6 +11,7 @@ mod admin;
 mod rescue;
 mod rows;
 mod schedules;
+mod space;
 mod watch;
 mod workers;
 
@@ -73,10 +74,11 @@ pub struct StoreOptions {
     /// loss, at the price of an fsync per commit. With `NORMAL` (the default) a crash of any
     /// process loses nothing; a power loss may lose the last commits.
     pub durable: bool,
-    /// A commit that leaves the WAL at this many pages or more copies it into the database
-    /// file (a checkpoint, with an fsync) before it returns. SQLite's default, 1000, suits
-    /// the worker, which commits all the time; an app raises it so that its `delay` calls
-    /// leave checkpoints to a running worker (measured: a fifth more end-to-end rate).
+    /// The connection's WAL bound: past this many pages, its commits copy the WAL into the
+    /// database file (a checkpoint, with an fsync), at most once per this many new pages;
+    /// past twice as many, it makes the WAL start over (see `store/space.rs`). 1000
+    /// (SQLite's default) for the worker; an app's is larger, so that while a worker runs
+    /// its `delay` calls leave checkpoints to the worker.
     pub checkpoint_pages: u32,
     /// How much of the file [`Store::open`] checks for damage before using it.
     pub check: OpenCheck,
@@ -121,8 +123,9 @@ pub enum CheckReach {
     OutOfTime,
 }
 
-/// The largest the WAL file is left at after a checkpoint resets it (64 MiB).
-const JOURNAL_SIZE_LIMIT: i64 = 64 << 20;
+/// The largest the WAL file is left at after a checkpoint resets it (8 MiB, an app's
+/// checkpoint bound): a WAL that one large transaction grew gives its space back.
+const JOURNAL_SIZE_LIMIT: i64 = 8 << 20;
 
 /// One failed attempt, as recorded in a task's `errors` column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -157,6 +160,9 @@ pub struct TaskLog {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The WAL hook's state (see `space.rs`). Declared after `conn`, so it outlives the
+    /// connection whose hook points at it.
+    wal_hook: Option<Box<space::WalHook>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -182,6 +188,7 @@ impl Store {
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut store = Store::connect(path, flags)?;
         store.configure(options)?;
+        store.install_wal_hook(options.checkpoint_pages);
         match options.check {
             OpenCheck::Skip => {}
             OpenCheck::UpTo(limit) => {
@@ -213,7 +220,11 @@ impl Store {
 
     fn connect(path: PathBuf, flags: OpenFlags) -> Result<Store, StoreError> {
         match Connection::open_with_flags(&path, flags) {
-            Ok(conn) => Ok(Store { conn, path }),
+            Ok(conn) => Ok(Store {
+                conn,
+                path,
+                wal_hook: None,
+            }),
             Err(e) => Err(match classify(&path, "open the database", e) {
                 StoreError::Query { path, error, .. } => StoreError::Sqlite {
                     detail: sqlite_reason(&error, &path),
@@ -561,7 +572,10 @@ impl Store {
                 Ok(value)
             })();
             match result {
-                Ok(value) => return Ok(value),
+                Ok(value) => {
+                    self.restart_wal_if_asked();
+                    return Ok(value);
+                }
                 Err(e) if is_busy(&e) && tries <= BUSY_RETRIES => continue,
                 Err(e) if self.out_of_space(&e) => {
                     return Err(StoreError::DiskFull {

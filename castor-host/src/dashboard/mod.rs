@@ -47,7 +47,10 @@ pub use state::{
 };
 pub use view::render;
 
-use crate::worker::{AttemptStart, Controller, Reporter, Summary, Worker, WorkerEvent, timestamp};
+use crate::worker::{
+    AttemptStart, Controller, Reporter, Summary, Worker, WorkerEvent, timestamp, write_failing,
+    write_recovered,
+};
 
 /// The fastest the screen is redrawn.
 const FRAME: Duration = Duration::from_millis(100);
@@ -512,13 +515,17 @@ impl Reporter for ChannelReporter {
                 Level::Warn,
                 format!("stopping now; giving up on {running} running task(s)"),
             ))),
-            WorkerEvent::StoreError { error, retry_in } => self.send(UiEvent::Log(worker_line(
+            WorkerEvent::StopNotRecorded { error } => self.send(UiEvent::Log(worker_line(
                 Level::Error,
-                format!(
-                    "database error: {error:#}; retrying in {}",
-                    format_duration(retry_in)
-                ),
+                crate::worker::stop_not_recorded(error),
             ))),
+            WorkerEvent::WriteFailing { error, retry_in } => self.send(UiEvent::Log(worker_line(
+                Level::Error,
+                write_failing(error, retry_in),
+            ))),
+            WorkerEvent::WriteRecovered { failed_for, tries } => self.send(UiEvent::Log(
+                worker_line(Level::Info, write_recovered(failed_for, tries)),
+            )),
             WorkerEvent::Abandoned { id, task } => self.send(UiEvent::Log(worker_line(
                 Level::Warn,
                 format!("abandoned {task} {id}: still running at shutdown; it will be retried"),

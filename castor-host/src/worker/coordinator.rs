@@ -14,6 +14,7 @@ use castor_abi::{AttemptOutcome, Backoff, LogLevel, StoreError, TaskState, Uuid}
 use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
+use super::recovery::Failure;
 use super::rescuer::{self, Rescue};
 use super::{
     AttemptStart, Done, Event, Finished, Flags, Reporter, Summary, Worker, WorkerError,
@@ -37,8 +38,12 @@ const PRUNE_EVERY: Duration = Duration::from_secs(60);
 /// How many finished tasks one turn prunes.
 const PRUNE_BATCH: usize = 1000;
 
-/// How long the coordinator waits before retrying a write that failed.
-const STORE_RETRY: Duration = Duration::from_secs(1);
+/// A worker idle this long (nothing running, nothing written) truncates its WAL if it is
+/// larger than [`IDLE_WAL_BYTES`], giving the space back to the file system.
+const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
+
+/// The WAL size an idle worker leaves alone.
+const IDLE_WAL_BYTES: u64 = 1 << 20;
 
 /// A task this worker claimed and has not finished.
 struct Inflight {
@@ -110,22 +115,29 @@ struct Stop {
     forced: bool,
 }
 
-/// Per mode: whether a claim may find more, and how long attempts take (a moving
-/// average, for the claim window).
+/// Per mode: its pool's size, whether a claim may find more, and how long attempts take
+/// (a moving average, for the claim window).
 struct Lane {
+    /// Pool slots for this mode; 0 when the library declares no task of the mode, and
+    /// then the lane never claims (nor keeps the coordinator awake wanting to).
+    slots: usize,
+    /// The last claim filled its window, or the database changed since: a claim may find
+    /// more.
     want: bool,
     mean: Duration,
 }
 
 impl Lane {
-    fn new() -> Lane {
+    fn new(slots: usize) -> Lane {
         Lane {
-            want: true,
+            slots,
+            want: slots > 0,
             mean: Duration::from_millis(1),
         }
     }
 
-    fn window(&self, slots: usize) -> usize {
+    fn window(&self) -> usize {
+        let slots = self.slots;
         let per_slot = BATCH_TARGET.as_secs_f64() / self.mean.as_secs_f64().max(1e-7);
         let extra = (slots as f64 * per_slot) as usize;
         (slots + extra).clamp(slots, MAX_WINDOW.max(slots))
@@ -165,9 +177,14 @@ pub(super) struct Coordinator {
     /// Someone may have asked to cancel one of our running tasks.
     check_cancels: bool,
     stop: Option<Stop>,
-    retry_at: Option<Instant>,
     /// An error the services' connection met that stops the worker (a damaged file).
     fatal_error: Option<StoreError>,
+    /// Writes are failing, or what was kept while they failed is still being written.
+    failure: Option<Failure>,
+    /// The worker's row is written (the first write; claims wait for it).
+    registered: bool,
+    /// When to look at the WAL's size, if the worker is idle by then.
+    wal_check_at: Option<Instant>,
     summary: Summary,
 }
 
@@ -189,8 +206,12 @@ impl Coordinator {
             releases: Vec::new(),
             logs: Vec::new(),
             progress: HashMap::new(),
-            thread_lane: Lane::new(),
-            process_lane: Lane::new(),
+            thread_lane: Lane::new(if worker.thread_claim.is_some() {
+                worker.config.threads
+            } else {
+                0
+            }),
+            process_lane: Lane::new(worker.processes()),
             data_version: None,
             next_due: None,
             check_due: true,
@@ -202,8 +223,10 @@ impl Coordinator {
             next_prune: Instant::now() + Duration::from_secs(1),
             check_cancels: false,
             stop: None,
-            retry_at: None,
             fatal_error: None,
+            failure: None,
+            registered: false,
+            wal_check_at: None,
             summary: Summary::default(),
         }
     }
@@ -232,10 +255,10 @@ impl Coordinator {
         }
     }
 
+    /// True if a turn now would claim: a lane wants more and has room for it. (Wanting
+    /// without room, or a lane without slots, must not keep the loop awake.)
     fn wants_claim(&self) -> bool {
-        self.stop.is_none()
-            && self.retry_at.is_none()
-            && (self.thread_lane.want || self.process_lane.want)
+        self.room(TaskMode::Thread) > 0 || self.room(TaskMode::Process) > 0
     }
 
     /// Sleeps until the next event or timer, then takes every queued event.
@@ -246,7 +269,17 @@ impl Coordinator {
         worker: &mut Worker,
         reporter: &mut dyn Reporter,
     ) {
-        let has_work = !self.outcomes.is_empty() || !self.releases.is_empty() || self.wants_claim();
+        let has_work = match &self.failure {
+            // Sleep until the next try: nothing can be written before.
+            Some(failure) if failure.waiting() => false,
+            _ => {
+                !self.registered
+                    || !self.outcomes.is_empty()
+                    || !self.releases.is_empty()
+                    || (self.failure.is_some() && !self.logs.is_empty())
+                    || self.wants_claim()
+            }
+        };
         let timeout = if has_work {
             Duration::ZERO
         } else {
@@ -342,8 +375,8 @@ impl Coordinator {
     }
 
     fn wake_claims(&mut self) {
-        self.thread_lane.want = true;
-        self.process_lane.want = true;
+        self.thread_lane.want = self.thread_lane.slots > 0;
+        self.process_lane.want = self.process_lane.slots > 0;
         self.check_due = true;
         self.check_cancels = true;
     }
@@ -360,16 +393,27 @@ impl Coordinator {
 
     fn next_timer(&self) -> Instant {
         let now = Instant::now();
-        let mut next = self.next_renewal.min(self.next_rescue).min(self.next_prune);
-        if let Some(at) = self.retry_at {
-            next = next.min(at);
-        }
+        let mut next = match self.failure.as_ref().and_then(Failure::wake_at) {
+            // Renewals, rescues, prunes and due tasks all need a write: they wait for the
+            // next try (their deadlines, already past, would otherwise wake the loop at once).
+            Some(at) => at,
+            None => {
+                let mut next = self.next_renewal.min(self.next_rescue).min(self.next_prune);
+                if let Some(at) = self.wal_check_at {
+                    next = next.min(at);
+                }
+                // A stopping worker runs no schedule tick: waking for one would find
+                // nothing to do.
+                let tick = self.next_tick.filter(|_| self.stop.is_none());
+                for due in [self.next_due, tick].into_iter().flatten() {
+                    let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
+                    next = next.min(now + wait);
+                }
+                next
+            }
+        };
         if let Some(stop) = &self.stop {
             next = next.min(stop.deadline);
-        }
-        for due in [self.next_due, self.next_tick].into_iter().flatten() {
-            let wait = Duration::from_micros(u64::try_from(due - now_us()).unwrap_or(0));
-            next = next.min(now + wait);
         }
         for at in self.inflight.values().filter_map(Inflight::thread_deadline) {
             next = next.min(at);
@@ -436,39 +480,120 @@ impl Coordinator {
             return Err(error);
         }
         self.expire_timeouts();
-        if let Some(at) = self.retry_at {
-            if Instant::now() < at {
-                return Ok(());
+        if let Some(failure) = &mut self.failure
+            && !failure.due(Instant::now(), || worker.store.free_bytes())
+        {
+            return Ok(());
+        }
+        let written = if self.registered {
+            self.commit(worker, reporter)
+        } else {
+            worker.register().map(|()| Vec::new())
+        };
+        match written {
+            Ok(claimed) => {
+                self.registered = true;
+                self.wrote(worker, reporter);
+                for task in claimed {
+                    self.start(worker, task, reporter);
+                }
+                self.truncate_wal_if_idle(worker);
+                Ok(())
             }
-            self.retry_at = None;
+            Err(e) => {
+                if !Self::fatal(&e) {
+                    self.write_failed(worker, &e, reporter);
+                }
+                Err(e)
+            }
         }
-        for task in self.commit(worker, reporter)? {
-            self.start(worker, task, reporter);
+    }
+
+    /// A write failed and will be tried again: sleep until then, claim nothing, keep every
+    /// outcome. Reported when the failure starts, not at every try.
+    fn write_failed(&mut self, worker: &Worker, error: &StoreError, reporter: &mut dyn Reporter) {
+        let now = Instant::now();
+        let free = match error {
+            StoreError::DiskFull { .. } => worker.store.free_bytes(),
+            _ => None,
+        };
+        match &mut self.failure {
+            Some(failure) => {
+                let tried = self
+                    .outcomes
+                    .len()
+                    .max(self.logs.len())
+                    .min(failure.chunk());
+                failure.failed_again(now, tried, free);
+            }
+            None => {
+                let failure = Failure::new(now, free);
+                reporter.event(WorkerEvent::WriteFailing {
+                    error,
+                    retry_in: failure.wake_at().map_or(Duration::ZERO, |at| at - now),
+                });
+                self.failure = Some(failure);
+            }
         }
-        Ok(())
+    }
+
+    /// A write succeeded. After a failure: once everything kept is written, say so, give
+    /// the WAL's space back and claim again.
+    fn wrote(&mut self, worker: &mut Worker, reporter: &mut dyn Reporter) {
+        let Some(failure) = &mut self.failure else {
+            return;
+        };
+        failure.succeeded();
+        if !self.outcomes.is_empty() || !self.releases.is_empty() || !self.logs.is_empty() {
+            return;
+        }
+        reporter.event(WorkerEvent::WriteRecovered {
+            failed_for: failure.since.elapsed(),
+            tries: failure.tries,
+        });
+        self.failure = None;
+        // The WAL may have grown while writes failed (and other processes' with it): give
+        // its space back now, so the next burst has room.
+        let _ = worker.store.truncate_wal();
+        self.wal_check_at = None;
+        self.wake_claims();
+    }
+
+    /// After a second of idleness, truncates a WAL grown past [`IDLE_WAL_BYTES`] (it stays
+    /// at its largest size otherwise, holding disk space an idle worker does not need).
+    fn truncate_wal_if_idle(&mut self, worker: &mut Worker) {
+        let Some(at) = self.wal_check_at else {
+            return;
+        };
+        if Instant::now() < at {
+            return;
+        }
+        // Cleared either way (an overdue check would wake the loop at once); the next
+        // write arms it again.
+        self.wal_check_at = None;
+        if self.inflight.is_empty()
+            && self.outcomes.is_empty()
+            && worker.store.wal_bytes() > IDLE_WAL_BYTES
+        {
+            // Busy (another process is reading or writing) or failed: nothing is lost, the
+            // next idle moment tries again.
+            let _ = worker.store.truncate_wal();
+        }
     }
 
     /// How many tasks of `mode` to claim now.
-    fn room(&self, worker: &Worker, mode: TaskMode) -> usize {
-        if self.stop.is_some() {
+    fn room(&self, mode: TaskMode) -> usize {
+        if self.stop.is_some() || self.failure.is_some() || !self.registered {
             return 0;
         }
-        let (lane, slots, query) = match mode {
-            TaskMode::Thread => (
-                &self.thread_lane,
-                worker.config.threads,
-                &worker.thread_claim,
-            ),
-            TaskMode::Process => (
-                &self.process_lane,
-                worker.processes(),
-                &worker.process_claim,
-            ),
+        let lane = match mode {
+            TaskMode::Thread => &self.thread_lane,
+            TaskMode::Process => &self.process_lane,
         };
-        if !lane.want || query.is_none() {
+        if !lane.want || lane.slots == 0 {
             return 0;
         }
-        lane.window(slots).saturating_sub(self.active(mode))
+        lane.window().saturating_sub(self.active(mode))
     }
 
     /// One transaction: outcomes, releases, logs, progress, staging, lease renewal,
@@ -479,14 +604,21 @@ impl Coordinator {
         reporter: &mut dyn Reporter,
     ) -> Result<Vec<Claimed>, StoreError> {
         let now = now_us();
-        let renew = Instant::now() >= self.next_renewal;
-        let rescue = Instant::now() >= self.next_rescue;
-        let prune = Instant::now() >= self.next_prune;
+        // After a failure, a transaction writes only what was kept, in pieces that fit: no
+        // claims (no room), nothing that can wait. The heartbeat makes every try a write,
+        // so its success really means that writes work again.
+        let recovering = self.failure.is_some();
+        let piece = self.failure.as_ref().map_or(usize::MAX, Failure::chunk);
+        let (n_outcomes, n_logs) = (self.outcomes.len().min(piece), self.logs.len().min(piece));
+        let renew = recovering || Instant::now() >= self.next_renewal;
+        let rescue = !recovering && Instant::now() >= self.next_rescue;
+        let prune = !recovering && Instant::now() >= self.next_prune;
         let cancels = self.check_cancels && !self.inflight.is_empty();
-        let stage = self.next_due.is_some_and(|due| due <= now);
-        let tick = self.stop.is_none() && self.next_tick.is_some_and(|due| due <= now);
-        let thread_limit = self.room(worker, TaskMode::Thread);
-        let process_limit = self.room(worker, TaskMode::Process);
+        let stage = !recovering && self.next_due.is_some_and(|due| due <= now);
+        let tick =
+            !recovering && self.stop.is_none() && self.next_tick.is_some_and(|due| due <= now);
+        let thread_limit = self.room(TaskMode::Thread);
+        let process_limit = self.room(TaskMode::Process);
         if self.outcomes.is_empty()
             && self.releases.is_empty()
             && self.logs.is_empty()
@@ -511,8 +643,7 @@ impl Coordinator {
         let worker_id = worker.id.clone();
         let manager = worker.config.manager.name.to_string();
         let jitter = jitter_source();
-        let transitions: Vec<Option<Transition>> = self
-            .outcomes
+        let transitions: Vec<Option<Transition>> = self.outcomes[..n_outcomes]
             .iter()
             .map(|o| match o.outcome {
                 AttemptOutcome::Succeeded => None,
@@ -532,14 +663,14 @@ impl Coordinator {
         ];
         let written = worker.store.write("record outcomes and claim tasks", |tx| {
             // Logs and progress first: progress is only recorded while the attempt runs.
-            for log in &self.logs {
+            for log in &self.logs[..n_logs] {
                 tx.append_log(log.seq, log.attempt, log.at, log.level, &log.line)?;
             }
             for (&seq, (attempt, done, total, message)) in &self.progress {
                 tx.set_progress(seq, *attempt, *done, *total, message)?;
             }
             let mut applied = Vec::with_capacity(self.outcomes.len());
-            for (o, transition) in self.outcomes.iter().zip(&transitions) {
+            for (o, transition) in self.outcomes[..n_outcomes].iter().zip(&transitions) {
                 applied.push(tx.finish_if_running(
                     o.seq,
                     o.attempt,
@@ -596,22 +727,14 @@ impl Coordinator {
             ))
         });
         let ticked = tick;
-        let (applied, staged, [threads, processes], rescued, pruned, cancel_requests) =
-            match written {
-                Ok(written) => written,
-                Err(e) if Self::fatal(&e) => return Err(e),
-                Err(e) => {
-                    // Everything stays pending; try again shortly.
-                    self.retry_at = Some(Instant::now() + STORE_RETRY);
-                    reporter.event(WorkerEvent::StoreError {
-                        error: &e,
-                        retry_in: STORE_RETRY,
-                    });
-                    return Err(e);
-                }
-            };
-        for ((outcome, transition), applied) in
-            self.outcomes.drain(..).zip(transitions).zip(applied)
+        // On an error everything stays pending for the next try (see `turn`).
+        let (applied, staged, [threads, processes], rescued, pruned, cancel_requests) = written?;
+        self.wal_check_at = Some(Instant::now() + IDLE_CHECKPOINT_AFTER);
+        for ((outcome, transition), applied) in self
+            .outcomes
+            .drain(..n_outcomes)
+            .zip(transitions)
+            .zip(applied)
         {
             let state = transition.map_or(TaskState::Completed, |t| t.state);
             if state == TaskState::Retryable {
@@ -635,7 +758,7 @@ impl Coordinator {
             }));
         }
         self.releases.clear();
-        self.logs.clear();
+        self.logs.drain(..n_logs);
         self.progress.clear();
         if renew {
             self.next_renewal = Instant::now() + worker.config.lease / RENEW_EVERY;
@@ -678,6 +801,11 @@ impl Coordinator {
         }
         if staged > 0 {
             self.wake_claims();
+        }
+        if stage {
+            // Whatever this staged (maybe nothing: another worker got there first), the
+            // next due time moved on; a stale one would wake the loop again at once.
+            self.check_due = true;
         }
         if ticked {
             // The schedules moved on: find their next tick.
@@ -842,19 +970,24 @@ impl Coordinator {
         }
         self.thread_lane.want = false;
         self.process_lane.want = false;
-        // A few tries: a briefly busy database should not lose these outcomes.
+        // Everything left, in pieces after a failure; a few failed tries at most (then the
+        // tasks stay `running` under this worker, and the next worker rescues and retries
+        // them: nothing acknowledged is lost). Damage stops at once.
         let mut fatal = None;
-        for _ in 0..3 {
-            if self.outcomes.is_empty() && self.releases.is_empty() && self.logs.is_empty() {
-                break;
-            }
+        let mut failed_tries = 0;
+        while failed_tries < 3
+            && !(self.outcomes.is_empty() && self.releases.is_empty() && self.logs.is_empty())
+        {
             match self.commit(worker, reporter) {
-                Ok(_) => break,
-                Err(error) if Self::fatal(&error) => {
-                    fatal = Some(error);
+                Ok(_) => self.wrote(worker, reporter),
+                Err(e) if Self::fatal(&e) => {
+                    fatal = Some(e);
                     break;
                 }
-                Err(_) => {}
+                Err(e) => {
+                    failed_tries += 1;
+                    self.write_failed(worker, &e, reporter);
+                }
             }
         }
         if let Some(processes) = self.processes.take() {
@@ -866,6 +999,9 @@ impl Coordinator {
                 claimed: self.outcomes.len() + self.releases.len(),
             });
         }
+        if !self.registered {
+            return Ok(self.summary.clone());
+        }
         let (id, summary) = (worker.id.clone(), self.summary.clone());
         let stopped = worker.store.write("record the worker's stop", |tx| {
             tx.heartbeat(&id, now_us(), summary.completed, summary.failed)?;
@@ -876,10 +1012,7 @@ impl Coordinator {
             Err(error) if Self::fatal(&error) => {
                 return Err(WorkerError::Stopped { error, claimed: 0 });
             }
-            Err(error) => reporter.event(WorkerEvent::StoreError {
-                error: &error,
-                retry_in: Duration::ZERO,
-            }),
+            Err(error) => reporter.event(WorkerEvent::StopNotRecorded { error: &error }),
         }
         Ok(self.summary.clone())
     }

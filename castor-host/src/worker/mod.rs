@@ -12,6 +12,7 @@
 mod child;
 mod coordinator;
 mod executor;
+mod recovery;
 mod report;
 mod rescuer;
 mod services;
@@ -34,7 +35,10 @@ use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
 use self::coordinator::Coordinator;
-pub use self::report::{Finished, PlainReporter, Reporter, WorkerEvent, describe, timestamp};
+pub use self::report::{
+    Finished, PlainReporter, Reporter, WorkerEvent, describe, stop_not_recorded, timestamp,
+    write_failing, write_recovered,
+};
 use self::services::WorkerServices;
 
 /// The longest the worker checks the database at start (`PRAGMA quick_check`): measured
@@ -500,17 +504,7 @@ impl Worker {
                 }
             });
         }
-        if let Err(error) = self.register() {
-            return Err(if Coordinator::fatal(&error) {
-                // Children were started; nothing was claimed.
-                if let Some(processes) = self.processes.take() {
-                    processes.shutdown(true);
-                }
-                WorkerError::Stopped { error, claimed: 0 }
-            } else {
-                WorkerError::Store(error)
-            });
-        }
+        // The worker registers in its first turn: on a full disk it waits like any write.
         let processes = self.processes.take();
         let stopping = Arc::clone(&self.stopping);
         let mut coordinator = Coordinator::new(&self, threads, processes, stopping);

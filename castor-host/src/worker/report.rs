@@ -86,12 +86,27 @@ pub enum WorkerEvent<'a> {
     },
     /// An attempt ended.
     Finished(&'a Finished<'a>),
-    /// A write failed; everything is kept and retried.
-    StoreError {
+    /// The worker's stop could not be recorded (at the end of a stop; nothing else is
+    /// lost: other workers see it gone by its process or its heartbeat).
+    StopNotRecorded {
         /// The failure.
         error: &'a StoreError,
-        /// When the write is tried again.
+    },
+    /// Writes to the database started failing (a full disk, an I/O error, a lock held past
+    /// every retry): the worker keeps its running tasks' outcomes, claims nothing new, and
+    /// tries again with backoff. Sent once per failure, not at every try.
+    WriteFailing {
+        /// The first try's error.
+        error: &'a StoreError,
+        /// When the first retry comes.
         retry_in: Duration,
+    },
+    /// Writes work again, and everything kept while they failed is written.
+    WriteRecovered {
+        /// From the first failed try to the end of the recovery.
+        failed_for: Duration,
+        /// Failed tries in all.
+        tries: u32,
     },
     /// A stop was requested.
     Stopping {
@@ -177,7 +192,7 @@ impl Default for PlainReporter {
 /// How much an event matters, for the filter (`-q` is `castor::task=warn`).
 fn level(event: &WorkerEvent<'_>) -> Level {
     match event {
-        WorkerEvent::StoreError { .. } => Level::ERROR,
+        WorkerEvent::StopNotRecorded { .. } => Level::ERROR,
         WorkerEvent::Forced { .. }
         | WorkerEvent::Abandoned { .. }
         | WorkerEvent::Buried { .. }
@@ -252,12 +267,9 @@ impl Reporter for PlainReporter {
                 );
                 return;
             }
-            WorkerEvent::StoreError { error, retry_in } => {
-                format!(
-                    "database error: {error:#}; retrying in {}",
-                    format_duration(retry_in)
-                )
-            }
+            WorkerEvent::StopNotRecorded { error } => stop_not_recorded(error),
+            WorkerEvent::WriteFailing { error, retry_in } => write_failing(error, retry_in),
+            WorkerEvent::WriteRecovered { failed_for, tries } => write_recovered(failed_for, tries),
             WorkerEvent::Stopping { running, grace } => format!(
                 "stopping: no new tasks; waiting up to {} for {running} running task(s) (Ctrl+C again to stop now)",
                 format_duration(grace)
@@ -334,7 +346,36 @@ pub fn describe(f: &Finished<'_>) -> String {
     }
 }
 
+/// The line that says writes started failing, and what happens now.
+pub fn write_failing(error: &StoreError, retry_in: Duration) -> String {
+    let remedy = match error {
+        StoreError::DiskFull { .. } => "free space on its file system; meanwhile ",
+        _ => "",
+    };
+    format!(
+        "{error:#}; {remedy}the worker keeps what its running tasks return and claims no new task until a write succeeds (next try in {}, backing off to {})",
+        format_duration(retry_in),
+        format_duration(super::recovery::MAX_RETRY)
+    )
+}
+
+/// The line that says writes work again.
+pub fn write_recovered(failed_for: Duration, tries: u32) -> String {
+    format!(
+        "database writes work again after {} and {tries} failed tries; everything kept meanwhile is written, claiming tasks again",
+        format_duration(failed_for)
+    )
+}
+
 /// `2026-11-27T15:04:05.123Z` from microseconds since the epoch.
 pub fn timestamp(us: i64) -> String {
     castor_abi::format_timestamp(us)
+}
+
+/// The line for [`WorkerEvent::StopNotRecorded`].
+pub fn stop_not_recorded(error: &StoreError) -> String {
+    format!(
+        "could not record the worker's stop: {error:#}; other workers will see it gone by its \
+         process or its heartbeat"
+    )
 }

@@ -1,6 +1,7 @@
 //! The benchmark's task library: tasks that do nothing (to measure Castor's own cost), one
 //! that logs a line (the cost of a task log) and tasks that burn CPU (to measure
-//! process-mode scaling).
+//! process-mode scaling), under three managers, one per shape of library (both modes,
+//! thread tasks only, process tasks only).
 
 /// Does nothing, on the thread pool.
 #[castor_abi::task(thread)]
@@ -34,6 +35,12 @@ pub fn spin_thread(ms: u64) -> u64 {
     spin_for(ms)
 }
 
+/// Sleeps for `ms` milliseconds on the thread pool: an attempt that takes time but no CPU.
+#[castor_abi::task(thread)]
+pub fn pause(ms: u64) {
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
 fn spin_for(ms: u64) -> u64 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_millis(ms);
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -51,10 +58,24 @@ fn spin_for(ms: u64) -> u64 {
 }
 
 castor_abi::manager!(
-    /// The benchmark's manager.
+    /// The benchmark's manager: thread and process tasks.
     pub bench,
     db = "bench.db",
     tasks = [noop, noop_logged, noop_ctx_logged, noop_process, spin, spin_thread]
 );
 
-castor_abi::export_managers!(bench);
+castor_abi::manager!(
+    /// Thread tasks only (the quickstart's shape): its worker has no process lane.
+    pub bench_threads,
+    db = "bench.db",
+    tasks = [noop, spin_thread, pause]
+);
+
+castor_abi::manager!(
+    /// Process tasks only: its worker has no thread lane.
+    pub bench_processes,
+    db = "bench.db",
+    tasks = [noop_process, spin]
+);
+
+castor_abi::export_managers!(bench, bench_threads, bench_processes);

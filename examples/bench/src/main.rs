@@ -5,13 +5,16 @@
 //! targets and writes everything as JSON for later comparison.
 //!
 //! Scenarios: the raw-SQLite ceilings (`ceiling`), dispatch, drain, end to end, round
-//! trip, process mode and idle cost (`scenarios`), the same with `--durable`, a large
-//! backlog (`backlog`), and several workers or apps on one file (`several`).
+//! trip (per shape of library) and process mode (`scenarios`), the same with `--durable`,
+//! the idle costs (`idle`), a large backlog (`backlog`), several workers or apps on one
+//! file (`several`), and a full disk (`full_disk`).
 //!
 //! Timing goals live here, never in tests: a busy machine makes this slower, not red.
 
 mod backlog;
 mod ceiling;
+mod full_disk;
+mod idle;
 mod scenarios;
 mod several;
 mod table;
@@ -40,6 +43,9 @@ pub struct Options {
     pub castor: PathBuf,
     /// The benchmark's task library.
     pub library: PathBuf,
+    /// The quickstart's task library (thread tasks only), for the idle cost of the shape
+    /// a new user runs first.
+    pub quickstart: PathBuf,
     /// This program, re-executed as an app in its hidden modes. Not
     /// `std::env::current_exe()`: the build at start-up may replace the file this process
     /// runs from, and `/proc/self/exe` then names the deleted one.
@@ -67,7 +73,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // Hidden modes: this program re-executed as a separate app process.
     match args.first().map(String::as_str) {
-        Some("idle-join") => return scenarios::idle_join_child(&args[1..]),
+        Some("idle-join") => return idle::idle_join_child(&args[1..]),
         Some("dispatch") => return several::dispatch_child(&args[1..]),
         Some("fill") => return backlog::fill_child(&args[1..]),
         _ => {}
@@ -87,8 +93,10 @@ const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [
   --runs N       runs per scenario (default 3)
   --only A,B     only scenarios whose id or name contains A or B (the raw-SQLite
                  ceilings always run); ids: batch, drain, log_drain, ctx_log_drain, e2e,
-                 roundtrip, process, thread_noop, idle_worker, idle_join, durable, backlog,
-                 workers, apps
+                 roundtrip (and roundtrip_threads, roundtrip_processes), process, thread_noop, idle
+                 (idle_worker_threads, idle_worker_processes, idle_worker,
+                 idle_scheduled_ahead, idle_after_burst, idle_dashboard, idle_join),
+                 durable, backlog, workers, apps, full_disk (mounts a tmpfs: root only)
   --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
 
   castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile
@@ -106,6 +114,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         scratch: target_dir.join("castor-bench").join("scratch"),
         castor: bin_dir.join("castor"),
         library: bin_dir.join("libcastor_bench.so"),
+        quickstart: bin_dir.join("libquickstart.so"),
         bench: bin_dir.join("castor-bench"),
     };
     let mut it = args.iter();
@@ -151,6 +160,8 @@ fn build_castor(options: &Options) -> Result<(), String> {
         "castor-host",
         "-p",
         "castor-bench",
+        "-p",
+        "quickstart",
     ]);
     if release {
         command.arg("--release");
@@ -161,7 +172,7 @@ fn build_castor(options: &Options) -> Result<(), String> {
     if !status.success() {
         return Err("building castor failed".into());
     }
-    for path in [&options.castor, &options.library] {
+    for path in [&options.castor, &options.library, &options.quickstart] {
         if !path.exists() {
             return Err(format!("{} is missing after the build", path.display()));
         }
@@ -179,6 +190,7 @@ fn run(options: Options) -> Result<(), String> {
     scenarios::run_all(&options, &ceilings, &mut report)?;
     backlog::run(&options, &ceilings, &mut report)?;
     several::run(&options, &ceilings, &mut report)?;
+    full_disk::run(&options, &mut report)?;
     report.targets = targets::evaluate(&report);
     report.write_json(&options.json)?;
     println!("\n{}", report.table());

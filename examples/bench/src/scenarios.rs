@@ -1,14 +1,14 @@
 //! The core scenarios, each one a real `castor` worker and a real app (this process, or
 //! this program re-executed) on a fresh database in the scratch directory: dispatch,
 //! drain, end to end and round trip (with the default durability and with `--durable`),
-//! process mode, and the idle cost of a worker and of a waiting `join`.
+//! the round trip for each shape of library, and process mode. (The idle costs are in
+//! `idle`.)
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use castor_abi::store::{Store, StoreOptions, Watcher};
-use castor_abi::{Client, DelayOptions};
+use castor_abi::{Client, DispatchError, TaskHandle};
 use castor_bench::{bench, noop, noop_ctx_logged, noop_logged};
 
 use crate::ceiling::Ceilings;
@@ -102,8 +102,9 @@ pub fn run_all(options: &Options, ceilings: &Ceilings, report: &mut Report) -> R
     logged_drain(options, ceilings, report, true)?;
     end_to_end(options, ceilings, report, false)?;
     round_trip(options, ceilings, report, false)?;
+    round_trip_shapes(options, report)?;
     process_mode(options, report)?;
-    idle(options, report)?;
+    crate::idle::run(options, report)?;
     drain(options, ceilings, report, true)?;
     end_to_end(options, ceilings, report, true)?;
     round_trip(options, ceilings, report, true)
@@ -403,80 +404,84 @@ fn process_mode(options: &Options, report: &mut Report) -> Result<(), String> {
     })
 }
 
-/// CPU used by an idle worker, and by an app blocked in `join` on a task that will not
-/// run, over 10 s (2 s in quick mode).
-fn idle(options: &Options, report: &mut Report) -> Result<(), String> {
-    let idle = Duration::from_secs(if options.quick { 2 } else { 10 });
-    let row = Row::new("idle_worker", "idle worker: CPU", "% of a core");
-    measure(report, options, row, |run| {
-        let db = fresh(options, "idle", run);
-        let worker = Worker::start(options, &db, &[])?;
-        std::thread::sleep(Duration::from_millis(500));
-        let before = worker.cpu_time();
-        std::thread::sleep(idle);
-        let used = worker.cpu_time() - before;
-        Ok(used.as_secs_f64() / idle.as_secs_f64() * 100.0)
+/// `n` sequential round trips (`dispatch`, then `join`) after a warm-up of `warmup`; their
+/// latencies in milliseconds, sorted.
+fn round_trips<R: serde::de::DeserializeOwned>(
+    n: usize,
+    warmup: usize,
+    mut dispatch: impl FnMut() -> Result<TaskHandle<R>, DispatchError>,
+) -> Result<Vec<f64>, String> {
+    let mut latencies = Vec::with_capacity(n);
+    for i in 0..n + warmup {
+        let start = Instant::now();
+        dispatch()
+            .map_err(err)?
+            .join(Duration::from_secs(10))
+            .map_err(err)?;
+        if i >= warmup {
+            latencies.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    latencies.sort_by(f64::total_cmp);
+    Ok(latencies)
+}
+
+/// The round trip of a no-op task on a worker whose library declares one mode only: thread
+/// tasks (the quickstart's shape) or process tasks. (`round_trip` and `process_mode` measure
+/// the library with both.)
+fn round_trip_shapes(options: &Options, report: &mut Report) -> Result<(), String> {
+    let n = if options.quick { 50 } else { 300 };
+    let rows = [
+        Row::new(
+            "roundtrip_threads_p50",
+            format!("round trip, thread tasks only library, p50 of {n}"),
+            "ms",
+        ),
+        Row::new(
+            "roundtrip_threads_p99",
+            format!("round trip, thread tasks only library, p99 of {n}"),
+            "ms",
+        ),
+    ];
+    measure_group(report, options, &rows, |run| {
+        let db = fresh(options, "rt-threads", run);
+        let target = format!("{}:bench_threads", options.library.display());
+        let _worker = Worker::start_target(options, &target, &db, &[])?;
+        let client = castor_bench::bench_threads()
+            .with_database(&db)
+            .open()
+            .map_err(err)?;
+        let latencies = round_trips(n, 20, || noop::delay(&client))?;
+        Ok(vec![
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+        ])
     })?;
-    let row = Row::new(
-        "idle_join",
-        "idle join: CPU of an app waiting on a task",
-        "% of a core",
-    );
-    measure(report, options, row, |run| {
-        let db = fresh(options, "idle-join", run);
-        let out = std::process::Command::new(&options.bench)
-            .arg("idle-join")
-            .arg(&db)
-            .arg(idle.as_secs().to_string())
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", options.bench.display()))?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let cpu_us: f64 = text.trim().parse().map_err(|_| {
-            format!(
-                "idle-join printed {text:?} ({}; stderr {:?})",
-                out.status,
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-        })?;
-        Ok(cpu_us / 1e6 / idle.as_secs_f64() * 100.0)
+    let n = if options.quick { 30 } else { 200 };
+    let rows = [
+        Row::new(
+            "roundtrip_processes_p50",
+            format!("round trip, process tasks only library, p50 of {n}"),
+            "ms",
+        ),
+        Row::new(
+            "roundtrip_processes_p99",
+            format!("round trip, process tasks only library, p99 of {n}"),
+            "ms",
+        ),
+    ];
+    measure_group(report, options, &rows, |run| {
+        let db = fresh(options, "rt-processes", run);
+        let target = format!("{}:bench_processes", options.library.display());
+        let _worker = Worker::start_target(options, &target, &db, &[])?;
+        let client = castor_bench::bench_processes()
+            .with_database(&db)
+            .open()
+            .map_err(err)?;
+        let latencies = round_trips(n, 10, || castor_bench::noop_process::delay(&client))?;
+        Ok(vec![
+            percentile(&latencies, 50.0),
+            percentile(&latencies, 99.0),
+        ])
     })
-}
-
-/// The child side of the idle-join scenario: wait on a task that will not run for the
-/// given seconds (after a short settle), then print this process's CPU time in
-/// microseconds.
-pub fn idle_join_child(args: &[String]) -> ExitCode {
-    let (Some(db), Some(secs)) = (
-        args.first(),
-        args.get(1).and_then(|s| s.parse::<u64>().ok()),
-    ) else {
-        eprintln!("usage: castor-bench idle-join DB SECONDS");
-        return ExitCode::FAILURE;
-    };
-    let client = match client(Path::new(db), false) {
-        Ok(client) => client,
-        Err(e) => {
-            eprintln!("idle-join: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let later = DelayOptions::new().after(Duration::from_secs(3600));
-    let handle = match noop::delay_with(&client, &later) {
-        Ok(handle) => handle,
-        Err(e) => {
-            eprintln!("idle-join: cannot dispatch: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    // Start the watcher, let start-up costs pass, then measure only the wait.
-    let _ = handle.join(Duration::from_millis(500));
-    let before = cpu_self();
-    let _ = handle.join(Duration::from_secs(secs));
-    println!("{}", (cpu_self() - before).as_micros());
-    ExitCode::SUCCESS
-}
-
-/// This process's CPU time so far.
-fn cpu_self() -> Duration {
-    crate::worker::cpu_time(std::process::id())
 }

@@ -20,6 +20,16 @@ impl Worker {
     /// Starts `castor LIB:bench --db DB --quiet ARGS..` and waits until it is ready.
     pub fn start(options: &Options, db: &Path, args: &[&str]) -> Result<Worker, String> {
         let target = format!("{}:bench", options.library.display());
+        Worker::start_target(options, &target, db, args)
+    }
+
+    /// Starts `castor TARGET --db DB --quiet ARGS..` and waits until it is ready.
+    pub fn start_target(
+        options: &Options,
+        target: &str,
+        db: &Path,
+        args: &[&str],
+    ) -> Result<Worker, String> {
         let mut child = Command::new(&options.castor)
             .arg(target)
             .arg("--db")
@@ -53,11 +63,6 @@ impl Worker {
     /// The worker's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    /// CPU time used so far by all of the worker's threads.
-    pub fn cpu_time(&self) -> Duration {
-        cpu_time(self.pid())
     }
 
     /// Starts sampling the worker's anonymous memory (see [`HeapSampler`]).
@@ -106,6 +111,40 @@ pub fn cpu_time(pid: u32) -> Duration {
         }
     }
     Duration::from_nanos(total)
+}
+
+/// CPU time so far of a process, its threads, and every process descended from it.
+pub fn tree_cpu_time(pid: u32) -> Duration {
+    let mut total = cpu_time(pid);
+    let mut parents = vec![pid];
+    while let Some(parent) = parents.pop() {
+        for child in children(parent) {
+            total += cpu_time(child);
+            parents.push(child);
+        }
+    }
+    total
+}
+
+/// The processes whose parent is `pid` (from `/proc/*/stat`).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&candidate| {
+            std::fs::read_to_string(format!("/proc/{candidate}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    // Fields after the name in parentheses: state, then the parent's pid.
+                    let after_name = stat.rsplit_once(')')?.1.to_owned();
+                    after_name.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 /// A field of `/proc/PID/status` given in kB (`VmHWM`, `RssAnon`, ..).
