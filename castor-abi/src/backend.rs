@@ -12,43 +12,7 @@ use uuid::Uuid;
 
 use crate::abi::{DispatchOptionsAbi, HostServices};
 use crate::error::{DispatchError, StatusError};
-use crate::state::TaskState;
-use crate::store::AttemptError;
-
-/// A task log line's level.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    /// Detail for debugging.
-    Debug = 0,
-    /// Normal progress.
-    Info = 1,
-    /// Something odd that did not stop the task.
-    Warn = 2,
-    /// Something failed.
-    Error = 3,
-}
-
-impl LogLevel {
-    /// `debug`, `info`, `warn` or `error`, as stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            LogLevel::Debug => "debug",
-            LogLevel::Info => "info",
-            LogLevel::Warn => "warn",
-            LogLevel::Error => "error",
-        }
-    }
-
-    /// The level with this number (as it crosses the ABI); out-of-range means `error`.
-    pub const fn from_u8(level: u8) -> LogLevel {
-        match level {
-            0 => LogLevel::Debug,
-            1 => LogLevel::Info,
-            2 => LogLevel::Warn,
-            _ => LogLevel::Error,
-        }
-    }
-}
+use castor_store::{AttemptError, LogLevel, Progress, TaskState};
 
 /// What a handle needs to know about its task.
 #[derive(Debug, Clone)]
@@ -58,7 +22,7 @@ pub(crate) struct View {
     pub attempt: u32,
     pub result: Option<Vec<u8>>,
     pub errors: Vec<AttemptError>,
-    pub progress: Option<crate::store::Progress>,
+    pub progress: Option<Progress>,
 }
 
 pub(crate) trait Backend: Send + Sync {
@@ -118,7 +82,7 @@ pub(crate) trait Backend: Send + Sync {
     }
 
     /// Cancels the task.
-    fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
+    fn cancel(&self, id: Uuid) -> Result<castor_store::CancelOutcome, StatusError> {
         Err(StatusError::Host {
             id,
             message: "tasks can be cancelled from an app or the CLI, not from inside a task".into(),
@@ -126,7 +90,7 @@ pub(crate) trait Backend: Send + Sync {
     }
 
     /// The task's log lines.
-    fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+    fn logs(&self, id: Uuid) -> Result<Vec<castor_store::TaskLog>, StatusError> {
         Err(StatusError::Host {
             id,
             message: "task logs can be read from an app, not from inside a task".into(),

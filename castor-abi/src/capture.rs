@@ -35,7 +35,7 @@ use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 use tracing_subscriber::registry::{LookupSpan, Registry, SpanRef};
 
 use crate::abi::{HostCtx, HostServices, RawId};
-use crate::backend::LogLevel;
+use castor_store::LogLevel;
 
 /// Where a record goes: a task's log (its id), or the library's (the nil id).
 #[derive(Clone, Copy)]

@@ -75,8 +75,8 @@ pub enum DecodeError {
 pub fn over_limit(size: usize, limit: usize) -> String {
     format!(
         "{}, over the {} limit",
-        crate::format_size(size),
-        crate::format_size(limit)
+        castor_store::format::format_size(size),
+        castor_store::format::format_size(limit)
     )
 }
 

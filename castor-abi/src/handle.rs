@@ -17,7 +17,7 @@ use uuid::Uuid;
 use crate::backend::{Backend, View};
 use crate::codec;
 use crate::error::{JoinError, StatusError};
-use crate::state::TaskState;
+use castor_store::TaskState;
 
 /// What [`TaskHandle::info`] returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +32,7 @@ pub struct TaskInfo {
     /// Every failed attempt's error, oldest first.
     pub errors: Vec<crate::AttemptError>,
     /// The task's latest progress report, if it made one.
-    pub progress: Option<crate::store::Progress>,
+    pub progress: Option<castor_store::Progress>,
 }
 
 /// A dispatched task whose result is an `R`.
@@ -137,7 +137,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     ///
     /// # Errors
     /// [`StatusError::NotFound`], or a database error.
-    pub fn cancel(&self) -> Result<crate::store::CancelOutcome, StatusError> {
+    pub fn cancel(&self) -> Result<castor_store::CancelOutcome, StatusError> {
         self.backend.cancel(self.id)
     }
 
@@ -147,7 +147,7 @@ impl<R: DeserializeOwned> TaskHandle<R> {
     ///
     /// # Errors
     /// A database error; inside a task, logs are not available.
-    pub fn logs(&self) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+    pub fn logs(&self) -> Result<Vec<castor_store::TaskLog>, StatusError> {
         self.backend.logs(self.id)
     }
 

@@ -3,26 +3,19 @@
 //! There is no global state: every dispatch names the client or context it goes through.
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use uuid::Uuid;
 
-use crate::abi::{DispatchOptionsAbi, ManagerDecl};
-use crate::backend::{Backend, LogLevel, View};
-use crate::error::{DispatchError, StatusError, StoreError};
-use crate::handle::TaskHandle;
-use crate::store::{NewTask, Store, StoreOptions, Watcher};
-use crate::task::{TaskContext, TaskSpec};
+use castor_store::{Database, LogLevel, Notifier, OpenOptions, Store, StoreError};
 
-/// An app connection's WAL bound, in pages (8 MiB of 4 KiB pages; see `store/space.rs`).
-/// While a worker runs, the worker's checkpoints (at 1,000) come first. Alone, an app's WAL
-/// stays near this size: what must fit into the database before a full disk can recover,
-/// so well below the space an operator frees (at 10,000 pages, a 40 MiB WAL over a 64 MiB
-/// disk could never be checkpointed).
-const APP_CHECKPOINT_PAGES: u32 = 2_000;
+use crate::abi::{DispatchOptionsAbi, ManagerDecl};
+use crate::backend::{Backend, View};
+use crate::error::{DispatchError, StatusError};
+use crate::handle::TaskHandle;
+use crate::task::{TaskContext, TaskSpec};
 
 /// A declared manager is invalid.
 #[derive(Debug, thiserror::Error)]
@@ -68,30 +61,28 @@ pub fn is_valid_manager_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-/// A named set of tasks and the SQLite file they go through: what `castor LIB:NAME` runs
-/// and what an app opens to dispatch. Usually written with [`manager!`](crate::manager).
+/// A named set of tasks and the database they go through: what `castor LIB:NAME` runs and
+/// what an app opens to dispatch. Usually written with [`manager!`](crate::manager).
 #[derive(Debug, Clone)]
 pub struct Manager {
     name: String,
-    database: PathBuf,
+    database: Database,
     tasks: Vec<TaskSpec>,
     periodic: Vec<crate::schedule::PeriodicSpec>,
-    options: StoreOptions,
+    options: OpenOptions,
 }
 
 impl Manager {
-    /// A manager with no tasks yet. `database` is relative to the working directory of
-    /// whichever process opens it (the app, or the worker without `--db`).
-    pub fn new(name: impl Into<String>, database: impl Into<PathBuf>) -> Manager {
+    /// A manager with no tasks yet. `database` is a [`Database`] setting: a SQLite file
+    /// (`tasks.db`, relative to the working directory of whichever process opens it: the
+    /// app, or the worker without `--db`) or `sqlite:///abs/path.db`.
+    pub fn new(name: impl Into<String>, database: impl Into<Database>) -> Manager {
         Manager {
             name: name.into(),
             database: database.into(),
             tasks: Vec::new(),
             periodic: Vec::new(),
-            options: StoreOptions {
-                checkpoint_pages: APP_CHECKPOINT_PAGES,
-                ..StoreOptions::default()
-            },
+            options: OpenOptions::app(),
         }
     }
 
@@ -114,9 +105,9 @@ impl Manager {
         &self.periodic
     }
 
-    /// Uses another database file (a test's temporary file, say).
+    /// Uses another database (a test's temporary file, say): a path or a setting string.
     #[must_use]
-    pub fn with_database(mut self, database: impl Into<PathBuf>) -> Manager {
+    pub fn with_database(mut self, database: impl Into<Database>) -> Manager {
         self.database = database.into();
         self
     }
@@ -135,9 +126,18 @@ impl Manager {
         &self.name
     }
 
-    /// The database path.
-    pub fn database(&self) -> &Path {
+    /// The database setting.
+    pub fn database(&self) -> &Database {
         &self.database
+    }
+
+    /// Opens without applying pending schema migrations: a database that needs one is
+    /// refused with [`StoreError::NeedsMigration`] (for operators who run `castor migrate`
+    /// themselves). Migrations are applied on open by default.
+    #[must_use]
+    pub fn without_migrations(mut self) -> Manager {
+        self.options.migrate = false;
+        self
     }
 
     /// The declared tasks.
@@ -192,21 +192,21 @@ impl Manager {
         Ok(())
     }
 
-    /// Opens the manager's database (creating it if needed) for dispatching and joining. A
-    /// file of up to [`QUICK_CHECK_BYTES`](crate::store::QUICK_CHECK_BYTES) is checked for
+    /// Opens the manager's database (creating it if needed, and applying pending schema
+    /// migrations) for dispatching and joining. A SQLite file of up to 1 MiB is checked for
     /// damage first (a few milliseconds); a larger one only as far as statements read it.
     ///
     /// # Errors
-    /// An invalid declaration, or a database that cannot be opened or is damaged (see
-    /// [`Store::open`](crate::store::Store::open)).
+    /// An invalid declaration, or a database that cannot be opened, is damaged, or has a
+    /// schema newer than this build.
     pub fn open(&self) -> Result<Client, OpenError> {
         self.validate()?;
-        let store = Store::open(&self.database, self.options)?;
+        let store = castor_store::open(&self.database, &self.options)?;
         Ok(Client {
             inner: Arc::new(ClientInner {
                 manager: self.name.clone(),
                 tasks: self.tasks.iter().map(|t| t.name).collect(),
-                path: store.path().to_path_buf(),
+                database: self.database.clone(),
                 store: Mutex::new(store),
                 watcher: OnceLock::new(),
             }),
@@ -239,7 +239,7 @@ impl Manager {
             .collect();
         Ok(ManagerDecl {
             name: self.name.as_str().into(),
-            database: self.database.to_string_lossy().as_ref().into(),
+            database: self.database.to_setting().into(),
             tasks: self.tasks.iter().map(|t| t.to_decl()).collect(),
             periodic,
         })
@@ -258,7 +258,7 @@ impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("manager", &self.inner.manager)
-            .field("database", &self.inner.path)
+            .field("database", &self.inner.database)
             .finish_non_exhaustive()
     }
 }
@@ -269,9 +269,9 @@ impl Client {
         &self.inner.manager
     }
 
-    /// The database path.
-    pub fn database(&self) -> &Path {
-        &self.inner.path
+    /// The database setting.
+    pub fn database(&self) -> &Database {
+        &self.inner.database
     }
 
     /// A handle on an existing task by id (e.g. one another process dispatched), typed by
@@ -298,9 +298,9 @@ impl Dispatch for Client {
 struct ClientInner {
     manager: String,
     tasks: Vec<&'static str>,
-    path: PathBuf,
+    database: Database,
     store: Mutex<Store>,
-    watcher: OnceLock<Result<Watcher, StoreError>>,
+    watcher: OnceLock<Result<Notifier, String>>,
 }
 
 impl ClientInner {
@@ -310,21 +310,14 @@ impl ClientInner {
         self.store.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn watcher(&self) -> Result<&Watcher, StatusError> {
+    fn watcher(&self) -> Result<&Notifier, StatusError> {
         self.watcher
-            .get_or_init(|| Watcher::start(&self.path))
+            .get_or_init(|| castor_store::notifier(&self.database).map_err(|e| e.to_string()))
             .as_ref()
-            .map_err(|e| {
-                // The error is kept for every later waiter; each gets its own copy.
-                StatusError::Store(match e {
-                    StoreError::Watch { path, reason } => StoreError::Watch {
-                        path: path.clone(),
-                        reason: reason.clone(),
-                    },
-                    other => StoreError::Watch {
-                        path: self.path.clone(),
-                        reason: other.to_string(),
-                    },
+            .map_err(|reason| {
+                StatusError::Store(StoreError::Watch {
+                    database: self.database.clone(),
+                    reason: reason.clone(),
                 })
             })
     }
@@ -349,9 +342,8 @@ impl Backend for ClientInner {
         options: &DispatchOptionsAbi,
     ) -> Result<Uuid, DispatchError> {
         self.check_task(task)?;
-        let new = NewTask::with_options(&self.manager, task, args, options);
-        let (id, _existing) = self.store().enqueue(&new)?;
-        Ok(id)
+        let new = options.new_task(&self.manager, task, args);
+        Ok(self.store().enqueue(&new)?.id)
     }
 
     fn dispatch_many(
@@ -361,9 +353,9 @@ impl Backend for ClientInner {
         options: &DispatchOptionsAbi,
     ) -> Result<Vec<Uuid>, DispatchError> {
         self.check_task(task)?;
-        let tasks: Vec<NewTask<'_>> = args
+        let tasks: Vec<castor_store::NewTask<'_>> = args
             .iter()
-            .map(|args| NewTask::with_options(&self.manager, task, args, options))
+            .map(|args| options.new_task(&self.manager, task, args))
             .collect();
         Ok(self.store().enqueue_many(&tasks)?)
     }
@@ -392,7 +384,7 @@ impl Backend for ClientInner {
         let cadence = crate::schedule::Cadence::Every(std::time::Duration::from_millis(
             u64::try_from(schedule.every_ms).unwrap_or(1),
         ));
-        let new = crate::store::NewSchedule {
+        let new = castor_store::NewSchedule {
             manager: &self.manager,
             task,
             name: None,
@@ -408,10 +400,8 @@ impl Backend for ClientInner {
             backoff_cap_ms: ms(o.backoff_cap_ms),
             timeout_ms: o.timeout_ms.into_option().map(ms),
         };
-        let now = crate::store::now_us();
-        Ok(self
-            .store()
-            .write("create a schedule", |tx| tx.create_schedule(&new, now))?)
+        let now = castor_store::now_us();
+        Ok(self.store().write(|tx| tx.create_schedule(&new, now))?)
     }
 
     fn schedule(&self, id: i64) -> Result<crate::schedule::ScheduleInfo, StatusError> {
@@ -425,9 +415,9 @@ impl Backend for ClientInner {
     }
 
     fn set_schedule_paused(&self, id: i64, paused: bool) -> Result<(), StatusError> {
-        let found = self.store().write("pause or resume a schedule", |tx| {
-            tx.set_schedule_paused(id, paused)
-        })?;
+        let found = self
+            .store()
+            .write(|tx| tx.set_schedule_paused(id, paused))?;
         if found {
             Ok(())
         } else {
@@ -436,9 +426,7 @@ impl Backend for ClientInner {
     }
 
     fn remove_schedule(&self, id: i64) -> Result<(), StatusError> {
-        let found = self
-            .store()
-            .write("remove a schedule", |tx| tx.remove_schedule(id))?;
+        let found = self.store().write(|tx| tx.remove_schedule(id))?;
         if found {
             Ok(())
         } else {
@@ -446,14 +434,14 @@ impl Backend for ClientInner {
         }
     }
 
-    fn cancel(&self, id: Uuid) -> Result<crate::store::CancelOutcome, StatusError> {
-        let now = crate::store::now_us();
+    fn cancel(&self, id: Uuid) -> Result<castor_store::CancelOutcome, StatusError> {
+        let now = castor_store::now_us();
         self.store()
-            .write("cancel a task", |tx| tx.cancel(id, now))?
+            .write(|tx| tx.cancel(id, now))?
             .ok_or(StatusError::NotFound { id })
     }
 
-    fn logs(&self, id: Uuid) -> Result<Vec<crate::store::TaskLog>, StatusError> {
+    fn logs(&self, id: Uuid) -> Result<Vec<castor_store::TaskLog>, StatusError> {
         Ok(self.store().logs(id)?)
     }
 

@@ -16,73 +16,12 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::backend::Backend;
-use crate::cron::Cron;
 use crate::error::StatusError;
 use crate::handle::TaskHandle;
-use crate::store::{duration_us, now_us};
 use crate::task::{DelayOptions, TaskSpec};
-
-/// A tick handled more than this late counts as missed (see [`Missed::Skip`]).
-pub const MISSED_AFTER: Duration = Duration::from_secs(1);
-
-/// What a schedule does with ticks that passed while no worker ran it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Missed {
-    /// Ticks more than [`MISSED_AFTER`] late are dropped; the schedule goes on from the
-    /// next one. The default for periodic tasks, as in cron.
-    Skip,
-    /// All missed ticks together run once, then the schedule goes on. The default for
-    /// schedules an app creates, so that work is not silently dropped.
-    #[default]
-    RunOnce,
-}
-
-impl Missed {
-    /// `skip` or `run_once`, as stored.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Missed::Skip => "skip",
-            Missed::RunOnce => "run_once",
-        }
-    }
-}
-
-/// When a schedule ticks.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Cadence {
-    /// Every this long, from its first run.
-    Every(Duration),
-    /// At the times a cron expression matches (UTC).
-    Cron(Cron),
-}
-
-impl Cadence {
-    /// The first tick strictly after `after_us` (microseconds since the epoch), counting
-    /// interval ticks from `anchor_us`.
-    pub fn next_after(&self, after_us: i64, anchor_us: i64) -> Option<i64> {
-        match self {
-            Cadence::Every(interval) => {
-                let step = duration_us(*interval).max(1);
-                if after_us < anchor_us {
-                    return Some(anchor_us);
-                }
-                let ticks = (after_us - anchor_us) / step + 1;
-                anchor_us.checked_add(ticks.checked_mul(step)?)
-            }
-            Cadence::Cron(cron) => cron.next_after(after_us),
-        }
-    }
-}
-
-impl fmt::Display for Cadence {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Cadence::Every(d) => write!(f, "every {}", crate::format_duration(*d)),
-            Cadence::Cron(c) => write!(f, "cron {c}"),
-        }
-    }
-}
+use castor_store::cron::Cron;
+pub use castor_store::{Cadence, Missed, ScheduleInfo};
+use castor_store::{duration_us, now_us};
 
 /// A repeating dispatch: every interval, optionally a number of times or until a time.
 ///
@@ -335,34 +274,6 @@ pub struct PeriodicSpec {
     pub missed: Missed,
 }
 
-/// What [`ScheduleHandle::info`] returns.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[non_exhaustive]
-pub struct ScheduleInfo {
-    /// The schedule's id.
-    pub id: i64,
-    /// Its manager.
-    pub manager: String,
-    /// The task it runs.
-    pub task: String,
-    /// Its name, for periodic tasks.
-    pub name: Option<String>,
-    /// `every 1.0s` or `cron 0 9 * * 1-5`.
-    pub cadence: String,
-    /// The run limit.
-    pub times: Option<u32>,
-    /// No run after this time (microseconds since the epoch).
-    pub until: Option<i64>,
-    /// Runs created so far.
-    pub runs: u32,
-    /// The next run's time; `None` once the schedule is finished.
-    pub next_run_at: Option<i64>,
-    /// Whether it is paused.
-    pub paused: bool,
-    /// What happens to missed ticks.
-    pub missed: Missed,
-}
-
 /// A repeating dispatch whose runs return `R`.
 pub struct ScheduleHandle<R> {
     id: i64,
@@ -459,22 +370,5 @@ impl<R: DeserializeOwned> ScheduleHandle<R> {
     /// The schedule was already removed, or a database error.
     pub fn remove(&self) -> Result<(), StatusError> {
         self.backend.remove_schedule(self.id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interval_ticks_count_from_the_anchor() {
-        let every = Cadence::Every(Duration::from_millis(100));
-        let anchor = 1_000_000;
-        assert_eq!(every.next_after(0, anchor), Some(anchor));
-        assert_eq!(every.next_after(anchor, anchor), Some(anchor + 100_000));
-        assert_eq!(
-            every.next_after(anchor + 250_000, anchor),
-            Some(anchor + 300_000)
-        );
     }
 }

@@ -11,9 +11,10 @@ use abi_stable::std_types::RString;
 use uuid::Uuid;
 
 use crate::abi::{DescribeFn, DispatchOptionsAbi, RunFn, TaskDecl, TaskMode};
-use crate::backend::{Backend, LogLevel};
+use crate::backend::Backend;
 use crate::manager::{Dispatch, Dispatcher};
-use crate::state::Backoff;
+use castor_store::Backoff;
+use castor_store::LogLevel;
 
 /// A task's declaration: its name, mode and policy, and the function that runs one
 /// attempt. `#[castor_abi::task]` writes one as `SPEC` in the task's module.
@@ -145,10 +146,10 @@ impl DelayOptions {
             (Some(at), None) => Some(
                 at.duration_since(UNIX_EPOCH)
                     .map_err(|_| "`at` is before 1970".to_owned())
-                    .map(crate::store::duration_us)?,
+                    .map(castor_store::duration_us)?,
             ),
             (None, Some(after)) => {
-                Some(crate::store::now_us().saturating_add(crate::store::duration_us(after)))
+                Some(castor_store::now_us().saturating_add(castor_store::duration_us(after)))
             }
             (None, None) => None,
         };
@@ -396,5 +397,30 @@ impl crate::manager::sealed::Sealed for TaskContext {}
 impl Dispatch for TaskContext {
     fn dispatcher(&self) -> Dispatcher {
         Dispatcher(Arc::clone(&self.backend))
+    }
+}
+
+impl crate::abi::DispatchOptionsAbi {
+    /// The row a dispatch with these options inserts.
+    pub fn new_task<'a>(
+        &'a self,
+        manager: &'a str,
+        task: &'a str,
+        args: &'a [u8],
+    ) -> castor_store::NewTask<'a> {
+        let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        castor_store::NewTask {
+            manager,
+            task,
+            args,
+            run_at_us: self.run_at_us.into_option(),
+            priority: self.priority,
+            unique_key: self.unique_key.as_ref().map(|k| k.as_str()).into_option(),
+            max_attempts: self.max_attempts,
+            backoff_base_ms: ms(self.backoff_base_ms),
+            backoff_cap_ms: ms(self.backoff_cap_ms),
+            timeout_ms: self.timeout_ms.into_option().map(ms),
+            schedule_id: None,
+        }
     }
 }

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use anyhow::bail;
-use castor_abi::store::{SCHEMA_VERSION, Store};
-use castor_abi::{StoreError, TaskState, format_duration, format_size};
+use castor_store::format::{format_duration, format_size};
+use castor_store::{OpenOptions, Store, StoreError, TaskState};
 use serde::Serialize;
 
 use crate::cli::CheckArgs;
@@ -21,8 +21,8 @@ struct Report {
     /// `PRAGMA integrity_check`'s problems (at most `CHECK_PROBLEMS`); empty when sound.
     integrity: Vec<String>,
     check_ms: u64,
-    schema_version: Option<i64>,
-    supported_schema_version: i64,
+    schema_version: Option<u32>,
+    supported_schema_version: u32,
     /// Tables and indexes of castor's schema the file lacks.
     missing: Vec<String>,
     /// Tasks by state, when the table could be read.
@@ -39,8 +39,8 @@ struct Report {
 /// The database is missing, damaged, unreadable or from a newer castor.
 pub fn run(args: &CheckArgs) -> anyhow::Result<()> {
     let lib = args.target.as_ref().or(args.db.lib.as_ref());
-    let (path, _) = crate::commands::database(args.db.db.as_deref(), lib)?;
-    let store = Store::open_read_only(&path)?;
+    let (database, _) = crate::commands::database(args.db.db.as_ref(), lib)?;
+    let store = castor_store::open(&database, &OpenOptions::inspect())?;
     let report = check(&store);
     if args.db.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -71,12 +71,12 @@ fn check(store: &Store) -> Report {
     let integrity = store.integrity_check();
     let check_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let mut report = Report {
-        database: store.path().display().to_string(),
+        database: store.database().to_string(),
         bytes: store.size().ok(),
         integrity: Vec::new(),
         check_ms,
         schema_version: None,
-        supported_schema_version: SCHEMA_VERSION,
+        supported_schema_version: store.migrations().last().map_or(0, |m| m.version),
         missing: Vec::new(),
         tasks: None,
         tasks_error: None,
@@ -107,9 +107,9 @@ fn check(store: &Store) -> Report {
         Ok(0) => report.problems.push(
             "schema version 0: castor never set this file up (is it a castor database?)".to_owned(),
         ),
-        Ok(found) if found > SCHEMA_VERSION => report.problems.push(format!(
-            "schema version {found} is newer than this castor understands ({SCHEMA_VERSION}); \
-             upgrade castor"
+        Ok(found) if found > report.supported_schema_version => report.problems.push(format!(
+            "schema version {found} is newer than this castor understands ({}); upgrade castor",
+            report.supported_schema_version
         )),
         Ok(_) => {}
         Err(e) => report.problems.push(reason(e)),

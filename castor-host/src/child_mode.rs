@@ -13,12 +13,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::host::Services;
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use anyhow::Context;
+use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, DispatchOptionsAbi, FailureKind, HostCtx, RunFn, SnapshotAbi};
 use castor_abi::codec;
-use castor_abi::host::Services;
-use castor_abi::{LogLevel, Uuid};
+use castor_store::LogLevel;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cli::ChildArgs;
@@ -52,7 +53,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
     let cancelled: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let (runs, queue) = crossbeam_channel::unbounded();
     spawn_reader(socket, services, cancelled, runs)?;
-    let host = castor_abi::host::host_services(services);
+    let host = crate::host::host_services(services);
     // The library's `log` and `tracing` records go to the worker as `Log` frames.
     attach(host, RStr::from(args.log_filter.as_str()));
     send(

@@ -2,6 +2,8 @@
 //! once into a [`PluginTarget`]), and the subcommands.
 
 use std::path::PathBuf;
+
+use castor_store::Database;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -63,9 +65,10 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub kill_grace: Duration,
 
-    /// Use this database instead of the manager's.
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// Use this database instead of the manager's: a SQLite file (`tasks.db`) or
+    /// `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    #[arg(long, value_name = "DATABASE", env = "CASTOR_DATABASE", value_parser = parse_database)]
+    pub db: Option<Database>,
 
     /// On Ctrl+C or SIGTERM, how long running tasks may take to finish before the worker
     /// gives up on them (they are retried elsewhere under their retry policy).
@@ -135,9 +138,10 @@ pub enum Command {
 /// Which database a subcommand reads, and how it prints.
 #[derive(Debug, Args)]
 pub struct DbArgs {
-    /// The database (default: the library's manager's, with --lib; else ./tasks.db).
-    #[arg(long, value_name = "PATH", global = true)]
-    pub db: Option<PathBuf>,
+    /// The database (default: the library's manager's, with --lib; else ./tasks.db): a
+    /// SQLite file or `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    #[arg(long, value_name = "DATABASE", global = true, env = "CASTOR_DATABASE", value_parser = parse_database)]
+    pub db: Option<Database>,
 
     /// The task library: finds the manager's database, and decodes arguments and results.
     #[arg(long, value_name = "LIB[:MANAGER]", global = true)]
@@ -250,7 +254,7 @@ pub struct PurgeArgs {
 }
 
 fn parse_purge_state(s: &str) -> Result<Vec<castor_abi::TaskState>, String> {
-    use castor_abi::TaskState;
+    use castor_store::TaskState;
     match s {
         "finished" => Ok(vec![
             TaskState::Completed,
@@ -454,6 +458,12 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     number
         .checked_mul(factor)
         .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// A `--db` setting: never fails to parse (a setting no driver takes is refused when it is
+/// opened, with the list of what castor accepts).
+fn parse_database(text: &str) -> Result<Database, String> {
+    Ok(Database::parse(text))
 }
 
 #[cfg(test)]

@@ -3,17 +3,18 @@
 //! castor-abi's store; none of them runs a task.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use abi_stable::std_types::{RResult, RSlice};
 use anyhow::bail;
+use castor_abi::Uuid;
 use castor_abi::abi::ManagerDecl;
-use castor_abi::store::{
-    CancelOutcome, ListFilter, RetryOutcome, Store, StoreOptions, TaskSnapshot, TaskSummary,
-    WorkerRow, duration_us, now_us,
+use castor_store::TaskState;
+use castor_store::format::format_duration;
+use castor_store::{
+    CancelOutcome, Database, ListFilter, OpenOptions, RetryOutcome, Store, StoreError,
+    TaskSnapshot, TaskSummary, Tx, WorkerRow, duration_us, now_us,
 };
-use castor_abi::{TaskState, Uuid, format_duration};
 use serde::Serialize;
 
 use crate::cli::{
@@ -43,34 +44,36 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 
 /// The database a subcommand works on, and the manager declaration if `--lib` was given.
 fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
-    let (path, manager) = database(args.db.as_deref(), args.lib.as_ref())?;
-    let store = Store::open(&path, StoreOptions::default())?;
+    let (database, manager) = database(args.db.as_ref(), args.lib.as_ref())?;
+    let store = castor_store::open(&database, &OpenOptions::app())?;
     Ok((store, manager))
 }
 
 /// The database a subcommand names (`--db`, else the library's manager's, else
 /// `./tasks.db`), which must exist, and the manager declaration if a library was given.
 pub fn database(
-    db: Option<&Path>,
+    db: Option<&Database>,
     lib: Option<&PluginTarget>,
-) -> anyhow::Result<(PathBuf, Option<ManagerDecl>)> {
+) -> anyhow::Result<(Database, Option<ManagerDecl>)> {
     let manager = match lib {
         Some(target) => Some(Plugin::load(&target.library)?.into_manager(&target.manager)?),
         None => None,
     };
-    let path: PathBuf = match (db, &manager) {
-        (Some(db), _) => db.to_path_buf(),
-        (None, Some(manager)) => manager.database.as_str().into(),
-        (None, None) => "tasks.db".into(),
+    let database = match (db, &manager) {
+        (Some(db), _) => db.clone(),
+        (None, Some(manager)) => Database::parse(manager.database.as_str()),
+        (None, None) => Database::parse("tasks.db"),
     };
-    if !path.exists() {
+    if let Some(path) = database.sqlite_path()
+        && !path.exists()
+    {
         bail!(
-            "no database at {} (say which with --db PATH, or --lib LIB[:MANAGER] for the \
+            "no database at {} (say which with --db DATABASE, or --lib LIB[:MANAGER] for the \
              manager's)",
             path.display()
         );
     }
-    Ok((path, manager))
+    Ok((database, manager))
 }
 
 fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
@@ -175,10 +178,8 @@ fn schedules(args: &SchedulesArgs) -> anyhow::Result<()> {
             ScheduleAction::Remove { id } => (*id, None),
         };
         let found = match paused {
-            Some(paused) => store.write("pause or resume a schedule", |tx| {
-                tx.set_schedule_paused(id, paused)
-            })?,
-            None => store.write("remove a schedule", |tx| tx.remove_schedule(id))?,
+            Some(paused) => store.write(|tx| tx.set_schedule_paused(id, paused))?,
+            None => store.write(|tx| tx.remove_schedule(id))?,
         };
         if !found {
             bail!("no schedule {id}");
@@ -416,13 +417,8 @@ enum Verdict {
 /// else with each refusal on stderr and a count (`verb` says what was not done).
 fn for_each_id<T: Serialize>(
     args: &IdsArgs,
-    operation: &'static str,
     verb: &str,
-    act: impl Fn(
-        &castor_abi::store::WriteTx<'_>,
-        Uuid,
-        i64,
-    ) -> Result<Option<T>, castor_abi::store::SqlError>,
+    act: impl Fn(&mut dyn Tx, Uuid, i64) -> Result<Option<T>, StoreError>,
     judge: impl Fn(Uuid, &T) -> Verdict,
 ) -> anyhow::Result<()> {
     let (mut store, _) = open(&args.db)?;
@@ -430,7 +426,7 @@ fn for_each_id<T: Serialize>(
     let mut results = Vec::new();
     for &id in &args.ids {
         let now = now_us();
-        match store.write(operation, |tx| act(tx, id, now))? {
+        match store.write(|tx| act(tx, id, now))? {
             None => refused.push(format!(
                 "no task {id} in the database (unknown id, or finished and pruned)"
             )),
@@ -466,7 +462,6 @@ fn for_each_id<T: Serialize>(
 fn retry(args: &IdsArgs) -> anyhow::Result<()> {
     for_each_id(
         args,
-        "retry a task",
         "retried",
         |tx, id, now| tx.retry(id, now),
         |id, outcome| match outcome {
@@ -483,7 +478,6 @@ fn retry(args: &IdsArgs) -> anyhow::Result<()> {
 fn cancel(args: &IdsArgs) -> anyhow::Result<()> {
     for_each_id(
         args,
-        "cancel a task",
         "cancelled",
         |tx, id, now| tx.cancel(id, now),
         |id, outcome| match outcome {
@@ -505,7 +499,7 @@ fn purge(args: &PurgeArgs) -> anyhow::Result<()> {
     let (mut store, _) = open(&args.db)?;
     let states: Vec<TaskState> = args.state.iter().flatten().copied().collect();
     let before = now_us() - duration_us(args.older_than);
-    let purged = store.write("purge tasks", |tx| tx.purge(&states, before))?;
+    let purged = store.write(|tx| tx.purge(&states, before))?;
     if args.db.json {
         return print_json(&serde_json::json!({ "purged": purged }));
     }

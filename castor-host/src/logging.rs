@@ -397,7 +397,7 @@ impl<S: Subscriber> Layer<S> for Lines {
 }
 
 fn now() -> String {
-    castor_abi::format_timestamp(castor_abi::store::now_us())
+    castor_store::format::format_timestamp(castor_store::now_us())
 }
 
 /// A text line: castor's own events are a time stamp and their sentence, as before they

@@ -8,6 +8,7 @@ mod child_mode;
 mod cli;
 mod commands;
 mod dashboard;
+mod host;
 mod logging;
 mod plugin;
 mod protocol;
@@ -113,14 +114,14 @@ fn run_logged(
     })?;
     let check = worker.start_check();
     let database_line = if check.whole {
-        database.display().to_string()
+        database.to_string()
     } else {
         format!(
             "{} (checked for {} without reaching the end of its {}; `castor check` checks \
              all of it)",
-            database.display(),
-            castor_abi::format_duration(check.took),
-            castor_abi::format_size(usize::try_from(check.bytes).unwrap_or(usize::MAX))
+            database,
+            castor_store::format::format_duration(check.took),
+            castor_store::format::format_size(usize::try_from(check.bytes).unwrap_or(usize::MAX))
         )
     };
     tracing::info!(
@@ -144,7 +145,7 @@ fn run_logged(
         let header = dashboard::Header {
             library: library.display().to_string(),
             manager: manager_name,
-            database: database.display().to_string(),
+            database: database.to_string(),
             worker_id: worker.id().to_owned(),
             uptime: std::time::Duration::ZERO,
             threads,

@@ -232,7 +232,7 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
             if p.every_ms == 0 {
                 p.cron
                     .as_str()
-                    .parse::<castor_abi::cron::Cron>()
+                    .parse::<castor_store::cron::Cron>()
                     .map_err(|e| invalid(format!("periodic task `{}`: {e}", p.name)))?;
             }
         }

@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use castor_abi::{DelayOptions, TaskState};
+use castor_abi::DelayOptions;
 use castor_fixture_tasks as fx;
+use castor_store::TaskState;
 
 use crate::support::{PATIENCE, TestDir, Worker, fixture_path, run_castor, tasks_target};
 

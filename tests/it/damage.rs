@@ -4,8 +4,9 @@
 
 use std::path::Path;
 
-use castor_abi::{OpenError, StoreError, TaskState};
+use castor_abi::OpenError;
 use castor_fixture_tasks as fx;
+use castor_store::{StoreError, TaskState};
 
 use crate::support::{TestDir, Worker, run_castor, tasks_target};
 
@@ -141,7 +142,7 @@ fn damage_met_while_running_stops_the_worker_at_once_with_one_true_message() {
         out.stderr,
         format!(
             "castor: error: database {db} is damaged or not a SQLite database: database disk \
-             image is malformed (found while castor tried to record outcomes and claim tasks); \
+             image is malformed (found while castor tried to claim tasks); \
              check it with `castor check --db {db}` and recover it as README's \"Recovering a \
              damaged database\" says; the worker stopped at once, with no task of its own left \
              running\n"
@@ -179,7 +180,7 @@ fn castor_check_describes_a_sound_database_without_writing_to_it() {
         "{}",
         lines[1]
     );
-    assert_eq!(lines[2], "schema     version 1 (this castor: 1)");
+    assert_eq!(lines[2], "schema     version 2 (this castor: 2)");
     assert_eq!(
         lines[3],
         "tasks      1 scheduled, 3 available, 0 running, 0 retryable, 0 completed, \

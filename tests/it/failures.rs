@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use castor_abi::{DelayOptions, DispatchError, JoinError, TaskState};
+use castor_abi::{DelayOptions, DispatchError, JoinError};
 use castor_fixture_tasks as fx;
+use castor_store::TaskState;
 
 use crate::support::{PATIENCE, TestDir, Worker, tasks_target};
 
@@ -43,7 +44,7 @@ fn a_panicking_task_is_discarded_with_the_panic_message() {
         "{message}"
     );
     assert!(message.contains("the flux capacitor broke"), "{message}");
-    assert_eq!(errors[0].kind, "panic");
+    assert_eq!(errors[0].kind, castor_store::ErrorKind::Panic);
     assert_eq!(handle.status().expect("status"), TaskState::Discarded);
     assert_worker_alive(&client);
     let out = worker.stop();
@@ -161,7 +162,7 @@ fn a_thread_task_past_its_timeout_is_told_to_stop_and_recorded_as_timed_out() {
     let handle = fx::until_cancelled::delay(&client).expect("delay");
     let (_, message, errors) = failed(handle.join(PATIENCE).expect_err("times out"));
     assert_eq!(message, "timed out after 300.0ms");
-    assert_eq!(errors[0].kind, "timeout");
+    assert_eq!(errors[0].kind, castor_store::ErrorKind::Timeout);
     assert_worker_alive(&client);
     // A per-dispatch timeout overrides the declared one.
     let handle = fx::sleep_ms::delay_with(
@@ -193,7 +194,12 @@ fn a_timed_out_attempt_that_answers_late_does_not_settle_its_retry() {
     assert_eq!(attempts, 2);
     assert_eq!(message, "timed out after 300.0ms");
     assert_eq!(errors.len(), 2, "{errors:?}");
-    assert!(errors.iter().all(|e| e.kind == "timeout"), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.kind == castor_store::ErrorKind::Timeout),
+        "{errors:?}"
+    );
     assert_worker_alive(&client);
 }
 

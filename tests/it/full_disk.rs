@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use castor_abi::{Client, DispatchError, StoreError, TaskHandle, TaskState};
+use castor_abi::{Client, DispatchError, TaskHandle};
 use castor_fixture_tasks as fx;
+use castor_store::{StoreError, TaskState};
 
 use crate::support::{PATIENCE, TestDir, Worker, cpu_shares, tasks_target, wait_until};
 

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
-use castor_abi::{JoinError, StatusError, TaskState, Uuid};
+use castor_abi::{JoinError, StatusError, Uuid};
 use castor_fixture_tasks as fx;
+use castor_store::TaskState;
 
 use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state};
 

@@ -6,9 +6,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use castor_abi::codec::MAX_PAYLOAD;
-use castor_abi::store::{ListFilter, NewTask, Store, StoreOptions};
-use castor_abi::{DelayOptions, DispatchError, JoinError, Schedule, TaskState};
+use castor_abi::{DelayOptions, DispatchError, JoinError, Schedule};
 use castor_fixture_tasks as fx;
+use castor_store::TaskState;
+use castor_store::{ListFilter, NewTask, OpenOptions, Store};
 use fx::Bytes;
 
 use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state};
@@ -23,7 +24,7 @@ fn stored_bytes(db: &Path) -> u64 {
 }
 
 fn tasks_named(db: &Path, task: &str) -> usize {
-    Store::open(db, StoreOptions::default())
+    Store::open(db, OpenOptions::app())
         .expect("open")
         .list(&ListFilter {
             task: Some(task.to_owned()),
@@ -75,7 +76,7 @@ fn arguments_over_the_limit_are_refused_and_nothing_is_written() {
         0,
         "not even the small one"
     );
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     assert!(store.schedules(None).expect("schedules").is_empty());
     assert_eq!(stored_bytes(&dir.db()), before, "the database did not grow");
 }
@@ -124,7 +125,12 @@ fn a_result_over_the_limit_fails_the_attempt_and_nothing_is_stored() {
         // Retried under the task's policy (2 attempts), like any error.
         assert_eq!(attempts, 2, "{task}");
         assert_eq!(errors.len(), 2, "{task}: {errors:?}");
-        assert!(errors.iter().all(|e| e.kind == "error"), "{errors:?}");
+        assert!(
+            errors
+                .iter()
+                .all(|e| e.kind == castor_store::ErrorKind::Error),
+            "{errors:?}"
+        );
         assert_eq!(
             message,
             format!(
@@ -165,7 +171,7 @@ fn values_stored_past_the_limit_are_named_as_such_not_as_a_version_mismatch() {
     // What a castor that did not check the limit could have stored: the store itself
     // takes any size.
     let over = vec![0u8; 65 << 20];
-    let mut store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let mut store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     let mut ids = Vec::new();
     for task in ["echo_bytes", "process_echo_bytes"] {
         let new = NewTask {
@@ -181,7 +187,7 @@ fn values_stored_past_the_limit_are_named_as_such_not_as_a_version_mismatch() {
             timeout_ms: None,
             schedule_id: None,
         };
-        ids.push(store.enqueue(&new).expect("enqueue").0);
+        ids.push(store.enqueue(&new).expect("enqueue").id);
     }
     drop(store);
     let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);

@@ -7,8 +7,8 @@
 use std::process::Command;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use castor_abi::{LogLevel, TaskLog};
 use castor_fixture_tasks as fx;
+use castor_store::{LogLevel, TaskLog};
 use serde_json::Value;
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
 

@@ -2,8 +2,9 @@
 //! runs out of memory fails that attempt with an error naming what happened, and the
 //! worker goes on with a new child.
 
-use castor_abi::{JoinError, LogLevel, TaskState};
+use castor_abi::JoinError;
 use castor_fixture_tasks as fx;
+use castor_store::{LogLevel, TaskState};
 
 use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until};
 
@@ -155,7 +156,7 @@ fn a_process_task_past_its_timeout_is_killed() {
             message, errors, ..
         } => {
             assert_eq!(message, "timed out after 300.0ms");
-            assert_eq!(errors[0].kind, "timeout");
+            assert_eq!(errors[0].kind, castor_store::ErrorKind::Timeout);
         }
         other => panic!("{other:?}"),
     }

@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use castor_abi::store::{Store, StoreOptions};
-use castor_abi::{Backoff, CancelOutcome, DelayOptions, JoinError, StatusError, TaskState};
+use castor_abi::{DelayOptions, JoinError, StatusError};
 use castor_fixture_tasks as fx;
+use castor_store::{Backoff, CancelOutcome, TaskState};
+use castor_store::{OpenOptions, Store};
 
 use crate::support::{
     PATIENCE, TestDir, Worker, fixture_app, recorded, run_castor, tasks_target, wait_for_state,
@@ -16,7 +17,7 @@ use crate::support::{
 };
 
 fn wait_drained(db: &Path) {
-    let store = Store::open(db, StoreOptions::default()).expect("open");
+    let store = Store::open(db, OpenOptions::app()).expect("open");
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
         if store.unfinished("manager").expect("count") == 0 {
@@ -87,7 +88,9 @@ fn nothing_is_lost_when_workers_are_killed_at_random_points() {
         if info.attempt > 1 {
             reruns += 1;
             assert!(
-                info.errors.iter().all(|e| e.kind == "abandoned"),
+                info.errors
+                    .iter()
+                    .all(|e| e.kind == castor_store::ErrorKind::Abandoned),
                 "{:?}",
                 info.errors
             );
@@ -139,14 +142,14 @@ fn three_workers_and_three_apps_share_one_file() {
     let runs = recorded(&file);
     assert_eq!(runs.len(), 3 * per_app, "every task ran");
     assert!(runs.values().all(|&n| n == 1), "no task ran twice");
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     let counts = store.counts().expect("counts");
     assert!(
         counts.iter().all(|c| c.state == TaskState::Completed),
         "{counts:?}"
     );
     let attempts = store
-        .list(&castor_abi::store::ListFilter {
+        .list(&castor_store::ListFilter {
             limit: 100_000,
             ..Default::default()
         })
@@ -322,7 +325,7 @@ fn a_dead_workers_task_is_rescued_by_the_next_worker() {
     assert_eq!(handle.join(PATIENCE).expect("runs again"), 1_000);
     let info = handle.info().expect("info");
     assert_eq!(info.attempt, 2);
-    assert_eq!(info.errors[0].kind, "abandoned");
+    assert_eq!(info.errors[0].kind, castor_store::ErrorKind::Abandoned);
     assert!(
         info.errors[0].error.contains("is gone"),
         "{:?}",
@@ -471,13 +474,13 @@ fn a_full_disk_fails_the_write_and_keeps_what_was_written() {
         .and_then(|rest| rest.split(':').next())
         .and_then(|n| n.parse().ok())
         .expect("the app names the dispatch that failed");
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     assert_eq!(
         store.unfinished("manager").expect("count") as usize,
         failed_at
     );
     let keys: HashSet<String> = store
-        .list(&castor_abi::store::ListFilter {
+        .list(&castor_store::ListFilter {
             limit: 1_000_000,
             ..Default::default()
         })

@@ -6,9 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use castor_abi::store::{Store, StoreOptions};
-use castor_abi::{DelayOptions, DispatchError, Schedule, StatusError, TaskState};
+use castor_abi::{DelayOptions, DispatchError, Schedule, StatusError};
 use castor_fixture_tasks as fx;
+use castor_store::TaskState;
+use castor_store::{OpenOptions, Store};
 
 use crate::support::{
     PATIENCE, TestDir, Worker, fixture_app, run_castor, tasks_target, wait_until,
@@ -19,9 +20,9 @@ fn a_delayed_task_starts_on_time_not_before() {
     let dir = TestDir::new();
     let client = dir.client();
     let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     for _ in 0..3 {
-        let asked_at = castor_abi::store::now_us();
+        let asked_at = castor_store::now_us();
         let handle = fx::add::delay_with(
             &client,
             &DelayOptions::new().after(Duration::from_millis(200)),
@@ -90,8 +91,8 @@ fn a_schedule_stops_at_its_end_time() {
     // Ticks at 0, 150, 300, 450 and 600 ms; a late worker merges missed ticks (run once).
     let runs = schedule.runs().expect("runs");
     assert!((4..=5).contains(&runs.len()), "{} runs", runs.len());
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
-    let until_us = castor_abi::store::duration_us(
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
+    let until_us = castor_store::duration_us(
         until
             .duration_since(std::time::UNIX_EPOCH)
             .expect("after 1970"),
@@ -146,7 +147,7 @@ fn invalid_combinations_are_refused_before_anything_is_written() {
             other => panic!("{schedule:?}: expected invalid options, got {other:?}"),
         }
     }
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     assert!(store.schedules(None).expect("list").is_empty());
     assert_eq!(store.unfinished("manager").expect("count"), 0);
 }
@@ -172,7 +173,7 @@ fn higher_priorities_run_first_under_a_backlog() {
         .expect("dispatch");
     }
     let _worker = Worker::start(&dir, &tasks_target("manager"), &["--threads", "1"]);
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     wait_until("the backlog drains", || {
         store.unfinished("manager").is_ok_and(|n| n == 0)
     });
@@ -214,9 +215,9 @@ fn unique_keys_hold_under_concurrent_dispatch_from_several_processes() {
         // Each dispatch returned a handle, whether it made a task or found the existing one.
         assert_eq!(String::from_utf8_lossy(&out.stdout), "dispatched 300\n");
     }
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     let tasks = store
-        .list(&castor_abi::store::ListFilter {
+        .list(&castor_store::ListFilter {
             limit: 10_000,
             ..Default::default()
         })
@@ -279,7 +280,7 @@ fn a_periodic_task_ticks_once_per_period_with_three_workers() {
     let dir = TestDir::new();
     let target = tasks_target("clock");
     let workers: Vec<Worker> = (0..3).map(|_| Worker::start(&dir, &target, &[])).collect();
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     wait_until("six ticks", || {
         store
             .schedules(Some("clock"))
@@ -325,7 +326,7 @@ fn a_periodic_task_ticks_once_per_period_with_three_workers() {
 fn a_restarted_worker_keeps_the_periodic_schedule() {
     let dir = TestDir::new();
     let target = tasks_target("clock");
-    let store = Store::open(dir.db(), StoreOptions::default()).expect("open");
+    let store = Store::open(dir.db(), OpenOptions::app()).expect("open");
     let worker = Worker::start(&dir, &target, &[]);
     wait_until("a tick", || {
         store

@@ -8,7 +8,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use castor_abi::{Client, TaskHandle, TaskState};
+use castor_abi::{Client, TaskHandle};
+use castor_store::TaskState;
 
 /// How long any wait in a test may take before the test fails. Generous: CI machines are
 /// slow and busy; a passing test never waits this long.

@@ -27,13 +27,14 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use castor_abi::store::{CancelOutcome, RetryOutcome, Store, StoreOptions, now_us};
-use castor_abi::{LogLevel, TaskMode, TaskState, Uuid, format_duration};
+use castor_abi::{TaskMode, Uuid};
+use castor_store::format::format_duration;
+use castor_store::{CancelOutcome, Database, OpenOptions, RetryOutcome, Store, now_us};
+use castor_store::{LogLevel, TaskState};
 use crossbeam_channel::{Receiver, Sender};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -82,11 +83,10 @@ enum UiEvent {
 pub fn run(
     worker: Worker,
     header: Header,
-    database: &Path,
+    database: &Database,
     controller: Controller,
 ) -> anyhow::Result<Summary> {
-    let store = Store::open(database, StoreOptions::default())
-        .with_context(|| format!("cannot open {} for the dashboard", database.display()))?;
+    let store = castor_store::open(database, &OpenOptions::app())?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let screen = Screen::open(tx.clone()).context("cannot set up the terminal")?;
     let worker_thread = std::thread::Builder::new()
@@ -219,7 +219,7 @@ fn carry_out(
         Command::Retry { id } => {
             let Ok(uuid) = id.parse::<Uuid>() else { return };
             let now = now_us();
-            match store.write("retry a task", |tx| tx.retry(uuid, now)) {
+            match store.write(|tx| tx.retry(uuid, now)) {
                 Ok(Some(RetryOutcome::Retried)) => {
                     state.flash(Level::Info, format!("retrying {id}: available again"));
                 }
@@ -233,9 +233,7 @@ fn carry_out(
         Command::PauseSchedule { id } | Command::ResumeSchedule { id } => {
             let paused = matches!(command, Command::PauseSchedule { .. });
             let done = if paused { "paused" } else { "resumed" };
-            match store.write("pause or resume a schedule", |tx| {
-                tx.set_schedule_paused(id, paused)
-            }) {
+            match store.write(|tx| tx.set_schedule_paused(id, paused)) {
                 Ok(true) => state.flash(Level::Info, format!("{done} schedule {id}")),
                 Ok(false) => state.flash(Level::Warn, format!("no schedule {id}")),
                 Err(e) => state.flash(Level::Error, format!("failed: {e}")),
@@ -243,7 +241,7 @@ fn carry_out(
             *refresh_now = true;
         }
         Command::RemoveSchedule { id } => {
-            match store.write("remove a schedule", |tx| tx.remove_schedule(id)) {
+            match store.write(|tx| tx.remove_schedule(id)) {
                 Ok(true) => state.flash(Level::Info, format!("removed schedule {id}")),
                 Ok(false) => state.flash(Level::Warn, format!("no schedule {id}")),
                 Err(e) => state.flash(Level::Error, format!("remove failed: {e}")),
@@ -253,7 +251,7 @@ fn carry_out(
         Command::Cancel { id } => {
             let Ok(uuid) = id.parse::<Uuid>() else { return };
             let now = now_us();
-            match store.write("cancel a task", |tx| tx.cancel(uuid, now)) {
+            match store.write(|tx| tx.cancel(uuid, now)) {
                 Ok(Some(CancelOutcome::Cancelled)) => {
                     state.flash(Level::Info, format!("cancelled {id}"));
                 }
@@ -296,7 +294,7 @@ impl Refresher {
         let now = Instant::now();
         let mut changed = false;
         if now >= self.next_counts {
-            let version = self.store.data_version().ok();
+            let version = self.store.change_counter().ok().flatten();
             if version.is_none() || version != self.data_version {
                 self.data_version = version;
                 let started = Instant::now();
@@ -370,10 +368,10 @@ impl Refresher {
                 state.set_scheduled(
                     waiting
                         .into_iter()
-                        .map(|(id, task, at)| ScheduledTask {
-                            id: id.to_string(),
-                            task,
-                            runs_in: ahead(at),
+                        .map(|w| ScheduledTask {
+                            id: w.id.to_string(),
+                            task: w.task,
+                            runs_in: ahead(w.starts_at),
                         })
                         .collect(),
                 );

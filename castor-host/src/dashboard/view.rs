@@ -23,7 +23,7 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use castor_abi::format_duration;
+use castor_store::format::format_duration;
 
 use ratatui::Frame;
 use ratatui::buffer::Buffer;

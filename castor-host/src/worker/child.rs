@@ -14,10 +14,11 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::host::Services;
 use castor_abi::abi::FailureKind;
-use castor_abi::host::Services;
-use castor_abi::store::{Claimed, now_us};
-use castor_abi::{AttemptOutcome, LogLevel, Uuid, codec};
+use castor_abi::{Uuid, codec};
+use castor_store::{AttemptOutcome, LogLevel};
+use castor_store::{Claimed, now_us};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::executor::{Attempt, outcome_of};
@@ -353,7 +354,7 @@ impl Slot {
                             Err(format!(
                                 "task {} has a stored result over the {} limit",
                                 Uuid::from_bytes(id),
-                                castor_abi::format_size(codec::MAX_PAYLOAD)
+                                castor_store::format::format_size(codec::MAX_PAYLOAD)
                             ))
                         }
                         s => Ok(s.map(Into::into)),

@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use castor_abi::Uuid;
 use castor_abi::abi::TaskMode;
-use castor_abi::state::{Transition, next_state};
-use castor_abi::store::{AttemptError, Claimed, Finish, duration_us, now_us};
-use castor_abi::{AttemptOutcome, Backoff, LogLevel, StoreError, TaskState, Uuid};
+use castor_store::{
+    AttemptError, AttemptOutcome, Backoff, Claimed, ErrorKind, Finish, LogLevel, NewLog,
+    ScheduleFilter, StoreError, TaskState, Transition, duration_us, next_state, now_us,
+    run_due_schedules,
+};
 use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
@@ -164,13 +167,15 @@ pub(super) struct Coordinator {
     progress: HashMap<i64, (u32, u64, u64, String)>,
     thread_lane: Lane,
     process_lane: Lane,
-    data_version: Option<i64>,
+    /// The database's change counter as of this worker's last look (`None`: not read
+    /// yet, or the driver cannot tell).
+    change_counter: Option<i64>,
     next_due: Option<i64>,
     check_due: bool,
     /// The next tick of a schedule this worker runs.
     next_tick: Option<i64>,
     /// This worker's task and periodic names, as the schedule queries take them.
-    schedule_filter: (String, String),
+    schedule_filter: ScheduleFilter,
     next_renewal: Instant,
     next_rescue: Instant,
     next_prune: Instant,
@@ -212,7 +217,7 @@ impl Coordinator {
                 0
             }),
             process_lane: Lane::new(worker.processes()),
-            data_version: None,
+            change_counter: None,
             next_due: None,
             check_due: true,
             next_tick: None,
@@ -296,11 +301,11 @@ impl Coordinator {
                 }
                 Event::DbChanged => {
                     pending.store(false, Ordering::Release);
-                    match worker.store.data_version() {
+                    match worker.store.change_counter() {
                         // Only this connection committed: nothing new to claim.
-                        Ok(version) if Some(version) == self.data_version => {}
-                        Ok(version) => {
-                            self.data_version = Some(version);
+                        Ok(Some(counter)) if Some(counter) == self.change_counter => {}
+                        Ok(counter) => {
+                            self.change_counter = counter;
                             self.wake_claims();
                         }
                         Err(_) => self.wake_claims(),
@@ -554,7 +559,7 @@ impl Coordinator {
         self.failure = None;
         // The WAL may have grown while writes failed (and other processes' with it): give
         // its space back now, so the next burst has room.
-        let _ = worker.store.truncate_wal();
+        let _ = worker.store.reclaim_space();
         self.wal_check_at = None;
         self.wake_claims();
     }
@@ -573,11 +578,11 @@ impl Coordinator {
         self.wal_check_at = None;
         if self.inflight.is_empty()
             && self.outcomes.is_empty()
-            && worker.store.wal_bytes() > IDLE_WAL_BYTES
+            && worker.store.reclaimable_bytes() > IDLE_WAL_BYTES
         {
             // Busy (another process is reading or writing) or failed: nothing is lost, the
             // next idle moment tries again.
-            let _ = worker.store.truncate_wal();
+            let _ = worker.store.reclaim_space();
         }
     }
 
@@ -638,7 +643,6 @@ impl Coordinator {
         let retention_cutoff = now - duration_us(worker.config.retention);
         let hostname = worker.hostname.clone();
         let lease = worker.config.lease;
-        let (tasks_json, periodic_json) = self.schedule_filter.clone();
         let lease_until = now + duration_us(worker.config.lease);
         let worker_id = worker.id.clone();
         let manager = worker.config.manager.name.to_string();
@@ -661,10 +665,16 @@ impl Coordinator {
             (worker.thread_claim.as_ref(), thread_limit),
             (worker.process_claim.as_ref(), process_limit),
         ];
-        let written = worker.store.write("record outcomes and claim tasks", |tx| {
+        let written = worker.store.write(|tx| {
             // Logs and progress first: progress is only recorded while the attempt runs.
             for log in &self.logs[..n_logs] {
-                tx.append_log(log.seq, log.attempt, log.at, log.level, &log.line)?;
+                tx.append_log(&NewLog {
+                    seq: log.seq,
+                    attempt: log.attempt,
+                    at: log.at,
+                    level: log.level,
+                    line: &log.line,
+                })?;
             }
             for (&seq, (attempt, done, total, message)) in &self.progress {
                 tx.set_progress(seq, *attempt, *done, *total, message)?;
@@ -687,8 +697,7 @@ impl Coordinator {
                 0
             };
             let ticked = if tick {
-                tx.run_due_schedules(&manager, &tasks_json, &periodic_json, now, 100)?
-                    .len()
+                run_due_schedules(tx, &self.schedule_filter, now, 100)?.len()
             } else {
                 0
             };
@@ -831,8 +840,7 @@ impl Coordinator {
         if self.check_due {
             let manager = &worker.config.manager.name;
             self.next_due = worker.store.next_due(manager)?;
-            let (tasks, periodic) = &self.schedule_filter;
-            self.next_tick = worker.store.next_schedule_due(manager, tasks, periodic)?;
+            self.next_tick = worker.store.next_schedule_due(&self.schedule_filter)?;
             self.check_due = false;
         }
         Ok(())
@@ -961,7 +969,7 @@ impl Coordinator {
             let outcome = AttemptOutcome::Abandoned {
                 message: format!(
                     "the worker stopped before the task finished (grace period {})",
-                    castor_abi::format_duration(grace)
+                    castor_store::format::format_duration(grace)
                 ),
             };
             let elapsed = task.started_at.map_or(Duration::ZERO, |t| t.elapsed());
@@ -1003,7 +1011,7 @@ impl Coordinator {
             return Ok(self.summary.clone());
         }
         let (id, summary) = (worker.id.clone(), self.summary.clone());
-        let stopped = worker.store.write("record the worker's stop", |tx| {
+        let stopped = worker.store.write(|tx| {
             tx.heartbeat(&id, now_us(), summary.completed, summary.failed)?;
             tx.stop_worker(&id, now_us())
         });
@@ -1030,13 +1038,16 @@ fn finish_of<'a>(
         },
         Some(transition) => Finish::Failed {
             transition: *transition,
-            error: AttemptError {
-                attempt: o.attempt,
-                at: now,
-                kind: o.outcome.kind().to_owned(),
-                error: o.outcome.message().unwrap_or_default(),
-                worker: Some(worker.to_owned()),
-            },
+            error: o
+                .outcome
+                .to_error(o.attempt, now, Some(worker.to_owned()))
+                .unwrap_or_else(|| AttemptError {
+                    attempt: o.attempt,
+                    at: now,
+                    kind: ErrorKind::Other,
+                    error: String::new(),
+                    worker: Some(worker.to_owned()),
+                }),
         },
     }
 }

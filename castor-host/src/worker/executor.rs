@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use castor_abi::abi::{FailureKind, HostCtx, HostServices, RunFn, TaskFailure};
-use castor_abi::store::Claimed;
-use castor_abi::{AttemptOutcome, codec};
+use castor_abi::codec;
+use castor_store::AttemptOutcome;
+use castor_store::Claimed;
 
 /// What one attempt produced: its outcome and, on success, the encoded result.
 #[derive(Debug)]

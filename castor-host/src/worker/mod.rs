@@ -24,13 +24,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::RStr;
+use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
-use castor_abi::store::{
-    CheckReach, ClaimQuery, NewSchedule, OpenCheck, Store, StoreOptions, TaskFilter, Watcher,
+use castor_store::{
+    CheckReach, Database, NewSchedule, Notifier, OpenOptions, ScheduleFilter, Store, TaskFilter,
     WorkerRow, now_us,
 };
-use castor_abi::{LogLevel, StoreError, Uuid};
+use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
@@ -66,7 +67,7 @@ pub struct WorkerConfig {
     /// The manager whose tasks to run.
     pub manager: ManagerDecl,
     /// The database.
-    pub database: PathBuf,
+    pub database: Database,
     /// Thread-pool size.
     pub threads: usize,
     /// How many process-mode children.
@@ -249,10 +250,10 @@ pub struct Worker {
     config: WorkerConfig,
     store: Store,
     /// One claim per mode, so a backlog of one kind never starves the other.
-    thread_claim: Option<ClaimQuery>,
-    process_claim: Option<ClaimQuery>,
+    thread_claim: Option<TaskFilter>,
+    process_claim: Option<TaskFilter>,
     tasks: HashMap<String, TaskInfo>,
-    watcher: Arc<Watcher>,
+    watcher: Arc<Notifier>,
     host: &'static HostServices,
     events: (Sender<Event>, Receiver<Event>),
     processes: Option<ProcessPool>,
@@ -266,23 +267,22 @@ impl Worker {
     /// # Errors
     /// The database cannot be opened or watched.
     pub fn new(config: WorkerConfig) -> Result<Worker, StoreError> {
-        let options = StoreOptions {
+        let options = OpenOptions {
             durable: config.durable,
-            check: OpenCheck::Skip,
-            ..StoreOptions::default()
+            ..OpenOptions::worker()
         };
-        let store = Store::open(&config.database, options)?;
+        let store = castor_store::open(&config.database, &options)?;
         // Damage found now stops the worker before it runs anything; met mid-run, it
         // stops the worker with tasks half done.
         let started = Instant::now();
-        let reach = store.quick_check_within(START_CHECK_BUDGET)?;
+        let reach = store.quick_check(Some(START_CHECK_BUDGET))?;
         let start_check = StartCheck {
             whole: reach == CheckReach::Whole,
             took: started.elapsed(),
             bytes: store.size()?,
         };
-        let service_store = Store::open(&config.database, options)?;
-        let watcher = Arc::new(Watcher::start(&config.database)?);
+        let service_store = castor_store::open(&config.database, &options)?;
+        let watcher = Arc::new(castor_store::notifier(&config.database)?);
         let events = crossbeam_channel::unbounded();
         let manager = config.manager.name.to_string();
         let tasks: HashMap<String, TaskInfo> = config
@@ -306,11 +306,9 @@ impl Worker {
                 .map(|(name, _)| name.clone())
                 .collect();
             names.sort();
-            (!names.is_empty()).then(|| {
-                ClaimQuery::new(TaskFilter {
-                    manager: manager.clone(),
-                    tasks: names,
-                })
+            (!names.is_empty()).then(|| TaskFilter {
+                manager: manager.clone(),
+                tasks: names,
             })
         };
         let thread_claim = claim_for(TaskMode::Thread);
@@ -325,7 +323,7 @@ impl Worker {
             Arc::clone(&watcher),
             events.0.clone(),
         )));
-        let host = castor_abi::host::host_services(services);
+        let host = crate::host::host_services(services);
         // From now on the library's `log` and `tracing` records reach task logs (and,
         // outside tasks, the worker's log).
         (config.attach)(host, RStr::from(config.log_filter.as_str()));
@@ -390,22 +388,21 @@ impl Worker {
         }
     }
 
-    /// This worker's task names and periodic names as JSON arrays, for the schedule
-    /// queries.
-    fn schedule_filter(&self) -> (String, String) {
-        let mut tasks: Vec<&str> = self.tasks.keys().map(String::as_str).collect();
+    /// The schedules this worker runs: its manager's, of its task names and periodic names.
+    fn schedule_filter(&self) -> ScheduleFilter {
+        let mut tasks: Vec<String> = self.tasks.keys().cloned().collect();
         tasks.sort_unstable();
-        let periodic: Vec<&str> = self
-            .config
-            .manager
-            .periodic
-            .iter()
-            .map(|p| p.name.as_str())
-            .collect();
-        (
-            serde_json::to_string(&tasks).unwrap_or_else(|_| "[]".into()),
-            serde_json::to_string(&periodic).unwrap_or_else(|_| "[]".into()),
-        )
+        ScheduleFilter {
+            manager: self.config.manager.name.to_string(),
+            tasks,
+            periodic: self
+                .config
+                .manager
+                .periodic
+                .iter()
+                .map(|p| p.name.to_string())
+                .collect(),
+        }
     }
 
     /// Makes the database's periodic schedules match this library's declarations.
@@ -427,7 +424,7 @@ impl Worker {
             let first = cadence.next_after(now, now).unwrap_or(now);
             schedules.push((p, task, cadence, first));
         }
-        self.store.write("declare periodic tasks", |tx| {
+        self.store.write(|tx| {
             for (p, task, cadence, first) in &schedules {
                 let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 tx.upsert_periodic(
@@ -478,8 +475,7 @@ impl Worker {
             completed: 0,
             failed: 0,
         };
-        self.store
-            .write("register the worker", |tx| tx.register_worker(&row))
+        self.store.write(|tx| tx.register_worker(&row))
     }
 
     /// Runs until stopped.

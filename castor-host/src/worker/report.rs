@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use castor_abi::{AttemptOutcome, LogLevel, StoreError, TaskState, Uuid, format_duration};
+use castor_abi::Uuid;
+use castor_store::format::format_duration;
+use castor_store::{AttemptOutcome, LogLevel, StoreError, TaskState};
 use tracing::Level;
 
 use crate::event_at;
@@ -329,7 +331,7 @@ pub fn describe(f: &Finished<'_>) -> String {
         TaskState::Retryable => {
             let wait = f
                 .retry_at
-                .map(|at| at - castor_abi::store::now_us())
+                .map(|at| at - castor_store::now_us())
                 .and_then(|us| u64::try_from(us).ok())
                 .map_or_else(String::new, |us| {
                     format!("; retry in {}", format_duration(Duration::from_micros(us)))
@@ -369,7 +371,7 @@ pub fn write_recovered(failed_for: Duration, tries: u32) -> String {
 
 /// `2026-11-27T15:04:05.123Z` from microseconds since the epoch.
 pub fn timestamp(us: i64) -> String {
-    castor_abi::format_timestamp(us)
+    castor_store::format::format_timestamp(us)
 }
 
 /// The line for [`WorkerEvent::StopNotRecorded`].

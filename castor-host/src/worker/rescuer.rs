@@ -14,8 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use castor_abi::state::{AttemptOutcome, next_state};
-use castor_abi::store::{AttemptError, Finish, LiveWorker, SqlError, WriteTx, duration_us};
+use castor_store::{AttemptOutcome, Finish, LiveWorker, StoreError, Tx, duration_us, next_state};
 
 /// How many expired attempts one turn rescues (the rest wait for the next turn).
 const BATCH: usize = 500;
@@ -34,13 +33,13 @@ pub struct Rescue {
 /// # Errors
 /// A statement failed (the transaction is rolled back and retried by the caller).
 pub fn rescue(
-    tx: &WriteTx<'_>,
+    tx: &mut dyn Tx,
     me: &str,
     hostname: &str,
     lease: Duration,
     now: i64,
     jitter: &dyn Fn(i64) -> f64,
-) -> Result<Rescue, SqlError> {
+) -> Result<Rescue, StoreError> {
     let mut pass = Rescue::default();
     let mut reasons: HashMap<String, String> = HashMap::new();
     for worker in tx.live_workers()? {
@@ -70,16 +69,11 @@ pub fn rescue(
             now,
             jitter(expired.seq),
         );
-        let finish = Finish::Failed {
-            transition,
-            error: AttemptError {
-                attempt: expired.attempt,
-                at: now,
-                kind: outcome.kind().to_owned(),
-                error: outcome.message().unwrap_or_default(),
-                worker: expired.attempted_by.clone(),
-            },
+        let Some(error) = outcome.to_error(expired.attempt, now, expired.attempted_by.clone())
+        else {
+            continue;
         };
+        let finish = Finish::Failed { transition, error };
         if tx.finish_if_running(expired.seq, expired.attempt, &finish, now)? {
             pass.rescued
                 .push((expired.id, expired.task, transition.state));
@@ -103,7 +97,9 @@ fn why_dead(worker: &LiveWorker, hostname: &str, lease: Duration, now: i64) -> O
             worker.id,
             worker.pid,
             worker.hostname,
-            castor_abi::format_duration(Duration::from_micros(u64::try_from(silent).unwrap_or(0)))
+            castor_store::format::format_duration(Duration::from_micros(
+                u64::try_from(silent).unwrap_or(0)
+            ))
         )
     })
 }

@@ -6,11 +6,12 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::host::Services;
 use abi_stable::std_types::ROption;
 use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
-use castor_abi::host::Services;
-use castor_abi::store::{NewTask, Store, Watcher, now_us};
-use castor_abi::{LogLevel, StoreError, Uuid, codec};
+use castor_abi::{Uuid, codec};
+use castor_store::{LogLevel, StoreError};
+use castor_store::{Notifier, Store, now_us};
 use crossbeam_channel::Sender;
 
 use super::Event;
@@ -20,7 +21,7 @@ pub struct WorkerServices {
     manager: String,
     tasks: Vec<String>,
     store: Mutex<Store>,
-    watcher: Arc<Watcher>,
+    watcher: Arc<Notifier>,
     events: Sender<Event>,
 }
 
@@ -30,7 +31,7 @@ impl WorkerServices {
         manager: String,
         tasks: Vec<String>,
         store: Store,
-        watcher: Arc<Watcher>,
+        watcher: Arc<Notifier>,
         events: Sender<Event>,
     ) -> WorkerServices {
         WorkerServices {
@@ -73,11 +74,11 @@ impl Services for WorkerServices {
         if args.len() > codec::MAX_PAYLOAD {
             return Err(codec::args_too_large(task, args.len()));
         }
-        let new = NewTask::with_options(&self.manager, task, args, options);
+        let new = options.new_task(&self.manager, task, args);
         let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         store
             .enqueue(&new)
-            .map(|(id, _)| id)
+            .map(|enqueued| enqueued.id)
             .map_err(|e| self.failed(e))
     }
 
@@ -128,7 +129,7 @@ impl Services for WorkerServices {
 #[cfg(test)]
 mod tests {
     use abi_stable::std_types::ROption;
-    use castor_abi::store::StoreOptions;
+    use castor_store::OpenOptions;
 
     use super::*;
 
@@ -139,8 +140,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("castor-services-{}", Uuid::now_v7()));
         std::fs::create_dir_all(&dir).expect("mkdir");
         let db = dir.join("tasks.db");
-        let store = Store::open(&db, StoreOptions::default()).expect("open");
-        let watcher = Arc::new(Watcher::start(&db).expect("watch"));
+        let store = Store::open(&db, OpenOptions::app()).expect("open");
+        let watcher = Arc::new(castor_store::notifier(&db.clone().into()).expect("watch"));
         let (events, _queue) = crossbeam_channel::unbounded();
         let services = WorkerServices::new(
             "manager".into(),
@@ -167,7 +168,7 @@ mod tests {
         services
             .dispatch("echo", &small, &options)
             .expect("within the limit");
-        let store = Store::open(&db, StoreOptions::default()).expect("open");
+        let store = Store::open(&db, OpenOptions::app()).expect("open");
         assert_eq!(store.unfinished("manager").expect("count"), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }

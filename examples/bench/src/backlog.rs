@@ -34,8 +34,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use castor_abi::Uuid;
-use castor_abi::store::{OpenCheck, Store, StoreOptions};
 use castor_bench::noop;
+use castor_store::{OpenCheck, OpenOptions, Store};
 
 use crate::ceiling::Ceilings;
 use crate::scenarios::{DRAIN_TIMEOUT, client, err, fresh, remove_db};
@@ -251,7 +251,7 @@ const OPEN_TASKS: usize = 6_000;
 fn time_open(db: &Path) -> Result<(f64, f64), String> {
     drop(noop::delay_many(&client(db, false)?, (0..OPEN_TASKS).map(|_| ())).map_err(err)?);
     let size = std::fs::metadata(db).map_err(err)?.len();
-    if size > castor_abi::store::QUICK_CHECK_BYTES {
+    if size > castor_store::QUICK_CHECK_BYTES {
         return Err(format!(
             "{OPEN_TASKS} tasks take {size} bytes, past the checked size"
         ));
@@ -260,9 +260,9 @@ fn time_open(db: &Path) -> Result<(f64, f64), String> {
         let mut times = Vec::new();
         for _ in 0..21 {
             let start = Instant::now();
-            let options = StoreOptions {
+            let options = OpenOptions {
                 check,
-                ..StoreOptions::default()
+                ..OpenOptions::app()
             };
             drop(Store::open(db, options).map_err(err)?);
             times.push(start.elapsed().as_secs_f64() * 1e3);
@@ -271,7 +271,7 @@ fn time_open(db: &Path) -> Result<(f64, f64), String> {
         Ok(times[times.len() / 2])
     };
     Ok((
-        median(OpenCheck::UpTo(castor_abi::store::QUICK_CHECK_BYTES))?,
+        median(OpenCheck::UpTo(castor_store::QUICK_CHECK_BYTES))?,
         median(OpenCheck::Skip)?,
     ))
 }
@@ -289,14 +289,14 @@ struct Checks {
 fn time_checks(db: &Path) -> Result<Checks, String> {
     let store = Store::open(
         db,
-        StoreOptions {
+        OpenOptions {
             check: OpenCheck::Skip,
-            ..StoreOptions::default()
+            ..OpenOptions::app()
         },
     )
     .map_err(err)?;
     let start = Instant::now();
-    store.quick_check().map_err(err)?;
+    store.quick_check(None).map_err(err)?;
     let quick_ms = start.elapsed().as_secs_f64() * 1e3;
     let start = Instant::now();
     let problems = store.integrity_check().map_err(err)?;

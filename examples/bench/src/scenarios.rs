@@ -7,9 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use castor_abi::store::{Store, StoreOptions, Watcher};
 use castor_abi::{Client, DispatchError, TaskHandle};
 use castor_bench::{bench, noop, noop_ctx_logged, noop_logged};
+use castor_store::{OpenOptions, Store};
 
 use crate::ceiling::Ceilings;
 use crate::table::{Report, percentile};
@@ -58,8 +58,8 @@ pub fn durability(durable: bool) -> &'static [&'static str] {
 /// (Counts the unfinished tasks on each wake-up: fine for tens of thousands, too slow
 /// for a large backlog, which waits on the last task's handle instead.)
 pub fn wait_drained(db: &Path, timeout: Duration) -> Result<(), String> {
-    let store = Store::open(db, StoreOptions::default()).map_err(err)?;
-    let watcher = Watcher::start(db).map_err(err)?;
+    let store = Store::open(db, OpenOptions::app()).map_err(err)?;
+    let watcher = castor_store::notifier(&castor_store::Database::from(db)).map_err(err)?;
     let deadline = Instant::now() + timeout;
     loop {
         let generation = watcher.generation();

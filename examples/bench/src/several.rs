@@ -12,8 +12,8 @@ use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, ExitCode, Stdio};
 use std::time::Instant;
 
-use castor_abi::store::{Store, StoreOptions};
 use castor_bench::noop;
+use castor_store::{OpenOptions, Store};
 
 use crate::ceiling::Ceilings;
 use crate::scenarios::{DRAIN_TIMEOUT, client, err, fresh, timed_drain, wait_drained};
@@ -59,7 +59,7 @@ fn workers(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
         let one_thread: &[&str] = &["--threads", "1"];
         let several = timed_drain(options, &db, n, false, &[one_thread; SEVERAL])?;
         // The workers have stopped, each recording its final count.
-        let store = Store::open(&db, StoreOptions::default()).map_err(err)?;
+        let store = Store::open(&db, OpenOptions::app()).map_err(err)?;
         let completed: Vec<i64> = store
             .workers(false)
             .map_err(err)?

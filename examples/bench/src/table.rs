@@ -253,7 +253,7 @@ impl Report {
 
 /// Today's date (UTC), `2026-11-27`.
 fn date() -> String {
-    let stamp = castor_abi::format_timestamp(castor_abi::store::now_us());
+    let stamp = castor_store::format::format_timestamp(castor_store::now_us());
     stamp.get(..10).unwrap_or_default().to_owned()
 }
 

@@ -20,6 +20,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::model::{AttemptError, ErrorKind};
+
 /// Where a task is in its life. Terminal states are past participles.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -154,6 +156,31 @@ impl AttemptOutcome {
         }
     }
 
+    /// The kind recorded with a failed attempt's error; `None` for success.
+    pub const fn error_kind(&self) -> Option<ErrorKind> {
+        Some(match self {
+            AttemptOutcome::Succeeded => return None,
+            AttemptOutcome::Errored { .. } => ErrorKind::Error,
+            AttemptOutcome::Panicked { .. } => ErrorKind::Panic,
+            AttemptOutcome::Crashed { .. } => ErrorKind::Crash,
+            AttemptOutcome::TimedOut { .. } => ErrorKind::Timeout,
+            AttemptOutcome::Abandoned { .. } => ErrorKind::Abandoned,
+            AttemptOutcome::Cancelled => ErrorKind::Cancelled,
+        })
+    }
+
+    /// The error recorded for this attempt (`attempt`, ended at `at` on `worker`); `None`
+    /// for success.
+    pub fn to_error(&self, attempt: u32, at: i64, worker: Option<String>) -> Option<AttemptError> {
+        Some(AttemptError {
+            attempt,
+            at,
+            kind: self.error_kind()?,
+            error: self.message()?,
+            worker,
+        })
+    }
+
     /// The message recorded for a failed attempt, or `None` for success.
     pub fn message(&self) -> Option<String> {
         match self {
@@ -164,7 +191,7 @@ impl AttemptOutcome {
             | AttemptOutcome::Abandoned { message } => Some(message.clone()),
             AttemptOutcome::TimedOut { after } => Some(format!(
                 "timed out after {}",
-                crate::format_duration(*after)
+                crate::format::format_duration(*after)
             )),
             AttemptOutcome::Cancelled => Some("cancelled while running".to_owned()),
         }

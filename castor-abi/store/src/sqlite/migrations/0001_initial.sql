@@ -1,4 +1,4 @@
--- Castor's schema, version 1. Applied by Store::open inside one IMMEDIATE transaction.
+-- Migration 1: Castor's first schema, exactly as castor 0.1 created it (`PRAGMA user_version = 1`).
 -- Times are integer microseconds since the Unix epoch (UTC). Ids are 16-byte UUIDv7s:
 -- time-ordered, so new rows land at the end of the id index instead of at random places.
 -- Sets of states are spelled as OR chains, not IN lists: SQLite evaluates an IN list in a

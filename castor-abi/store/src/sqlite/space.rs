@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rusqlite::ffi;
 
-use super::{Store, busy_wait, classify};
+use super::{SqliteDriver, busy_wait};
 use crate::error::StoreError;
 
 /// How long a checkpoint that waits for other connections waits before giving up (it is
@@ -57,7 +57,7 @@ pub(crate) fn wal_path(db: &Path) -> PathBuf {
     PathBuf::from(wal)
 }
 
-impl Store {
+impl SqliteDriver {
     /// Bytes this user may still write on the file system that holds the database
     /// (`statvfs`), or `None` if the file system cannot be asked.
     pub fn free_bytes(&self) -> Option<u64> {
@@ -101,18 +101,17 @@ impl Store {
         mode: &str,
         operation: &'static str,
     ) -> Result<bool, StoreError> {
-        let path = self.path.clone();
         self.conn
             .busy_handler(Some(busy_wait_briefly))
-            .map_err(|e| classify(&path, "set the busy handler", e))?;
+            .map_err(|e| self.error("set the busy handler", e))?;
         let busy = self
             .conn
             .query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
                 row.get::<_, i64>(0)
             });
         let restored = self.conn.busy_handler(Some(busy_wait));
-        let busy = busy.map_err(|e| classify(&path, operation, e))?;
-        restored.map_err(|e| classify(&path, "set the busy handler", e))?;
+        let busy = busy.map_err(|e| self.error(operation, e))?;
+        restored.map_err(|e| self.error("set the busy handler", e))?;
         Ok(busy == 0)
     }
 

@@ -2,102 +2,17 @@
 //! the retention sweep.
 
 use rusqlite::{OptionalExtension, params, params_from_iter};
-use serde::Serialize;
 use uuid::Uuid;
 
-use super::{Store, WriteTx, classify};
+use super::rows::{id_from, state_from};
+use super::{SqliteDriver, SqliteTx};
 use crate::error::StoreError;
+use crate::model::{
+    CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+};
 use crate::state::TaskState;
 
-/// Which tasks `list` returns.
-#[derive(Debug, Clone, Default)]
-pub struct ListFilter {
-    /// Only these states (all if empty).
-    pub states: Vec<TaskState>,
-    /// Only this task name.
-    pub task: Option<String>,
-    /// Only this manager.
-    pub manager: Option<String>,
-    /// At most this many, newest first.
-    pub limit: usize,
-}
-
-/// One line of `castor list`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct TaskSummary {
-    /// The task's id.
-    pub id: Uuid,
-    /// Its manager.
-    pub manager: String,
-    /// Its name.
-    pub task: String,
-    /// Its state.
-    pub state: TaskState,
-    /// Attempts so far.
-    pub attempt: u32,
-    /// The attempt limit.
-    pub max_attempts: u32,
-    /// Dispatched at (microseconds since the epoch).
-    pub created_at: i64,
-    /// May run from.
-    pub scheduled_at: i64,
-    /// Finished at.
-    pub finalized_at: Option<i64>,
-    /// The worker of the latest attempt.
-    pub attempted_by: Option<String>,
-    /// The last attempt's error.
-    pub last_error: Option<String>,
-}
-
-/// How many tasks of one name are in one state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct StateCount {
-    /// The manager.
-    pub manager: String,
-    /// The task name.
-    pub task: String,
-    /// The state.
-    pub state: TaskState,
-    /// How many.
-    pub count: u64,
-}
-
-/// What `cancel` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CancelOutcome {
-    /// It had not started: it is `cancelled` and will never run.
-    Cancelled,
-    /// It is running: its worker was asked to stop it (a process task is killed; a thread
-    /// task sees `is_cancelled()`), and it ends `cancelled` unless it completes first.
-    Requested,
-    /// It had already finished in this state; nothing changed.
-    AlreadyFinished(TaskState),
-}
-
-/// What `retry` did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RetryOutcome {
-    /// It is `available` again, with one more attempt allowed.
-    Retried,
-    /// It is not discarded or cancelled, so there is nothing to retry.
-    NotRetryable(TaskState),
-}
-
-fn id_from(bytes: Vec<u8>, column: usize) -> rusqlite::Result<Uuid> {
-    Uuid::from_slice(&bytes).map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Blob, Box::new(e))
-    })
-}
-
-fn state_from(text: String, column: usize) -> rusqlite::Result<TaskState> {
-    text.parse::<TaskState>().map_err(|e| {
-        rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, Box::new(e))
-    })
-}
-
-impl Store {
+impl SqliteDriver {
     /// Tasks matching `filter`, newest first.
     ///
     /// # Errors
@@ -143,7 +58,7 @@ impl Store {
                 })?
                 .collect()
             })
-            .map_err(|e| classify(&self.path, "list tasks", e))
+            .map_err(|e| self.error("list tasks", e))
     }
 
     /// Task counts by manager, name and state (a full scan: for the CLI, not hot paths).
@@ -167,7 +82,7 @@ impl Store {
                 })?
                 .collect()
             })
-            .map_err(|e| classify(&self.path, "count tasks", e))
+            .map_err(|e| self.error("count tasks", e))
     }
 
     /// How many tasks completed since `since` (microseconds since the epoch).
@@ -182,14 +97,14 @@ impl Store {
             )
             .and_then(|mut stmt| stmt.query_row([since], |row| row.get::<_, i64>(0)))
             .map(|n| u64::try_from(n).unwrap_or(0))
-            .map_err(|e| classify(&self.path, "count completed tasks", e))
+            .map_err(|e| self.error("count completed tasks", e))
     }
 
     /// Every worker run recorded, newest first; with `live_only`, those not stopped.
     ///
     /// # Errors
     /// Fails if the database cannot be read.
-    pub fn workers(&self, live_only: bool) -> Result<Vec<super::WorkerRow>, StoreError> {
+    pub fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         let sql = if live_only {
             "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
              heartbeat_at, stopped_at, completed, failed FROM castor_workers \
@@ -204,7 +119,7 @@ impl Store {
             .and_then(|mut stmt| {
                 stmt.query_map([], |row| {
                     let tasks: String = row.get(7)?;
-                    Ok(super::WorkerRow {
+                    Ok(WorkerRow {
                         id: row.get(0)?,
                         manager: row.get(1)?,
                         library: row.get(2)?,
@@ -222,7 +137,7 @@ impl Store {
                 })?
                 .collect()
             })
-            .map_err(|e| classify(&self.path, "list workers", e))
+            .map_err(|e| self.error("list workers", e))
     }
 
     /// The next `limit` tasks of `manager` waiting for a start time (scheduled, or
@@ -230,11 +145,7 @@ impl Store {
     ///
     /// # Errors
     /// Fails if the database cannot be read.
-    pub fn waiting(
-        &self,
-        manager: &str,
-        limit: usize,
-    ) -> Result<Vec<(Uuid, String, i64)>, StoreError> {
+    pub fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
         self.conn
             .prepare_cached(
                 "SELECT id, task, scheduled_at FROM castor_tasks \
@@ -243,11 +154,15 @@ impl Store {
             )
             .and_then(|mut stmt| {
                 stmt.query_map(params![manager, limit as i64], |row| {
-                    Ok((id_from(row.get(0)?, 0)?, row.get(1)?, row.get(2)?))
+                    Ok(Waiting {
+                        id: id_from(row.get(0)?, 0)?,
+                        task: row.get(1)?,
+                        starts_at: row.get(2)?,
+                    })
                 })?
                 .collect()
             })
-            .map_err(|e| classify(&self.path, "list waiting tasks", e))
+            .map_err(|e| self.error("list waiting tasks", e))
     }
 
     /// The stored (encoded) arguments of the task with this id.
@@ -261,25 +176,11 @@ impl Store {
                 stmt.query_row([id.as_bytes().as_slice()], |row| row.get(0))
                     .optional()
             })
-            .map_err(|e| classify(&self.path, "read a task's arguments", e))
-    }
-
-    /// The state of the task with this id, if there is one.
-    ///
-    /// # Errors
-    /// Fails if the database cannot be read.
-    pub fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, StoreError> {
-        self.conn
-            .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")
-            .and_then(|mut stmt| {
-                stmt.query_row([id.as_bytes().as_slice()], |row| state_from(row.get(0)?, 0))
-                    .optional()
-            })
-            .map_err(|e| classify(&self.path, "read a task's state", e))
+            .map_err(|e| self.error("read a task's arguments", e))
     }
 }
 
-impl WriteTx<'_> {
+impl SqliteTx<'_> {
     /// Cancels a task: one that has not started never will; a running one is flagged for
     /// its worker. `None` if no task has this id.
     ///
@@ -288,7 +189,8 @@ impl WriteTx<'_> {
     pub fn cancel(&self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, rusqlite::Error> {
         let key = id.as_bytes().as_slice();
         let stopped = self
-            .tx
+            .driver
+            .conn
             .prepare_cached(
                 "UPDATE castor_tasks SET state = 'cancelled', finalized_at = ?2 \
                  WHERE id = ?1 AND state IN ('scheduled', 'available', 'retryable')",
@@ -298,7 +200,8 @@ impl WriteTx<'_> {
             return Ok(Some(CancelOutcome::Cancelled));
         }
         let flagged = self
-            .tx
+            .driver
+            .conn
             .prepare_cached(
                 "UPDATE castor_tasks SET cancel_requested_at = coalesce(cancel_requested_at, ?2) \
                  WHERE id = ?1 AND state = 'running'",
@@ -318,7 +221,8 @@ impl WriteTx<'_> {
     pub fn retry(&self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, rusqlite::Error> {
         let key = id.as_bytes().as_slice();
         let retried = self
-            .tx
+            .driver
+            .conn
             .prepare_cached(
                 "UPDATE castor_tasks SET state = 'available', scheduled_at = ?2, \
                  finalized_at = NULL, result = NULL, cancel_requested_at = NULL, \
@@ -334,7 +238,8 @@ impl WriteTx<'_> {
 
     fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, rusqlite::Error> {
         let state: Option<String> = self
-            .tx
+            .driver
+            .conn
             .prepare_cached("SELECT state FROM castor_tasks WHERE id = ?1")?
             .query_row([id.as_bytes().as_slice()], |row| row.get(0))
             .optional()?;
@@ -367,7 +272,8 @@ impl WriteTx<'_> {
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&before];
         values.extend(states.iter().map(|s| s as &dyn rusqlite::ToSql));
         let seqs: Vec<i64> = self
-            .tx
+            .driver
+            .conn
             .prepare(&sql)?
             .query_map(values.as_slice(), |row| row.get(0))?
             .collect::<Result<_, _>>()?;
@@ -382,7 +288,8 @@ impl WriteTx<'_> {
     /// Fails if a statement fails.
     pub fn prune(&self, before: i64, limit: usize) -> Result<usize, rusqlite::Error> {
         let seqs: Vec<i64> = self
-            .tx
+            .driver
+            .conn
             .prepare_cached(
                 "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks \
                  WHERE finalized_at < ?1 LIMIT ?2) RETURNING seq",
@@ -390,7 +297,8 @@ impl WriteTx<'_> {
             .query_map(params![before, limit as i64], |row| row.get(0))?
             .collect::<Result<_, _>>()?;
         self.delete_logs(&seqs)?;
-        self.tx
+        self.driver
+            .conn
             .prepare_cached("DELETE FROM castor_workers WHERE stopped_at < ?1")?
             .execute([before])?;
         Ok(seqs.len())
@@ -398,7 +306,8 @@ impl WriteTx<'_> {
 
     fn delete_logs(&self, seqs: &[i64]) -> Result<(), rusqlite::Error> {
         let mut stmt = self
-            .tx
+            .driver
+            .conn
             .prepare_cached("DELETE FROM castor_logs WHERE task_seq = ?1")?;
         for seq in seqs {
             stmt.execute([seq])?;

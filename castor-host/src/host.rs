@@ -6,10 +6,9 @@ use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
-use uuid::Uuid;
-
-use crate::abi::{DispatchOptionsAbi, HostError, HostServices, RawId, SnapshotAbi};
-use crate::backend::LogLevel;
+use castor_abi::Uuid;
+use castor_abi::abi::{DispatchOptionsAbi, HostError, HostServices, RawId, SnapshotAbi};
+use castor_store::LogLevel;
 
 /// What a worker offers running tasks. Implemented by `castor` (on its own connection) and
 /// by its process-mode children (by asking the parent).

@@ -5,37 +5,20 @@
 use std::time::Duration;
 
 use rusqlite::params;
-use uuid::Uuid;
 
-use super::WriteTx;
+use super::SqliteTx;
+use super::rows::id_from;
+use crate::model::Expired;
 use crate::state::Backoff;
 
-/// A running attempt whose lease has expired.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Expired {
-    /// The row.
-    pub seq: i64,
-    /// The task's id.
-    pub id: Uuid,
-    /// Its name.
-    pub task: String,
-    /// The attempt that was abandoned.
-    pub attempt: u32,
-    /// The attempt limit.
-    pub max_attempts: u32,
-    /// The backoff before the next attempt.
-    pub backoff: Backoff,
-    /// The worker that held it.
-    pub attempted_by: Option<String>,
-}
-
-impl WriteTx<'_> {
+impl SqliteTx<'_> {
     /// Running attempts whose lease ran out before `now`, oldest lease first.
     ///
     /// # Errors
     /// Fails if the statement fails.
     pub fn expired_leases(&self, now: i64, limit: usize) -> Result<Vec<Expired>, rusqlite::Error> {
-        self.tx
+        self.driver
+            .conn
             .prepare_cached(
                 "SELECT seq, id, task, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, \
                  attempted_by FROM castor_tasks \
@@ -43,14 +26,7 @@ impl WriteTx<'_> {
                  ORDER BY lease_expires_at LIMIT ?2",
             )?
             .query_map(params![now, limit as i64], |row| {
-                let id: Vec<u8> = row.get(1)?;
-                let id = Uuid::from_slice(&id).map_err(|e| {
-                    rusqlite::Error::FromSqlConversionFailure(
-                        1,
-                        rusqlite::types::Type::Blob,
-                        Box::new(e),
-                    )
-                })?;
+                let id = id_from(row.get(1)?, 1)?;
                 let ms = |v: i64| Duration::from_millis(u64::try_from(v).unwrap_or(0));
                 Ok(Expired {
                     seq: row.get(0)?,
@@ -75,13 +51,15 @@ impl WriteTx<'_> {
     /// Fails if a statement fails.
     pub fn bury_worker(&self, worker: &str, now: i64) -> Result<usize, rusqlite::Error> {
         let held = self
-            .tx
+            .driver
+            .conn
             .prepare_cached(
                 "UPDATE castor_tasks SET lease_expires_at = ?2 - 1 \
                  WHERE attempted_by = ?1 AND state = 'running'",
             )?
             .execute(params![worker, now])?;
-        self.tx
+        self.driver
+            .conn
             .prepare_cached(
                 "UPDATE castor_workers SET stopped_at = ?2 WHERE id = ?1 AND stopped_at IS NULL",
             )?
@@ -94,7 +72,8 @@ impl WriteTx<'_> {
     /// # Errors
     /// Fails if the statement fails.
     pub fn cancel_requests(&self, worker: &str) -> Result<Vec<i64>, rusqlite::Error> {
-        self.tx
+        self.driver
+            .conn
             .prepare_cached(
                 "SELECT seq FROM castor_tasks WHERE attempted_by = ?1 AND state = 'running' \
                  AND cancel_requested_at IS NOT NULL",

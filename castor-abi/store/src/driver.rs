@@ -1,0 +1,445 @@
+//! The seam between Castor and a database engine, modelled on River's `riverdriver`
+//! (`Executor`, `ExecutorTx`, `Listener`) and Oban's `Engine`: one named operation per
+//! statement the engine needs, typed parameters and results ([`crate::model`]), and
+//! [`StoreError`] as the only error. A driver is a module that implements [`Driver`] (a
+//! connection: reads, health, space, migrations) and [`Tx`] (a write transaction: every
+//! guarded write), plus a [`ChangeSource`](crate::notify::ChangeSource) for wake-ups,
+//! and is registered once in [`crate::open`] and [`crate::notifier`].
+//!
+//! Every operation takes the time as a parameter (`now`, microseconds since the Unix
+//! epoch) instead of reading a clock, so the rules (leases, due times, retention) are the
+//! caller's and the conformance suite can drive them.
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::error::StoreError;
+use crate::migrate::{AppliedMigration, Migration};
+use crate::model::{
+    CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, ListFilter, LiveWorker, NewLog,
+    NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog,
+    TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+};
+use crate::schedule::ScheduleInfo;
+use crate::state::TaskState;
+use crate::target::Database;
+
+/// How far a bounded check of the database got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckReach {
+    /// Everything was checked; nothing is damaged.
+    Whole,
+    /// The time ran out first; what was checked by then was sound (damage elsewhere shows
+    /// when a statement reads it).
+    OutOfTime,
+}
+
+/// A connection to a Castor database (River's `Executor`): reads outside a transaction,
+/// the start of a write transaction, health, space and migrations.
+pub trait Driver: Send {
+    /// The database this connection is to.
+    fn database(&self) -> &Database;
+
+    /// Starts a write transaction that takes the database's write lock at once (SQLite
+    /// `BEGIN IMMEDIATE`), so two writers never deadlock upgrading a read lock. Dropping
+    /// the transaction without [`Tx::commit`] rolls it back.
+    ///
+    /// # Errors
+    /// The lock could not be taken (busy past the engine's timeout), or the database failed.
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>, StoreError>;
+
+    /// A value that changes when another connection commits; `None` if the engine cannot
+    /// tell, and every wake-up must be treated as a change. (A worker uses it to ignore
+    /// wake-ups caused by its own commits.)
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn change_counter(&self) -> Result<Option<i64>, StoreError>;
+
+    // Reads.
+
+    /// Everything about one task; `None` if no task has this id.
+    ///
+    /// # Errors
+    /// The database cannot be read, or the row is invalid.
+    fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError>;
+
+    /// One task's state.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, StoreError>;
+
+    /// One task's stored (encoded) arguments.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn args_of(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// A task's log lines, oldest first.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn logs(&self, id: Uuid) -> Result<Vec<TaskLog>, StoreError>;
+
+    /// The earliest time a `scheduled` or `retryable` task of `manager` becomes due.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn next_due(&self, manager: &str) -> Result<Option<i64>, StoreError>;
+
+    /// How many tasks of `manager` are not finished (scheduled, available, running,
+    /// retryable); cheap on a big table.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn unfinished(&self, manager: &str) -> Result<u64, StoreError>;
+
+    /// Tasks matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn list(&self, filter: &ListFilter) -> Result<Vec<TaskSummary>, StoreError>;
+
+    /// Task counts by manager, name and state (a full scan: for people, not hot paths).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn counts(&self) -> Result<Vec<StateCount>, StoreError>;
+
+    /// How many tasks completed at or after `since`.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn completed_since(&self, since: i64) -> Result<u64, StoreError>;
+
+    /// Every worker run recorded, newest first; with `live_only`, those not stopped.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError>;
+
+    /// The next `limit` tasks of `manager` waiting for their start time, soonest first.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError>;
+
+    /// The earliest tick among the schedules `filter` selects.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError>;
+
+    /// Every schedule (of `manager`, if given), by id.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn schedules(&self, manager: Option<&str>) -> Result<Vec<ScheduleInfo>, StoreError>;
+
+    /// One schedule.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn schedule(&self, id: i64) -> Result<Option<ScheduleInfo>, StoreError>;
+
+    /// The ids of a schedule's runs, oldest first.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn schedule_runs(&self, id: i64) -> Result<Vec<Uuid>, StoreError>;
+
+    // Health and space.
+
+    /// The database's size in bytes.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn size(&self) -> Result<u64, StoreError>;
+
+    /// Checks the database's structure (SQLite: `PRAGMA quick_check`), stopping after
+    /// `budget` if given.
+    ///
+    /// # Errors
+    /// [`StoreError::Corrupt`] naming the first problem, or the failure to read.
+    fn quick_check(&self, budget: Option<Duration>) -> Result<CheckReach, StoreError>;
+
+    /// A full check (SQLite: `PRAGMA integrity_check`); the problems found, none if sound.
+    ///
+    /// # Errors
+    /// The check cannot run at all.
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError>;
+
+    /// The tables and indexes of the current schema that the database lacks.
+    ///
+    /// # Errors
+    /// The schema cannot be read.
+    fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Bytes this user may still write where the database lives, if the engine can tell
+    /// (a file system's free space); `None` otherwise.
+    fn free_bytes(&self) -> Option<u64>;
+
+    /// Bytes [`Driver::reclaim_space`] could give back now (SQLite: the WAL file's size).
+    fn reclaimable_bytes(&self) -> u64;
+
+    /// Gives space the engine holds but does not need back to the system (SQLite:
+    /// `wal_checkpoint(TRUNCATE)`), waiting only briefly for other connections. `false`
+    /// if they kept it from completing; nothing is lost then.
+    ///
+    /// # Errors
+    /// The engine failed (a full disk, an I/O error).
+    fn reclaim_space(&mut self) -> Result<bool, StoreError>;
+
+    // Migrations.
+
+    /// This driver's migrations, oldest first, numbered from 1 without gaps.
+    fn migrations(&self) -> &'static [Migration];
+
+    /// The database's schema version: the newest migration applied (0 for a new database).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn schema_version(&self) -> Result<u32, StoreError>;
+
+    /// The migrations recorded as applied, oldest first.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError>;
+
+    /// Applies `migration` in one transaction and records it, unless another process
+    /// applied it first (checked under the write lock). Returns whether it applied it.
+    ///
+    /// # Errors
+    /// The migration failed; nothing of it remains.
+    fn apply_migration(&mut self, migration: &Migration, now: i64) -> Result<bool, StoreError>;
+}
+
+/// A write transaction (River's `ExecutorTx`): every statement that changes the database,
+/// each guarded as its name says (`finish_if_running` changes nothing unless the task is
+/// still running that attempt). Dropped without [`Tx::commit`], it rolls back.
+pub trait Tx {
+    // The app's side.
+
+    /// Inserts one task (`available`, or `scheduled` if it starts later). With a unique
+    /// key held by an unfinished task of the same manager and name, inserts nothing and
+    /// returns that task's id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn enqueue(&mut self, task: &NewTask<'_>, now: i64) -> Result<Enqueued, StoreError>;
+
+    /// Cancels a task: one not started never runs; a running one is flagged for its worker.
+    /// `None` if no task has this id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, StoreError>;
+
+    /// Puts a discarded or cancelled task back to `available` with one more attempt
+    /// allowed (its errors are kept). `None` if no task has this id.
+    ///
+    /// # Errors
+    /// The statement failed, e.g. its unique key is held by another task now.
+    fn retry(&mut self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, StoreError>;
+
+    /// Deletes tasks in `states` that finished (or, unfinished, were dispatched) before
+    /// `before`, with their logs; never running ones. Returns how many.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn purge(&mut self, states: &[TaskState], before: i64) -> Result<usize, StoreError>;
+
+    // The producer.
+
+    /// Claims up to `limit` available tasks `filter` selects, highest priority first,
+    /// then oldest: each becomes `running`, its attempt incremented, owned by `worker`
+    /// until `lease_until`. Concurrent claimers never claim the same task.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn claim(
+        &mut self,
+        filter: &TaskFilter,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    // The completer.
+
+    /// Records how an attempt ended, if the task is still `running` that attempt; `false`
+    /// when it is not (the attempt lost its lease and a newer one owns the row). A task
+    /// whose cancellation was asked for while it ran ends `cancelled` instead of retrying.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn finish_if_running(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        finish: &Finish<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives a claimed task that never started back: `available` again, the claim's
+    /// attempt undone, if it is still running that attempt.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn release_if_running(&mut self, seq: i64, attempt: u32) -> Result<bool, StoreError>;
+
+    /// Appends a line to a task's log, keeping only its newest lines.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn append_log(&mut self, log: &NewLog<'_>) -> Result<(), StoreError>;
+
+    /// Records a running attempt's progress (ignored once the attempt is over).
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn set_progress(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        done: u64,
+        total: u64,
+        message: &str,
+    ) -> Result<(), StoreError>;
+
+    // The stager.
+
+    /// Moves `scheduled` and `retryable` tasks of `manager` due at `now` to `available`;
+    /// returns how many moved.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn stage_due(&mut self, manager: &str, now: i64) -> Result<usize, StoreError>;
+
+    /// Schedules `filter` selects whose tick is due at `now`, oldest tick first.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn due_schedules(
+        &mut self,
+        filter: &ScheduleFilter,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<DueSchedule>, StoreError>;
+
+    /// Moves a schedule from tick `from_tick` to `next` (`None`: finished) with `runs`
+    /// runs so far, if it is still at `from_tick`; `false` if another worker moved it.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn advance_schedule(
+        &mut self,
+        id: i64,
+        from_tick: i64,
+        runs: u32,
+        next: Option<i64>,
+    ) -> Result<bool, StoreError>;
+
+    // Leases, heartbeats and the rescuer.
+
+    /// Extends the lease of every task `worker` is running.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, StoreError>;
+
+    /// Records a new worker run.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn register_worker(&mut self, worker: &WorkerRow) -> Result<(), StoreError>;
+
+    /// Says the worker is alive, with its running totals.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        completed: u64,
+        failed: u64,
+    ) -> Result<(), StoreError>;
+
+    /// Records a worker's clean stop.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn stop_worker(&mut self, worker: &str, now: i64) -> Result<(), StoreError>;
+
+    /// Worker runs that have not recorded a stop.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn live_workers(&mut self) -> Result<Vec<LiveWorker>, StoreError>;
+
+    /// Running attempts whose lease ran out before `now`, oldest lease first.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn expired_leases(&mut self, now: i64, limit: usize) -> Result<Vec<Expired>, StoreError>;
+
+    /// Declares a worker run dead: ends the leases of its running tasks now (so the next
+    /// rescue takes them) and marks it stopped. Returns how many tasks it held.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn bury_worker(&mut self, worker: &str, now: i64) -> Result<usize, StoreError>;
+
+    /// The rows of `worker`'s running tasks that someone asked to cancel.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>, StoreError>;
+
+    // The pruner.
+
+    /// The retention sweep: deletes up to `limit` tasks that finished before `before`,
+    /// with their logs, and worker runs that stopped before it. Returns how many tasks.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn prune(&mut self, before: i64, limit: usize) -> Result<usize, StoreError>;
+
+    // Schedules.
+
+    /// Inserts a schedule an app created; returns its id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn create_schedule(&mut self, schedule: &NewSchedule<'_>, now: i64) -> Result<i64, StoreError>;
+
+    /// Makes a declared periodic task's schedule match its declaration: created if new,
+    /// kept (with its next tick) if unchanged, restarted if changed. Returns its id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn upsert_periodic(&mut self, schedule: &NewSchedule<'_>, now: i64) -> Result<i64, StoreError>;
+
+    /// Pauses or resumes a schedule; `false` if there is none with this id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn set_schedule_paused(&mut self, id: i64, paused: bool) -> Result<bool, StoreError>;
+
+    /// Deletes a schedule (its runs stay); `false` if there is none with this id.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError>;
+
+    /// Commits the transaction.
+    ///
+    /// # Errors
+    /// The commit failed; nothing of the transaction remains.
+    fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}

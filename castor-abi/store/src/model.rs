@@ -1,0 +1,513 @@
+//! The values that go into and come out of the driver's operations: one typed struct per
+//! row shape, the same for every engine.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::schedule::{Cadence, Missed};
+use crate::state::{Backoff, TaskState, Transition};
+
+/// A task to insert.
+#[derive(Debug, Clone)]
+pub struct NewTask<'a> {
+    /// The manager (namespace) the task belongs to.
+    pub manager: &'a str,
+    /// The task's name.
+    pub task: &'a str,
+    /// The encoded arguments.
+    pub args: &'a [u8],
+    /// Run no earlier than this (microseconds since the epoch); `None`: now.
+    pub run_at_us: Option<i64>,
+    /// Higher runs first.
+    pub priority: i32,
+    /// At most one unfinished task per (manager, task, key).
+    pub unique_key: Option<&'a str>,
+    /// Attempts before the task is discarded.
+    pub max_attempts: u32,
+    /// First backoff, in milliseconds.
+    pub backoff_base_ms: i64,
+    /// Longest backoff, in milliseconds.
+    pub backoff_cap_ms: i64,
+    /// Timeout per attempt, in milliseconds.
+    pub timeout_ms: Option<i64>,
+    /// The schedule that produced this run.
+    pub schedule_id: Option<i64>,
+}
+
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Enqueued {
+    /// The task's id: the new one, or the unfinished task that holds the unique key.
+    pub id: Uuid,
+    /// True when the unique key was taken and nothing was inserted.
+    pub existing: bool,
+}
+
+/// Which tasks a worker may claim: its manager, and the task names its library declares.
+/// A task whose name is not listed stays for a worker that knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TaskFilter {
+    /// The manager's name.
+    pub manager: String,
+    /// The task names the worker can run.
+    pub tasks: Vec<String>,
+}
+
+/// The schedules a worker runs: its manager's app schedules of tasks it knows, and the
+/// periodic schedules (by name) it declares.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ScheduleFilter {
+    /// The manager's name.
+    pub manager: String,
+    /// The task names the worker can run.
+    pub tasks: Vec<String>,
+    /// The periodic schedules its library declares.
+    pub periodic: Vec<String>,
+}
+
+/// A task a worker claimed: everything needed to run one attempt.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// The row's sequence number (the worker's handle on the row).
+    pub seq: i64,
+    /// The task's id.
+    pub id: Uuid,
+    /// The task's name.
+    pub task: String,
+    /// The encoded arguments.
+    pub args: Vec<u8>,
+    /// This attempt's number (1-based).
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// The backoff between attempts.
+    pub backoff: Backoff,
+    /// The attempt's timeout.
+    pub timeout: Option<Duration>,
+    /// The task's priority.
+    pub priority: i32,
+}
+
+/// How an attempt ended, as written to its row.
+#[derive(Debug, Clone)]
+pub enum Finish<'a> {
+    /// The task returned this encoded result.
+    Completed {
+        /// The encoded result.
+        result: &'a [u8],
+    },
+    /// The attempt failed; `transition` says what comes next.
+    Failed {
+        /// The next state and, for `retryable`, when.
+        transition: Transition,
+        /// The attempt's error, appended to the row's `errors`.
+        error: AttemptError,
+    },
+}
+
+/// What kind of failure ended an attempt, as recorded with its error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorKind {
+    /// The task returned an error (or its arguments did not decode).
+    Error,
+    /// The task panicked.
+    Panic,
+    /// The process running it died.
+    Crash,
+    /// It ran past its timeout.
+    Timeout,
+    /// Its worker went away before it finished.
+    Abandoned,
+    /// It was cancelled while it ran.
+    Cancelled,
+    /// A kind this build does not know (written by a newer castor).
+    #[serde(other)]
+    Other,
+}
+
+impl ErrorKind {
+    /// The name stored and shown: `error`, `panic`, `crash`, ...
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Error => "error",
+            ErrorKind::Panic => "panic",
+            ErrorKind::Crash => "crash",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Abandoned => "abandoned",
+            ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Other => "other",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One failed attempt, as recorded in a task's list of errors.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptError {
+    /// The 1-based attempt number.
+    pub attempt: u32,
+    /// When the attempt ended (microseconds since the Unix epoch).
+    pub at: i64,
+    /// What kind of failure it was.
+    pub kind: ErrorKind,
+    /// The message.
+    pub error: String,
+    /// The worker that ran the attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+/// A task log line's level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Detail for debugging.
+    Debug = 0,
+    /// Normal progress.
+    Info = 1,
+    /// Something odd that did not stop the task.
+    Warn = 2,
+    /// Something failed.
+    Error = 3,
+}
+
+impl LogLevel {
+    /// `debug`, `info`, `warn` or `error`, as stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+
+    /// The level stored as `text`; anything unknown reads as `error`, so a line is never
+    /// lost to an unreadable level.
+    pub fn from_stored(text: &str) -> LogLevel {
+        match text {
+            "debug" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warn" => LogLevel::Warn,
+            _ => LogLevel::Error,
+        }
+    }
+
+    /// The level with this number (as it crosses the plugin ABI); out of range means
+    /// `error`.
+    pub const fn from_u8(level: u8) -> LogLevel {
+        match level {
+            0 => LogLevel::Debug,
+            1 => LogLevel::Info,
+            2 => LogLevel::Warn,
+            _ => LogLevel::Error,
+        }
+    }
+}
+
+impl fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One line of a task's log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskLog {
+    /// When it was logged (microseconds since the epoch).
+    pub at: i64,
+    /// The attempt that logged it.
+    pub attempt: u32,
+    /// Its level; a process task's stdout is `info`, its stderr `warn`.
+    pub level: LogLevel,
+    /// The line.
+    pub line: String,
+}
+
+/// A log line to append to a running attempt's log.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLog<'a> {
+    /// The task's row.
+    pub seq: i64,
+    /// The attempt that logged it.
+    pub attempt: u32,
+    /// When (microseconds since the epoch).
+    pub at: i64,
+    /// Its level.
+    pub level: LogLevel,
+    /// The line.
+    pub line: &'a str,
+}
+
+/// How far a running task says it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// Units done.
+    pub done: u64,
+    /// Units in all (0: `done` is a fraction in millionths).
+    pub total: u64,
+    /// What the task is doing.
+    pub message: Option<String>,
+}
+
+/// Everything stored about one task.
+#[derive(Debug, Clone)]
+pub struct TaskSnapshot {
+    /// The row's sequence number.
+    pub seq: i64,
+    /// The task's id.
+    pub id: Uuid,
+    /// Its manager.
+    pub manager: String,
+    /// Its name.
+    pub task: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// The encoded result, once completed.
+    pub result: Option<Vec<u8>>,
+    /// Every failed attempt's error, oldest first.
+    pub errors: Vec<AttemptError>,
+    /// When it was dispatched (microseconds since the epoch).
+    pub created_at: i64,
+    /// When it may run.
+    pub scheduled_at: i64,
+    /// When the latest attempt started.
+    pub attempted_at: Option<i64>,
+    /// When it reached a terminal state.
+    pub finalized_at: Option<i64>,
+    /// The worker of the latest attempt.
+    pub attempted_by: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// The latest progress report of the running attempt.
+    pub progress: Option<Progress>,
+}
+
+/// Which tasks `list` returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only these states (all if empty).
+    pub states: Vec<TaskState>,
+    /// Only this task name.
+    pub task: Option<String>,
+    /// Only this manager.
+    pub manager: Option<String>,
+    /// At most this many, newest first.
+    pub limit: usize,
+}
+
+/// One line of `castor list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TaskSummary {
+    /// The task's id.
+    pub id: Uuid,
+    /// Its manager.
+    pub manager: String,
+    /// Its name.
+    pub task: String,
+    /// Its state.
+    pub state: TaskState,
+    /// Attempts so far.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// Dispatched at (microseconds since the epoch).
+    pub created_at: i64,
+    /// May run from.
+    pub scheduled_at: i64,
+    /// Finished at.
+    pub finalized_at: Option<i64>,
+    /// The worker of the latest attempt.
+    pub attempted_by: Option<String>,
+    /// The last attempt's error.
+    pub last_error: Option<String>,
+}
+
+/// How many tasks of one name are in one state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StateCount {
+    /// The manager.
+    pub manager: String,
+    /// The task name.
+    pub task: String,
+    /// The state.
+    pub state: TaskState,
+    /// How many.
+    pub count: u64,
+}
+
+/// A task waiting for its start time (scheduled, or retryable after a backoff).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Waiting {
+    /// The task's id.
+    pub id: Uuid,
+    /// Its name.
+    pub task: String,
+    /// When it becomes available (microseconds since the epoch).
+    pub starts_at: i64,
+}
+
+/// What `cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// It had not started: it is `cancelled` and will never run.
+    Cancelled,
+    /// It is running: its worker was asked to stop it (a process task is killed; a thread
+    /// task sees `is_cancelled()`), and it ends `cancelled` unless it completes first.
+    Requested,
+    /// It had already finished in this state; nothing changed.
+    AlreadyFinished(TaskState),
+}
+
+/// What `retry` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOutcome {
+    /// It is `available` again, with one more attempt allowed.
+    Retried,
+    /// It is not discarded or cancelled, so there is nothing to retry.
+    NotRetryable(TaskState),
+}
+
+/// A running attempt whose lease has expired.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expired {
+    /// The row.
+    pub seq: i64,
+    /// The task's id.
+    pub id: Uuid,
+    /// Its name.
+    pub task: String,
+    /// The attempt that was abandoned.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// The backoff before the next attempt.
+    pub backoff: Backoff,
+    /// The worker that held it.
+    pub attempted_by: Option<String>,
+}
+
+/// A worker run as registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WorkerRow {
+    /// The run's unique id.
+    pub id: String,
+    /// The manager it serves.
+    pub manager: String,
+    /// The library it loaded.
+    pub library: String,
+    /// The machine it runs on.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Thread-pool size.
+    pub threads: u32,
+    /// Process-pool size.
+    pub processes: u32,
+    /// The task names it runs.
+    pub tasks: Vec<String>,
+    /// When it started (microseconds since the epoch).
+    pub started_at: i64,
+    /// Its last heartbeat.
+    pub heartbeat_at: i64,
+    /// When it stopped (cleanly, or declared dead by another worker).
+    pub stopped_at: Option<i64>,
+    /// Attempts it completed.
+    pub completed: i64,
+    /// Attempts it failed.
+    pub failed: i64,
+}
+
+/// A worker run that has not recorded a stop, as the rescuer sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveWorker {
+    /// The run's id.
+    pub id: String,
+    /// Its machine.
+    pub hostname: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its last heartbeat.
+    pub heartbeat_at: i64,
+}
+
+/// A schedule to insert.
+#[derive(Debug, Clone)]
+pub struct NewSchedule<'a> {
+    /// The manager whose workers run it.
+    pub manager: &'a str,
+    /// The task each run is.
+    pub task: &'a str,
+    /// A periodic task's name; `None` for a schedule an app created.
+    pub name: Option<&'a str>,
+    /// The encoded arguments of every run.
+    pub args: &'a [u8],
+    /// When it ticks.
+    pub cadence: &'a Cadence,
+    /// The run limit.
+    pub times: Option<u32>,
+    /// No run after this time (microseconds since the epoch).
+    pub until: Option<i64>,
+    /// The first tick.
+    pub first_run_at: i64,
+    /// What happens to missed ticks.
+    pub missed: Missed,
+    /// Each run's priority.
+    pub priority: i32,
+    /// Each run's attempt limit.
+    pub max_attempts: u32,
+    /// Each run's first backoff, in milliseconds.
+    pub backoff_base_ms: i64,
+    /// Each run's longest backoff, in milliseconds.
+    pub backoff_cap_ms: i64,
+    /// Each run's timeout, in milliseconds.
+    pub timeout_ms: Option<i64>,
+}
+
+/// A schedule whose tick has come, as a worker reads it to create the run.
+#[derive(Debug, Clone)]
+pub struct DueSchedule {
+    /// The schedule's id.
+    pub id: i64,
+    /// The task each run is.
+    pub task: String,
+    /// The encoded arguments of every run.
+    pub args: Vec<u8>,
+    /// When it ticks; `None` if the stored cadence cannot be read (edited by hand).
+    pub cadence: Option<Cadence>,
+    /// The run limit.
+    pub times: Option<u32>,
+    /// No run after this time.
+    pub until: Option<i64>,
+    /// Runs created so far.
+    pub runs: u32,
+    /// The tick that is due (microseconds since the epoch).
+    pub tick: i64,
+    /// What happens to missed ticks.
+    pub missed: Missed,
+    /// Each run's priority.
+    pub priority: i32,
+    /// Each run's attempt limit.
+    pub max_attempts: u32,
+    /// Each run's first backoff, in milliseconds.
+    pub backoff_base_ms: i64,
+    /// Each run's longest backoff, in milliseconds.
+    pub backoff_cap_ms: i64,
+    /// Each run's timeout, in milliseconds.
+    pub timeout_ms: Option<i64>,
+}

@@ -1,0 +1,192 @@
+//! [`Database`]: where the tasks are, as one URL-like setting. The same string goes in
+//! `manager!(.., db = ..)`, `Manager::with_database`, `castor --db` and the ABI's manager
+//! declaration, and picks the driver.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// A database setting: a SQLite file (`tasks.db`, `./data/tasks.db`,
+/// `sqlite:///abs/path/tasks.db`, `sqlite://relative.db`) or a URL for another engine.
+///
+/// Converting a string never fails; a setting no driver takes (an unknown scheme, or an
+/// engine this build leaves out) is kept as it is and refused when it is opened, with a
+/// message that says what castor accepts.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Database {
+    /// A SQLite file; relative paths are relative to the working directory.
+    Sqlite(PathBuf),
+    /// A `postgres://` or `postgresql://` URL (kept as given; shown without its password).
+    Postgres(String),
+    /// A setting with a scheme castor does not know.
+    Unknown(String),
+}
+
+impl Database {
+    /// Reads a setting: `scheme://rest` picks the engine; anything else is a SQLite path.
+    pub fn parse(setting: &str) -> Database {
+        let Some((scheme, rest)) = setting.split_once("://") else {
+            return Database::Sqlite(PathBuf::from(setting));
+        };
+        match scheme.to_ascii_lowercase().as_str() {
+            // `sqlite:///abs/path.db` is an absolute path, `sqlite://rel.db` a relative one.
+            "sqlite" | "file" => Database::Sqlite(PathBuf::from(rest)),
+            "postgres" | "postgresql" => Database::Postgres(setting.to_owned()),
+            _ => Database::Unknown(setting.to_owned()),
+        }
+    }
+
+    /// The SQLite file, if this is one.
+    pub fn sqlite_path(&self) -> Option<&Path> {
+        match self {
+            Database::Sqlite(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// The setting as a string that [`Database::parse`] reads back to the same value: a
+    /// SQLite path as it is (`sqlite://` and a path containing `://` keep the scheme), a
+    /// URL with its password.
+    pub fn to_setting(&self) -> String {
+        match self {
+            Database::Sqlite(path) => {
+                let text = path.to_string_lossy();
+                if text.contains("://") {
+                    format!("sqlite://{text}")
+                } else {
+                    text.into_owned()
+                }
+            }
+            Database::Postgres(url) | Database::Unknown(url) => url.clone(),
+        }
+    }
+
+    /// Resolves a relative SQLite path against `dir` (what a worker does with the
+    /// manager's declared path, so that a relative name means the same file to its
+    /// child processes); other settings are returned as they are.
+    pub fn relative_to(&self, dir: &Path) -> Database {
+        match self {
+            Database::Sqlite(path) if path.is_relative() => Database::Sqlite(dir.join(path)),
+            other => other.clone(),
+        }
+    }
+}
+
+impl fmt::Display for Database {
+    /// A SQLite file as its path; a URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) | Database::Unknown(url) => f.write_str(&redact(url)),
+        }
+    }
+}
+
+/// `scheme://user:secret@host/db` shown as `scheme://user:***@host/db`.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl From<&str> for Database {
+    fn from(setting: &str) -> Database {
+        Database::parse(setting)
+    }
+}
+
+impl From<String> for Database {
+    fn from(setting: String) -> Database {
+        Database::parse(&setting)
+    }
+}
+
+impl From<&String> for Database {
+    fn from(setting: &String) -> Database {
+        Database::parse(setting)
+    }
+}
+
+impl From<PathBuf> for Database {
+    /// A path is always a SQLite file, whatever characters it holds.
+    fn from(path: PathBuf) -> Database {
+        Database::Sqlite(path)
+    }
+}
+
+impl From<&Path> for Database {
+    fn from(path: &Path) -> Database {
+        Database::Sqlite(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for Database {
+    fn from(path: &PathBuf) -> Database {
+        Database::Sqlite(path.clone())
+    }
+}
+
+impl From<&Database> for Database {
+    fn from(database: &Database) -> Database {
+        database.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_pick_their_engine() {
+        assert_eq!(
+            Database::parse("tasks.db"),
+            Database::Sqlite("tasks.db".into())
+        );
+        assert_eq!(
+            Database::parse("./data/tasks.db"),
+            Database::Sqlite("./data/tasks.db".into())
+        );
+        assert_eq!(
+            Database::parse("sqlite:///var/lib/castor/tasks.db"),
+            Database::Sqlite("/var/lib/castor/tasks.db".into())
+        );
+        assert_eq!(
+            Database::parse("sqlite://rel.db"),
+            Database::Sqlite("rel.db".into())
+        );
+        assert_eq!(
+            Database::parse("postgres://u@h/db"),
+            Database::Postgres("postgres://u@h/db".into())
+        );
+        assert_eq!(
+            Database::parse("mysql://h/db"),
+            Database::Unknown("mysql://h/db".into())
+        );
+    }
+
+    #[test]
+    fn settings_round_trip_and_hide_passwords() {
+        for setting in ["tasks.db", "/abs/x.db", "postgres://u:pw@h:5432/db?x=1"] {
+            assert_eq!(Database::parse(setting).to_setting(), setting);
+        }
+        let odd = Database::Sqlite("weird://name.db".into());
+        assert_eq!(Database::parse(&odd.to_setting()), odd);
+        assert_eq!(
+            Database::parse("postgres://castor:hunter2@db.internal/tasks").to_string(),
+            "postgres://castor:***@db.internal/tasks"
+        );
+        assert_eq!(
+            Database::parse("postgres://castor@db/tasks").to_string(),
+            "postgres://castor@db/tasks"
+        );
+        assert_eq!(Database::parse("tasks.db").to_string(), "tasks.db");
+    }
+}
