@@ -191,7 +191,7 @@ fn castor_check_describes_a_sound_database_without_writing_to_it() {
     let json: serde_json::Value = serde_json::from_str(&out.stdout).expect("JSON");
     assert_eq!(json["integrity"], serde_json::json!([]));
     assert_eq!(json["problems"], serde_json::json!([]));
-    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["schema_version"], 2);
     assert_eq!(json["tasks"]["available"], 3);
     assert_eq!(json["tasks"]["scheduled"], 1);
     assert_eq!(contents(&db), before, "checking wrote nothing");
