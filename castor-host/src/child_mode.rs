@@ -17,14 +17,16 @@ use crate::host::Services;
 use abi_stable::std_types::{RResult, RSlice, RStr};
 use anyhow::Context;
 use castor_abi::Uuid;
-use castor_abi::abi::{AttachFn, DispatchOptionsAbi, FailureKind, HostCtx, RunFn, SnapshotAbi};
+use castor_abi::abi::{AttachFn, DispatchOptionsAbi, FailureKind, HostCtx, RunFn};
 use castor_abi::codec;
 use castor_store::LogLevel;
 use crossbeam_channel::{Receiver, Sender};
 
 use crate::cli::ChildArgs;
 use crate::plugin::Plugin;
-use crate::protocol::{self, END_MARKER, FromChild, Payload, Reply, Request, ToChild};
+use crate::protocol::{
+    self, END_MARKER, Failure, FromChild, Payload, Reply, Request, Snapshot, ToChild,
+};
 
 /// Runs the child until the worker closes the socket or goes away.
 ///
@@ -78,7 +80,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
             Some(&run) => {
                 let ctx = HostCtx {
                     services: host,
-                    task_id: id,
+                    task_id: id.into_bytes(),
                     task_name: RStr::from(task.as_str()),
                     attempt,
                     max_attempts,
@@ -87,7 +89,10 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
                 call(run, &ctx, &args.0)
             }
             None => (
-                Err((0, format!("this child does not know task `{task}`"))),
+                Err(Failure {
+                    kind: FailureKind::Error,
+                    message: format!("this child does not know task `{task}`"),
+                }),
                 Duration::ZERO,
             ),
         };
@@ -103,7 +108,7 @@ pub fn run(args: ChildArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Outcome = (Result<Payload, (u8, String)>, Duration);
+type Outcome = (Result<Payload, Failure>, Duration);
 
 fn call(run: RunFn, ctx: &HostCtx<'_>, args: &[u8]) -> Outcome {
     let start = Instant::now();
@@ -113,15 +118,18 @@ fn call(run: RunFn, ctx: &HostCtx<'_>, args: &[u8]) -> Outcome {
         // The library's glue refuses such a result; one built against an older castor-abi
         // may not, and the frame would be refused, which the worker would take for a crash.
         RResult::ROk(bytes) if bytes.len() > codec::MAX_PAYLOAD => (
-            Err((
-                FailureKind::Error as u8,
-                codec::result_too_large(ctx.task_name.as_str(), bytes.len()),
-            )),
+            Err(Failure {
+                kind: FailureKind::Error,
+                message: codec::result_too_large(ctx.task_name.as_str(), bytes.len()),
+            }),
             elapsed,
         ),
         RResult::ROk(bytes) => (Ok(Payload(bytes.into_vec())), elapsed),
         RResult::RErr(failure) => (
-            Err((failure.kind as u8, fit(failure.message.into_string()))),
+            Err(Failure {
+                kind: failure.kind,
+                message: fit(failure.message.into_string()),
+            }),
             elapsed,
         ),
     }
@@ -297,16 +305,14 @@ impl Services for ChildServices {
             args: Payload(args.to_vec()),
             options: options.into(),
         }) {
-            Some(Reply::Dispatched(result)) => result.map(Uuid::from_bytes),
+            Some(Reply::Dispatched(result)) => result,
             _ => Err("the worker did not answer".into()),
         }
     }
 
-    fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String> {
-        match self.ask(Request::Snapshot {
-            id: id.into_bytes(),
-        }) {
-            Some(Reply::Snapshot(result)) => result.map(|s| s.map(Into::into)),
+    fn snapshot(&self, id: Uuid) -> Result<Option<Snapshot>, String> {
+        match self.ask(Request::Snapshot { id }) {
+            Some(Reply::Snapshot(result)) => result,
             _ => Err("the worker did not answer".into()),
         }
     }
@@ -329,8 +335,8 @@ impl Services for ChildServices {
         send(
             &self.writer,
             &FromChild::Log {
-                id: id.into_bytes(),
-                level: level as u8,
+                id,
+                level,
                 line: fit(line.to_owned()),
             },
         );
@@ -340,7 +346,7 @@ impl Services for ChildServices {
         send(
             &self.writer,
             &FromChild::Progress {
-                id: id.into_bytes(),
+                id,
                 done,
                 total,
                 message: fit(message.to_owned()),

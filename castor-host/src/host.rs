@@ -10,6 +10,8 @@ use castor_abi::Uuid;
 use castor_abi::abi::{DispatchOptionsAbi, HostError, HostServices, RawId, SnapshotAbi};
 use castor_store::LogLevel;
 
+use crate::protocol::Snapshot;
+
 /// What a worker offers running tasks. Implemented by `castor` (on its own connection) and
 /// by its process-mode children (by asking the parent).
 pub trait Services: Send + Sync + 'static {
@@ -28,7 +30,7 @@ pub trait Services: Send + Sync + 'static {
     ///
     /// # Errors
     /// A message for the task if the database cannot be read.
-    fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String>;
+    fn snapshot(&self, id: Uuid) -> Result<Option<Snapshot>, String>;
 
     /// The database's change counter.
     fn generation(&self) -> u64;
@@ -76,7 +78,7 @@ extern "C" fn snapshot_shim(
 ) -> RResult<ROption<SnapshotAbi>, HostError> {
     let id = Uuid::from_bytes(*id);
     match catch_unwind(AssertUnwindSafe(|| services(data).snapshot(id))) {
-        Ok(Ok(snapshot)) => RResult::ROk(snapshot.into()),
+        Ok(Ok(snapshot)) => RResult::ROk(snapshot.map(SnapshotAbi::from).into()),
         Ok(Err(message)) => RResult::RErr(host_error(message)),
         Err(_) => RResult::RErr(host_error("the worker panicked while reading a task")),
     }

@@ -22,8 +22,10 @@
 
 use std::io::{self, Read, Write};
 
-use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
+use castor_abi::Uuid;
+use castor_abi::abi::{DispatchOptionsAbi, FailureKind, SnapshotAbi};
 use castor_abi::codec;
+use castor_store::{LogLevel, TaskState};
 use serde::{Deserialize, Serialize};
 
 /// The line a child writes to its stdout and stderr after each task, so the worker
@@ -68,7 +70,7 @@ pub enum ToChild {
     /// Run one attempt.
     Run {
         /// The task's id.
-        id: [u8; 16],
+        id: Uuid,
         /// Its name.
         task: String,
         /// The attempt number.
@@ -104,8 +106,8 @@ pub enum FromChild {
     },
     /// The attempt returned.
     Done {
-        /// The encoded result, or the failure's kind and message.
-        result: Result<Payload, (u8, String)>,
+        /// The encoded result, or how the attempt failed.
+        result: Result<Payload, Failure>,
         /// How long the task ran, in microseconds.
         elapsed_us: u64,
     },
@@ -118,17 +120,17 @@ pub enum FromChild {
     },
     /// A running task logged a line.
     Log {
-        /// The task's id.
-        id: [u8; 16],
-        /// The level (as `LogLevel` numbers it).
-        level: u8,
+        /// The task's id; nil for a library's record made outside any task.
+        id: Uuid,
+        /// The level.
+        level: LogLevel,
         /// The line.
         line: String,
     },
     /// A running task reported progress.
     Progress {
         /// The task's id.
-        id: [u8; 16],
+        id: Uuid,
         /// Units done.
         done: u64,
         /// Units in all.
@@ -136,6 +138,32 @@ pub enum FromChild {
         /// What it is doing.
         message: String,
     },
+}
+
+/// How an attempt in a child failed: the library's [`TaskFailure`](castor_abi::abi::TaskFailure)
+/// as it crosses the socket.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    /// What kind of failure the library reported.
+    #[serde(with = "FailureKindDef")]
+    pub kind: FailureKind,
+    /// The message for users, cut to fit in a frame.
+    pub message: String,
+}
+
+/// serde for the ABI's [`FailureKind`], derived (`remote`) rather than written on the ABI
+/// type, whose module must compile with abi_stable alone (the ABI fixtures build copies
+/// of it). serde matches every variant of `FailureKind`, so one added there does not
+/// compile until it is added here.
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "FailureKind")]
+enum FailureKindDef {
+    Error,
+    Discard,
+    Panic,
+    DecodeArgs,
+    EncodeResult,
+    Cancelled,
 }
 
 /// What a task in a child asks the worker.
@@ -153,7 +181,7 @@ pub enum Request {
     /// Read a task.
     Snapshot {
         /// The task's id.
-        id: [u8; 16],
+        id: Uuid,
     },
     /// The database's change counter.
     Generation,
@@ -170,7 +198,7 @@ pub enum Request {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
     /// The new task's id, or why not.
-    Dispatched(Result<[u8; 16], String>),
+    Dispatched(Result<Uuid, String>),
     /// The task, if it exists, or why it could not be read.
     Snapshot(Result<Option<Snapshot>, String>),
     /// The change counter.
@@ -217,34 +245,30 @@ impl From<DispatchOptions> for DispatchOptionsAbi {
     }
 }
 
-/// [`SnapshotAbi`] as it crosses the socket.
+/// A task as a running task reads it through the worker (`TaskContext::snapshot`): what
+/// the worker's services return, typed, in the worker and over the socket. It becomes a
+/// [`SnapshotAbi`] only where it crosses into the library.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Snapshot {
-    state: String,
-    task: String,
-    attempt: u32,
-    max_attempts: u32,
-    result: Option<Payload>,
-    errors_json: String,
-}
-
-impl From<SnapshotAbi> for Snapshot {
-    fn from(s: SnapshotAbi) -> Self {
-        Snapshot {
-            state: s.state.into_string(),
-            task: s.task.into_string(),
-            attempt: s.attempt,
-            max_attempts: s.max_attempts,
-            result: s.result.into_option().map(|r| Payload(r.into_vec())),
-            errors_json: s.errors_json.into_string(),
-        }
-    }
+    /// Where the task is now.
+    pub state: TaskState,
+    /// The task's name.
+    pub task: String,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// The attempt limit.
+    pub max_attempts: u32,
+    /// The encoded result, once completed.
+    pub result: Option<Payload>,
+    /// Every failed attempt's error, oldest first, as the JSON list [`SnapshotAbi`] takes:
+    /// written once by the worker, read only by the library.
+    pub errors_json: String,
 }
 
 impl From<Snapshot> for SnapshotAbi {
     fn from(s: Snapshot) -> Self {
         SnapshotAbi {
-            state: s.state.into(),
+            state: s.state.as_str().into(),
             task: s.task.into(),
             attempt: s.attempt,
             max_attempts: s.max_attempts,
@@ -305,7 +329,7 @@ mod tests {
         write_frame(
             &mut buf,
             &ToChild::Run {
-                id: [7; 16],
+                id: Uuid::from_bytes([7; 16]),
                 task: "add".into(),
                 attempt: 1,
                 max_attempts: 3,
@@ -333,7 +357,7 @@ mod tests {
     fn a_payload_at_the_limit_crosses_and_one_past_it_is_refused_before_sending() {
         let mut buf = Vec::new();
         let run = |args: Vec<u8>| ToChild::Run {
-            id: [7; 16],
+            id: Uuid::from_bytes([7; 16]),
             task: "echo_bytes".into(),
             attempt: 1,
             max_attempts: 3,
@@ -349,6 +373,79 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
         assert!(err.to_string().contains("over the 65 MiB limit"), "{err}");
         assert!(buf.is_empty(), "nothing was sent");
+    }
+
+    fn round_trip<T: Serialize + serde::de::DeserializeOwned>(message: &T) -> T {
+        let mut buf = Vec::new();
+        write_frame(&mut buf, message).expect("write");
+        read_frame(&mut buf.as_slice())
+            .expect("read")
+            .expect("a frame")
+    }
+
+    #[test]
+    fn ids_failure_kinds_levels_and_states_cross_as_themselves() {
+        let id = Uuid::from_u128(0x0190_f1e2_aa3b_7c4d_8e9f_0a1b_2c3d_4e5f);
+        let kinds = [
+            FailureKind::Error,
+            FailureKind::Discard,
+            FailureKind::Panic,
+            FailureKind::DecodeArgs,
+            FailureKind::EncodeResult,
+            FailureKind::Cancelled,
+        ];
+        for kind in kinds {
+            let done = FromChild::Done {
+                result: Err(Failure {
+                    kind,
+                    message: "boom".into(),
+                }),
+                elapsed_us: 7,
+            };
+            match round_trip(&done) {
+                FromChild::Done { result: Err(f), .. } => assert_eq!(f.kind, kind),
+                other => panic!("{other:?}"),
+            }
+        }
+        for level in [
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warn,
+            LogLevel::Error,
+        ] {
+            let log = FromChild::Log {
+                id,
+                level,
+                line: "hello".into(),
+            };
+            match round_trip(&log) {
+                FromChild::Log {
+                    id: got, level: l, ..
+                } => assert_eq!((got, l), (id, level)),
+                other => panic!("{other:?}"),
+            }
+        }
+        for state in TaskState::ALL {
+            let reply = Reply::Snapshot(Ok(Some(Snapshot {
+                state,
+                task: "add".into(),
+                attempt: 1,
+                max_attempts: 3,
+                result: None,
+                errors_json: "[]".into(),
+            })));
+            match round_trip(&reply) {
+                Reply::Snapshot(Ok(Some(s))) => {
+                    assert_eq!(s.state, state);
+                    assert_eq!(SnapshotAbi::from(s).state.as_str(), state.as_str());
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        match round_trip(&Reply::Dispatched(Ok(id))) {
+            Reply::Dispatched(Ok(got)) => assert_eq!(got, id),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use castor_abi::JoinError;
 use castor_fixture_tasks as fx;
-use castor_store::{LogLevel, TaskState};
+use castor_store::{ErrorKind, LogLevel, TaskState};
 
 use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until};
 
@@ -280,4 +280,55 @@ fn children_die_with_a_worker_killed_by_sigkill() {
     wait_until("every child is gone", || {
         children.iter().all(|&pid| !alive(pid))
     });
+}
+
+/// A failure's kind crosses the child protocol as itself: a panic is recorded as one (on
+/// every attempt), a discard is not retried, a plain error is.
+#[test]
+fn a_process_task_failure_keeps_its_kind() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &["--processes", "1"]);
+    let cases = [
+        ("panic", 2, ErrorKind::Panic, "panicked in a child"),
+        ("discard", 1, ErrorKind::Error, "discarded in a child"),
+        ("error", 2, ErrorKind::Error, "failed in a child"),
+    ];
+    for (how, attempts, kind, message) in cases {
+        let handle = fx::process_fail::delay(&client, how.to_owned()).expect("delay");
+        match handle.join(PATIENCE) {
+            Err(JoinError::Failed {
+                attempts: ran,
+                errors,
+                ..
+            }) => {
+                let kinds: Vec<ErrorKind> = errors.iter().map(|e| e.kind).collect();
+                assert_eq!(
+                    (ran, kinds),
+                    (attempts, vec![kind; attempts as usize]),
+                    "{how}"
+                );
+                assert!(errors[0].error.contains(message), "{how}: {errors:?}");
+            }
+            other => panic!("{how}: {other:?}"),
+        }
+    }
+}
+
+/// A task in a child reads another task through the worker: its state and its errors
+/// arrive as the worker read them.
+#[test]
+fn a_process_task_reads_a_failed_subtask_through_the_worker() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &["--processes", "1"]);
+    let handle = fx::process_join_refusal::delay(&client, "not today".into()).expect("delay");
+    assert_eq!(
+        handle.join(PATIENCE).expect("join"),
+        (
+            TaskState::Discarded,
+            ErrorKind::Error,
+            "not today".to_owned()
+        )
+    );
 }

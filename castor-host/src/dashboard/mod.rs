@@ -32,9 +32,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use castor_abi::{TaskMode, Uuid};
+use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{CancelOutcome, Database, OpenOptions, RetryOutcome, Store, now_us};
-use castor_store::{LogLevel, TaskState};
 use crossbeam_channel::{Receiver, Sender};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -44,7 +44,7 @@ use ratatui::crossterm::{cursor, execute, terminal};
 pub use input::action_for;
 pub use state::{
     Command, DashboardState, FinishedTask, Header, Level, LogLine, Phase, Progress, RunningTask,
-    ScheduleRow, ScheduledTask, WorkerInfo,
+    ScheduleRow, ScheduledTask, Source, WorkerInfo,
 };
 pub use view::render;
 
@@ -71,7 +71,7 @@ enum UiEvent {
     Started(RunningTask, AttemptStart),
     Finished(FinishedTask),
     Log(LogLine),
-    Progress(String, Progress),
+    Progress(Uuid, Progress),
     Stopping(String),
     Exited(Result<Summary, String>),
 }
@@ -112,7 +112,7 @@ fn event_loop(
     let mut state = DashboardState::new(header);
     let mut refresher = Refresher::new(store, state.header.manager.clone());
     // Claimed attempts still waiting for a slot, by id: watched until they begin.
-    let mut waiting: HashMap<String, AttemptStart> = HashMap::new();
+    let mut waiting: HashMap<Uuid, AttemptStart> = HashMap::new();
     let mut last_tick = Instant::now();
     let mut last_draw: Option<Instant> = None;
     let mut dirty = true;
@@ -146,7 +146,7 @@ fn event_loop(
             dirty = true;
             match event {
                 UiEvent::Started(task, start) => {
-                    waiting.insert(task.id.clone(), start);
+                    waiting.insert(task.id, start);
                     state.task_started(task);
                 }
                 UiEvent::Finished(task) => {
@@ -154,7 +154,7 @@ fn event_loop(
                     state.task_finished(task);
                 }
                 UiEvent::Log(line) => state.log(line),
-                UiEvent::Progress(id, progress) => state.task_progress(&id, progress),
+                UiEvent::Progress(id, progress) => state.task_progress(id, progress),
                 UiEvent::Stopping(text) => state.stopping = Some(text),
                 UiEvent::Exited(result) => exited = Some(result),
             }
@@ -166,7 +166,7 @@ fn event_loop(
         let now = Instant::now();
         waiting.retain(|id, start| match start.started_at() {
             Some(at) => {
-                state.task_running(id, now.saturating_duration_since(at));
+                state.task_running(*id, now.saturating_duration_since(at));
                 dirty = true;
                 false
             }
@@ -192,7 +192,10 @@ fn event_loop(
 /// Busy thread and process slots: the attempts running, not those waiting for a slot.
 fn busy(state: &DashboardState) -> (usize, usize) {
     let running = state.running.iter().filter(|t| t.phase == Phase::Running);
-    let threads = running.clone().filter(|t| t.mode == "thread").count();
+    let threads = running
+        .clone()
+        .filter(|t| t.mode == TaskMode::Thread)
+        .count();
     let processes = running.count() - threads;
     (
         threads.min(state.header.threads),
@@ -217,9 +220,8 @@ fn carry_out(
             }
         }
         Command::Retry { id } => {
-            let Ok(uuid) = id.parse::<Uuid>() else { return };
             let now = now_us();
-            match store.write(|tx| tx.retry(uuid, now)) {
+            match store.write(|tx| tx.retry(id, now)) {
                 Ok(Some(RetryOutcome::Retried)) => {
                     state.flash(Level::Info, format!("retrying {id}: available again"));
                 }
@@ -249,9 +251,8 @@ fn carry_out(
             *refresh_now = true;
         }
         Command::Cancel { id } => {
-            let Ok(uuid) = id.parse::<Uuid>() else { return };
             let now = now_us();
-            match store.write(|tx| tx.cancel(uuid, now)) {
+            match store.write(|tx| tx.cancel(id, now)) {
                 Ok(Some(CancelOutcome::Cancelled)) => {
                     state.flash(Level::Info, format!("cancelled {id}"));
                 }
@@ -299,17 +300,7 @@ impl Refresher {
                 self.data_version = version;
                 let started = Instant::now();
                 if let Ok(counts) = self.store.counts() {
-                    let mut by_state: Vec<(String, u64)> = TaskState::ALL
-                        .iter()
-                        .map(|s| (s.as_str().to_owned(), 0))
-                        .collect();
-                    for c in counts {
-                        if let Some(slot) = by_state.iter_mut().find(|(s, _)| s == c.state.as_str())
-                        {
-                            slot.1 += c.count;
-                        }
-                    }
-                    state.set_counts(by_state);
+                    state.set_counts(counts.into_iter().map(|c| (c.state, c.count)));
                     changed = true;
                 }
                 // A full count costs more on a big table: read it less often then, so the
@@ -369,7 +360,7 @@ impl Refresher {
                     waiting
                         .into_iter()
                         .map(|w| ScheduledTask {
-                            id: w.id.to_string(),
+                            id: w.id,
                             task: w.task,
                             runs_in: ahead(w.starts_at),
                         })
@@ -394,7 +385,7 @@ fn worker_line(level: Level, text: String) -> LogLine {
     LogLine {
         at: clock(),
         level,
-        source: "worker".into(),
+        source: Source::Worker,
         text,
     }
 }
@@ -422,13 +413,9 @@ impl Reporter for ChannelReporter {
                 start,
             } => self.send(UiEvent::Started(
                 RunningTask {
-                    id: id.to_string(),
+                    id,
                     task: task.to_owned(),
-                    mode: match mode {
-                        TaskMode::Thread => "thread",
-                        TaskMode::Process => "process",
-                    }
-                    .to_owned(),
+                    mode,
                     attempt,
                     max_attempts,
                     phase: Phase::Waiting,
@@ -448,9 +435,9 @@ impl Reporter for ChannelReporter {
                     self.send(UiEvent::Log(worker_line(level, crate::worker::describe(f))));
                 }
                 self.send(UiEvent::Finished(FinishedTask {
-                    id: f.id.to_string(),
+                    id: f.id,
                     task: f.task.to_owned(),
-                    state: f.state.as_str().to_owned(),
+                    state: f.state,
                     attempt: f.attempt,
                     max_attempts: f.max_attempts,
                     duration: f.elapsed,
@@ -463,29 +450,19 @@ impl Reporter for ChannelReporter {
                 task,
                 level,
                 line,
-            } => {
-                let id = id.to_string();
-                self.send(UiEvent::Log(LogLine {
-                    at: clock(),
-                    level: match level {
-                        LogLevel::Debug => Level::Debug,
-                        LogLevel::Info => Level::Info,
-                        LogLevel::Warn => Level::Warn,
-                        LogLevel::Error => Level::Error,
-                    },
-                    source: format!("{task} {}", state::short_id(&id)),
-                    text: line.to_owned(),
-                }));
-            }
+            } => self.send(UiEvent::Log(LogLine {
+                at: clock(),
+                level: level.into(),
+                source: Source::Task {
+                    task: task.to_owned(),
+                    id,
+                },
+                text: line.to_owned(),
+            })),
             WorkerEvent::LibraryLog { level, line } => self.send(UiEvent::Log(LogLine {
                 at: clock(),
-                level: match level {
-                    LogLevel::Debug => Level::Debug,
-                    LogLevel::Info => Level::Info,
-                    LogLevel::Warn => Level::Warn,
-                    LogLevel::Error => Level::Error,
-                },
-                source: "library".into(),
+                level: level.into(),
+                source: Source::Library,
                 text: line.to_owned(),
             })),
             WorkerEvent::Progress {
@@ -494,7 +471,7 @@ impl Reporter for ChannelReporter {
                 total,
                 message,
             } => self.send(UiEvent::Progress(
-                id.to_string(),
+                id,
                 Progress {
                     done,
                     total,
@@ -543,7 +520,7 @@ impl Reporter for ChannelReporter {
             WorkerEvent::ChildOutput { pid, line } => self.send(UiEvent::Log(LogLine {
                 at: clock(),
                 level: Level::Output,
-                source: format!("child {pid}"),
+                source: Source::Child { pid },
                 text: line.to_owned(),
             })),
             WorkerEvent::Stopped { summary } => self.send(UiEvent::Log(worker_line(
@@ -636,7 +613,7 @@ impl Screen {
                     let _ = events.send(UiEvent::Log(LogLine {
                         at: clock(),
                         level: Level::Output,
-                        source: "output".into(),
+                        source: Source::Output,
                         text: line,
                     }));
                 }
@@ -671,10 +648,10 @@ mod tests {
             processes: 2,
             ..Header::default()
         });
-        let task = |id: &str, mode: &str, phase| RunningTask {
-            id: id.into(),
+        let task = |n: u128, mode, phase| RunningTask {
+            id: Uuid::from_u128(n),
             task: "t".into(),
-            mode: mode.into(),
+            mode,
             attempt: 1,
             max_attempts: 1,
             phase,
@@ -687,11 +664,11 @@ mod tests {
             } else {
                 Phase::Waiting
             };
-            state.task_started(task(&format!("t{i}"), "thread", phase));
+            state.task_started(task(i, TaskMode::Thread, phase));
         }
-        state.task_started(task("p0", "process", Phase::Waiting));
+        state.task_started(task(100, TaskMode::Process, Phase::Waiting));
         assert_eq!(busy(&state), (4, 0));
-        state.task_running("p0", Duration::ZERO);
+        state.task_running(Uuid::from_u128(100), Duration::ZERO);
         assert_eq!(busy(&state), (4, 1));
     }
 }

@@ -19,18 +19,10 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use super::input::Action;
+use castor_abi::{TaskMode, Uuid};
+use castor_store::{LogLevel, TaskState};
 
-/// The task states, in lifecycle order: the order the counts are shown in.
-pub const STATES: [&str; 7] = [
-    "scheduled",
-    "available",
-    "running",
-    "retryable",
-    "completed",
-    "discarded",
-    "cancelled",
-];
+use super::input::Action;
 
 /// How many finished attempts the recent list keeps.
 pub const RECENT_CAPACITY: usize = 200;
@@ -97,12 +89,12 @@ pub enum Phase {
 /// An attempt this worker claimed: running, or waiting for a slot to run in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunningTask {
-    /// The task's id (a UUID).
-    pub id: String,
+    /// The task's id.
+    pub id: Uuid,
     /// The task's name.
     pub task: String,
-    /// `thread` or `process`.
-    pub mode: String,
+    /// Which pool runs it: its slots are what the header's meters count.
+    pub mode: TaskMode,
     /// This attempt's number, from 1.
     pub attempt: u32,
     /// The attempt limit.
@@ -119,13 +111,13 @@ pub struct RunningTask {
 /// An attempt that ended, newest first in [`DashboardState::recent`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FinishedTask {
-    /// The task's id (a UUID).
-    pub id: String,
+    /// The task's id.
+    pub id: Uuid,
     /// The task's name.
     pub task: String,
-    /// The task's state after the attempt: `completed`, `retryable`, `discarded` or
-    /// `cancelled` (a [`STATES`] name).
-    pub state: String,
+    /// The task's state after the attempt: `Completed`, `Retryable`, `Discarded` or
+    /// `Cancelled`.
+    pub state: TaskState,
     /// The attempt's number.
     pub attempt: u32,
     /// The attempt limit.
@@ -169,6 +161,17 @@ pub enum Level {
     Output,
 }
 
+impl From<LogLevel> for Level {
+    fn from(level: LogLevel) -> Level {
+        match level {
+            LogLevel::Debug => Level::Debug,
+            LogLevel::Info => Level::Info,
+            LogLevel::Warn => Level::Warn,
+            LogLevel::Error => Level::Error,
+        }
+    }
+}
+
 impl Level {
     /// The short name the log pane shows.
     pub const fn as_str(self) -> &'static str {
@@ -182,6 +185,31 @@ impl Level {
     }
 }
 
+/// Who a log line is from; the view names it (`worker`, `send_email 2c3d4e5f`, ..).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// The worker itself.
+    Worker,
+    /// The task library, outside any task (a `log` or `tracing` record on a thread of its
+    /// own).
+    Library,
+    /// A task, while it runs.
+    Task {
+        /// The task's name.
+        task: String,
+        /// The task's id.
+        id: Uuid,
+    },
+    /// A process-mode child, outside any task: what it printed between tasks.
+    Child {
+        /// The child's process id.
+        pid: u32,
+    },
+    /// Whatever reached the worker's own stdout or stderr: a thread task's prints, a
+    /// panic message.
+    Output,
+}
+
 /// One line of the log pane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogLine {
@@ -189,8 +217,8 @@ pub struct LogLine {
     pub at: String,
     /// How serious.
     pub level: Level,
-    /// Who: `worker`, or a task's name and short id.
-    pub source: String,
+    /// Who.
+    pub source: Source,
     /// The line itself (one line: [`DashboardState::log`] splits longer text).
     pub text: String,
 }
@@ -246,8 +274,8 @@ pub struct ScheduleRow {
 /// schedule's run made ahead of time.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledTask {
-    /// The task's id (a UUID).
-    pub id: String,
+    /// The task's id.
+    pub id: Uuid,
     /// The task's name.
     pub task: String,
     /// Time until it may start; counts down with [`DashboardState::advance`] between two
@@ -324,7 +352,7 @@ impl Pane {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AttemptKey {
     /// The task's id.
-    pub id: String,
+    pub id: Uuid,
     /// The attempt's number.
     pub attempt: u32,
 }
@@ -337,7 +365,7 @@ pub struct AttemptKey {
 pub struct Selection {
     /// The selected task in [`DashboardState::running`], by id; `None` only while the
     /// list is empty. When it leaves, the row that takes its place is selected.
-    pub running: Option<String>,
+    pub running: Option<Uuid>,
     /// The selected attempt in [`DashboardState::recent`]; `None` follows the newest
     /// (row 0), which it does only while the pane is not focused: focusing it pins the
     /// row shown, so `r` and `c` act on what the user saw.
@@ -373,12 +401,12 @@ pub enum Command {
     /// Make this discarded or cancelled task `available` again.
     Retry {
         /// The task's id.
-        id: String,
+        id: Uuid,
     },
     /// Cancel this task (running, or waiting to be retried).
     Cancel {
         /// The task's id.
-        id: String,
+        id: Uuid,
     },
     /// Pause this schedule: it creates no run until resumed.
     PauseSchedule {
@@ -403,9 +431,9 @@ pub enum Command {
 pub struct DashboardState {
     /// The header's facts about this worker.
     pub header: Header,
-    /// Task count per state over the whole database: the seven [`STATES`] in order, then
-    /// any name the database had that this build does not know.
-    pub counts: Vec<(String, u64)>,
+    /// Task count per state over the whole database, every state in [`TaskState::ALL`]
+    /// order.
+    pub counts: [(TaskState, u64); TaskState::ALL.len()],
     /// Tasks this worker completed in each of the last seconds, oldest first.
     pub throughput: VecDeque<u64>,
     /// Completed per second now: the mean of the last [`RATE_SECONDS`] samples.
@@ -439,7 +467,7 @@ pub struct DashboardState {
     /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
     pending_removal: Option<i64>,
     /// The running task a `c` asked to cancel, while its "y/n" flash shows.
-    pending_cancel: Option<String>,
+    pending_cancel: Option<Uuid>,
 }
 
 impl DashboardState {
@@ -447,7 +475,7 @@ impl DashboardState {
     pub fn new(header: Header) -> DashboardState {
         DashboardState {
             header,
-            counts: STATES.iter().map(|s| ((*s).to_owned(), 0)).collect(),
+            counts: TaskState::ALL.map(|s| (s, 0)),
             throughput: VecDeque::with_capacity(THROUGHPUT_SECONDS),
             rate: 0.0,
             running: Vec::new(),
@@ -483,13 +511,13 @@ impl DashboardState {
         };
         self.running.insert(at, task);
         if self.selection.running.is_none() {
-            self.selection.running = self.running.first().map(|t| t.id.clone());
+            self.selection.running = self.running.first().map(|t| t.id);
         }
     }
 
     /// A claimed attempt began running `elapsed` ago (it waited for a slot until then);
     /// ignored if the task is not listed or already running.
-    pub fn task_running(&mut self, id: &str, elapsed: Duration) {
+    pub fn task_running(&mut self, id: Uuid, elapsed: Duration) {
         let Some(index) = self
             .running
             .iter()
@@ -513,7 +541,7 @@ impl DashboardState {
     }
 
     /// A running task reported progress; ignored if the task is not listed.
-    pub fn task_progress(&mut self, id: &str, progress: Progress) {
+    pub fn task_progress(&mut self, id: Uuid, progress: Progress) {
         if let Some(task) = self.running.iter_mut().find(|r| r.id == id) {
             let message = progress.message.map(|m| clean(&m).replace('\n', " "));
             task.progress = Some(Progress {
@@ -533,17 +561,17 @@ impl DashboardState {
     pub fn task_finished(&mut self, mut task: FinishedTask) {
         if let Some(index) = self.running.iter().position(|r| r.id == task.id) {
             self.running.remove(index);
-            if self.selection.running.as_deref() == Some(task.id.as_str()) {
+            if self.selection.running == Some(task.id) {
                 let next = index.min(self.running.len().saturating_sub(1));
-                self.selection.running = self.running.get(next).map(|t| t.id.clone());
+                self.selection.running = self.running.get(next).map(|t| t.id);
             }
         }
         if self.focus == Pane::Recent && self.selection.recent.is_none() {
             self.selection.recent = self.recent.front().map(key_of);
         }
         self.stats
-            .record(&task.task, task.duration, counts_as_failure(&task.state));
-        if task.state == "completed" {
+            .record(&task.task, task.duration, counts_as_failure(task.state));
+        if task.state == TaskState::Completed {
             self.completed_this_second += 1;
         }
         task.error = task.error.as_deref().map(clean);
@@ -563,7 +591,13 @@ impl DashboardState {
             text,
         } = line;
         let text = clean(&text);
-        let source = clean(&source).replace('\n', " ");
+        let source = match source {
+            Source::Task { task, id } => Source::Task {
+                task: one_line(&task),
+                id,
+            },
+            other => other,
+        };
         let mut parts: Vec<&str> = text.lines().collect();
         if parts.is_empty() {
             parts.push("");
@@ -585,17 +619,15 @@ impl DashboardState {
         self.clamp_selection();
     }
 
-    /// Replaces the counts by state, from any `(state, count)` list (such as a `GROUP BY
-    /// state` query): the seven states appear in order, missing ones as 0.
-    pub fn set_counts<S: AsRef<str>>(&mut self, counts: impl IntoIterator<Item = (S, u64)>) {
+    /// Replaces the counts by state with the sums of a `(state, count)` list, such as a
+    /// count grouped by manager, task name and state; a state missing from it counts 0.
+    pub fn set_counts(&mut self, counts: impl IntoIterator<Item = (TaskState, u64)>) {
         for (_, n) in &mut self.counts {
             *n = 0;
         }
-        for (name, n) in counts {
-            let name = name.as_ref();
-            match self.counts.iter_mut().find(|(s, _)| s == name) {
-                Some((_, slot)) => *slot = n,
-                None => self.counts.push((name.to_owned(), n)),
+        for (state, n) in counts {
+            if let Some((_, slot)) = self.counts.iter_mut().find(|(s, _)| *s == state) {
+                *slot = slot.saturating_add(n);
             }
         }
     }
@@ -767,8 +799,7 @@ impl DashboardState {
         match pane {
             Pane::Running => s
                 .running
-                .as_ref()
-                .and_then(|id| self.running.iter().position(|t| &t.id == id))
+                .and_then(|id| self.running.iter().position(|t| t.id == id))
                 .unwrap_or(0),
             Pane::Recent => s
                 .recent
@@ -844,7 +875,7 @@ impl DashboardState {
             Move::Last => last,
         };
         match self.focus {
-            Pane::Running => self.selection.running = self.running.get(row).map(|t| t.id.clone()),
+            Pane::Running => self.selection.running = self.running.get(row).map(|t| t.id),
             Pane::Recent => self.selection.recent = self.recent.get(row).map(key_of),
             _ => {}
         }
@@ -875,13 +906,13 @@ impl DashboardState {
             );
             return None;
         };
-        let name = format!("{} {}", task.task, short_id(&task.id));
-        if matches!(task.state.as_str(), "discarded" | "cancelled") {
-            let id = task.id.clone();
+        let name = format!("{} {}", task.task, short_task_id(task.id));
+        if matches!(task.state, TaskState::Discarded | TaskState::Cancelled) {
+            let id = task.id;
             self.flash(Level::Info, format!("retry requested for {name}"));
             Some(Command::Retry { id })
         } else {
-            let state = task.state.clone();
+            let state = task.state;
             self.flash(
                 Level::Warn,
                 format!("{name} is {state}: only discarded or cancelled tasks can be retried"),
@@ -894,10 +925,7 @@ impl DashboardState {
         if self.focus == Pane::Running
             && let Some(task) = self.selected_running()
         {
-            let (id, name) = (
-                task.id.clone(),
-                format!("{} {}", task.task, short_id(&task.id)),
-            );
+            let (id, name) = (task.id, format!("{} {}", task.task, short_task_id(task.id)));
             let what = match task.phase {
                 Phase::Running => "running",
                 Phase::Waiting => "claimed and waiting for a slot",
@@ -909,21 +937,21 @@ impl DashboardState {
         let target = match self.focus {
             Pane::Recent => self
                 .selected_recent()
-                .map(|t| (t.id.clone(), t.task.clone(), t.state.as_str())),
+                .map(|t| (t.id, t.task.clone(), t.state)),
             _ => None,
         };
         match target {
-            Some((id, task, "retryable")) => {
+            Some((id, task, TaskState::Retryable)) => {
                 self.flash(
                     Level::Info,
-                    format!("cancel requested for {task} {}", short_id(&id)),
+                    format!("cancel requested for {task} {}", short_task_id(id)),
                 );
                 Some(Command::Cancel { id })
             }
             Some((id, task, state)) => {
                 let message = format!(
                     "{task} {} is {state}: only running or retryable tasks can be cancelled",
-                    short_id(&id)
+                    short_task_id(id)
                 );
                 self.flash(Level::Warn, message);
                 None
@@ -943,8 +971,8 @@ impl DashboardState {
     fn confirm_cancel(&mut self) -> Option<Command> {
         let id = self.pending_cancel.take()?;
         let name = match self.running.iter().find(|t| t.id == id) {
-            Some(t) => format!("{} {}", t.task, short_id(&t.id)),
-            None => short_id(&id).to_owned(),
+            Some(t) => format!("{} {}", t.task, short_task_id(t.id)),
+            None => short_task_id(id),
         };
         self.flash(Level::Info, format!("cancel requested for {name}"));
         Some(Command::Cancel { id })
@@ -1002,7 +1030,7 @@ impl DashboardState {
 /// How the recent list's selection names an attempt.
 fn key_of(task: &FinishedTask) -> AttemptKey {
     AttemptKey {
-        id: task.id.clone(),
+        id: task.id,
         attempt: task.attempt,
     }
 }
@@ -1039,13 +1067,20 @@ impl Move {
 /// Whether an attempt that left its task in `state` counts as a failure in the
 /// statistics: the attempt failed (`retryable`, `discarded`). A cancelled task was
 /// stopped, not failed.
-pub fn counts_as_failure(state: &str) -> bool {
-    matches!(state, "retryable" | "discarded")
+pub fn counts_as_failure(state: TaskState) -> bool {
+    matches!(state, TaskState::Retryable | TaskState::Discarded)
 }
 
-/// The part of an id the dashboard shows: its last 8 hex digits. Task and worker ids are
+/// The part of a task's id the dashboard shows: its last 8 hex digits. Task ids are
 /// UUIDv7, whose leading digits are a timestamp shared by every id made in the same
-/// minute or so; the trailing ones are random. Anything else is shown whole.
+/// minute or so; the trailing ones are random.
+pub fn short_task_id(id: Uuid) -> String {
+    format!("{:08x}", id.as_u128() & 0xffff_ffff)
+}
+
+/// [`short_task_id`] for a worker's id, which the database keeps as text (32 hex digits
+/// when a castor worker wrote it): its last 8 hex digits, or the whole text if it does
+/// not end in 8 of them.
 pub fn short_id(id: &str) -> &str {
     match id.len().checked_sub(8) {
         Some(start)
@@ -1199,11 +1234,27 @@ mod tests {
         })
     }
 
-    fn running(id: &str) -> RunningTask {
+    /// A task id that is `name` if it is a UUID, else spells `name` (up to 16 bytes) in
+    /// its last bytes, so that tests can name their tasks; [`name`] reads it back.
+    fn id(name: &str) -> Uuid {
+        name.parse().unwrap_or_else(|_| {
+            let mut bytes = [0u8; 16];
+            bytes[16 - name.len()..].copy_from_slice(name.as_bytes());
+            Uuid::from_bytes(bytes)
+        })
+    }
+
+    fn name(id: Uuid) -> String {
+        let bytes = id.into_bytes();
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(16);
+        String::from_utf8_lossy(&bytes[start..]).into_owned()
+    }
+
+    fn running(name: &str) -> RunningTask {
         RunningTask {
-            id: id.into(),
+            id: id(name),
             task: "resize".into(),
-            mode: "thread".into(),
+            mode: TaskMode::Thread,
             attempt: 1,
             max_attempts: 3,
             phase: Phase::Running,
@@ -1212,15 +1263,15 @@ mod tests {
         }
     }
 
-    fn finished(id: &str, state: &str, ms: u64) -> FinishedTask {
+    fn finished(name: &str, state: TaskState, ms: u64) -> FinishedTask {
         FinishedTask {
-            id: id.into(),
+            id: id(name),
             task: "resize".into(),
-            state: state.into(),
+            state,
             attempt: 1,
             max_attempts: 3,
             duration: Duration::from_millis(ms),
-            error: (state != "completed").then(|| "boom".to_owned()),
+            error: (state != TaskState::Completed).then(|| "boom".to_owned()),
             at: "12:00:00".into(),
         }
     }
@@ -1229,21 +1280,24 @@ mod tests {
         LogLine {
             at: "12:00:00".into(),
             level: Level::Info,
-            source: "worker".into(),
+            source: Source::Worker,
             text: text.into(),
         }
     }
 
     #[test]
-    fn counts_keep_the_seven_states_in_order() {
+    fn counts_keep_the_seven_states_in_order_and_sum_per_state() {
         let mut s = state();
-        s.set_counts([("completed", 5), ("available", 2), ("paused", 1)]);
-        let names: Vec<&str> = s.counts.iter().map(|(n, _)| n.as_str()).collect();
-        assert_eq!(names[..7], STATES);
-        assert_eq!(names[7], "paused");
+        s.set_counts([
+            (TaskState::Completed, 5),
+            (TaskState::Available, 2),
+            (TaskState::Completed, 4),
+        ]);
+        let states: Vec<TaskState> = s.counts.iter().map(|(state, _)| *state).collect();
+        assert_eq!(states, TaskState::ALL);
         assert_eq!(s.counts[1].1, 2);
-        assert_eq!(s.counts[4].1, 5);
-        s.set_counts([("running".to_owned(), 3)]);
+        assert_eq!(s.counts[4].1, 9, "one row per task name, summed");
+        s.set_counts([(TaskState::Running, 3)]);
         assert_eq!(s.counts[4].1, 0, "a state missing from the new list is 0");
         assert_eq!(s.counts[2].1, 3);
     }
@@ -1253,10 +1307,10 @@ mod tests {
         let mut s = state();
         s.task_started(running("a"));
         s.task_started(running("b"));
-        s.task_finished(finished("a", "completed", 20));
+        s.task_finished(finished("a", TaskState::Completed, 20));
         assert_eq!(s.running.len(), 1);
-        assert_eq!(s.running[0].id, "b");
-        assert_eq!(s.recent[0].id, "a");
+        assert_eq!(s.running[0].id, id("b"));
+        assert_eq!(s.recent[0].id, id("a"));
         s.advance(Duration::from_millis(10));
         let rows = s.stats.rows();
         assert_eq!(rows.len(), 1);
@@ -1280,7 +1334,7 @@ mod tests {
         let mut s = state();
         s.task_started(running("a"));
         s.task_progress(
-            "a",
+            id("a"),
             Progress {
                 done: 3,
                 total: 10,
@@ -1288,7 +1342,7 @@ mod tests {
             },
         );
         s.task_progress(
-            "unknown",
+            id("unknown"),
             Progress {
                 done: 1,
                 total: 1,
@@ -1306,18 +1360,18 @@ mod tests {
     fn recent_is_bounded_and_keeps_a_selected_row_in_place() {
         let mut s = state();
         for i in 0..RECENT_CAPACITY + 5 {
-            s.task_finished(finished(&format!("t{i}"), "completed", 1));
+            s.task_finished(finished(&format!("t{i}"), TaskState::Completed, 1));
         }
         assert_eq!(s.recent.len(), RECENT_CAPACITY);
         assert_eq!(s.selected_row(Pane::Recent), 0, "row 0 follows the newest");
         s.focus = Pane::Recent;
         s.apply(Action::Down);
         s.apply(Action::Down);
-        let selected = s.selected_recent().map(|t| t.id.clone());
-        s.task_finished(finished("new", "discarded", 1));
-        assert_eq!(s.selected_recent().map(|t| t.id.clone()), selected);
+        let selected = s.selected_recent().map(|t| t.id);
+        s.task_finished(finished("new", TaskState::Discarded, 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), selected);
         s.apply(Action::Bottom);
-        s.task_finished(finished("newer", "completed", 1));
+        s.task_finished(finished("newer", TaskState::Completed, 1));
         assert_eq!(
             s.selected_row(Pane::Recent),
             RECENT_CAPACITY - 1,
@@ -1332,8 +1386,8 @@ mod tests {
         }
     }
 
-    fn ids(s: &DashboardState) -> Vec<&str> {
-        s.running.iter().map(|t| t.id.as_str()).collect()
+    fn ids(s: &DashboardState) -> Vec<String> {
+        s.running.iter().map(|t| name(t.id)).collect()
     }
 
     #[test]
@@ -1350,13 +1404,13 @@ mod tests {
             Duration::ZERO,
             "waiting is not running"
         );
-        s.task_running("w2", Duration::from_millis(300));
+        s.task_running(id("w2"), Duration::from_millis(300));
         assert_eq!(ids(&s), ["r1", "w2", "w1"]);
         assert_eq!(
             (s.running[1].phase, s.running[1].elapsed),
             (Phase::Running, Duration::from_millis(300))
         );
-        s.task_running("w2", Duration::from_secs(9));
+        s.task_running(id("w2"), Duration::from_secs(9));
         assert_eq!(
             s.running[1].elapsed,
             Duration::from_millis(300),
@@ -1374,29 +1428,29 @@ mod tests {
         s.task_started(claimed("w1"));
         s.task_started(claimed("w2"));
         s.apply(Action::Bottom);
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("w2")));
         // Rows arrive above it and move around it: the selection follows w2, not row 2.
         s.task_started(running("r2"));
-        s.task_running("w1", Duration::ZERO);
+        s.task_running(id("w1"), Duration::ZERO);
         assert_eq!(ids(&s), ["r1", "r2", "w1", "w2"]);
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("w2")));
         assert_eq!(s.selected_row(Pane::Running), 3);
-        s.task_running("w2", Duration::ZERO);
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        s.task_running(id("w2"), Duration::ZERO);
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("w2")));
         // The selected task ends: the row that takes its place is selected.
         s.apply(Action::Up);
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w1"));
-        s.task_finished(finished("w1", "completed", 1));
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("w2"));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("w1")));
+        s.task_finished(finished("w1", TaskState::Completed, 1));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("w2")));
     }
 
     #[test]
     fn the_focused_recent_selection_does_not_follow_new_rows() {
         let mut s = state();
-        s.task_finished(finished("a", "discarded", 1));
+        s.task_finished(finished("a", TaskState::Discarded, 1));
         assert_eq!(s.selection.recent, None, "unfocused row 0 follows");
-        s.task_finished(finished("b", "completed", 1));
-        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("b"));
+        s.task_finished(finished("b", TaskState::Completed, 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), Some(id("b")));
         // Focusing pins the row on screen: `r` retries what the user saw.
         s.apply(Action::PrevPane);
         s.apply(Action::PrevPane);
@@ -1405,35 +1459,35 @@ mod tests {
         s.apply(Action::PrevPane);
         assert_eq!(s.focus, Pane::Recent);
         s.apply(Action::Down);
-        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("a"));
-        s.task_finished(finished("c", "completed", 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), Some(id("a")));
+        s.task_finished(finished("c", TaskState::Completed, 1));
         assert_eq!(
             s.apply(Action::RetrySelected),
-            Some(Command::Retry { id: "a".into() })
+            Some(Command::Retry { id: id("a") })
         );
         s.apply(Action::Top);
-        s.task_finished(finished("d", "completed", 1));
+        s.task_finished(finished("d", TaskState::Completed, 1));
         assert_eq!(
-            s.selected_recent().map(|t| t.id.as_str()),
-            Some("c"),
+            s.selected_recent().map(|t| t.id),
+            Some(id("c")),
             "focused row 0 stays put"
         );
         // Leaving the pane on its newest row lets it follow again; elsewhere, not.
         s.apply(Action::NextPane);
-        s.task_finished(finished("e", "completed", 1));
-        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("c"));
+        s.task_finished(finished("e", TaskState::Completed, 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), Some(id("c")));
         s.apply(Action::PrevPane);
         s.apply(Action::Top);
         s.apply(Action::NextPane);
-        s.task_finished(finished("f", "completed", 1));
-        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("f"));
+        s.task_finished(finished("f", TaskState::Completed, 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), Some(id("f")));
         s.apply(Action::PrevPane);
-        s.task_finished(finished("g", "completed", 1));
-        assert_eq!(s.selected_recent().map(|t| t.id.as_str()), Some("f"));
+        s.task_finished(finished("g", TaskState::Completed, 1));
+        assert_eq!(s.selected_recent().map(|t| t.id), Some(id("f")));
         // The same task's attempts are told apart.
         s.task_finished(FinishedTask {
             attempt: 2,
-            ..finished("f", "completed", 1)
+            ..finished("f", TaskState::Completed, 1)
         });
         assert_eq!(s.selected_recent().map(|t| t.attempt), Some(1));
     }
@@ -1467,13 +1521,13 @@ mod tests {
         s.task_started(running("0190f1e2-aa3b-7c4d-8e9f-00000000cafe"));
         s.task_finished(finished(
             "0190f1e2-aa3b-7c4d-8e9f-00000000beef",
-            "completed",
+            TaskState::Completed,
             1,
         ));
         assert_eq!(
             s.apply(Action::Confirm),
             Some(Command::Cancel {
-                id: "0190f1e2-aa3b-7c4d-8e9f-00000000beef".into()
+                id: id("0190f1e2-aa3b-7c4d-8e9f-00000000beef")
             })
         );
         assert_eq!(flash_text(&s), "cancel requested for 0000beef");
@@ -1486,10 +1540,10 @@ mod tests {
             s.task_started(running(id));
         }
         s.apply(Action::Bottom);
-        s.task_finished(finished("a", "completed", 1));
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("c"));
-        s.task_finished(finished("c", "completed", 1));
-        assert_eq!(s.selected_running().map(|t| t.id.as_str()), Some("b"));
+        s.task_finished(finished("a", TaskState::Completed, 1));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("c")));
+        s.task_finished(finished("c", TaskState::Completed, 1));
+        assert_eq!(s.selected_running().map(|t| t.id), Some(id("b")));
     }
 
     #[test]
@@ -1587,7 +1641,7 @@ mod tests {
         let mut s = state();
         s.task_finished(finished(
             "0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f",
-            "discarded",
+            TaskState::Discarded,
             5,
         ));
         assert_eq!(s.apply(Action::RetrySelected), None, "focus is on Running");
@@ -1596,13 +1650,13 @@ mod tests {
         assert_eq!(
             s.apply(Action::RetrySelected),
             Some(Command::Retry {
-                id: "0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f".into()
+                id: id("0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f")
             })
         );
         let flash = s.flash.as_ref().map(|f| f.text.as_str());
         assert_eq!(flash, Some("retry requested for resize 2c3d4e5f"));
         // A new row does not slide under the focused selection; moving to it does.
-        s.task_finished(finished("c", "completed", 5));
+        s.task_finished(finished("c", TaskState::Completed, 5));
         assert_eq!(
             s.selected_recent().map(|t| t.state.as_str()),
             Some("discarded")
@@ -1625,16 +1679,16 @@ mod tests {
         assert_eq!(s.apply(Action::CancelSelected), None, "asks first");
         assert_eq!(
             s.apply(Action::Confirm),
-            Some(Command::Cancel { id: "r".into() })
+            Some(Command::Cancel { id: id("r") })
         );
         s.focus = Pane::Recent;
-        s.task_finished(finished("r", "retryable", 5));
+        s.task_finished(finished("r", TaskState::Retryable, 5));
         assert_eq!(
             s.apply(Action::CancelSelected),
-            Some(Command::Cancel { id: "r".into() }),
+            Some(Command::Cancel { id: id("r") }),
             "a retryable task is not running: no question"
         );
-        s.task_finished(finished("d", "discarded", 5));
+        s.task_finished(finished("d", TaskState::Discarded, 5));
         s.apply(Action::Top);
         assert_eq!(s.apply(Action::CancelSelected), None);
         s.focus = Pane::Logs;
@@ -1669,9 +1723,9 @@ mod tests {
     fn throughput_takes_one_sample_per_second() {
         let mut s = state();
         for i in 0..6 {
-            s.task_finished(finished(&i.to_string(), "completed", 1));
+            s.task_finished(finished(&i.to_string(), TaskState::Completed, 1));
         }
-        s.task_finished(finished("x", "discarded", 1));
+        s.task_finished(finished("x", TaskState::Discarded, 1));
         s.advance(Duration::from_millis(600));
         assert!(s.throughput.is_empty());
         s.advance(Duration::from_millis(600));
@@ -1728,9 +1782,9 @@ mod tests {
         }
     }
 
-    fn waiting(id: &str, ms: u64) -> ScheduledTask {
+    fn waiting(name: &str, ms: u64) -> ScheduledTask {
         ScheduledTask {
-            id: id.into(),
+            id: id(name),
             task: "resize".into(),
             runs_in: Duration::from_millis(ms),
         }
@@ -1784,10 +1838,10 @@ mod tests {
         tasks[0].task = "re\tsize\n".into();
         s.set_scheduled(tasks);
         assert_eq!(s.scheduled.len(), SCHEDULED_CAPACITY);
-        assert_eq!(s.scheduled[0].id, "0", "soonest first");
+        assert_eq!(s.scheduled[0].id, id("0"), "soonest first");
         assert_eq!(
-            s.scheduled.last().map(|t| t.id.as_str()),
-            Some((SCHEDULED_CAPACITY - 1).to_string().as_str()),
+            s.scheduled.last().map(|t| name(t.id)),
+            Some((SCHEDULED_CAPACITY - 1).to_string()),
             "the latest are dropped"
         );
         s.set_scheduled(vec![
@@ -1941,14 +1995,20 @@ mod tests {
 
     #[test]
     fn failures_are_failed_attempts() {
-        assert!(counts_as_failure("retryable"));
-        assert!(counts_as_failure("discarded"));
-        assert!(!counts_as_failure("completed"));
-        assert!(!counts_as_failure("cancelled"));
+        let failures: Vec<TaskState> = TaskState::ALL
+            .into_iter()
+            .filter(|&s| counts_as_failure(s))
+            .collect();
+        assert_eq!(failures, [TaskState::Retryable, TaskState::Discarded]);
     }
 
     #[test]
     fn short_ids_are_the_random_end() {
+        assert_eq!(
+            short_task_id(id("0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f")),
+            "2c3d4e5f"
+        );
+        assert_eq!(short_task_id(Uuid::nil()), "00000000");
         assert_eq!(short_id("0190f1e2-aa3b-7c4d-8e9f-0a1b2c3d4e5f"), "2c3d4e5f");
         assert_eq!(short_id("0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f"), "2c3d4e5f");
         assert_eq!(short_id("worker-1"), "worker-1");

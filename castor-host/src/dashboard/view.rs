@@ -20,9 +20,11 @@
 //! put until it leaves the page. The log wraps its lines and keeps the line the selection
 //! points at on its bottom row.
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use castor_store::TaskState;
 use castor_store::format::format_duration;
 
 use ratatui::Frame;
@@ -38,8 +40,8 @@ use ratatui::widgets::{
 
 use super::input::HELP;
 use super::state::{
-    DashboardState, FinishedTask, Level, LogLine, Pane, Phase, RunningTask, ScheduleRow, TaskStats,
-    WorkerInfo, short_id,
+    DashboardState, FinishedTask, Level, LogLine, Pane, Phase, RunningTask, ScheduleRow, Source,
+    TaskStats, WorkerInfo, short_id, short_task_id,
 };
 
 /// Below this width or height only the header, the counts and the focused pane are shown.
@@ -276,25 +278,35 @@ fn pool(label: &str, busy: usize, size: usize, meter: bool) -> Vec<Span<'static>
     spans
 }
 
+/// One state's count as the band shows it: the state's name (or its abbreviation) and
+/// how many tasks are in it.
+struct CountCell {
+    state: TaskState,
+    name: &'static str,
+    n: u64,
+}
+
 /// The counts as a grid of two rows; each column as wide as its widest cell.
-fn count_cells(state: &DashboardState, short: bool) -> [Vec<(String, u64)>; 2] {
+fn count_cells(state: &DashboardState, short: bool) -> [Vec<CountCell>; 2] {
     let split = state.counts.len().div_ceil(2);
-    let name = |s: &str| -> String {
-        if short {
-            abbreviation(s).to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
     let mut rows = [Vec::new(), Vec::new()];
-    for (i, (state_name, n)) in state.counts.iter().enumerate() {
-        rows[usize::from(i >= split)].push((name(state_name), *n));
+    for (i, &(task_state, n)) in state.counts.iter().enumerate() {
+        let name = if short {
+            abbreviation(task_state)
+        } else {
+            task_state.as_str()
+        };
+        rows[usize::from(i >= split)].push(CountCell {
+            state: task_state,
+            name,
+            n,
+        });
     }
     rows
 }
 
-fn column_widths(rows: &[Vec<(String, u64)>; 2]) -> Vec<usize> {
-    let cell = |(name, n): &(String, u64)| name.chars().count() + 1 + thousands(*n).len();
+fn column_widths(rows: &[Vec<CountCell>; 2]) -> Vec<usize> {
+    let cell = |c: &CountCell| c.name.chars().count() + 1 + thousands(c.n).len();
     (0..rows[0].len())
         .map(|i| {
             rows.iter()
@@ -334,14 +346,18 @@ fn counts(state: &DashboardState, area: Rect, buf: &mut Buffer, titled: bool) {
         .iter()
         .map(|row| {
             let mut spans = Vec::new();
-            for (i, (name, n)) in row.iter().enumerate() {
+            for (i, cell) in row.iter().enumerate() {
                 if i > 0 {
                     spans.push(Span::raw("  "));
                 }
-                let value = thousands(*n);
-                let pad = widths[i].saturating_sub(name.chars().count() + value.len());
-                let value_style = if *n == 0 { DIM } else { Style::new().bold() };
-                spans.push(Span::styled(name.clone(), state_style(name)));
+                let value = thousands(cell.n);
+                let pad = widths[i].saturating_sub(cell.name.chars().count() + value.len());
+                let value_style = if cell.n == 0 {
+                    DIM
+                } else {
+                    Style::new().bold()
+                };
+                spans.push(Span::styled(cell.name, state_style(cell.state)));
                 spans.push(Span::raw(" ".repeat(pad)));
                 spans.push(Span::styled(value, value_style));
             }
@@ -766,9 +782,9 @@ fn running_cells(t: &RunningTask, widths: &[u16]) -> Vec<Cell<'static>> {
     if t.phase == Phase::Waiting {
         // Claimed but not begun: no time runs, and nothing claims it does.
         return vec![
-            Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+            Cell::from(Span::styled(short_task_id(t.id), DIM)),
             Cell::from(Span::styled(fit(&t.task, widths[1]), DIM)),
-            Cell::from(Span::styled(t.mode.clone(), DIM)),
+            Cell::from(Span::styled(t.mode.as_str(), DIM)),
             Cell::from(Line::from(attempts(t.attempt, t.max_attempts)).right_aligned()),
             Cell::from(Line::from(Span::styled("waiting", DIM)).right_aligned()),
             Cell::from(Span::styled("-", DIM)),
@@ -776,9 +792,9 @@ fn running_cells(t: &RunningTask, widths: &[u16]) -> Vec<Cell<'static>> {
     }
     let progress_width = widths.get(5).copied().unwrap_or(0);
     vec![
-        Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+        Cell::from(Span::styled(short_task_id(t.id), DIM)),
         Cell::from(fit(&t.task, widths[1])),
-        Cell::from(Span::styled(t.mode.clone(), LABEL)),
+        Cell::from(Span::styled(t.mode.as_str(), LABEL)),
         Cell::from(Line::from(attempts(t.attempt, t.max_attempts)).right_aligned()),
         Cell::from(Line::from(format_duration(t.elapsed)).right_aligned()),
         Cell::from(progress(t, progress_width)),
@@ -876,7 +892,7 @@ fn recent(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         let (detail_area, _) = take_bottom(area, detail);
         let title = Line::from(vec![
             Span::styled(" error of ", LABEL),
-            Span::raw(format!("{} {} ", task.task, short_id(&task.id))),
+            Span::raw(format!("{} {} ", task.task, short_task_id(task.id))),
         ]);
         let block = Block::new()
             .borders(Borders::TOP)
@@ -884,7 +900,7 @@ fn recent(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
             .border_style(DIM)
             .title(title);
         Paragraph::new(error.to_owned())
-            .style(Style::new().fg(state_color(&task.state)))
+            .style(Style::new().fg(state_color(task.state)))
             .wrap(Wrap { trim: false })
             .block(block)
             .render(detail_area, buf);
@@ -904,12 +920,12 @@ fn recent_cells(t: &FinishedTask, widths: &[u16]) -> Vec<Cell<'static>> {
     });
     vec![
         Cell::from(Span::styled(t.at.clone(), DIM)),
-        Cell::from(Span::styled(t.state.clone(), state_style(&t.state))),
-        Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+        Cell::from(Span::styled(t.state.as_str(), state_style(t.state))),
+        Cell::from(Span::styled(short_task_id(t.id), DIM)),
         Cell::from(fit(&t.task, widths[3])),
         Cell::from(Line::from(attempts(t.attempt, t.max_attempts)).right_aligned()),
         Cell::from(Line::from(format_duration(t.duration)).right_aligned()),
-        Cell::from(Span::styled(error, Style::new().fg(state_color(&t.state)))),
+        Cell::from(Span::styled(error, Style::new().fg(state_color(t.state)))),
     ]
 }
 
@@ -1178,7 +1194,7 @@ fn waiting(state: &DashboardState, area: Rect, buf: &mut Buffer) {
         .map(|t| {
             let mut cells = [
                 Cell::from(fit(&t.task, widths[0])),
-                Cell::from(Span::styled(short_id(&t.id).to_owned(), DIM)),
+                Cell::from(Span::styled(short_task_id(t.id), DIM)),
                 Cell::from(Line::from(starts_in(t.runs_in)).right_aligned()),
             ];
             Row::new(
@@ -1240,7 +1256,7 @@ fn logs(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
     let source_width = state
         .logs
         .range(end.saturating_sub(height)..end)
-        .map(|l| l.source.chars().count())
+        .map(|l| source_label(&l.source).chars().count())
         .max()
         .unwrap_or(0)
         .min(usize::from(inner.width / 4));
@@ -1286,7 +1302,7 @@ fn log_rows(
         Level::Debug => DIM,
         Level::Info | Level::Output => Style::new(),
     };
-    let source = fit(&l.source, room_u16(source_width));
+    let source = fit(&source_label(&l.source), room_u16(source_width));
     // Too narrow to wrap usefully: one row, cut at the edge.
     let mut pieces = if text_width < 12 {
         vec![l.text.clone()]
@@ -1314,45 +1330,45 @@ fn log_rows(
 // ---------------------------------------------------------------------------------------
 // Formatting
 
-fn state_color(state: &str) -> Color {
-    match state {
-        "scheduled" => Color::Blue,
-        "available" => Color::Cyan,
-        "running" => Color::Yellow,
-        "retryable" => Color::Magenta,
-        "completed" => Color::Green,
-        "discarded" => Color::Red,
-        "cancelled" => Color::Gray,
-        _ => Color::Reset,
+/// Who a log line is from, as the log pane names it: `worker`, `library`, `output`,
+/// `child 4242`, or a task's name and short id (`send_email 2c3d4e5f`).
+fn source_label(source: &Source) -> Cow<'static, str> {
+    match source {
+        Source::Worker => Cow::Borrowed("worker"),
+        Source::Library => Cow::Borrowed("library"),
+        Source::Output => Cow::Borrowed("output"),
+        Source::Child { pid } => Cow::Owned(format!("child {pid}")),
+        Source::Task { task, id } => Cow::Owned(format!("{task} {}", short_task_id(*id))),
     }
 }
 
-fn state_style(state: &str) -> Style {
-    Style::new().fg(state_color(unabbreviated(state)))
+fn state_color(state: TaskState) -> Color {
+    match state {
+        TaskState::Scheduled => Color::Blue,
+        TaskState::Available => Color::Cyan,
+        TaskState::Running => Color::Yellow,
+        TaskState::Retryable => Color::Magenta,
+        TaskState::Completed => Color::Green,
+        TaskState::Discarded => Color::Red,
+        TaskState::Cancelled => Color::Gray,
+    }
 }
 
-const ABBREVIATIONS: [(&str, &str); 7] = [
-    ("scheduled", "sched"),
-    ("available", "avail"),
-    ("running", "run"),
-    ("retryable", "retry"),
-    ("completed", "compl"),
-    ("discarded", "disc"),
-    ("cancelled", "canc"),
-];
-
-fn abbreviation(state: &str) -> &str {
-    ABBREVIATIONS
-        .iter()
-        .find(|(full, _)| *full == state)
-        .map_or(state, |(_, short)| short)
+fn state_style(state: TaskState) -> Style {
+    Style::new().fg(state_color(state))
 }
 
-fn unabbreviated(state: &str) -> &str {
-    ABBREVIATIONS
-        .iter()
-        .find(|(_, short)| *short == state)
-        .map_or(state, |(full, _)| full)
+/// A state's name where the full ones do not fit.
+const fn abbreviation(state: TaskState) -> &'static str {
+    match state {
+        TaskState::Scheduled => "sched",
+        TaskState::Available => "avail",
+        TaskState::Running => "run",
+        TaskState::Retryable => "retry",
+        TaskState::Completed => "compl",
+        TaskState::Discarded => "disc",
+        TaskState::Cancelled => "canc",
+    }
 }
 
 fn level_style(level: Level) -> Style {
@@ -1446,6 +1462,47 @@ fn fit_left(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_sources_are_named_as_before_they_were_typed() {
+        let id = castor_abi::Uuid::from_u128(0x0190_f1e2_aa3b_7c4d_8e9f_0a1b_2c3d_4e5f);
+        let labels: Vec<Cow<'static, str>> = [
+            Source::Worker,
+            Source::Library,
+            Source::Output,
+            Source::Child { pid: 4242 },
+            Source::Task {
+                task: "send_email".into(),
+                id,
+            },
+        ]
+        .iter()
+        .map(source_label)
+        .collect();
+        assert_eq!(
+            labels,
+            [
+                "worker",
+                "library",
+                "output",
+                "child 4242",
+                "send_email 2c3d4e5f"
+            ]
+        );
+    }
+
+    #[test]
+    fn every_state_has_its_own_colour_and_a_shorter_name() {
+        for state in TaskState::ALL {
+            let mut others = TaskState::ALL.into_iter().filter(|&s| s != state);
+            assert!(
+                others.all(|s| state_color(s) != state_color(state)),
+                "{state}"
+            );
+            assert!(abbreviation(state).len() < state.as_str().len(), "{state}");
+            assert!(state.as_str().starts_with(abbreviation(state)), "{state}");
+        }
+    }
 
     #[test]
     fn numbers_and_rates() {

@@ -5,13 +5,15 @@
 
 use std::time::Duration;
 
+use castor_abi::{TaskMode, Uuid};
+use castor_store::TaskState;
 use ratatui::Terminal;
 use ratatui::backend::TestBackend;
 
 use super::render;
 use super::state::{
     DashboardState, FinishedTask, Header, Level, LogLine, Pane, Phase, Progress, RunningTask,
-    ScheduleRow, ScheduledTask, WorkerInfo,
+    ScheduleRow, ScheduledTask, Source, WorkerInfo,
 };
 
 const THIS_WORKER: &str = "0190f1e2aa3b7c4d8e9f0a1b2c3d4e5f";
@@ -33,12 +35,20 @@ fn draw(state: &DashboardState, width: u16, height: u16) -> Terminal<TestBackend
     terminal
 }
 
+/// The high 80 bits of every test id: a UUIDv7 made on one day.
+const ID_HIGH: u128 = 0x0190_f1e2_aa3b_7c4d_8e9f_0000_0000_0000;
+
 /// A UUIDv7-looking id whose random end is made from `n`.
-fn id(n: u64) -> String {
-    format!(
-        "0190f1e2-aa3b-7c4d-8e9f-{:012x}",
-        n.wrapping_mul(0x9e37_79b9_7f4a)
-    )
+fn id(n: u64) -> Uuid {
+    Uuid::from_u128(ID_HIGH | u128::from(n.wrapping_mul(0x9e37_79b9_7f4a) & 0xffff_ffff_ffff))
+}
+
+/// A log line's source: the task `task` whose id ends in `short`.
+fn task(task: &str, short: u32) -> Source {
+    Source::Task {
+        task: task.into(),
+        id: Uuid::from_u128(ID_HIGH | u128::from(short)),
+    }
 }
 
 fn empty() -> DashboardState {
@@ -55,11 +65,17 @@ fn empty() -> DashboardState {
     })
 }
 
-fn running(n: u64, task: &str, mode: &str, secs: f64, progress: Option<Progress>) -> RunningTask {
+fn running(
+    n: u64,
+    task: &str,
+    mode: TaskMode,
+    secs: f64,
+    progress: Option<Progress>,
+) -> RunningTask {
     RunningTask {
         id: id(n),
         task: task.into(),
-        mode: mode.into(),
+        mode,
         attempt: 1,
         max_attempts: 3,
         phase: Phase::Running,
@@ -72,7 +88,7 @@ fn running(n: u64, task: &str, mode: &str, secs: f64, progress: Option<Progress>
 fn waiting_for_a_slot(n: u64, task: &str) -> RunningTask {
     RunningTask {
         phase: Phase::Waiting,
-        ..running(n, task, "process", 0.0, None)
+        ..running(n, task, TaskMode::Process, 0.0, None)
     }
 }
 
@@ -84,11 +100,11 @@ fn progress(done: u64, total: u64, message: Option<&str>) -> Option<Progress> {
     })
 }
 
-fn finished(n: u64, task: &str, state: &str, ms: u64, error: Option<&str>) -> FinishedTask {
+fn finished(n: u64, task: &str, state: TaskState, ms: u64, error: Option<&str>) -> FinishedTask {
     FinishedTask {
         id: id(n),
         task: task.into(),
-        state: state.into(),
+        state,
         attempt: 1,
         max_attempts: 1,
         duration: Duration::from_millis(ms),
@@ -97,11 +113,11 @@ fn finished(n: u64, task: &str, state: &str, ms: u64, error: Option<&str>) -> Fi
     }
 }
 
-fn log(state: &mut DashboardState, at: &str, level: Level, source: &str, text: &str) {
+fn log(state: &mut DashboardState, at: &str, level: Level, source: Source, text: &str) {
     state.log(LogLine {
         at: at.into(),
         level,
-        source: source.into(),
+        source,
         text: text.into(),
     });
 }
@@ -126,13 +142,13 @@ fn busy() -> DashboardState {
     s.header.uptime = Duration::from_secs(3725);
     s.set_pool_busy(3, 2);
     s.set_counts([
-        ("scheduled", 12),
-        ("available", 340),
-        ("running", 5),
-        ("retryable", 2),
-        ("completed", 18_204),
-        ("discarded", 3),
-        ("cancelled", 1),
+        (TaskState::Scheduled, 12),
+        (TaskState::Available, 340),
+        (TaskState::Running, 5),
+        (TaskState::Retryable, 2),
+        (TaskState::Completed, 18_204),
+        (TaskState::Discarded, 3),
+        (TaskState::Cancelled, 1),
     ]);
     for n in 0..40 {
         let (task, ms) = match n % 4 {
@@ -141,36 +157,40 @@ fn busy() -> DashboardState {
             2 => ("send_email", 55 + n),
             _ => ("import_csv", 2_000 + n * 100),
         };
-        let state = if n == 37 { "retryable" } else { "completed" };
+        let state = if n == 37 {
+            TaskState::Retryable
+        } else {
+            TaskState::Completed
+        };
         let error = (n == 37).then_some("connection refused (os error 111)");
         s.task_finished(finished(n, task, state, ms, error));
     }
     s.task_started(running(
         100,
         "resize_image",
-        "process",
+        TaskMode::Process,
         12.4,
         progress(9, 20, Some("tile 9/20")),
     ));
-    s.task_started(running(101, "send_email", "thread", 0.35, None));
+    s.task_started(running(101, "send_email", TaskMode::Thread, 0.35, None));
     s.task_started(running(
         102,
         "generate_quarterly_report",
-        "process",
+        TaskMode::Process,
         201.0,
         progress(100, 400, Some("rendering page 100")),
     ));
     s.task_started(running(
         103,
         "import_csv",
-        "thread",
+        TaskMode::Thread,
         4.2,
         progress(12_345, 0, Some("rows")),
     ));
     s.task_started(running(
         104,
         "send_email",
-        "thread",
+        TaskMode::Thread,
         0.0008,
         progress(1, 1, None),
     ));
@@ -184,14 +204,14 @@ fn busy() -> DashboardState {
         &mut s,
         "14:19:12",
         Level::Info,
-        "worker",
+        Source::Worker,
         "started with 4 threads, 2 processes",
     );
     log(
         &mut s,
         "14:19:12",
         Level::Info,
-        "worker",
+        Source::Worker,
         "library /home/ada/quickstart/target/release/libquickstart.so",
     );
     for n in 0..6u64 {
@@ -199,7 +219,10 @@ fn busy() -> DashboardState {
             &mut s,
             "15:21:10",
             Level::Output,
-            &format!("resize_image {}", super::state::short_id(&id(n))),
+            Source::Task {
+                task: "resize_image".into(),
+                id: id(n),
+            },
             &format!("resized photo-{n}.jpg to 1024x768"),
         );
     }
@@ -207,28 +230,28 @@ fn busy() -> DashboardState {
         &mut s,
         "15:21:14",
         Level::Warn,
-        "import_csv 5c2b7d31",
+        task("import_csv", 0x5c2b7d31),
         "row 9120: empty email, skipped",
     );
     log(
         &mut s,
         "15:21:15",
         Level::Info,
-        "send_email 1a2f0e9c",
+        task("send_email", 0x1a2f0e9c),
         "sent to ada@example.com",
     );
     log(
         &mut s,
         "15:21:16",
         Level::Error,
-        "send_email 8d40c66e",
+        task("send_email", 0x8d40c66e),
         "attempt 1/3 failed: connection refused (os error 111); retry in 1.0s",
     );
     log(
         &mut s,
         "15:21:17",
         Level::Debug,
-        "worker",
+        Source::Worker,
         "claimed 5 tasks in 212us",
     );
     s.set_workers(vec![
@@ -346,30 +369,30 @@ fn scheduling() -> DashboardState {
 fn failures() -> DashboardState {
     let mut s = busy();
     s.set_counts([
-        ("available", 1_205_330),
-        ("running", 2),
-        ("retryable", 17),
-        ("completed", 48_002),
-        ("discarded", 211),
+        (TaskState::Available, 1_205_330),
+        (TaskState::Running, 2),
+        (TaskState::Retryable, 17),
+        (TaskState::Completed, 48_002),
+        (TaskState::Discarded, 211),
     ]);
     s.task_finished(finished(
         201,
         "charge_card",
-        "discarded",
+        TaskState::Discarded,
         30_000,
         Some("timed out after 30.0s"),
     ));
-    s.task_finished(finished(202, "render_pdf", "discarded", 412, Some(
+    s.task_finished(finished(202, "render_pdf", TaskState::Discarded, 412, Some(
         "panicked at src/render.rs:118:9:\nindex out of bounds: the len is 3 but the index is 7",
     )));
     s.task_finished(finished(
         203,
         "sync_inventory",
-        "cancelled",
+        TaskState::Cancelled,
         9_800,
         Some("cancelled by a user"),
     ));
-    s.task_finished(finished(204, "charge_card", "discarded", 2_150, Some(
+    s.task_finished(finished(204, "charge_card", TaskState::Discarded, 2_150, Some(
         "payment provider said: card_declined (insufficient_funds); the card was declined for the \
          amount requested and no retry will change that, so the task was discarded on purpose",
     )));
@@ -377,21 +400,21 @@ fn failures() -> DashboardState {
         &mut s,
         "15:22:01",
         Level::Error,
-        "render_pdf 5e4c9f0a",
+        task("render_pdf", 0x5e4c9f0a),
         "thread '<unnamed>' panicked at src/render.rs:118:9:\nindex out of bounds: the len is 3 but the index is 7\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
     );
     log(
         &mut s,
         "15:22:01",
         Level::Error,
-        "worker",
+        Source::Worker,
         "discarded  render_pdf 0190f1e2-aa3b-7c4d-8e9f-3c7a5e4c9f0a: attempt 1/1 after 412.0ms: panicked",
     );
     log(
         &mut s,
         "15:22:03",
         Level::Output,
-        "charge_card 2a6f1c80",
+        task("charge_card", 0x2a6f1c80),
         "\u{1b}[31mDECLINED\u{1b}[0m\tcard ending 4242",
     );
     s.focus = Pane::Recent;
@@ -435,7 +458,7 @@ fn claimed_tasks_wait_apart_and_cancel_asks_80x24() {
         s.task_started(running(
             400 + n,
             "send_email",
-            "thread",
+            TaskMode::Thread,
             1.5 + n as f64,
             None,
         ));
@@ -443,11 +466,11 @@ fn claimed_tasks_wait_apart_and_cancel_asks_80x24() {
     for n in 0..3 {
         s.task_started(RunningTask {
             phase: Phase::Waiting,
-            ..running(500 + n, "send_email", "thread", 0.0, None)
+            ..running(500 + n, "send_email", TaskMode::Thread, 0.0, None)
         });
     }
     s.set_pool_busy(4, 0);
-    s.task_finished(finished(7, "send_email", "completed", 1_250, None));
+    s.task_finished(finished(7, "send_email", TaskState::Completed, 1_250, None));
     s.advance(Duration::ZERO);
     s.apply(super::input::Action::Bottom);
     s.apply(super::input::Action::Up);
@@ -479,7 +502,7 @@ fn scrolled_log_and_selection_100x30() {
             &mut s,
             "15:23:00",
             Level::Info,
-            "worker",
+            Source::Worker,
             &format!("line {i}"),
         );
     }

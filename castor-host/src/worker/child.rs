@@ -15,7 +15,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::host::Services;
-use castor_abi::abi::FailureKind;
 use castor_abi::{Uuid, codec};
 use castor_store::{AttemptOutcome, LogLevel};
 use castor_store::{Claimed, now_us};
@@ -24,7 +23,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::executor::{Attempt, outcome_of};
 use super::services::WorkerServices;
 use super::{Done, Event, Flags};
-use crate::protocol::{self, END_MARKER, FromChild, Payload, Reply, Request, ToChild};
+use crate::protocol::{self, END_MARKER, Failure, FromChild, Payload, Reply, Request, ToChild};
 
 /// How the pool runs its children.
 #[derive(Debug, Clone)]
@@ -225,7 +224,7 @@ impl Slot {
         child.output.begin(task.id);
         child.tasks_run += 1;
         let run = ToChild::Run {
-            id: task.id.into_bytes(),
+            id: task.id,
             task: task.task.clone(),
             attempt: task.attempt,
             max_attempts: task.max_attempts,
@@ -251,9 +250,9 @@ impl Slot {
                             result: Some(bytes.0),
                             elapsed,
                         },
-                        Err((kind, message)) => Attempt {
+                        Err(Failure { kind, message }) => Attempt {
                             outcome: outcome_of(castor_abi::abi::TaskFailure {
-                                kind: failure_kind(kind),
+                                kind,
                                 message: message.into(),
                             }),
                             result: None,
@@ -276,7 +275,7 @@ impl Slot {
                     message,
                 }) => {
                     let _ = self.events.send(Event::Progress {
-                        id: Uuid::from_bytes(id),
+                        id,
                         done,
                         total,
                         message,
@@ -334,32 +333,26 @@ impl Slot {
                 task,
                 args,
                 options,
-            } => Reply::Dispatched(
-                services
-                    .dispatch(&task, &args.0, &options.into())
-                    .map(Uuid::into_bytes),
-            ),
-            Request::Snapshot { id } => Reply::Snapshot(
-                services
-                    .snapshot(Uuid::from_bytes(id))
-                    .and_then(|snapshot| match snapshot {
+            } => Reply::Dispatched(services.dispatch(&task, &args.0, &options.into())),
+            Request::Snapshot { id } => {
+                Reply::Snapshot(services.snapshot(id).and_then(|snapshot| {
+                    match snapshot {
                         // Stored by something that did not check the limit: it would not
                         // fit in the reply's frame.
                         Some(s)
                             if s.result
                                 .as_ref()
-                                .into_option()
-                                .is_some_and(|r| r.len() > codec::MAX_PAYLOAD) =>
+                                .is_some_and(|r| r.0.len() > codec::MAX_PAYLOAD) =>
                         {
                             Err(format!(
-                                "task {} has a stored result over the {} limit",
-                                Uuid::from_bytes(id),
+                                "task {id} has a stored result over the {} limit",
                                 castor_store::format::format_size(codec::MAX_PAYLOAD)
                             ))
                         }
-                        s => Ok(s.map(Into::into)),
-                    }),
-            ),
+                        s => Ok(s),
+                    }
+                }))
+            }
             Request::Generation => Reply::Generation(services.generation()),
             Request::WaitChange { since, timeout_ms } => {
                 let cap = u64::try_from(MAX_CHILD_WAIT.as_millis()).unwrap_or(100);
@@ -374,17 +367,6 @@ fn crashed(message: String, started: Instant) -> Attempt {
         outcome: AttemptOutcome::Crashed { message },
         result: None,
         elapsed: started.elapsed(),
-    }
-}
-
-fn failure_kind(kind: u8) -> FailureKind {
-    match kind {
-        1 => FailureKind::Discard,
-        2 => FailureKind::Panic,
-        3 => FailureKind::DecodeArgs,
-        4 => FailureKind::EncodeResult,
-        5 => FailureKind::Cancelled,
-        _ => FailureKind::Error,
     }
 }
 
@@ -564,8 +546,8 @@ impl ChildProcess {
                         // lines still precede its `Done`, which takes the slot's way.)
                         if let FromChild::Log { id, level, line } = message {
                             let _ = log.send(Event::Log {
-                                id: Uuid::from_bytes(id),
-                                level: LogLevel::from_u8(level),
+                                id,
+                                level,
                                 line,
                                 at: now_us(),
                             });

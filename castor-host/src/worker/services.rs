@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::host::Services;
-use abi_stable::std_types::ROption;
-use castor_abi::abi::{DispatchOptionsAbi, SnapshotAbi};
+use crate::protocol::{Payload, Snapshot};
+use castor_abi::abi::DispatchOptionsAbi;
 use castor_abi::{Uuid, codec};
 use castor_store::{LogLevel, StoreError};
 use castor_store::{Notifier, Store, now_us};
@@ -82,19 +82,16 @@ impl Services for WorkerServices {
             .map_err(|e| self.failed(e))
     }
 
-    fn snapshot(&self, id: Uuid) -> Result<Option<SnapshotAbi>, String> {
+    fn snapshot(&self, id: Uuid) -> Result<Option<Snapshot>, String> {
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         let snapshot = store.snapshot(id).map_err(|e| self.failed(e))?;
-        Ok(snapshot.map(|s| SnapshotAbi {
-            state: s.state.as_str().into(),
-            task: s.task.into(),
+        Ok(snapshot.map(|s| Snapshot {
+            state: s.state,
+            task: s.task,
             attempt: s.attempt,
             max_attempts: s.max_attempts,
-            result: match s.result {
-                Some(bytes) => ROption::RSome(bytes.into()),
-                None => ROption::RNone,
-            },
-            errors_json: serde_json::to_string(&s.errors).unwrap_or_default().into(),
+            result: s.result.map(Payload),
+            errors_json: serde_json::to_string(&s.errors).unwrap_or_default(),
         }))
     }
 
