@@ -89,6 +89,11 @@ pub struct WorkerArgs {
     #[arg(long)]
     pub durable: bool,
 
+    /// Refuse a database that needs a schema migration instead of applying it, for
+    /// operators who run `castor migrate up` themselves. Also set by CASTOR_NO_MIGRATE=1.
+    #[arg(long, env = "CASTOR_NO_MIGRATE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_migrate: bool,
+
     /// Show a live dashboard instead of log lines.
     #[arg(short, long)]
     pub interactive: bool,
@@ -130,6 +135,9 @@ pub enum Command {
     /// Check a database for damage (PRAGMA integrity_check) and show its schema version
     /// and task counts; exits 1 on a problem.
     Check(CheckArgs),
+    /// Show the database's applied and pending schema migrations (`status`, the default;
+    /// exits 3 when some are pending), or apply the pending ones (`up`).
+    Migrate(MigrateArgs),
     /// Internal: a process-mode child (started by the worker itself).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
@@ -144,6 +152,29 @@ pub struct DbArgs {
     pub db: Option<Database>,
 
     /// The task library: finds the manager's database, and decodes arguments and results.
+    #[arg(long, value_name = "LIB[:MANAGER]", global = true)]
+    pub lib: Option<PluginTarget>,
+
+    /// Print JSON instead of a table, for scripts.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Refuse a database that needs a schema migration instead of applying it, for
+    /// operators who run `castor migrate up` themselves. Also set by CASTOR_NO_MIGRATE=1.
+    #[arg(long, global = true, env = "CASTOR_NO_MIGRATE", value_parser = clap::builder::FalseyValueParser::new())]
+    pub no_migrate: bool,
+}
+
+/// Which database `check` and `migrate` read, and how they print (as [`DbArgs`], without
+/// `--no-migrate`: neither applies a migration it was not asked to).
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// The database (default: the library's manager's, with --lib; else ./tasks.db): a
+    /// SQLite file or `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    #[arg(long, value_name = "DATABASE", global = true, env = "CASTOR_DATABASE", value_parser = parse_database)]
+    pub db: Option<Database>,
+
+    /// The task library whose manager's database to use.
     #[arg(long, value_name = "LIB[:MANAGER]", global = true)]
     pub lib: Option<PluginTarget>,
 
@@ -234,7 +265,30 @@ pub struct CheckArgs {
     pub target: Option<PluginTarget>,
 
     #[command(flatten)]
-    pub db: DbArgs,
+    pub db: InspectArgs,
+}
+
+/// `castor migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    #[command(subcommand)]
+    pub action: Option<MigrateAction>,
+
+    #[command(flatten)]
+    pub db: InspectArgs,
+}
+
+/// What `castor migrate` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Subcommand)]
+pub enum MigrateAction {
+    /// The applied migrations (with when) and the pending ones; never writes. Exits 0 when
+    /// the database is up to date, 3 when migrations are pending, 1 on an error (a
+    /// database newer than this castor among them).
+    Status,
+    /// Apply the pending migrations, oldest first, each in its own transaction (creates
+    /// the database if there is none). Exits 0 when the database is up to date, 1 on an
+    /// error.
+    Up,
 }
 
 /// `castor purge`.

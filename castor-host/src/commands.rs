@@ -1,6 +1,8 @@
-//! The inspection subcommands: `list`, `show`, `retry`, `cancel`, `purge`, `stats`.
-//! Human tables by default, `--json` for scripts. They only read or change rows through
-//! castor-abi's store; none of them runs a task.
+//! The inspection subcommands: `list`, `show`, `retry`, `cancel`, `purge`, `stats`,
+//! `schedules` (and the dispatch to `check` and `migrate`, which have files of their
+//! own). Human tables by default, `--json` for scripts. They only read or change rows
+//! through castor-store; none of them runs a task. They apply pending schema migrations
+//! when they open a database, as a worker does, unless told `--no-migrate`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Stats(args) => stats(&args),
         Command::Schedules(args) => schedules(&args),
         Command::Check(args) => crate::check::run(&args),
+        Command::Migrate(args) => crate::migrate::run(&args),
         Command::Child(_) => bail!("the child mode is started by the worker, not by hand"),
     }
 }
@@ -45,13 +48,17 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 /// The database a subcommand works on, and the manager declaration if `--lib` was given.
 fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
     let (database, manager) = database(args.db.as_ref(), args.lib.as_ref())?;
-    let store = castor_store::open(&database, &OpenOptions::app())?;
+    let options = OpenOptions {
+        migrate: !args.no_migrate,
+        ..OpenOptions::app()
+    };
+    let store = castor_store::open(&database, &options)?;
     Ok((store, manager))
 }
 
 /// The database a subcommand names (`--db`, else the library's manager's, else
-/// `./tasks.db`), which must exist, and the manager declaration if a library was given.
-pub fn database(
+/// `./tasks.db`), and the manager declaration if a library was given.
+pub fn named_database(
     db: Option<&Database>,
     lib: Option<&PluginTarget>,
 ) -> anyhow::Result<(Database, Option<ManagerDecl>)> {
@@ -64,6 +71,15 @@ pub fn database(
         (None, Some(manager)) => Database::parse(manager.database.as_str()),
         (None, None) => Database::parse("tasks.db"),
     };
+    Ok((database, manager))
+}
+
+/// [`named_database`], which must exist.
+pub fn database(
+    db: Option<&Database>,
+    lib: Option<&PluginTarget>,
+) -> anyhow::Result<(Database, Option<ManagerDecl>)> {
+    let (database, manager) = named_database(db, lib)?;
     if let Some(path) = database.sqlite_path()
         && !path.exists()
     {
@@ -76,7 +92,7 @@ pub fn database(
     Ok((database, manager))
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -87,7 +103,7 @@ fn ago(at: i64, now: i64) -> String {
 }
 
 /// Prints rows as columns padded to their widest cell.
-fn table(header: &[&str], rows: &[Vec<String>]) {
+pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {

@@ -1,7 +1,7 @@
 //! `castor`: runs the tasks of a Castor task library.
 //!
 //! Exit codes: 0 after a clean stop, 1 on an error (printed with its causes), 2 on bad
-//! usage (from clap).
+//! usage (from clap), 3 from `castor migrate status` when migrations are pending.
 
 mod check;
 mod child_mode;
@@ -10,6 +10,7 @@ mod commands;
 mod dashboard;
 mod host;
 mod logging;
+mod migrate;
 mod plugin;
 mod protocol;
 mod worker;
@@ -43,6 +44,9 @@ fn main() -> ExitCode {
             }
             if err.downcast_ref::<logging::LogError>().is_some() {
                 return ExitCode::from(2);
+            }
+            if err.downcast_ref::<migrate::Pending>().is_some() {
+                return ExitCode::from(migrate::PENDING_EXIT);
             }
             ExitCode::FAILURE
         }
@@ -108,6 +112,7 @@ fn run_logged(
         grace: args.grace,
         lease: args.lease,
         durable: args.durable,
+        migrate: !args.no_migrate,
         retention: args.retention,
         attach,
         log_filter: logging.task_filter().to_owned(),

@@ -14,6 +14,9 @@ mod process;
 mod reliability;
 // The inspection subcommands: list, show, retry, cancel, purge, stats.
 mod cli;
+// Schema migrations: a database castor 0.1 made, `castor migrate`, --no-migrate, a
+// database newer than castor.
+mod migrations;
 // A damaged database: refused at open and at start, met mid-run, `castor check`.
 mod damage;
 // Arguments and results past the 64 MiB limit: refused, never stored.

@@ -128,7 +128,7 @@ pub enum StoreError {
     /// The database needs migrations this process was told not to apply.
     #[error(
         "database {database} has schema version {found} and this castor needs {current}; \
-         run `castor migrate --db {database}` (nothing was changed)"
+         run `castor migrate up --db {database}` (nothing was changed)"
     )]
     NeedsMigration {
         /// The database.

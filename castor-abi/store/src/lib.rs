@@ -5,7 +5,7 @@
 //! through this crate: [`open`] turns a [`Database`] setting into a [`Store`], whose
 //! [`Driver`] answers reads and starts write transactions ([`Tx`]), one named, guarded
 //! operation per statement, and [`notifier`] gives the matching wake-up source. A driver
-//! is a module (`sqlite`) behind those two traits, registered in [`open`] and
+//! is a module (`sqlite`) behind those two traits, registered in `connect` (behind [`open`]) and
 //! [`notifier`]; nothing else in Castor names an engine. Plugin authors never see this
 //! crate: castor-abi re-exports the few types an app uses (states, errors, log lines).
 //!
@@ -161,22 +161,45 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Opens `database` with the driver its setting names: the one registration of drivers.
+/// Opens `database` with the driver its setting names, applying pending migrations (or
+/// refusing them, without `options.migrate`).
 ///
 /// # Errors
 /// [`StoreError::Unsupported`] for a setting no driver of this build takes; otherwise
 /// the driver's errors (a missing directory, a damaged file, a schema too new, ...).
 pub fn open(database: &Database, options: &OpenOptions) -> Result<Store, StoreError> {
+    let mut store = connect(database, options)?;
+    if options.role != Role::Inspect {
+        store.upgrade(options.migrate)?;
+    }
+    Ok(store)
+}
+
+/// Opens `database` as [`open`] does, but leaves pending migrations pending, whatever
+/// `options.migrate` says: for `castor migrate up`, which applies them one at a time
+/// ([`Store::migration_status`], [`Driver::apply_migration`]) and says what it did. A
+/// database newer than this build is still refused, untouched.
+///
+/// # Errors
+/// As [`open`], without [`StoreError::NeedsMigration`].
+pub fn open_unmigrated(database: &Database, options: &OpenOptions) -> Result<Store, StoreError> {
+    connect(
+        database,
+        &OpenOptions {
+            migrate: true,
+            ..*options
+        },
+    )
+}
+
+/// The one registration of drivers: the driver `database` names, opened.
+fn connect(database: &Database, options: &OpenOptions) -> Result<Store, StoreError> {
     let driver: Box<dyn Driver> = match database {
         #[cfg(feature = "sqlite")]
         Database::Sqlite(path) => Box::new(sqlite::SqliteDriver::open(path, options)?),
         other => return Err(unsupported(other)),
     };
-    let mut store = Store { driver };
-    if options.role != Role::Inspect {
-        store.upgrade(options.migrate)?;
-    }
-    Ok(store)
+    Ok(Store { driver })
 }
 
 /// Starts a [`Notifier`] for `database`'s changes, from the driver its setting names.

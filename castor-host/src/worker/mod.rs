@@ -84,6 +84,9 @@ pub struct WorkerConfig {
     pub lease: Duration,
     /// `synchronous=FULL`.
     pub durable: bool,
+    /// Apply pending schema migrations at open; without, a database that needs one is
+    /// refused.
+    pub migrate: bool,
     /// Finished tasks are deleted this long after they finish.
     pub retention: Duration,
     /// The library's `attach`, called once the worker's services exist.
@@ -269,6 +272,7 @@ impl Worker {
     pub fn new(config: WorkerConfig) -> Result<Worker, StoreError> {
         let options = OpenOptions {
             durable: config.durable,
+            migrate: config.migrate,
             ..OpenOptions::worker()
         };
         let store = castor_store::open(&config.database, &options)?;

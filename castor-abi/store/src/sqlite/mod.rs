@@ -113,9 +113,24 @@ impl SqliteDriver {
         if options.role == Role::Inspect {
             return SqliteDriver::open_read_only(path);
         }
-        prepare_file(path, true)?;
+        // Told not to migrate, castor does not create a database either (migration 1 does).
+        match prepare_file(path, options.migrate) {
+            Err(StoreError::Open { error, .. })
+                if !options.migrate && error.kind() == std::io::ErrorKind::NotFound =>
+            {
+                return Err(StoreError::NeedsMigration {
+                    database: Database::Sqlite(path.to_path_buf()),
+                    found: 0,
+                    current: MIGRATIONS.last().map_or(0, |m| m.version),
+                });
+            }
+            prepared => prepared?,
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut driver = SqliteDriver::connect(path.to_path_buf(), flags)?;
+        // Before anything is set on the file (its journal mode is stored in it): a schema
+        // this build cannot use, or must not migrate, is refused untouched.
+        driver.refuse_schema(options.migrate)?;
         let bound = match options.role {
             Role::App => APP_CHECKPOINT_PAGES,
             Role::Worker | Role::Inspect => WORKER_CHECKPOINT_PAGES,
@@ -430,18 +445,20 @@ impl SqliteDriver {
         Ok(())
     }
 
-    /// The tables and indexes of castor's schema that the file lacks (a copy recovered
-    /// with sqlite3's `.dump` skips an index it cannot build).
+    /// The tables and indexes of the migrations the file has applied that it lacks (a
+    /// copy recovered with sqlite3's `.dump` skips an index it cannot build). A table of a
+    /// migration still pending is not missing.
     ///
     /// # Errors
     /// Fails if the schema cannot be read.
     pub fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
+        let version = self.user_version()?;
         let present: Vec<String> = self
             .conn
             .prepare("SELECT name FROM sqlite_schema")
             .and_then(|mut stmt| stmt.query_map([], |row| row.get(0))?.collect())
             .map_err(|e| self.error("read the schema", e))?;
-        Ok(SqliteDriver::schema_objects()
+        Ok(SqliteDriver::schema_objects(version)
             .into_iter()
             .filter(|name| !present.iter().any(|p| p == name))
             .map(str::to_owned)
@@ -718,6 +735,36 @@ impl SqliteDriver {
             .map_err(|e| self.error("read the schema version", e))
     }
 
+    /// Refuses a database newer than this build, or one that needs migrations when
+    /// `migrate` is false ([`crate::Store`] checks the same, through any driver, once
+    /// open). The first read of the file: a foreign or damaged one fails here.
+    fn refuse_schema(&mut self, migrate: bool) -> Result<(), StoreError> {
+        self.conn
+            .busy_handler(Some(busy_wait))
+            .map_err(|e| self.error("set the busy handler", e))?;
+        let found = self
+            .conn
+            .query_row("PRAGMA user_version", [], |row| row.get::<_, i64>(0))
+            .map(|v| u32::try_from(v).unwrap_or(u32::MAX))
+            .map_err(|e| self.error("open the database", e))?;
+        let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+        if found > latest {
+            return Err(StoreError::SchemaTooNew {
+                database: self.database.clone(),
+                found,
+                supported: latest,
+            });
+        }
+        if found < latest && !migrate {
+            return Err(StoreError::NeedsMigration {
+                database: self.database.clone(),
+                found,
+                current: latest,
+            });
+        }
+        Ok(())
+    }
+
     fn applied(&self) -> Result<Vec<AppliedMigration>, StoreError> {
         let recorded: bool = self
             .conn
@@ -797,10 +844,11 @@ impl SqliteDriver {
             .map_err(|e| self.error("begin a write", e))
     }
 
-    /// Every `CREATE TABLE` and `CREATE INDEX` name of the current schema.
-    fn schema_objects() -> Vec<&'static str> {
+    /// Every `CREATE TABLE` and `CREATE INDEX` name of the migrations up to `version`.
+    fn schema_objects(version: u32) -> Vec<&'static str> {
         MIGRATIONS
             .iter()
+            .filter(|m| m.version <= version)
             .flat_map(|m| m.sql.lines())
             .filter_map(|line| {
                 let rest = line.trim_start().strip_prefix("CREATE ")?;
