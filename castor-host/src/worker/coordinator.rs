@@ -17,9 +17,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use castor_abi::Uuid;
 use castor_abi::abi::{HostServices, TaskMode};
 use castor_store::{
-    AttemptOutcome, Claimed, ScheduleFilter, Store, StoreError, TaskFilter, TaskState, now_us,
+    AttemptOutcome, Claimed, LogLevel, ScheduleFilter, Store, StoreError, TaskFilter, TaskState,
+    now_us,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -29,7 +31,7 @@ use super::executor::{self, Attempt};
 use super::producer::{Claim, Inflight, MODES, PerMode, Producer, Running};
 use super::pruner::Pruner;
 use super::recovery::Failure;
-use super::rescuer::Rescuer;
+use super::rescuer::{Rescue, Rescuer};
 use super::stager::Stager;
 use super::turn::{Now, PlanInput, TurnPlan, Written};
 use super::{
@@ -200,94 +202,127 @@ impl Coordinator {
         };
         let first = events.recv_timeout(timeout).ok();
         for event in first.into_iter().chain(events.try_iter()) {
-            match event {
-                Event::Done(done) => self.on_done(done),
-                Event::Started { seq, at } => {
-                    if let Some(task) = self.running.get_mut(seq) {
-                        task.started_at = Some(at);
-                    }
-                }
-                Event::DbChanged => {
-                    pending.store(false, Ordering::Release);
-                    match self.store.change_counter() {
-                        // Only this connection committed: nothing new to claim.
-                        Ok(Some(counter)) if Some(counter) == self.change_counter => {}
-                        Ok(counter) => {
-                            self.change_counter = counter;
-                            self.wake_claims();
-                        }
-                        Err(_) => self.wake_claims(),
-                    }
-                }
-                Event::Log {
-                    id,
-                    level,
-                    line,
-                    at,
-                } => {
-                    if id.is_nil() {
-                        // A library's record made outside any task.
-                        reporter.event(WorkerEvent::LibraryLog { level, line: &line });
-                    } else if let Some(task) = self.running.get_by_id(id) {
-                        reporter.event(WorkerEvent::TaskLog {
-                            id,
-                            task: &task.claim.task,
-                            level,
-                            line: &line,
-                        });
-                        self.completer.log(LogLine {
-                            seq: task.claim.seq,
-                            attempt: task.claim.attempt,
-                            at,
-                            level,
-                            line,
-                        });
-                    }
-                }
-                Event::Progress {
-                    id,
-                    done,
-                    total,
-                    message,
-                } => {
-                    if let Some(task) = self.running.get_by_id(id) {
-                        reporter.event(WorkerEvent::Progress {
-                            id,
-                            done,
-                            total,
-                            message: &message,
-                        });
-                        let seq = task.claim.seq;
-                        let update = ProgressUpdate {
-                            attempt: task.claim.attempt,
-                            done,
-                            total,
-                            message,
-                        };
-                        self.completer.progress(seq, update);
-                    }
-                }
-                Event::Fatal(error) => self.fatal_error = Some(error),
-                Event::ChildOutput { pid, line } => {
-                    reporter.event(WorkerEvent::ChildOutput { pid, line: &line });
-                }
-                Event::Shutdown => {
-                    if self.stop.is_some() {
-                        self.force(reporter);
-                    } else {
-                        self.pools.stopping.store(true, Ordering::SeqCst);
-                        self.stop = Some(Stop {
-                            deadline: Instant::now() + self.ctx.grace,
-                            forced: false,
-                        });
-                        reporter.event(WorkerEvent::Stopping {
-                            running: self.running.len(),
-                            grace: self.ctx.grace,
-                        });
-                    }
+            self.on_event(event, pending, reporter);
+        }
+    }
+
+    fn on_event(&mut self, event: Event, pending: &AtomicBool, reporter: &mut dyn Reporter) {
+        match event {
+            Event::Done(done) => self.on_done(done),
+            Event::Started { seq, at } => {
+                if let Some(task) = self.running.get_mut(seq) {
+                    task.started_at = Some(at);
                 }
             }
+            Event::DbChanged => {
+                pending.store(false, Ordering::Release);
+                self.on_db_changed();
+            }
+            Event::Log {
+                id,
+                level,
+                line,
+                at,
+            } => self.on_log(id, level, line, at, reporter),
+            Event::Progress {
+                id,
+                done,
+                total,
+                message,
+            } => self.on_progress(id, done, total, message, reporter),
+            Event::Fatal(error) => self.fatal_error = Some(error),
+            Event::ChildOutput { pid, line } => {
+                reporter.event(WorkerEvent::ChildOutput { pid, line: &line });
+            }
+            Event::Shutdown => self.on_shutdown(reporter),
         }
+    }
+
+    /// The file changed: someone else's commit may have made work for this worker.
+    fn on_db_changed(&mut self) {
+        match self.store.change_counter() {
+            // Only this connection committed: nothing new to claim.
+            Ok(Some(counter)) if Some(counter) == self.change_counter => {}
+            Ok(counter) => {
+                self.change_counter = counter;
+                self.wake_claims();
+            }
+            Err(_) => self.wake_claims(),
+        }
+    }
+
+    /// A log record: a task's is kept for the next turn; a library's made outside any
+    /// task (nil id) is only reported.
+    fn on_log(
+        &mut self,
+        id: Uuid,
+        level: LogLevel,
+        line: String,
+        at: i64,
+        reporter: &mut dyn Reporter,
+    ) {
+        if id.is_nil() {
+            reporter.event(WorkerEvent::LibraryLog { level, line: &line });
+        } else if let Some(task) = self.running.get_by_id(id) {
+            reporter.event(WorkerEvent::TaskLog {
+                id,
+                task: &task.claim.task,
+                level,
+                line: &line,
+            });
+            self.completer.log(LogLine {
+                seq: task.claim.seq,
+                attempt: task.claim.attempt,
+                at,
+                level,
+                line,
+            });
+        }
+    }
+
+    /// A running task's progress: reported, and its latest kept for the next turn.
+    fn on_progress(
+        &mut self,
+        id: Uuid,
+        done: u64,
+        total: u64,
+        message: String,
+        reporter: &mut dyn Reporter,
+    ) {
+        let Some(task) = self.running.get_by_id(id) else {
+            return;
+        };
+        reporter.event(WorkerEvent::Progress {
+            id,
+            done,
+            total,
+            message: &message,
+        });
+        let seq = task.claim.seq;
+        let update = ProgressUpdate {
+            attempt: task.claim.attempt,
+            done,
+            total,
+            message,
+        };
+        self.completer.progress(seq, update);
+    }
+
+    /// A stop request: the first starts the grace period, a second forces the stop.
+    fn on_shutdown(&mut self, reporter: &mut dyn Reporter) {
+        if self.stop.is_some() {
+            self.force(reporter);
+            return;
+        }
+        self.pools.stopping.store(true, Ordering::SeqCst);
+        self.stop = Some(Stop {
+            deadline: Instant::now() + self.ctx.grace,
+            forced: false,
+        });
+        reporter.event(WorkerEvent::Stopping {
+            running: self.running.len(),
+            grace: self.ctx.grace,
+        });
     }
 
     /// The database changed (or may have): claims may find more, due times and cancel
@@ -532,20 +567,7 @@ impl Coordinator {
         }
         if plan.rescue {
             self.rescuer.ran(now);
-            for (worker, why) in &rescued.buried {
-                reporter.event(WorkerEvent::Buried { worker, why });
-            }
-            for (id, task, state) in &rescued.rescued {
-                reporter.event(WorkerEvent::Rescued {
-                    id: *id,
-                    task,
-                    state: *state,
-                });
-            }
-            if !rescued.rescued.is_empty() {
-                // Rescued tasks are retryable (or available again soon).
-                self.stager.mark_stale();
-            }
+            self.rescued(&rescued, reporter);
         }
         if plan.prune {
             self.pruner.pruned(now, pruned);
@@ -570,6 +592,24 @@ impl Coordinator {
         // claim is what a waiting app is waiting for.
         self.refresh_due()?;
         Ok(claimed_all)
+    }
+
+    /// Reports a rescuer pass's work.
+    fn rescued(&mut self, rescued: &Rescue, reporter: &mut dyn Reporter) {
+        for (worker, why) in &rescued.buried {
+            reporter.event(WorkerEvent::Buried { worker, why });
+        }
+        for (id, task, state) in &rescued.rescued {
+            reporter.event(WorkerEvent::Rescued {
+                id: *id,
+                task,
+                state: *state,
+            });
+        }
+        if !rescued.rescued.is_empty() {
+            // Rescued tasks are retryable (or available again soon).
+            self.stager.mark_stale();
+        }
     }
 
     /// Counts and reports one written outcome.
@@ -631,37 +671,41 @@ impl Coordinator {
         });
         match (info.mode, &self.pools.processes) {
             (TaskMode::Process, Some(processes)) => processes.submit(Job { task, flags }),
-            _ => {
-                let events = self.ctx.events.clone();
-                let host = self.ctx.host;
-                let stopping = Arc::clone(&self.pools.stopping);
-                let (seq, attempt) = (task.seq, task.attempt);
-                self.pools.threads.spawn(move || {
-                    let outcome = match flags.begin(&stopping) {
-                        Begin::Skip(outcome) => outcome,
-                        Begin::Run => {
-                            if task.timeout.is_some() {
-                                let _ = events.send(Event::Started {
-                                    seq,
-                                    at: Instant::now(),
-                                });
-                            }
-                            Some(executor::run_attempt(
-                                info.run,
-                                host,
-                                &task,
-                                &flags.cancelled,
-                            ))
-                        }
-                    };
-                    let _ = events.send(Event::Done(Done {
-                        seq,
-                        attempt,
-                        outcome,
-                    }));
-                });
-            }
+            _ => self.spawn_thread(task, info, flags),
         }
+    }
+
+    /// Queues a claim on the thread pool. When a thread takes it, it runs unless it was
+    /// cancelled meanwhile or the worker is stopping ([`Flags::begin`]).
+    fn spawn_thread(&self, task: Claimed, info: TaskInfo, flags: Arc<Flags>) {
+        let events = self.ctx.events.clone();
+        let host = self.ctx.host;
+        let stopping = Arc::clone(&self.pools.stopping);
+        let (seq, attempt) = (task.seq, task.attempt);
+        self.pools.threads.spawn(move || {
+            let outcome = match flags.begin(&stopping) {
+                Begin::Skip(outcome) => outcome,
+                Begin::Run => {
+                    if task.timeout.is_some() {
+                        let _ = events.send(Event::Started {
+                            seq,
+                            at: Instant::now(),
+                        });
+                    }
+                    Some(executor::run_attempt(
+                        info.run,
+                        host,
+                        &task,
+                        &flags.cancelled,
+                    ))
+                }
+            };
+            let _ = events.send(Event::Done(Done {
+                seq,
+                attempt,
+                outcome,
+            }));
+        });
     }
 
     /// After an error that waiting cannot fix: stops at once and writes nothing more (on a
@@ -686,6 +730,28 @@ impl Coordinator {
     /// [`WorkerError::Stopped`] if the database fails in a way no retry fixes meanwhile.
     pub(super) fn finish(&mut self, reporter: &mut dyn Reporter) -> Result<Summary, WorkerError> {
         self.pools.stopping.store(true, Ordering::SeqCst);
+        let kill_children = self.abandon_running(reporter);
+        self.producer.pause();
+        let fatal = self.write_what_is_left(reporter);
+        if let Some(processes) = self.pools.processes.take() {
+            processes.shutdown(kill_children || fatal.is_some());
+        }
+        if let Some(error) = fatal {
+            return Err(WorkerError::Stopped {
+                error,
+                claimed: self.completer.claims_kept(),
+            });
+        }
+        if self.registered() {
+            self.record_stop(reporter)?;
+        }
+        Ok(self.summary.clone())
+    }
+
+    /// Ends every claim still held: those running are abandoned (told to stop), those
+    /// never begun are given back, or recorded cancelled if someone cancelled them.
+    /// Returns true if a child runs one of them (the pool must kill it).
+    fn abandon_running(&mut self, reporter: &mut dyn Reporter) -> bool {
         let grace = self.ctx.grace;
         let mut kill_children = false;
         for task in self.running.drain() {
@@ -725,50 +791,47 @@ impl Coordinator {
                 ran: true,
             });
         }
-        self.producer.pause();
-        // Everything left, in pieces after a failure; a few failed tries at most (then the
-        // tasks stay `running` under this worker, and the next worker rescues and retries
-        // them: nothing acknowledged is lost). Damage stops at once.
-        let mut fatal = None;
+        kill_children
+    }
+
+    /// Writes everything left, in pieces after a failure; a few failed tries at most (then
+    /// the tasks stay `running` under this worker, and the next worker rescues and retries
+    /// them: nothing acknowledged is lost). Damage stops at once: returns its error.
+    fn write_what_is_left(&mut self, reporter: &mut dyn Reporter) -> Option<StoreError> {
         let mut failed_tries = 0;
         while failed_tries < 3 && self.completer.has_kept() {
             match self.commit(reporter) {
                 Ok(_) => self.wrote(reporter),
-                Err(e) if e.is_fatal() => {
-                    fatal = Some(e);
-                    break;
-                }
+                Err(e) if e.is_fatal() => return Some(e),
                 Err(e) => {
                     failed_tries += 1;
                     self.write_failed(&e, reporter);
                 }
             }
         }
-        if let Some(processes) = self.pools.processes.take() {
-            processes.shutdown(kill_children || fatal.is_some());
-        }
-        if let Some(error) = fatal {
-            return Err(WorkerError::Stopped {
-                error,
-                claimed: self.completer.claims_kept(),
-            });
-        }
-        if !self.registered() {
-            return Ok(self.summary.clone());
-        }
+        None
+    }
+
+    /// Records the worker's last heartbeat and its stop. A stop that cannot be recorded
+    /// is reported (nothing else is lost: other workers see this one gone by its process
+    /// or its heartbeat).
+    ///
+    /// # Errors
+    /// [`WorkerError::Stopped`] if the database is damaged.
+    fn record_stop(&mut self, reporter: &mut dyn Reporter) -> Result<(), WorkerError> {
         let (id, summary) = (&self.ctx.id, &self.summary);
         let stopped = self.store.write(|tx| {
             tx.heartbeat(id, now_us(), summary.completed, summary.failed)?;
             tx.stop_worker(id, now_us())
         });
         match stopped {
-            Ok(()) => {}
-            Err(error) if error.is_fatal() => {
-                return Err(WorkerError::Stopped { error, claimed: 0 });
+            Ok(()) => Ok(()),
+            Err(error) if error.is_fatal() => Err(WorkerError::Stopped { error, claimed: 0 }),
+            Err(error) => {
+                reporter.event(WorkerEvent::StopNotRecorded { error: &error });
+                Ok(())
             }
-            Err(error) => reporter.event(WorkerEvent::StopNotRecorded { error: &error }),
         }
-        Ok(self.summary.clone())
     }
 }
 
