@@ -255,6 +255,101 @@ fn cancelling_a_running_process_task_kills_it() {
     assert_eq!(sum, 3);
 }
 
+/// The error of a task's only attempt, which was cancelled before it started.
+fn assert_cancelled_before_it_started<R: serde::de::DeserializeOwned + std::fmt::Debug>(
+    handle: &castor_abi::TaskHandle<R>,
+) {
+    assert_cancelled(handle);
+    let errors = handle.info().expect("info").errors;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].error.starts_with("cancelled before it started"),
+        "{errors:?}"
+    );
+}
+
+/// One thread, held by a task; a second task claimed and waiting for the thread is
+/// cancelled, then the first: when the thread frees, the second is recorded cancelled
+/// without running (it would append to its file).
+#[test]
+fn a_claimed_thread_task_cancelled_before_it_starts_never_runs() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &["--threads", "1"]);
+    let busy = fx::wait_for_cancel::delay(&client).expect("delay");
+    wait_for_state(&busy, TaskState::Running);
+    let ran = dir.path().join("ran.txt");
+    let waiting =
+        fx::record::delay(&client, ran.display().to_string(), "waiting".into(), 0).expect("delay");
+    // Claimed: it waits for the thread.
+    wait_for_state(&waiting, TaskState::Running);
+    assert_eq!(waiting.cancel().expect("cancel"), CancelOutcome::Requested);
+    assert_eq!(busy.cancel().expect("cancel"), CancelOutcome::Requested);
+    assert_cancelled(&busy);
+    assert_cancelled_before_it_started(&waiting);
+    assert!(!ran.exists(), "the cancelled task ran");
+    // The thread is free for the next task.
+    let sum = fx::add::delay(&client, 1, 2)
+        .expect("delay")
+        .join(PATIENCE)
+        .expect("join");
+    assert_eq!(sum, 3);
+}
+
+/// The same with one child: the waiting task is never sent to it.
+#[test]
+fn a_claimed_process_task_cancelled_before_it_starts_never_runs() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let _worker = Worker::start(
+        &dir,
+        &tasks_target("manager"),
+        &["--processes", "1", "--kill-grace", "100ms"],
+    );
+    let busy = fx::process_sleep::delay(&client, 60_000).expect("delay");
+    wait_for_state(&busy, TaskState::Running);
+    let waiting = fx::process_add::delay(&client, 1, 2).expect("delay");
+    wait_for_state(&waiting, TaskState::Running);
+    assert_eq!(waiting.cancel().expect("cancel"), CancelOutcome::Requested);
+    assert_eq!(busy.cancel().expect("cancel"), CancelOutcome::Requested);
+    assert_cancelled(&busy);
+    assert_cancelled_before_it_started(&waiting);
+}
+
+/// A worker whose grace period ends while a cancelled claim still waits for its thread
+/// records the claim cancelled: given back, it would run on the next worker.
+#[test]
+fn a_cancelled_claim_still_waiting_when_the_worker_stops_is_not_given_back() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let worker = Worker::start(
+        &dir,
+        &tasks_target("manager"),
+        &["--threads", "1", "--grace", "2s"],
+    );
+    // Holds the thread past the grace period: it does not look at its cancel flag.
+    let busy = fx::sleep_ms::delay(&client, 60_000).expect("delay");
+    wait_for_state(&busy, TaskState::Running);
+    let ran = dir.path().join("ran.txt");
+    let waiting =
+        fx::record::delay(&client, ran.display().to_string(), "waiting".into(), 0).expect("delay");
+    wait_for_state(&waiting, TaskState::Running);
+    assert_eq!(waiting.cancel().expect("cancel"), CancelOutcome::Requested);
+    // The worker sees the request within the grace period (at once, by its watch).
+    let out = worker.stop();
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(waiting.status().expect("status"), TaskState::Cancelled);
+    assert_cancelled_before_it_started(&waiting);
+    assert_eq!(
+        busy.status().expect("status"),
+        TaskState::Retryable,
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert!(!ran.exists(), "the cancelled task ran");
+}
+
 #[test]
 fn cancelling_a_finished_task_changes_nothing() {
     let dir = TestDir::new();

@@ -426,7 +426,7 @@ impl Reporter for ChannelReporter {
             )),
             WorkerEvent::Finished(f) => {
                 let completed = f.state == TaskState::Completed;
-                let error = (!completed).then(|| f.outcome.message().unwrap_or_default());
+                let error = (!completed).then(|| f.error.unwrap_or_default().to_owned());
                 if !completed {
                     let level = match f.state {
                         TaskState::Retryable => Level::Warn,

@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::executor::{Attempt, outcome_of};
 use super::services::WorkerServices;
-use super::{Done, Event, Flags};
+use super::{Begin, Done, Event, Flags};
 use crate::protocol::{self, END_MARKER, Failure, FromChild, Payload, Reply, Request, ToChild};
 
 /// How the pool runs its children.
@@ -146,20 +146,14 @@ impl Slot {
         // Idle slots block: the pool's shutdown closes the queue, which ends the loop.
         while let Ok(job) = queue.recv() {
             let (seq, attempt) = (job.task.seq, job.task.attempt);
-            if self.stopping.load(Ordering::SeqCst) {
-                let _ = self.events.send(Event::Done(Done {
-                    seq,
-                    attempt,
-                    outcome: None,
-                }));
-                continue;
-            }
-            job.flags.start();
-            let outcome = self.run_job(&job);
+            let outcome = match job.flags.begin(&self.stopping) {
+                Begin::Skip(outcome) => outcome,
+                Begin::Run => Some(self.run_job(&job)),
+            };
             let _ = self.events.send(Event::Done(Done {
                 seq,
                 attempt,
-                outcome: Some(outcome),
+                outcome,
             }));
         }
         if let Some(child) = self.child.take() {

@@ -10,12 +10,17 @@
 //! the signal handler (stop) and its own timers (due tasks, timeouts, leases).
 
 mod child;
+mod completer;
 mod coordinator;
 mod executor;
+mod producer;
+mod pruner;
 mod recovery;
 mod report;
 mod rescuer;
 mod services;
+mod stager;
+mod turn;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -35,7 +40,8 @@ use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
-use self::coordinator::Coordinator;
+use self::coordinator::{Context, Coordinator, Pools};
+use self::producer::PerMode;
 pub use self::report::{
     Finished, PlainReporter, Reporter, WorkerEvent, describe, stop_not_recorded, timestamp,
     write_failing, write_recovered,
@@ -164,11 +170,41 @@ struct Flags {
     cancelled: AtomicBool,
 }
 
+/// What a runner (a pool thread, or a child's slot) does with a claim when its turn
+/// comes.
+#[derive(Debug)]
+enum Begin {
+    /// Run it: it is marked started.
+    Run,
+    /// Do not run it; report this instead: the outcome of a claim cancelled while it
+    /// waited for its slot, or `None` to give the claim back (the worker is stopping).
+    Skip(Option<executor::Attempt>),
+}
+
 impl Flags {
-    /// The runner (a pool thread, or a child's slot) begins the attempt now.
-    fn start(&self) {
+    /// The runner's turn for this claim has come: a claim cancelled while it waited never
+    /// runs (it is recorded cancelled, not given back: given back, it would run later);
+    /// one the stopping worker no longer runs is given back; any other begins now.
+    fn begin(&self, stopping: &AtomicBool) -> Begin {
+        if self.cancelled.load(Ordering::SeqCst) {
+            return Begin::Skip(Some(cancelled_before_start()));
+        }
+        if stopping.load(Ordering::SeqCst) {
+            return Begin::Skip(None);
+        }
         let _ = self.started_at.set(std::time::Instant::now());
         self.started.store(true, Ordering::SeqCst);
+        Begin::Run
+    }
+}
+
+/// The end of a claim cancelled before it started: the completer tells it from a
+/// cancellation while running because the attempt never started.
+fn cancelled_before_start() -> executor::Attempt {
+    executor::Attempt {
+        outcome: castor_store::AttemptOutcome::Cancelled,
+        result: None,
+        elapsed: Duration::ZERO,
     }
 }
 
@@ -240,6 +276,7 @@ fn left_behind(claimed: usize) -> String {
     }
 }
 
+/// A task of the library, as the worker runs it.
 #[derive(Debug, Clone, Copy)]
 struct TaskInfo {
     run: RunFn,
@@ -409,11 +446,150 @@ impl Worker {
         }
     }
 
+    /// Runs until stopped.
+    ///
+    /// # Errors
+    /// The thread pool cannot start, or the database fails in a way retrying cannot fix
+    /// (it became corrupt or read-only).
+    pub fn run(self, reporter: &mut dyn Reporter) -> Result<Summary, WorkerError> {
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.config.threads)
+            .thread_name(|i| format!("castor-thread-{i}"))
+            .build()
+            .map_err(|e| WorkerError::Pool(e.to_string()))?;
+        let pending = Arc::new(AtomicBool::new(false));
+        {
+            let sender = self.events.0.clone();
+            let pending = Arc::clone(&pending);
+            self.watcher.subscribe(move || {
+                // Coalesce: one wake-up message until the coordinator takes it.
+                if !pending.swap(true, Ordering::AcqRel) {
+                    let _ = sender.send(Event::DbChanged);
+                }
+            });
+        }
+        let events = self.events.1.clone();
+        let mut coordinator = self.into_coordinator(threads);
+        loop {
+            coordinator.wait(&events, &pending, reporter);
+            let turned = coordinator.turn(reporter);
+            reporter.flush();
+            if let Err(error) = turned
+                && error.is_fatal()
+            {
+                let claimed = coordinator.abort();
+                return Err(WorkerError::Stopped { error, claimed });
+            }
+            if coordinator.finished() {
+                break;
+            }
+        }
+        let summary = coordinator.finish(reporter)?;
+        reporter.event(WorkerEvent::Stopped { summary: &summary });
+        reporter.flush();
+        Ok(summary)
+    }
+
+    /// Hands the worker over to its coordinator: what it needs to know ([`Context`]), its
+    /// connection, its first write ([`Registration`]) and its pools.
+    fn into_coordinator(self, threads: rayon::ThreadPool) -> Coordinator {
+        let slots = PerMode {
+            thread: if self.thread_claim.is_some() {
+                self.config.threads
+            } else {
+                0
+            },
+            process: self.processes(),
+        };
+        let schedules = self.schedule_filter();
+        let mut task_names: Vec<String> = self.tasks.keys().cloned().collect();
+        task_names.sort();
+        let row = WorkerRow {
+            id: self.id.clone(),
+            manager: self.config.manager.name.to_string(),
+            library: self.config.library.display().to_string(),
+            hostname: self.hostname.clone(),
+            pid: std::process::id(),
+            threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
+            processes: u32::try_from(slots.process).unwrap_or(u32::MAX),
+            tasks: task_names,
+            // Stamped when written.
+            started_at: 0,
+            heartbeat_at: 0,
+            stopped_at: None,
+            completed: 0,
+            failed: 0,
+        };
+        let Worker {
+            id,
+            hostname,
+            config,
+            store,
+            thread_claim,
+            process_claim,
+            tasks,
+            host,
+            events: (events, _),
+            processes,
+            stopping,
+            ..
+        } = self;
+        let ctx = Context {
+            id,
+            hostname,
+            manager: config.manager.name.to_string(),
+            lease: config.lease,
+            grace: config.grace,
+            retention: config.retention,
+            slots,
+            claims: PerMode {
+                thread: thread_claim,
+                process: process_claim,
+            },
+            schedules,
+            tasks,
+            host,
+            events,
+        };
+        let registration = Registration {
+            manager: config.manager,
+            row,
+        };
+        let pools = Pools {
+            threads,
+            processes,
+            stopping,
+        };
+        Coordinator::new(ctx, store, registration, pools)
+    }
+}
+
+/// The worker's first write, made in its first turn (on a full disk it waits like any
+/// write): the library's periodic schedules declared, then the worker's row.
+struct Registration {
+    /// The manager as the library declares it.
+    manager: ManagerDecl,
+    /// The worker's row, stamped with the time when written.
+    row: WorkerRow,
+}
+
+impl Registration {
+    fn write(&self, store: &mut Store) -> Result<(), StoreError> {
+        let now = now_us();
+        self.declare_periodic(store, now)?;
+        let row = WorkerRow {
+            started_at: now,
+            heartbeat_at: now,
+            ..self.row.clone()
+        };
+        store.write(|tx| tx.register_worker(&row))
+    }
+
     /// Makes the database's periodic schedules match this library's declarations.
-    fn declare_periodic(&mut self, now: i64) -> Result<(), StoreError> {
-        let manager = self.config.manager.name.to_string();
+    fn declare_periodic(&self, store: &mut Store, now: i64) -> Result<(), StoreError> {
+        let manager = self.manager.name.to_string();
         let mut schedules = Vec::new();
-        for p in self.config.manager.periodic.iter() {
+        for p in self.manager.periodic.iter() {
             let cadence = if p.every_ms > 0 {
                 Cadence::Every(Duration::from_millis(p.every_ms))
             } else {
@@ -422,13 +598,13 @@ impl Worker {
                     Err(_) => continue,
                 }
             };
-            let Some(task) = self.config.manager.tasks.iter().find(|t| t.name == p.task) else {
+            let Some(task) = self.manager.tasks.iter().find(|t| t.name == p.task) else {
                 continue;
             };
             let first = cadence.next_after(now, now).unwrap_or(now);
             schedules.push((p, task, cadence, first));
         }
-        self.store.write(|tx| {
+        store.write(|tx| {
             for (p, task, cadence, first) in &schedules {
                 let ms = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 tx.upsert_periodic(
@@ -457,76 +633,6 @@ impl Worker {
             }
             Ok(())
         })
-    }
-
-    fn register(&mut self) -> Result<(), StoreError> {
-        let now = now_us();
-        self.declare_periodic(now)?;
-        let mut tasks: Vec<String> = self.tasks.keys().cloned().collect();
-        tasks.sort();
-        let row = WorkerRow {
-            id: self.id.clone(),
-            manager: self.config.manager.name.to_string(),
-            library: self.config.library.display().to_string(),
-            hostname: self.hostname.clone(),
-            pid: std::process::id(),
-            threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
-            processes: u32::try_from(self.processes()).unwrap_or(u32::MAX),
-            tasks,
-            started_at: now,
-            heartbeat_at: now,
-            stopped_at: None,
-            completed: 0,
-            failed: 0,
-        };
-        self.store.write(|tx| tx.register_worker(&row))
-    }
-
-    /// Runs until stopped.
-    ///
-    /// # Errors
-    /// The thread pool cannot start, or the database fails in a way retrying cannot fix
-    /// (it became corrupt or read-only).
-    pub fn run(mut self, reporter: &mut dyn Reporter) -> Result<Summary, WorkerError> {
-        let threads = rayon::ThreadPoolBuilder::new()
-            .num_threads(self.config.threads)
-            .thread_name(|i| format!("castor-thread-{i}"))
-            .build()
-            .map_err(|e| WorkerError::Pool(e.to_string()))?;
-        let pending = Arc::new(AtomicBool::new(false));
-        {
-            let sender = self.events.0.clone();
-            let pending = Arc::clone(&pending);
-            self.watcher.subscribe(move || {
-                // Coalesce: one wake-up message until the coordinator takes it.
-                if !pending.swap(true, Ordering::AcqRel) {
-                    let _ = sender.send(Event::DbChanged);
-                }
-            });
-        }
-        // The worker registers in its first turn: on a full disk it waits like any write.
-        let processes = self.processes.take();
-        let stopping = Arc::clone(&self.stopping);
-        let mut coordinator = Coordinator::new(&self, threads, processes, stopping);
-        let events = self.events.1.clone();
-        loop {
-            coordinator.wait(&events, &pending, &mut self, reporter);
-            let turned = coordinator.turn(&mut self, reporter);
-            reporter.flush();
-            if let Err(error) = turned
-                && Coordinator::fatal(&error)
-            {
-                let claimed = coordinator.abort();
-                return Err(WorkerError::Stopped { error, claimed });
-            }
-            if coordinator.finished() {
-                break;
-            }
-        }
-        let summary = coordinator.finish(&mut self, reporter)?;
-        reporter.event(WorkerEvent::Stopped { summary: &summary });
-        reporter.flush();
-        Ok(summary)
     }
 }
 

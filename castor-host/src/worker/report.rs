@@ -27,6 +27,9 @@ pub struct Finished<'a> {
     pub max_attempts: u32,
     /// How it ended.
     pub outcome: &'a AttemptOutcome,
+    /// The error recorded for it (`None` for success): the outcome's message, except for
+    /// a claim cancelled before it started.
+    pub error: Option<&'a str>,
     /// The task's state now.
     pub state: TaskState,
     /// For `retryable`: when it runs again (microseconds since the epoch).
@@ -262,7 +265,7 @@ impl Reporter for PlainReporter {
                     state = f.state.as_str(),
                     outcome = f.outcome.kind(),
                     duration_ms = f.elapsed.as_secs_f64() * 1e3,
-                    error = f.outcome.message(),
+                    error = f.error,
                     lost_lease = f.lost_lease,
                     "{}",
                     describe(f)
@@ -325,7 +328,7 @@ pub fn describe(f: &Finished<'_>) -> String {
             f.attempt
         );
     }
-    let message = f.outcome.message().unwrap_or_default();
+    let message = f.error.unwrap_or_default();
     match f.state {
         TaskState::Completed => format!("{head} in {took}"),
         TaskState::Retryable => {

@@ -12,7 +12,7 @@
 //! Never "reset everything running" at startup: other live workers share the file.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use castor_store::{AttemptOutcome, Finish, LiveWorker, StoreError, Tx, duration_us, next_state};
 
@@ -26,6 +26,39 @@ pub struct Rescue {
     pub buried: Vec<(String, String)>,
     /// Attempts recorded as abandoned: (task id, task name, next state).
     pub rescued: Vec<(castor_abi::Uuid, String, castor_abi::TaskState)>,
+}
+
+/// When the rescuer's next pass is due: at once when the worker starts (a worker
+/// restarted after a crash picks up its old tasks), then every third of a lease.
+#[derive(Debug)]
+pub(super) struct Rescuer {
+    every: Duration,
+    next: Instant,
+}
+
+impl Rescuer {
+    /// The rescuer of a worker with this `lease`, started at `now`.
+    pub(super) fn new(lease: Duration, now: Instant) -> Rescuer {
+        Rescuer {
+            every: lease / super::producer::RENEW_EVERY,
+            next: now,
+        }
+    }
+
+    /// True if a turn at `now` rescues (never while writes fail: it can wait).
+    pub(super) fn due(&self, now: Instant, recovering: bool) -> bool {
+        !recovering && now >= self.next
+    }
+
+    /// The next pass's time.
+    pub(super) fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// A pass ran at `now`.
+    pub(super) fn ran(&mut self, now: Instant) {
+        self.next = now + self.every;
+    }
 }
 
 /// One pass: bury dead workers, rescue expired attempts.
@@ -126,6 +159,17 @@ mod tests {
             pid,
             heartbeat_at,
         }
+    }
+
+    #[test]
+    fn the_rescuer_runs_at_start_then_every_third_of_a_lease() {
+        let t0 = Instant::now();
+        let mut rescuer = Rescuer::new(Duration::from_secs(30), t0);
+        assert!(rescuer.due(t0, false));
+        assert!(!rescuer.due(t0, true), "not while writes fail");
+        rescuer.ran(t0);
+        assert_eq!(rescuer.next(), t0 + Duration::from_secs(10));
+        assert!(!rescuer.due(t0 + Duration::from_secs(9), false));
     }
 
     #[test]
