@@ -73,16 +73,20 @@ fn a_shared_library_that_is_not_a_castor_plugin() {
     );
 }
 
-/// This worker's castor-abi version, and the next release after it (what the
+/// `major.minor.patch` as numbers.
+fn version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text.split('.').map(|p| p.parse::<u64>().expect("numeric"));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
+/// This worker's plugin ABI version, and the next incompatible one after it (what the
 /// `newer-abi` fixture's build script compiles its copy as).
-fn castor_abi_versions() -> (String, String) {
+fn abi_versions() -> (String, String) {
     let ours = castor_abi::abi::ABI_VERSION.to_owned();
-    let mut parts = ours.split('.').map(|p| p.parse::<u64>().expect("numeric"));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    let next = if major == 0 {
-        format!("0.{}.0", minor + 1)
-    } else {
-        format!("{}.0.0", major + 1)
+    let next = match version(&ours) {
+        (0, minor, _) => format!("0.{}.0", minor + 1),
+        (major, _, _) => format!("{}.0.0", major + 1),
     };
     (ours, next)
 }
@@ -115,17 +119,18 @@ fn refuse(name: &str) -> (String, String) {
 }
 
 #[test]
-fn a_library_built_against_another_castor_abi_release_names_both_versions() {
-    let (ours, next) = castor_abi_versions();
+fn a_library_built_for_another_plugin_abi_names_both_versions() {
+    let (ours, next) = abi_versions();
+    let release = castor_abi::VERSION;
     let (line, verbose) = refuse("newer_abi");
     let path = fixture_path("newer_abi").canonicalize().expect("canonical");
     assert_eq!(
         line,
         format!(
-            "castor: error: {} was built with castor-abi {next} and this castor with \
-             castor-abi {ours}, whose plugin ABIs differ: rebuild the library against \
-             castor-abi {ours}, or run it with a castor built from castor-abi {next} \
-             (castor -v shows the differences)",
+            "castor: error: {} was built for plugin ABI {next}, which this castor (castor-abi \
+             {release}, plugin ABI {ours}) cannot load: rebuild the library against castor-abi \
+             {release}, or run it with a castor built for plugin ABI {next} (castor -v shows \
+             the differences)",
             path.display()
         )
     );
@@ -139,13 +144,17 @@ fn a_library_built_against_another_castor_abi_release_names_both_versions() {
 
 #[test]
 fn a_library_whose_abi_layout_differs_at_a_compatible_version() {
-    let (ours, _) = castor_abi_versions();
+    let (ours, _) = abi_versions();
+    let release = castor_abi::VERSION;
+    let (major, minor, patch) = version(&ours);
+    // The `wrong-abi` fixture's build script compiles its copy one patch version up.
+    let theirs = format!("{major}.{minor}.{}", patch + 1);
     let (line, verbose) = refuse("wrong_abi");
     assert!(
         line.contains(&format!(
-            "was built with castor-abi 0.1.1 and this castor with castor-abi {ours}, whose \
-             plugin ABIs differ: rebuild the library against castor-abi {ours}, or run it \
-             with a castor built from castor-abi 0.1.1"
+            "was built for plugin ABI {theirs}, which this castor (castor-abi {release}, \
+             plugin ABI {ours}) cannot load: rebuild the library against castor-abi \
+             {release}, or run it with a castor built for plugin ABI {theirs}"
         )),
         "{line}"
     );
@@ -159,13 +168,14 @@ fn a_library_whose_abi_layout_differs_at_a_compatible_version() {
 
 #[test]
 fn a_library_built_from_modified_sources_of_the_same_version_says_so_without_debug_output() {
-    let (ours, _) = castor_abi_versions();
+    let (ours, _) = abi_versions();
+    let release = castor_abi::VERSION;
     let (line, verbose) = refuse("repr_abi");
     assert!(
         line.contains(&format!(
-            "was built with castor-abi {ours} and this castor with castor-abi {ours} too, but \
-             from different sources whose plugin ABIs differ: rebuild the library and castor \
-             from the same castor-abi (castor -v shows the differences)"
+            "was built for plugin ABI {ours} like this castor (castor-abi {release}), but from \
+             different sources whose layouts differ: rebuild the library and castor from the \
+             same castor-abi (castor -v shows the differences)"
         )),
         "{line}"
     );
