@@ -2,7 +2,11 @@
 
 use std::path::Path;
 
-use crate::support::{TestDir, assert_startup_error, fixture_path, run_castor, tasks_target};
+use castor_store::{NewTask, OpenOptions, Store, TaskState};
+
+use crate::support::{
+    TestDir, Worker, assert_startup_error, fixture_path, run_castor, tasks_target, wait_until,
+};
 
 #[test]
 fn a_missing_library_is_named() {
@@ -78,6 +82,16 @@ fn version(text: &str) -> (u64, u64, u64) {
     let mut parts = text.split('.').map(|p| p.parse::<u64>().expect("numeric"));
     let mut next = || parts.next().unwrap_or(0);
     (next(), next(), next())
+}
+
+/// Whether cargo's semver rules let a dependency on `a` resolve to `b`, or back (same
+/// major, or for 0.y.z the same y, or for 0.0.z the same z).
+fn semver_compatible(a: &str, b: &str) -> bool {
+    match (version(a), version(b)) {
+        ((0, 0, x), (0, 0, y)) => x == y,
+        ((0, x, _), (0, y, _)) => x == y,
+        ((x, _, _), (y, _, _)) => x == y,
+    }
 }
 
 /// This worker's plugin ABI version, and the next incompatible one after it (what the
@@ -190,6 +204,78 @@ fn a_library_built_from_modified_sources_of_the_same_version_says_so_without_deb
         !differences.contains("ExpectedFound") && !differences.contains("ReprAttr"),
         "{differences}"
     );
+}
+
+/// A library built against an older castor release whose plugin ABI is the worker's (the
+/// `older-release` fixture: castor-abi 0.0.9's build of today's ABI crate) loads, and the
+/// worker runs the tasks an app enqueued for it: a release that changed only what does
+/// not cross the ABI (the store, the schema) does not make old libraries incompatible.
+#[test]
+fn a_library_built_against_an_older_release_with_the_same_plugin_abi_runs_its_tasks() {
+    let dir = TestDir::new();
+    let mut store = Store::open(dir.db(), OpenOptions::app()).expect("open");
+    let mut enqueue = |task: &str, args: &[u8]| {
+        store
+            .enqueue(&NewTask {
+                manager: "manager",
+                task,
+                args,
+                run_at_us: None,
+                priority: 0,
+                unique_key: None,
+                max_attempts: 1,
+                backoff_base_ms: 1000,
+                backoff_cap_ms: 1000,
+                timeout_ms: None,
+                schedule_id: None,
+            })
+            .expect("enqueue")
+            .id
+    };
+    let add = enqueue(
+        "add",
+        &castor_abi::codec::encode(&(2i64, 40i64)).expect("encode"),
+    );
+    let built_with = enqueue(
+        "built_with",
+        &castor_abi::codec::encode(&()).expect("encode"),
+    );
+    let target = format!("{}:manager", fixture_path("older_release").display());
+    let worker = Worker::start(&dir, &target, &[]);
+    assert!(
+        worker
+            .stdout()
+            .contains("add (thread), built_with (thread)"),
+        "{}",
+        worker.stdout()
+    );
+    let finished = |id| {
+        store
+            .snapshot(id)
+            .expect("read the task")
+            .filter(|task| task.state.is_terminal())
+    };
+    let result = |id| {
+        wait_until("the task is finished", || finished(id).is_some());
+        let task = finished(id).expect("finished");
+        assert_eq!(task.state, TaskState::Completed, "{:?}", task.errors);
+        task.result.expect("a result")
+    };
+    let sum: i64 = castor_abi::codec::decode(&result(add)).expect("decode");
+    assert_eq!(sum, 42);
+    // What makes this test mean something: the library's release is one the worker's
+    // check would refuse if it compared releases (incompatible by cargo's rules), and
+    // only its plugin ABI version agrees.
+    let (release, abi): (String, String) =
+        castor_abi::codec::decode(&result(built_with)).expect("decode");
+    assert!(
+        !semver_compatible(&release, castor_abi::VERSION),
+        "the fixture must stand for a release incompatible with castor-abi {}, not {release}",
+        castor_abi::VERSION
+    );
+    assert_eq!(abi, castor_abi::abi::ABI_VERSION);
+    let out = worker.stop();
+    assert!(out.status.success(), "{}", out.stderr);
 }
 
 #[test]
