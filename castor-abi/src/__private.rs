@@ -13,6 +13,8 @@ use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+pub use crate::task::NewTaskFromAbi;
+
 use crate::abi::{
     FailureKind, HostCtx, HostServices, ManagerDecl, PluginRoot, PluginRootRef, TaskFailure,
 };

@@ -65,7 +65,9 @@
 // Lets the macros' `::castor_abi::` paths resolve inside this crate's own tests.
 extern crate self as castor_abi;
 
-pub mod abi;
+/// The stable boundary the worker loads libraries through: the `castor-plugin-abi` crate,
+/// whose version is the plugin ABI version ([`abi::ABI_VERSION`]), not castor-abi's.
+pub use castor_plugin_abi as abi;
 mod backend;
 mod capture;
 pub mod codec;
@@ -91,6 +93,10 @@ pub use castor_store::{
     ScheduleInfo, StoreError, TaskLog, TaskState,
 };
 pub use uuid::Uuid;
+
+/// castor-abi's crate version: the release, which may change without the plugin
+/// ABI changing ([`abi::ABI_VERSION`] is what a worker and a library must agree on).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Declares a manager: a function returning the [`Manager`] with this name, database
 /// file and tasks, and optionally its periodic tasks ([`Periodic`]: an interval or a cron

@@ -15,7 +15,7 @@ use crate::abi::{DispatchOptionsAbi, ManagerDecl};
 use crate::backend::{Backend, View};
 use crate::error::{DispatchError, StatusError};
 use crate::handle::TaskHandle;
-use crate::task::{TaskContext, TaskSpec};
+use crate::task::{NewTaskFromAbi, TaskContext, TaskSpec};
 
 /// A declared manager is invalid.
 #[derive(Debug, thiserror::Error)]

@@ -400,9 +400,21 @@ impl Dispatch for TaskContext {
     }
 }
 
-impl crate::abi::DispatchOptionsAbi {
+/// The row a dispatch inserts, made from its options as they cross the ABI: the one
+/// conversion an app's `Client` and a worker's services share. A trait because the
+/// options' type lives in the ABI crate, which knows nothing of the store.
+pub trait NewTaskFromAbi {
     /// The row a dispatch with these options inserts.
-    pub fn new_task<'a>(
+    fn new_task<'a>(
+        &'a self,
+        manager: &'a str,
+        task: &'a str,
+        args: &'a [u8],
+    ) -> castor_store::NewTask<'a>;
+}
+
+impl NewTaskFromAbi for DispatchOptionsAbi {
+    fn new_task<'a>(
         &'a self,
         manager: &'a str,
         task: &'a str,

@@ -14,8 +14,8 @@ use abi_stable::abi_stability::abi_checking::{
 };
 use abi_stable::library::{AbiHeader, LibHeader, LibraryError, RootModule, lib_header_from_path};
 use abi_stable::std_types::RResult;
-use abi_stable::type_layout::{DiscriminantRepr, ReprAttr, TLFieldOrFunction, TypeLayout};
-use castor_abi::abi::{ABI_VERSION, AttachFn, ManagerDecl, PluginRootRef, TaskDecl};
+use abi_stable::type_layout::{DiscriminantRepr, ReprAttr, TLFieldOrFunction};
+use castor_abi::abi::{AttachFn, ManagerDecl, PluginRootRef, TaskDecl};
 
 /// A library could not be used as a Castor plugin.
 #[derive(Debug, thiserror::Error)]
@@ -45,15 +45,15 @@ pub enum LoadError {
         /// The path given.
         path: PathBuf,
     },
-    /// Built against a castor-abi whose plugin ABI differs from this worker's: another
-    /// release, or the same release from other (modified) sources.
+    /// Built for a plugin ABI this worker cannot load: another plugin ABI version, or the
+    /// same version from other (modified) sources.
     #[error("{}", incompatible_abi(path, library, worker, details.is_some()))]
     IncompatibleAbi {
         /// The path given.
         path: PathBuf,
-        /// What the library was built with (boxed, like `worker`: errors stay small).
-        library: Box<AbiBuild>,
-        /// What this worker was built with.
+        /// The plugin ABI version the library was built for.
+        library: String,
+        /// What this worker was built with (boxed: errors stay small).
         worker: Box<AbiBuild>,
         /// The differences one per line, then abi_stable's full report (printed with
         /// `-v`); `None` when the check stopped at the version numbers.
@@ -240,99 +240,60 @@ fn check_declarations(path: &Path, managers: &[ManagerDecl]) -> Result<(), LoadE
     Ok(())
 }
 
-/// Which castor-abi a library, or this worker, was built with: what the load check
-/// compares, in the words a user fixes a mismatch with.
+/// What this worker was built with, in the words a user fixes a mismatch with: the
+/// castor-abi release (what a library's Cargo.toml names) and the plugin ABI version
+/// (what the load check compares). The two are independent: a release that changes no
+/// ABI type keeps the plugin ABI version, and libraries built for it keep loading.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbiBuild {
-    /// castor-abi's crate version, as a Cargo.toml names it (`0.1.0`).
+    /// castor-abi's crate version (`0.1.0`).
     pub castor_abi: String,
-    /// The plugin ABI version abi_stable compares first (the root module's version
-    /// strings). Today it is castor-abi's crate version; where the two differ, messages
-    /// name both.
+    /// The plugin ABI version: the root module's version strings, which abi_stable
+    /// compares first ([`castor_abi::abi::ABI_VERSION`]).
     pub abi: String,
 }
 
 impl AbiBuild {
     /// What this worker was built with.
     pub fn worker() -> AbiBuild {
-        let layout = <PluginRootRef as abi_stable::StableAbi>::LAYOUT;
         AbiBuild {
-            castor_abi: castor_abi_version(layout).unwrap_or_else(|| ABI_VERSION.to_owned()),
+            castor_abi: castor_abi::VERSION.to_owned(),
             abi: <PluginRootRef as RootModule>::VERSION_STRINGS
                 .version
                 .to_string(),
-        }
-    }
-
-    /// What the library behind `header` was built with. Its castor-abi version comes
-    /// from the package abi_stable recorded for its root module's type, and falls back to
-    /// the plugin ABI version if that names no `castor-abi`.
-    fn library(header: &LibHeader) -> AbiBuild {
-        let abi = header.version_strings().version.to_string();
-        AbiBuild {
-            castor_abi: header
-                .layout()
-                .and_then(castor_abi_version)
-                .unwrap_or_else(|| abi.clone()),
-            abi,
         }
     }
 }
 
 impl fmt::Display for AbiBuild {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.abi == self.castor_abi {
-            write!(f, "castor-abi {}", self.castor_abi)
-        } else {
-            write!(
-                f,
-                "castor-abi {} (plugin ABI {})",
-                self.castor_abi, self.abi
-            )
-        }
+        write!(f, "castor-abi {}, plugin ABI {}", self.castor_abi, self.abi)
     }
 }
 
-/// The version of the `castor-abi` package that defines the root module's type: the type
-/// itself (`PluginRoot`) or what it points to (the `PrefixRef` abi_stable wraps it in).
-fn castor_abi_version(layout: &'static TypeLayout) -> Option<String> {
-    let castor_abi = |layout: &'static TypeLayout| {
-        let (package, version) = layout.item_info().package_and_version();
-        (package == "castor-abi").then(|| version.to_owned())
-    };
-    castor_abi(layout).or_else(|| {
-        layout
-            .phantom_fields()
-            .iter()
-            .find_map(|field| castor_abi(field.layout()))
-    })
-}
-
-/// [`LoadError::IncompatibleAbi`]'s sentence: both versions, and what to rebuild.
-fn incompatible_abi(
-    path: &Path,
-    library: &AbiBuild,
-    worker: &AbiBuild,
-    has_details: bool,
-) -> String {
+/// [`LoadError::IncompatibleAbi`]'s sentence: both plugin ABI versions, and what to
+/// rebuild. A library records its plugin ABI version, not the castor-abi release it was
+/// built against, so only the worker's release can be named.
+fn incompatible_abi(path: &Path, library: &str, worker: &AbiBuild, has_details: bool) -> String {
     let path = path.display();
     let more = if has_details {
         " (castor -v shows the differences)"
     } else {
         ""
     };
-    if library == worker {
+    let castor_abi = &worker.castor_abi;
+    if library == worker.abi {
         format!(
-            "{path} was built with {library} and this castor with {worker} too, but from \
-             different sources whose plugin ABIs differ: rebuild the library and castor from \
-             the same castor-abi{more}"
+            "{path} was built for plugin ABI {library} like this castor (castor-abi \
+             {castor_abi}), but from different sources whose layouts differ: rebuild the \
+             library and castor from the same castor-abi{more}"
         )
     } else {
         format!(
-            "{path} was built with {library} and this castor with {worker}, whose plugin ABIs \
-             differ: rebuild the library against castor-abi {}, or run it with a castor built \
-             from castor-abi {}{more}",
-            worker.castor_abi, library.castor_abi
+            "{path} was built for plugin ABI {library}, which this castor (castor-abi \
+             {castor_abi}, plugin ABI {}) cannot load: rebuild the library against castor-abi \
+             {castor_abi}, or run it with a castor built for plugin ABI {library}{more}",
+            worker.abi
         )
     }
 }
@@ -363,7 +324,7 @@ fn library_error(path: &Path, header: Option<&LibHeader>, e: LibraryError) -> Lo
             Some(header),
         ) => LoadError::IncompatibleAbi {
             path,
-            library: Box::new(AbiBuild::library(header)),
+            library: header.version_strings().version.to_string(),
             details: header.layout().and_then(|found| {
                 let expected = <PluginRootRef as abi_stable::StableAbi>::LAYOUT;
                 check_layout_compatibility(expected, found)
@@ -517,31 +478,28 @@ mod tests {
     }
 
     #[test]
-    fn the_worker_reports_its_own_castor_abi() {
-        assert_eq!(AbiBuild::worker(), build(ABI_VERSION, ABI_VERSION));
+    fn the_worker_reports_its_castor_abi_release_and_its_plugin_abi_apart() {
+        assert_eq!(
+            AbiBuild::worker(),
+            build(castor_abi::VERSION, castor_abi::abi::ABI_VERSION)
+        );
     }
 
     #[test]
-    fn the_refusal_names_the_plugin_abi_only_where_it_differs_from_the_crate_version() {
+    fn the_refusal_names_both_plugin_abis_and_the_release_to_rebuild_against() {
         let path = Path::new("/x/libapp.so");
         assert_eq!(
-            incompatible_abi(
-                path,
-                &build("0.2.0", "0.2.0"),
-                &build("0.1.0", "0.1.0"),
-                false
-            ),
-            "/x/libapp.so was built with castor-abi 0.2.0 and this castor with castor-abi \
-             0.1.0, whose plugin ABIs differ: rebuild the library against castor-abi 0.1.0, \
-             or run it with a castor built from castor-abi 0.2.0"
+            incompatible_abi(path, "0.2.0", &build("0.5.0", "0.1.0"), true),
+            "/x/libapp.so was built for plugin ABI 0.2.0, which this castor (castor-abi \
+             0.5.0, plugin ABI 0.1.0) cannot load: rebuild the library against castor-abi \
+             0.5.0, or run it with a castor built for plugin ABI 0.2.0 (castor -v shows the \
+             differences)"
         );
-        // Once the plugin ABI has a version of its own, both are named.
         assert_eq!(
-            incompatible_abi(path, &build("0.5.0", "2"), &build("0.3.0", "1"), true),
-            "/x/libapp.so was built with castor-abi 0.5.0 (plugin ABI 2) and this castor with \
-             castor-abi 0.3.0 (plugin ABI 1), whose plugin ABIs differ: rebuild the library \
-             against castor-abi 0.3.0, or run it with a castor built from castor-abi 0.5.0 \
-             (castor -v shows the differences)"
+            incompatible_abi(path, "0.1.0", &build("0.5.0", "0.1.0"), false),
+            "/x/libapp.so was built for plugin ABI 0.1.0 like this castor (castor-abi 0.5.0), \
+             but from different sources whose layouts differ: rebuild the library and castor \
+             from the same castor-abi"
         );
     }
 

@@ -2,7 +2,11 @@
 
 use std::path::Path;
 
-use crate::support::{TestDir, assert_startup_error, fixture_path, run_castor, tasks_target};
+use castor_store::{NewTask, OpenOptions, Store, TaskState};
+
+use crate::support::{
+    TestDir, Worker, assert_startup_error, fixture_path, run_castor, tasks_target, wait_until,
+};
 
 #[test]
 fn a_missing_library_is_named() {
@@ -73,16 +77,30 @@ fn a_shared_library_that_is_not_a_castor_plugin() {
     );
 }
 
-/// This worker's castor-abi version, and the next release after it (what the
+/// `major.minor.patch` as numbers.
+fn version(text: &str) -> (u64, u64, u64) {
+    let mut parts = text.split('.').map(|p| p.parse::<u64>().expect("numeric"));
+    let mut next = || parts.next().unwrap_or(0);
+    (next(), next(), next())
+}
+
+/// Whether cargo's semver rules let a dependency on `a` resolve to `b`, or back (same
+/// major, or for 0.y.z the same y, or for 0.0.z the same z).
+fn semver_compatible(a: &str, b: &str) -> bool {
+    match (version(a), version(b)) {
+        ((0, 0, x), (0, 0, y)) => x == y,
+        ((0, x, _), (0, y, _)) => x == y,
+        ((x, _, _), (y, _, _)) => x == y,
+    }
+}
+
+/// This worker's plugin ABI version, and the next incompatible one after it (what the
 /// `newer-abi` fixture's build script compiles its copy as).
-fn castor_abi_versions() -> (String, String) {
+fn abi_versions() -> (String, String) {
     let ours = castor_abi::abi::ABI_VERSION.to_owned();
-    let mut parts = ours.split('.').map(|p| p.parse::<u64>().expect("numeric"));
-    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
-    let next = if major == 0 {
-        format!("0.{}.0", minor + 1)
-    } else {
-        format!("{}.0.0", major + 1)
+    let next = match version(&ours) {
+        (0, minor, _) => format!("0.{}.0", minor + 1),
+        (major, _, _) => format!("{}.0.0", major + 1),
     };
     (ours, next)
 }
@@ -115,17 +133,18 @@ fn refuse(name: &str) -> (String, String) {
 }
 
 #[test]
-fn a_library_built_against_another_castor_abi_release_names_both_versions() {
-    let (ours, next) = castor_abi_versions();
+fn a_library_built_for_another_plugin_abi_names_both_versions() {
+    let (ours, next) = abi_versions();
+    let release = castor_abi::VERSION;
     let (line, verbose) = refuse("newer_abi");
     let path = fixture_path("newer_abi").canonicalize().expect("canonical");
     assert_eq!(
         line,
         format!(
-            "castor: error: {} was built with castor-abi {next} and this castor with \
-             castor-abi {ours}, whose plugin ABIs differ: rebuild the library against \
-             castor-abi {ours}, or run it with a castor built from castor-abi {next} \
-             (castor -v shows the differences)",
+            "castor: error: {} was built for plugin ABI {next}, which this castor (castor-abi \
+             {release}, plugin ABI {ours}) cannot load: rebuild the library against castor-abi \
+             {release}, or run it with a castor built for plugin ABI {next} (castor -v shows \
+             the differences)",
             path.display()
         )
     );
@@ -139,13 +158,17 @@ fn a_library_built_against_another_castor_abi_release_names_both_versions() {
 
 #[test]
 fn a_library_whose_abi_layout_differs_at_a_compatible_version() {
-    let (ours, _) = castor_abi_versions();
+    let (ours, _) = abi_versions();
+    let release = castor_abi::VERSION;
+    let (major, minor, patch) = version(&ours);
+    // The `wrong-abi` fixture's build script compiles its copy one patch version up.
+    let theirs = format!("{major}.{minor}.{}", patch + 1);
     let (line, verbose) = refuse("wrong_abi");
     assert!(
         line.contains(&format!(
-            "was built with castor-abi 0.1.1 and this castor with castor-abi {ours}, whose \
-             plugin ABIs differ: rebuild the library against castor-abi {ours}, or run it \
-             with a castor built from castor-abi 0.1.1"
+            "was built for plugin ABI {theirs}, which this castor (castor-abi {release}, \
+             plugin ABI {ours}) cannot load: rebuild the library against castor-abi \
+             {release}, or run it with a castor built for plugin ABI {theirs}"
         )),
         "{line}"
     );
@@ -159,13 +182,14 @@ fn a_library_whose_abi_layout_differs_at_a_compatible_version() {
 
 #[test]
 fn a_library_built_from_modified_sources_of_the_same_version_says_so_without_debug_output() {
-    let (ours, _) = castor_abi_versions();
+    let (ours, _) = abi_versions();
+    let release = castor_abi::VERSION;
     let (line, verbose) = refuse("repr_abi");
     assert!(
         line.contains(&format!(
-            "was built with castor-abi {ours} and this castor with castor-abi {ours} too, but \
-             from different sources whose plugin ABIs differ: rebuild the library and castor \
-             from the same castor-abi (castor -v shows the differences)"
+            "was built for plugin ABI {ours} like this castor (castor-abi {release}), but from \
+             different sources whose layouts differ: rebuild the library and castor from the \
+             same castor-abi (castor -v shows the differences)"
         )),
         "{line}"
     );
@@ -180,6 +204,78 @@ fn a_library_built_from_modified_sources_of_the_same_version_says_so_without_deb
         !differences.contains("ExpectedFound") && !differences.contains("ReprAttr"),
         "{differences}"
     );
+}
+
+/// A library built against an older castor release whose plugin ABI is the worker's (the
+/// `older-release` fixture: castor-abi 0.0.9's build of today's ABI crate) loads, and the
+/// worker runs the tasks an app enqueued for it: a release that changed only what does
+/// not cross the ABI (the store, the schema) does not make old libraries incompatible.
+#[test]
+fn a_library_built_against_an_older_release_with_the_same_plugin_abi_runs_its_tasks() {
+    let dir = TestDir::new();
+    let mut store = Store::open(dir.db(), OpenOptions::app()).expect("open");
+    let mut enqueue = |task: &str, args: &[u8]| {
+        store
+            .enqueue(&NewTask {
+                manager: "manager",
+                task,
+                args,
+                run_at_us: None,
+                priority: 0,
+                unique_key: None,
+                max_attempts: 1,
+                backoff_base_ms: 1000,
+                backoff_cap_ms: 1000,
+                timeout_ms: None,
+                schedule_id: None,
+            })
+            .expect("enqueue")
+            .id
+    };
+    let add = enqueue(
+        "add",
+        &castor_abi::codec::encode(&(2i64, 40i64)).expect("encode"),
+    );
+    let built_with = enqueue(
+        "built_with",
+        &castor_abi::codec::encode(&()).expect("encode"),
+    );
+    let target = format!("{}:manager", fixture_path("older_release").display());
+    let worker = Worker::start(&dir, &target, &[]);
+    assert!(
+        worker
+            .stdout()
+            .contains("add (thread), built_with (thread)"),
+        "{}",
+        worker.stdout()
+    );
+    let finished = |id| {
+        store
+            .snapshot(id)
+            .expect("read the task")
+            .filter(|task| task.state.is_terminal())
+    };
+    let result = |id| {
+        wait_until("the task is finished", || finished(id).is_some());
+        let task = finished(id).expect("finished");
+        assert_eq!(task.state, TaskState::Completed, "{:?}", task.errors);
+        task.result.expect("a result")
+    };
+    let sum: i64 = castor_abi::codec::decode(&result(add)).expect("decode");
+    assert_eq!(sum, 42);
+    // What makes this test mean something: the library's release is one the worker's
+    // check would refuse if it compared releases (incompatible by cargo's rules), and
+    // only its plugin ABI version agrees.
+    let (release, abi): (String, String) =
+        castor_abi::codec::decode(&result(built_with)).expect("decode");
+    assert!(
+        !semver_compatible(&release, castor_abi::VERSION),
+        "the fixture must stand for a release incompatible with castor-abi {}, not {release}",
+        castor_abi::VERSION
+    );
+    assert_eq!(abi, castor_abi::abi::ABI_VERSION);
+    let out = worker.stop();
+    assert!(out.status.success(), "{}", out.stderr);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! Castor's integration tests: the real `castor` binary, real fixture libraries (crates
 //! under `tests/fixtures/`) and a real SQLite file in a temporary directory per test.
 
-// Loading a library: bad paths, non-plugins, incompatible ABIs, unknown managers, bad
-// targets and databases.
+// Loading a library: bad paths, non-plugins, incompatible ABIs, an older release's library
+// with the same plugin ABI, unknown managers, bad targets and databases.
 mod loading;
 // A task's life: dispatch, run, join and resolve; subtasks; graceful shutdown.
 mod lifecycle;

@@ -21,8 +21,8 @@ pub fn castor_bin() -> PathBuf {
 }
 
 /// The path of a fixture library (`tasks`, `wrong_abi`, `newer_abi`, `repr_abi`,
-/// `not_a_plugin`), which cargo builds into the test executable's own directory because
-/// the fixtures are dev-dependencies. The one place to change if cargo's layout moves.
+/// `older_release`, `not_a_plugin`), which cargo builds into the test executable's own
+/// directory because the fixtures are dev-dependencies. The one place to change if cargo's layout moves.
 pub fn fixture_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test executable has a path");
     let deps = exe.parent().expect("the test executable is in a directory");

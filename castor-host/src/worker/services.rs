@@ -15,6 +15,8 @@ use castor_store::{Notifier, Store, now_us};
 use crossbeam_channel::Sender;
 
 use super::Event;
+// `DispatchOptionsAbi::new_task`.
+use castor_abi::__private::NewTaskFromAbi as _;
 
 /// The worker's [`Services`].
 pub struct WorkerServices {

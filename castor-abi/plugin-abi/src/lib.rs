@@ -1,18 +1,22 @@
 //! The stable boundary between a task library and the `castor` worker: `#[repr(C)]`
 //! `StableAbi` types only, layout-checked by abi_stable when the worker loads a library.
+//! Plugin authors and the macros use it as `castor_abi::abi`; it is a crate of its own so
+//! that its version, the plugin ABI version ([`ABI_VERSION`]), is kept by hand and moves
+//! only when a type here changes, not with every castor release.
 //!
-//! A library exports one [`PluginRoot`] (through [`export_managers!`](crate::export_managers)),
-//! which lists its managers as [`ManagerDecl`]s; each task is a [`TaskDecl`] whose `run`
+//! A library exports one [`PluginRoot`] (through `castor_abi::export_managers!`), which
+//! lists its managers as [`ManagerDecl`]s; each task is a [`TaskDecl`] whose `run`
 //! function the worker calls with a [`HostCtx`]. Everything a running task asks of the
 //! worker (dispatch a subtask, read a task's state, log) goes back through the function
-//! pointers of [`HostServices`], so it runs on the worker's own SQLite connection: a
+//! pointers of [`HostServices`], so it runs on the worker's own database connection: a
 //! library never opens the database inside the worker.
 //!
 //! Every function pointer in this module catches panics on its own side and returns an error
 //! value instead: a panic that unwinds across `extern "C"` aborts the worker.
 //!
 //! Changing any type here changes the layout the worker checks, so a library built against
-//! another layout is refused at load with [`crate::abi::ABI_VERSION`] in the message.
+//! another layout is refused at load with both plugin ABI versions in the message. This
+//! file must build with abi_stable alone: the ABI test fixtures compile copies of it.
 
 use std::ffi::c_void;
 use std::sync::atomic::AtomicBool;
@@ -21,7 +25,11 @@ use abi_stable::library::RootModule;
 use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
-/// The castor-abi version a worker and a library must agree on (semver-compatible).
+/// The plugin ABI version: this crate's own, hand-kept version, which a worker and a
+/// library must agree on by cargo's semver rules (while it is 0.y.z, the same y), besides
+/// their layouts matching. It is also the root module's version strings and the package
+/// version abi_stable records for each type here. Not castor-abi's crate version: a
+/// release that changes no type here keeps it.
 pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// A UUID as it crosses the boundary.
@@ -216,7 +224,7 @@ pub struct DispatchOptionsAbi {
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone)]
 pub struct SnapshotAbi {
-    /// The state's name, as [`TaskState::as_str`](crate::TaskState::as_str) spells it.
+    /// The state's name, as `castor_abi::TaskState::as_str` spells it.
     pub state: RString,
     /// The task's name.
     pub task: RString,
