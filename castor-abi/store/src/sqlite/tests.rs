@@ -387,16 +387,24 @@ fn claim_uses_the_available_index() {
     );
 }
 
-/// A fresh database in its own directory (left behind for inspection if a case fails; the
-/// system's temporary directory is cleaned by the OS).
-fn fresh() -> Store {
-    let dir = std::env::temp_dir().join(format!(
-        "castor-conformance-{}-{}",
-        std::process::id(),
-        Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    Store::open(dir.join("tasks.db"), OpenOptions::app()).expect("open")
+/// A fresh, migrated database for one conformance case, in a directory of its own that
+/// is removed with it.
+struct Conformance {
+    dir: TempDir,
+}
+
+impl crate::conformance::TestDatabase for Conformance {
+    fn connect(&self) -> Store {
+        Store::open(self.dir.db(), OpenOptions::app()).expect("open")
+    }
+}
+
+fn fresh() -> Conformance {
+    let database = Conformance {
+        dir: TempDir::new("conformance"),
+    };
+    drop(crate::conformance::TestDatabase::connect(&database));
+    database
 }
 
 mod conformance {
