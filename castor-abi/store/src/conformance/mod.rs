@@ -5,15 +5,15 @@
 //!   task claimed twice by concurrent claimers, each on its own connection;
 //! - `states`: the state machine's guarded writes (finish and release only for the
 //!   running attempt), failures and retries, cancellation in every state, `retry` of
-//!   discarded and cancelled tasks only, `purge`, which never deletes running tasks, and
-//!   unique keys (held while unfinished, free after);
+//!   discarded and cancelled tasks only, `purge`, which never deletes running tasks,
+//!   unique keys (held while unfinished, free after), and a failed write rolled back whole;
 //! - `leases`: lease expiry and renewal, worker rows and heartbeats, a dead worker
 //!   buried, a rescued attempt that can no longer finish;
 //! - `schedules`: missed ticks, one run per tick with two workers ticking at once,
 //!   periodic declarations (kept or restarted), pausing, limits and removal;
 //! - `records`: retention (`prune`), logs, progress, multi-MiB payloads, and the reads
 //!   (`stage_due`, `next_due`, `unfinished`, `waiting`, `list`, `counts`,
-//!   `completed_since`).
+//!   `completed_since`, `state_of`, `change_counter`).
 //!
 //! **The contract.** A driver instantiates the suite in its tests with
 //! [`conformance_tests!`]`(fresh)`, where `fresh` is a `fn() -> D` that creates an empty,
@@ -72,6 +72,7 @@ macro_rules! conformance_tests {
             purge_never_deletes_running_tasks,
             unique_keys_return_the_unfinished_task,
             unique_keys_are_held_while_unfinished_and_free_after,
+            a_failed_write_changes_nothing,
             // leases
             leases_expire_and_renew,
             workers_register_beat_and_stop,
@@ -91,6 +92,7 @@ macro_rules! conformance_tests {
             stage_due_moves_due_tasks_of_its_manager_only,
             next_due_unfinished_and_waiting_read_the_waiting_tasks,
             list_counts_and_completed_since_read_every_task,
+            state_of_and_the_change_counter,
         );
     };
     (@cases $fresh:expr; $($case:ident),* $(,)?) => {

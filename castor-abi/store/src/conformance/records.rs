@@ -577,3 +577,26 @@ pub fn list_counts_and_completed_since_read_every_task(db: &dyn TestDatabase) {
     assert_eq!(store.completed_since(T0 + SECOND).expect("count"), 1);
     assert_eq!(store.completed_since(T0 + SECOND + 1).expect("count"), 0);
 }
+
+/// `state_of` reads one task's state (`None` for an unknown id); `change_counter`, where
+/// the engine has one, moves when another connection commits, which is how a worker tells
+/// other writers' wake-ups from its own.
+pub fn state_of_and_the_change_counter(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    for target in TaskState::ALL {
+        let (id, _) = task_in(&mut store, &format!("t-{target}"), target);
+        assert_eq!(store.state_of(id).expect("read"), Some(target));
+    }
+    assert_eq!(store.state_of(Uuid::now_v7()).expect("read"), None);
+    let mut other = db.connect();
+    let Some(before) = store.change_counter().expect("read the counter") else {
+        // The engine cannot tell: every wake-up counts as a change, nothing to check.
+        return;
+    };
+    add(&mut other, "elsewhere");
+    let after = store
+        .change_counter()
+        .expect("read the counter")
+        .expect("a counter that existed still does");
+    assert_ne!(before, after, "another connection committed");
+}

@@ -513,3 +513,40 @@ pub fn unique_keys_are_held_while_unfinished_and_free_after(db: &dyn TestDatabas
     assert_ne!(ids[0].id, ids[1].id);
     assert_ne!(ids[0].id, ids[2].id);
 }
+
+/// A write whose closure fails is rolled back whole: a task it inserted and a task it
+/// cancelled before the failing statement are as they were, and the connection writes
+/// again afterwards.
+pub fn a_failed_write_changes_nothing(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let keyed = crate::NewTask {
+        unique_key: Some("k"),
+        ..new_task("keyed", b"x")
+    };
+    let (old, _) = task_in_with(&mut store, &keyed, TaskState::Cancelled);
+    let holder = enqueue(&mut store, &keyed, T0).id;
+    let waiting = add(&mut store, "waiting");
+    let mut inserted = None;
+    let result = store.write(|tx| {
+        inserted = Some(tx.enqueue(&new_task("inserted", b"x"), T0)?.id);
+        assert_eq!(tx.cancel(waiting, T0)?, Some(CancelOutcome::Cancelled));
+        // Refused: another task holds its unique key.
+        tx.retry(old, T0)
+    });
+    assert!(result.is_err(), "{result:?}");
+    let inserted = inserted.expect("the insert ran");
+    assert!(
+        store.snapshot(inserted).expect("read").is_none(),
+        "the insert is rolled back"
+    );
+    assert_eq!(
+        state(&store, waiting),
+        TaskState::Available,
+        "the cancel too"
+    );
+    assert_eq!(state(&store, old), TaskState::Cancelled);
+    assert_eq!(state(&store, holder), TaskState::Available);
+    let after = enqueue(&mut store, &new_task("after", b"x"), T0 + 1);
+    assert!(!after.existing);
+    assert_eq!(state(&store, after.id), TaskState::Available);
+}
