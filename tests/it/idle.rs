@@ -73,3 +73,51 @@ fn idle_workers_sleep_whatever_their_library_shape() {
         .collect();
     assert!(busy.is_empty(), "idle workers kept busy: {busy:?}");
 }
+
+/// A worker told to poll (`CASTOR_NOTIFY=poll`: the portable wake-up source, the only one
+/// off Linux) still sleeps while idle, and wakes for tasks dispatched while it sleeps:
+/// each is started long before the 1 s fallback tick that a source seeing nothing would
+/// leave as the only wake-up.
+#[test]
+fn a_worker_on_the_polling_source_sleeps_and_wakes_for_new_tasks() {
+    const TASKS: usize = 10;
+    let dir = TestDir::new();
+    let mut command = std::process::Command::new(crate::support::castor_bin());
+    command
+        .arg(tasks_target("manager"))
+        .arg("--db")
+        .arg(dir.db())
+        .args(["--quiet", "--threads", "2"])
+        .env("CASTOR_NOTIFY", "poll")
+        .current_dir(dir.path());
+    let worker = Worker::started(command);
+    let share = cpu_shares(&[worker.pid()], MEASURE)[0];
+    assert!(
+        share < IDLE_BOUND,
+        "an idle worker on the polling source used {:.0}% of a core",
+        share * 100.0
+    );
+
+    let client = dir.client();
+    let store = castor_store::Store::open(dir.db(), castor_store::OpenOptions::app())
+        .expect("open the database");
+    let mut late = Vec::new();
+    for n in 0..TASKS {
+        // Not a synchronisation: time for the worker to go back to sleep after the last
+        // task, at a different point of the fallback tick each time.
+        std::thread::sleep(Duration::from_millis(40 + 37 * n as u64));
+        let handle = fx::add::delay(&client, 1, 2).expect("dispatch");
+        assert_eq!(handle.join(PATIENCE).expect("join"), 3);
+        let task = store
+            .snapshot(handle.id())
+            .expect("read the task")
+            .expect("the task exists");
+        let waited = task.attempted_at.expect("it ran") - task.created_at;
+        if waited > 400_000 {
+            late.push(Duration::from_micros(waited.unsigned_abs()));
+        }
+    }
+    // One late start on a busy machine is noise; a source that never reports is late at
+    // nearly every task.
+    assert!(late.len() <= 1, "tasks started late: {late:?}");
+}

@@ -1,25 +1,28 @@
-//! Cron expressions for periodic tasks: the classic five fields, in UTC.
+//! Cron expressions for periodic tasks: the classic five fields, in UTC, parsed and
+//! evaluated by the `croner` crate (see docs/ARCHITECTURE.md, "Decisions").
 //!
 //! `minute hour day-of-month month day-of-week`, each `*`, a number, a range `a-b`, a
-//! step `*/n` or `a-b/n`, or a comma list of those; months and weekdays also by their
-//! three-letter English names; weekday 0 and 7 are Sunday. As in cron, when both the
-//! day of the month and the day of the week are restricted, a day matching either runs.
-//! The shorthands `@yearly`, `@monthly`, `@weekly`, `@daily` and `@hourly` are accepted.
+//! step `*/n`, `a-b/n` or `a/n` (from `a` to the end), or a comma list of those; months
+//! and weekdays also by their three-letter English names; weekday 0 and 7 are Sunday. As
+//! in cron, when both the day of the month and the day of the week are restricted, a day
+//! matching either runs. The shorthands `@yearly` (`@annually`), `@monthly`, `@weekly`,
+//! `@daily` (`@midnight`) and `@hourly` are accepted, and so are croner's extensions: `L`
+//! (the last day of the month, or `5L` its last Friday), `5#2` (its second Friday), `15W`
+//! (the weekday nearest the 15th), `?` (as `*`), and a `+` before the day of the week to
+//! require both days to match.
 
 use std::fmt;
 use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use croner::parser::{CronParser, Seconds, Year};
 
 /// A parsed cron expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cron {
     source: String,
-    minutes: u64,
-    hours: u64,
-    days: u64,
-    months: u64,
-    weekdays: u64,
-    days_restricted: bool,
-    weekdays_restricted: bool,
+    /// Boxed: croner's parsed fields take a few hundred bytes, and a `Cadence` holds this.
+    cron: Box<croner::Cron>,
 }
 
 /// An expression that is not valid cron.
@@ -32,68 +35,37 @@ pub struct CronError {
     pub reason: String,
 }
 
-const MONTHS: [&str; 12] = [
-    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+/// The five fields, with the values each takes, for error messages.
+const FIELDS: [(&str, &str); 5] = [
+    ("minute", "0-59"),
+    ("hour", "0-23"),
+    ("day of month", "1-31"),
+    ("month", "1-12 or jan-dec"),
+    ("day of week", "0-7 or sun-sat"),
 ];
-const WEEKDAYS: [&str; 7] = ["sun", "mon", "tue", "wed", "thu", "fri", "sat"];
 
-fn parse_value(text: &str, names: &[&str], base: u32) -> Option<u32> {
-    text.parse().ok().or_else(|| {
-        let lower = text.to_ascii_lowercase();
-        names
-            .iter()
-            .position(|n| *n == lower)
-            .and_then(|i| u32::try_from(i).ok())
-            .map(|i| i + base)
-    })
+/// Five fields, no seconds or years; `a/n` accepted as classic crons do.
+fn parser() -> CronParser {
+    CronParser::builder()
+        .seconds(Seconds::Disallowed)
+        .year(Year::Disallowed)
+        .sloppy_ranges(true)
+        .build()
 }
 
-/// Parses one field into a bit set over `min..=max`.
-fn parse_field(
-    field: &str,
-    min: u32,
-    max: u32,
-    names: &[&str],
-    name_base: u32,
-) -> Result<u64, String> {
-    let mut bits = 0u64;
-    for part in field.split(',') {
-        let (range, step) = match part.split_once('/') {
-            Some((range, step)) => {
-                let step: u32 = step
-                    .parse()
-                    .map_err(|_| format!("invalid step {step:?} in {part:?}"))?;
-                if step == 0 {
-                    return Err(format!("a step of 0 in {part:?}"));
-                }
-                (range, step)
-            }
-            None => (part, 1),
-        };
-        let (low, high) = if range == "*" {
-            (min, max)
-        } else if let Some((a, b)) = range.split_once('-') {
-            let a =
-                parse_value(a, names, name_base).ok_or_else(|| format!("invalid value {a:?}"))?;
-            let b =
-                parse_value(b, names, name_base).ok_or_else(|| format!("invalid value {b:?}"))?;
-            (a, b)
-        } else {
-            let v = parse_value(range, names, name_base)
-                .ok_or_else(|| format!("invalid value {range:?}"))?;
-            // `5/15` means from 5 to the end, every 15.
-            (v, if step > 1 { max } else { v })
-        };
-        if low < min || high > max || low > high {
-            return Err(format!("{range:?} is outside {min}-{max}"));
-        }
-        let mut v = low;
-        while v <= high {
-            bits |= 1 << v;
-            v += step;
-        }
-    }
-    Ok(bits)
+/// What croner says is wrong, as the end of one of our sentences.
+fn detail(error: &croner::errors::CronError) -> String {
+    use croner::errors::CronError as E;
+    let text = match error {
+        E::ComponentError(text) | E::InvalidPattern(text) => text.clone(),
+        E::IllegalCharacters(_) => "not a number, a name or a cron symbol".to_owned(),
+        other => other.to_string(),
+    };
+    let text = text.trim_end_matches('.');
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect()
+    })
 }
 
 impl FromStr for Cron {
@@ -104,7 +76,8 @@ impl FromStr for Cron {
             expression: expression.to_owned(),
             reason,
         };
-        let expanded = match expression.trim() {
+        let trimmed = expression.trim();
+        let expanded = match trimmed {
             "@yearly" | "@annually" => "0 0 1 1 *",
             "@monthly" => "0 0 1 * *",
             "@weekly" => "0 0 * * 0",
@@ -112,30 +85,35 @@ impl FromStr for Cron {
             "@hourly" => "0 * * * *",
             other => other,
         };
-        let fields: Vec<&str> = expanded.split_whitespace().collect();
-        let [minute, hour, day, month, weekday] = fields.as_slice() else {
+        let fields = expanded.split_whitespace().count();
+        if fields != 5 {
             return Err(error(format!(
-                "expected 5 fields (minute hour day-of-month month day-of-week), found {}",
-                fields.len()
+                "expected 5 fields (minute hour day-of-month month day-of-week), found {fields}"
             )));
-        };
-        let field = |text: &str, min, max, names: &[&str], base, what: &str| {
-            parse_field(text, min, max, names, base).map_err(|e| error(format!("{what}: {e}")))
-        };
-        let mut weekdays = field(weekday, 0, 7, &WEEKDAYS, 0, "day of week")?;
-        if weekdays & (1 << 7) != 0 {
-            weekdays = (weekdays & !(1 << 7)) | 1;
         }
-        Ok(Cron {
-            source: expression.trim().to_owned(),
-            minutes: field(minute, 0, 59, &[], 0, "minute")?,
-            hours: field(hour, 0, 23, &[], 0, "hour")?,
-            days: field(day, 1, 31, &[], 0, "day of month")?,
-            months: field(month, 1, 12, &MONTHS, 1, "month")?,
-            weekdays,
-            days_restricted: *day != "*",
-            weekdays_restricted: *weekday != "*",
-        })
+        let parser = parser();
+        match parser.parse(expanded) {
+            Ok(cron) => Ok(Cron {
+                source: trimmed.to_owned(),
+                cron: Box::new(cron),
+            }),
+            Err(whole) => {
+                // Name the first field that is wrong on its own, if one is.
+                let fields: Vec<&str> = expanded.split_whitespace().collect();
+                for (i, (name, allowed)) in FIELDS.iter().enumerate() {
+                    let Some(text) = fields.get(i) else { break };
+                    let mut alone = ["*"; 5];
+                    alone[i] = text;
+                    if let Err(e) = parser.parse(&alone.join(" ")) {
+                        return Err(error(format!(
+                            "{name} {text:?} is not valid ({allowed}): {}",
+                            detail(&e)
+                        )));
+                    }
+                }
+                Err(error(detail(&whole)))
+            }
+        }
     }
 }
 
@@ -145,95 +123,32 @@ impl fmt::Display for Cron {
     }
 }
 
-const MINUTE_US: i64 = 60_000_000;
-const DAY_US: i64 = 86_400_000_000;
-
-/// Days since 1970-01-01 -> (year, month 1-12, day 1-31). Howard Hinnant's algorithm.
-pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(month <= 2), month, day)
-}
-
-/// (year, month 1-12, day 1-31) -> days since 1970-01-01.
-fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let year = year - i64::from(month <= 2);
-    let era = year.div_euclid(400);
-    let yoe = year.rem_euclid(400);
-    let month = i64::from(month);
-    let doy = (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 impl Cron {
-    fn day_matches(&self, days: i64) -> bool {
-        let (_, _, day) = civil_from_days(days);
-        // 1970-01-01 was a Thursday (weekday 4).
-        let weekday = (days + 4).rem_euclid(7) as u32;
-        let by_day = self.days & (1 << day) != 0;
-        let by_weekday = self.weekdays & (1 << weekday) != 0;
-        match (self.days_restricted, self.weekdays_restricted) {
-            (true, true) => by_day || by_weekday,
-            (true, false) => by_day,
-            (false, true) => by_weekday,
-            (false, false) => true,
-        }
-    }
-
     /// The first time strictly after `after_us` (microseconds since the epoch, UTC) that
-    /// the expression matches; `None` if none within the next 5 years (e.g. `0 0 31 2 *`).
+    /// the expression matches; `None` if it never will (e.g. `0 0 31 2 *`).
     pub fn next_after(&self, after_us: i64) -> Option<i64> {
-        // Start at the next whole minute.
-        let mut t = after_us.div_euclid(MINUTE_US) * MINUTE_US + MINUTE_US;
-        let limit = t + 5 * 366 * DAY_US;
-        while t < limit {
-            let days = t.div_euclid(DAY_US);
-            let (year, month, _) = civil_from_days(days);
-            if self.months & (1 << month) == 0 {
-                // Jump to the first day of the next month.
-                let (y, m) = if month == 12 {
-                    (year + 1, 1)
-                } else {
-                    (year, month + 1)
-                };
-                t = days_from_civil(y, m, 1) * DAY_US;
-                continue;
-            }
-            if !self.day_matches(days) {
-                t = (days + 1) * DAY_US;
-                continue;
-            }
-            let minute_of_day = (t - days * DAY_US) / MINUTE_US;
-            let hour = (minute_of_day / 60) as u32;
-            let minute = (minute_of_day % 60) as u32;
-            if self.hours & (1 << hour) == 0 {
-                t = days * DAY_US + i64::from(hour + 1) * 60 * MINUTE_US;
-                continue;
-            }
-            if self.minutes & (1 << minute) == 0 {
-                t += MINUTE_US;
-                continue;
-            }
-            return Some(t);
-        }
-        None
+        let after = DateTime::<Utc>::from_timestamp_micros(after_us)?;
+        self.cron
+            .find_next_occurrence(&after, false)
+            .ok()
+            .map(|next| next.timestamp_micros())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::TimeZone;
+
     use super::*;
 
+    const MINUTE_US: i64 = 60_000_000;
+
     /// Microseconds at a UTC date and time.
-    fn at(year: i64, month: u32, day: u32, hour: i64, minute: i64) -> i64 {
-        days_from_civil(year, month, day) * DAY_US + (hour * 60 + minute) * MINUTE_US
+    fn at(year: i32, month: u32, day: u32, hour: u32, minute: u32) -> i64 {
+        Utc.with_ymd_and_hms(year, month, day, hour, minute, 0)
+            .single()
+            .expect("a valid date")
+            .timestamp_micros()
     }
 
     fn next(expr: &str, from: i64) -> Option<i64> {
@@ -241,19 +156,16 @@ mod tests {
     }
 
     #[test]
-    fn dates_round_trip() {
-        for days in [-1, 0, 59, 365, 10_957, 20_000, 50_000] {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(civil_from_days(days_from_civil(2024, 2, 29)), (2024, 2, 29));
-    }
-
-    #[test]
     fn next_times() {
         let t = at(2026, 11, 27, 15, 4); // a Friday
         assert_eq!(next("* * * * *", t), Some(t + MINUTE_US));
+        assert_eq!(
+            next("* * * * *", t + 1),
+            Some(t + MINUTE_US),
+            "from within a minute"
+        );
         assert_eq!(next("*/15 * * * *", t), Some(at(2026, 11, 27, 15, 15)));
+        assert_eq!(next("5/15 * * * *", t), Some(at(2026, 11, 27, 15, 5)));
         assert_eq!(next("0 9 * * *", t), Some(at(2026, 11, 28, 9, 0)));
         assert_eq!(
             next("0 9 * * 1-5", t),
@@ -264,6 +176,7 @@ mod tests {
         assert_eq!(next("30 2 1 * *", t), Some(at(2026, 12, 1, 2, 30)));
         assert_eq!(next("0 0 1 jan *", t), Some(at(2027, 1, 1, 0, 0)));
         assert_eq!(next("@hourly", t), Some(at(2026, 11, 27, 16, 0)));
+        assert_eq!(next("@midnight", t), Some(at(2026, 11, 28, 0, 0)));
         assert_eq!(
             next("0 0 29 2 *", t),
             Some(at(2028, 2, 29, 0, 0)),
@@ -280,23 +193,38 @@ mod tests {
         assert_eq!(next("0 0 31 2 *", t), None, "February 31st never comes");
         // Strictly after: at a matching minute, the next one.
         assert_eq!(next("4 15 * * *", t), Some(at(2026, 11, 28, 15, 4)));
+        // croner's extensions: the last day of the month, the second Friday.
+        assert_eq!(next("0 0 L * *", t), Some(at(2026, 11, 30, 0, 0)));
+        assert_eq!(next("0 0 * * 5#2", t), Some(at(2026, 12, 11, 0, 0)));
     }
 
     #[test]
     fn bad_expressions_say_why() {
         for (expr, reason) in [
             ("* * * *", "expected 5 fields"),
-            ("60 * * * *", "minute"),
-            ("* 24 * * *", "hour"),
-            ("* * 0 * *", "day of month"),
-            ("* * * 13 *", "month"),
-            ("* * * * 8", "day of week"),
-            ("*/0 * * * *", "step of 0"),
-            ("5-1 * * * *", "outside"),
-            ("x * * * *", "invalid value"),
+            ("* * * * * *", "expected 5 fields"),
+            ("@often", "expected 5 fields"),
+            ("60 * * * *", "minute \"60\" is not valid (0-59)"),
+            ("* 24 * * *", "hour \"24\" is not valid (0-23)"),
+            ("* * 0 * *", "day of month \"0\" is not valid (1-31)"),
+            ("* * * 13 *", "month \"13\" is not valid (1-12 or jan-dec)"),
+            (
+                "* * * * 8",
+                "day of week \"8\" is not valid (0-7 or sun-sat)",
+            ),
+            ("*/0 * * * *", "step cannot be zero"),
+            ("5-1 * * * *", "minute \"5-1\" is not valid"),
+            ("x * * * *", "not a number, a name or a cron symbol"),
         ] {
             let err = expr.parse::<Cron>().expect_err(expr);
             assert!(err.to_string().contains(reason), "{expr}: {err}");
         }
+    }
+
+    /// What people see: the expression as written.
+    #[test]
+    fn expressions_display_as_written() {
+        let cron: Cron = " 0 9 * * mon-fri ".parse().expect("valid");
+        assert_eq!(cron.to_string(), "0 9 * * mon-fri");
     }
 }

@@ -3,16 +3,21 @@
 
 /// Formats microseconds since the Unix epoch as `2026-11-27T15:04:05.123Z` (UTC).
 pub fn format_timestamp(us: i64) -> String {
-    let secs = us.div_euclid(1_000_000);
-    let millis = us.rem_euclid(1_000_000) / 1000;
-    let (year, month, day) = crate::cron::civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{millis:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
+    use chrono::{Datelike, Timelike};
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+            t.year(),
+            t.month(),
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second(),
+            t.timestamp_subsec_millis()
+        ),
+        // Beyond chrono's ±262,000 years: no reader needs a calendar date there.
+        None => format!("{us}us after the Unix epoch"),
+    }
 }
 
 /// Formats a duration for people: `850us`, `12.3ms`, `2.0s`, `3m 20s`, `2h 5m`.

@@ -54,8 +54,13 @@ pub use uuid;
 /// How many times a write whose lock stayed busy past the engine's timeout is tried again.
 pub const BUSY_RETRIES: u32 = 3;
 
-/// How many log lines are kept per task; older ones are dropped.
+/// How many log lines are kept per task: once an attempt is over, its task's log holds
+/// at most this many, its newest; older ones are dropped.
 pub const LOG_LINES_KEPT: i64 = 1000;
+
+/// While an attempt runs, its task's log may hold fewer than this many lines more than
+/// [`LOG_LINES_KEPT`]: drivers trim it in steps, not at every line.
+pub const LOG_LINES_SLACK: i64 = 64;
 
 /// The current time in microseconds since the Unix epoch.
 pub fn now_us() -> i64 {

@@ -51,16 +51,20 @@ impl ClaimSql {
         let select = format!("SELECT seq FROM ({arms}) ORDER BY priority DESC, seq LIMIT ?5");
         let batch = format!(
             "UPDATE castor_tasks SET state = 'running', attempt = attempt + 1, \
-             attempted_at = ?1, attempted_by = ?2, lease_expires_at = ?3 \
+             attempted_at = ?1, attempted_by = ?2, lease_expires_at = ?3, {NO_PROGRESS} \
              WHERE seq IN ({select}) RETURNING {CLAIMED_COLUMNS}"
         );
         ClaimSql { select, batch }
     }
 }
 
+/// A new attempt starts without the last one's progress.
+const NO_PROGRESS: &str = "progress_done = NULL, progress_total = NULL, progress_message = NULL";
+
 /// Claims one row, found by [`ClaimSql`]'s select, guarded by its state.
 pub(super) const CLAIM_ONE_SQL: &str = "UPDATE castor_tasks SET state = 'running', \
-     attempt = attempt + 1, attempted_at = ?2, attempted_by = ?3, lease_expires_at = ?4 \
+     attempt = attempt + 1, attempted_at = ?2, attempted_by = ?3, lease_expires_at = ?4, \
+     progress_done = NULL, progress_total = NULL, progress_message = NULL \
      WHERE seq = ?1 AND state = 'available' \
      RETURNING seq, id, task, args, attempt, max_attempts, backoff_base_ms, backoff_cap_ms, \
      timeout_ms, priority";

@@ -87,7 +87,7 @@ impl SqliteTx<'_> {
 
     /// Makes a declared periodic task's schedule match its declaration: created if new,
     /// kept (with its next tick) if unchanged, restarted if its cadence, arguments or
-    /// policy changed. Returns its id.
+    /// policy (missed ticks, priority, attempts, backoff, timeout) changed. Returns its id.
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -98,7 +98,8 @@ impl SqliteTx<'_> {
             .conn
             .prepare_cached(
                 "SELECT id, (task = ?3 AND args = ?4 AND every_ms IS ?5 AND cron IS ?6 \
-                 AND missed = ?7 AND max_attempts = ?8 AND timeout_ms IS ?9) \
+                 AND missed = ?7 AND max_attempts = ?8 AND timeout_ms IS ?9 \
+                 AND priority = ?10 AND backoff_base_ms = ?11 AND backoff_cap_ms = ?12) \
                  FROM castor_schedules WHERE manager = ?1 AND name = ?2",
             )?
             .query_row(
@@ -111,7 +112,10 @@ impl SqliteTx<'_> {
                     cron,
                     s.missed.as_str(),
                     s.max_attempts,
-                    s.timeout_ms
+                    s.timeout_ms,
+                    s.priority,
+                    s.backoff_base_ms,
+                    s.backoff_cap_ms
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )

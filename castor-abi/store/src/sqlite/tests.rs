@@ -387,16 +387,125 @@ fn claim_uses_the_available_index() {
     );
 }
 
-/// A fresh database in its own directory (left behind for inspection if a case fails; the
-/// system's temporary directory is cleaned by the OS).
-fn fresh() -> Store {
-    let dir = std::env::temp_dir().join(format!(
-        "castor-conformance-{}-{}",
-        std::process::id(),
-        Uuid::now_v7().simple()
-    ));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    Store::open(dir.join("tasks.db"), OpenOptions::app()).expect("open")
+/// Commits one task on its own connection (as another worker or app would).
+fn commit_elsewhere(path: &Path) {
+    let mut store = Store::open(path, OpenOptions::app()).expect("open");
+    store
+        .write(|tx| tx.enqueue(&new_task("a", b"x"), crate::now_us()))
+        .expect("enqueue");
+}
+
+/// The portable change source (`CASTOR_NOTIFY=poll`, and every platform without
+/// inotify) reports other connections' commits, times out when there are none, and stops.
+#[test]
+fn the_poll_source_reports_commits_and_nothing_else() {
+    use crate::notify::{ChangeSource, Wake};
+    let dir = TempDir::new("poll");
+    drop(open(&dir.db(), OpenOptions::app()));
+    let (mut source, stop) = watch::PollSource::new(&dir.db());
+    let quiet = Duration::from_millis(30);
+    assert_eq!(source.wait(quiet), Wake::Timeout, "nothing committed yet");
+    commit_elsewhere(&dir.db());
+    assert_eq!(source.wait(Duration::from_secs(10)), Wake::Changed);
+    assert_eq!(
+        source.wait(quiet),
+        Wake::Timeout,
+        "each commit is reported once"
+    );
+    // A commit while it waits ends the wait, long before the deadline.
+    let started = std::time::Instant::now();
+    let changed = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            std::thread::sleep(Duration::from_millis(20));
+            commit_elsewhere(&dir.db());
+        });
+        source.wait(Duration::from_secs(60))
+    });
+    assert_eq!(changed, Wake::Changed);
+    assert!(started.elapsed() < Duration::from_secs(30));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(source.wait(Duration::from_secs(60)), Wake::Stop);
+}
+
+/// A notifier forced onto the polling source wakes a waiter on another connection's
+/// commit: five commits, each seen well within the 1 s fallback tick that would
+/// otherwise be the only wake-up.
+#[test]
+fn a_notifier_on_the_poll_source_wakes_waiters_on_commits() {
+    let dir = TempDir::new("poll-notifier");
+    drop(open(&dir.db(), OpenOptions::app()));
+    let database = crate::Database::from(dir.db());
+    let notifier = watch::start(&database, &dir.db(), true).expect("notifier");
+    assert!(
+        notifier.describe().contains("PRAGMA data_version"),
+        "{}",
+        notifier.describe()
+    );
+    // Let the source read its first version.
+    std::thread::sleep(Duration::from_millis(50));
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        let since = notifier.generation();
+        let committed = std::time::Instant::now();
+        commit_elsewhere(&dir.db());
+        notifier.wait_past(since, committed + Duration::from_secs(10));
+        let seen = committed.elapsed();
+        if seen > Duration::from_millis(400) {
+            slow.push(seen);
+        }
+    }
+    // One late wake-up on a busy machine is noise; a source that never reports is late
+    // at nearly every commit.
+    assert!(slow.len() <= 1, "commits seen late: {slow:?}");
+}
+
+/// The inotify source reports commits (writes to the `-wal` file), follows the file when
+/// it is deleted and created again, and stops when told.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_inotify_source_reports_commits_follows_the_wal_and_stops() {
+    use crate::notify::Wake;
+    let dir = TempDir::new("inotify");
+    let held = open(&dir.db(), OpenOptions::app());
+    let wal = space::wal_path(&dir.db());
+    assert!(wal.exists(), "an open connection keeps the -wal file");
+    let (mut source, stop) = watch::inotify::Source::new(&wal).expect("inotify");
+    let quiet = Duration::from_millis(30);
+    assert_eq!(source.wait(quiet), Wake::Timeout, "nothing written yet");
+    commit_elsewhere(&dir.db());
+    assert_eq!(source.wait(Duration::from_secs(10)), Wake::Changed);
+    while source.wait(quiet) == Wake::Changed {}
+    // The last connection closes: the -wal file goes, and a new one is watched.
+    drop(held);
+    assert!(!wal.exists(), "the last connection removes the -wal file");
+    assert_eq!(source.wait(Duration::from_secs(10)), Wake::Changed);
+    while source.wait(quiet) == Wake::Changed {}
+    let _held = open(&dir.db(), OpenOptions::app());
+    assert_eq!(source.wait(quiet), Wake::Timeout, "watching the new file");
+    commit_elsewhere(&dir.db());
+    assert_eq!(source.wait(Duration::from_secs(10)), Wake::Changed);
+    stop.signal();
+    assert_eq!(source.wait(Duration::from_secs(60)), Wake::Stop);
+}
+
+/// A fresh, migrated database for one conformance case, in a directory of its own that
+/// is removed with it.
+struct Conformance {
+    dir: TempDir,
+}
+
+impl crate::conformance::TestDatabase for Conformance {
+    fn connect(&self) -> Store {
+        Store::open(self.dir.db(), OpenOptions::app()).expect("open")
+    }
+}
+
+fn fresh() -> Conformance {
+    let database = Conformance {
+        dir: TempDir::new("conformance"),
+    };
+    drop(crate::conformance::TestDatabase::connect(&database));
+    database
 }
 
 mod conformance {

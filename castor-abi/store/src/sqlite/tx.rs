@@ -8,7 +8,6 @@ use uuid::Uuid;
 
 use super::SqliteDriver;
 use super::rows::{self, ClaimSql};
-use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
 use crate::model::{
@@ -16,6 +15,7 @@ use crate::model::{
     NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
+use crate::{LOG_LINES_KEPT, LOG_LINES_SLACK};
 
 /// A write transaction on the SQLite driver's connection (`BEGIN IMMEDIATE`). Every
 /// method is one guarded statement; dropped without a commit, it rolls back.
@@ -345,7 +345,7 @@ impl SqliteTx<'_> {
     /// # Errors
     /// Fails if the statement fails.
     pub fn finish_if_running(
-        &self,
+        &mut self,
         seq: i64,
         attempt: u32,
         finish: &Finish<'_>,
@@ -386,6 +386,9 @@ impl SqliteTx<'_> {
                     ])?
             }
         };
+        if changed == 1 {
+            self.trim_finished_log(seq)?;
+        }
         Ok(changed == 1)
     }
 
@@ -439,30 +442,55 @@ impl SqliteTx<'_> {
             .execute(params![worker, until])
     }
 
-    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`].
+    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`]:
+    /// finding the oldest line to keep walks that many index entries, so a log is trimmed
+    /// after every [`LOG_LINES_SLACK`] lines appended to it through this connection (the
+    /// count is the task's own, so tasks whose lines interleave are each trimmed in
+    /// turn), and when its attempt finishes ([`SqliteTx::finish_if_running`]).
     ///
     /// # Errors
     /// Fails if the statement fails.
     pub fn append_log(
-        &self,
+        &mut self,
         seq: i64,
         attempt: u32,
         at: i64,
         level: LogLevel,
         line: &str,
     ) -> Result<(), rusqlite::Error> {
-        let rowid = self
-            .driver
+        /// Past this many tasks counted, every one is trimmed and the counts start over
+        /// (a task finished by another worker is never removed otherwise).
+        const COUNTED: usize = 10_000;
+        self.driver
             .conn
             .prepare_cached(
                 "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
-            .insert(params![seq, attempt, at, level.as_str(), line])?;
-        if rowid % 64 == 0 {
+            .execute(params![seq, attempt, at, level.as_str(), line])?;
+        let lines = self.driver.log_lines.entry(seq).or_insert(0);
+        *lines += 1;
+        if i64::from(*lines) >= LOG_LINES_SLACK {
+            *lines = 0;
             self.trim_log(seq)?;
         }
+        if self.driver.log_lines.len() > COUNTED {
+            for (seq, lines) in std::mem::take(&mut self.driver.log_lines) {
+                if lines > 0 {
+                    self.trim_log(seq)?;
+                }
+            }
+        }
         Ok(())
+    }
+
+    /// Trims the log of a task whose attempt is over, if lines were appended to it through
+    /// this connection since its last trim.
+    fn trim_finished_log(&mut self, seq: i64) -> Result<(), rusqlite::Error> {
+        match self.driver.log_lines.remove(&seq) {
+            Some(lines) if lines > 0 => self.trim_log(seq).map(drop),
+            _ => Ok(()),
+        }
     }
 
     /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].

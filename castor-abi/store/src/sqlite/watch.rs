@@ -38,29 +38,29 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
 pub const NOTIFY_ENV: &str = "CASTOR_NOTIFY";
 
 /// Starts the notifier for the database file at `path`: inotify on its `-wal` file where
-/// the platform has it, a `data_version` poll otherwise.
+/// the platform has it, a `data_version` poll otherwise or if [`NOTIFY_ENV`] says `poll`.
 pub(crate) fn notifier(database: &Database, path: &Path) -> Result<Notifier, StoreError> {
+    let forced_poll = std::env::var(NOTIFY_ENV).is_ok_and(|v| v == "poll");
+    start(database, path, forced_poll)
+}
+
+/// Starts the notifier for the database file at `path`, on the polling source if `poll`
+/// or where the platform has no inotify.
+pub(super) fn start(database: &Database, path: &Path, poll: bool) -> Result<Notifier, StoreError> {
     let watch_error = |reason: String| StoreError::Watch {
         database: database.clone(),
         reason,
     };
-    let forced_poll = std::env::var(NOTIFY_ENV).is_ok_and(|v| v == "poll");
     #[cfg(target_os = "linux")]
-    if !forced_poll {
+    if !poll {
         let wal = wal_path(path);
         let (source, stop) = inotify::Source::new(&wal).map_err(|e| watch_error(e.to_string()))?;
         let describe = format!("inotify on {}", wal.display());
         return Notifier::start(source, Box::new(move || stop.signal()), describe)
             .map_err(|e| watch_error(e.to_string()));
     }
-    let _ = (forced_poll, wal_path);
-    let stop = Arc::new(AtomicBool::new(false));
-    let source = PollSource {
-        path: path.to_path_buf(),
-        conn: None,
-        last: None,
-        stop: Arc::clone(&stop),
-    };
+    let _ = (poll, wal_path);
+    let (source, stop) = PollSource::new(path);
     let describe = format!(
         "a poll of PRAGMA data_version every {:?} on {}",
         POLL_INTERVAL,
@@ -75,7 +75,7 @@ pub(crate) fn notifier(database: &Database, path: &Path) -> Result<Notifier, Sto
 }
 
 /// The portable source: `PRAGMA data_version` on a read-only connection of its own.
-struct PollSource {
+pub(super) struct PollSource {
     path: PathBuf,
     /// Opened on first use (the file may not exist yet when the notifier starts).
     conn: Option<Connection>,
@@ -84,6 +84,18 @@ struct PollSource {
 }
 
 impl PollSource {
+    /// The source for the database file at `path`, and the flag that stops its wait.
+    pub(super) fn new(path: &Path) -> (PollSource, Arc<AtomicBool>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let source = PollSource {
+            path: path.to_path_buf(),
+            conn: None,
+            last: None,
+            stop: Arc::clone(&stop),
+        };
+        (source, stop)
+    }
+
     fn data_version(&mut self) -> Option<i64> {
         if self.conn.is_none() {
             let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
@@ -137,68 +149,47 @@ impl ChangeSource for inotify::Source {
 }
 
 #[cfg(target_os = "linux")]
-mod inotify {
-    //! inotify on the `-wal` file, and an eventfd to stop the thread.
+pub(super) mod inotify {
+    //! inotify on the `-wal` file, and an eventfd to stop the thread (through `rustix`).
 
-    use std::ffi::CString;
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    use std::os::unix::ffi::OsStrExt;
+    use std::mem::MaybeUninit;
+    use std::os::fd::OwnedFd;
     use std::path::{Path, PathBuf};
     use std::sync::Arc;
     use std::time::Duration;
 
+    use rustix::event::{EventfdFlags, PollFd, PollFlags, Timespec, eventfd, poll};
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    use rustix::io::Errno;
+
     use crate::notify::Wake;
 
-    pub(super) struct Source {
+    pub(in crate::sqlite) struct Source {
         inotify: OwnedFd,
         stop: Arc<OwnedFd>,
-        path: CString,
+        path: PathBuf,
         watching: bool,
     }
 
-    pub(super) struct Stop(Arc<OwnedFd>);
+    pub(in crate::sqlite) struct Stop(Arc<OwnedFd>);
 
     impl Stop {
-        pub(super) fn signal(&self) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-            unsafe {
-                libc::write(
-                    self.0.as_raw_fd(),
-                    (&raw const one).cast(),
-                    std::mem::size_of::<u64>(),
-                );
-            }
+        pub(in crate::sqlite) fn signal(&self) {
+            // An eventfd takes 8 bytes; it cannot fail short of a full counter, which one
+            // stop never reaches.
+            let _ = rustix::io::write(&*self.0, &1u64.to_ne_bytes());
         }
     }
-
-    fn owned(fd: libc::c_int) -> io::Result<OwnedFd> {
-        if fd < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
-            Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-        }
-    }
-
-    const MASK: u32 = libc::IN_MODIFY | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
 
     impl Source {
-        pub(super) fn new(wal: &Path) -> io::Result<(Source, Stop)> {
-            // SAFETY: plain syscalls with constant flags.
-            let inotify =
-                owned(unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) })?;
-            // SAFETY: as above.
-            let stop = Arc::new(owned(unsafe {
-                libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            })?);
-            let path = CString::new(PathBuf::from(wal).as_os_str().as_bytes())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        pub(in crate::sqlite) fn new(wal: &Path) -> io::Result<(Source, Stop)> {
+            let inotify = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC)?;
+            let stop = Arc::new(eventfd(0, EventfdFlags::NONBLOCK | EventfdFlags::CLOEXEC)?);
             let mut source = Source {
                 inotify,
                 stop: Arc::clone(&stop),
-                path,
+                path: wal.to_path_buf(),
                 watching: false,
             };
             source.add_watch();
@@ -206,16 +197,13 @@ mod inotify {
         }
 
         fn add_watch(&mut self) {
-            // SAFETY: `path` is a valid NUL-terminated string; the fd is ours.
-            let wd = unsafe {
-                libc::inotify_add_watch(self.inotify.as_raw_fd(), self.path.as_ptr(), MASK)
-            };
+            let mask = WatchFlags::MODIFY | WatchFlags::DELETE_SELF | WatchFlags::MOVE_SELF;
             // The -wal file may not exist yet (no connection has the database open); then
             // the short retry below keeps trying and the timeout path keeps waking waiters.
-            self.watching = wd >= 0;
+            self.watching = inotify::add_watch(&self.inotify, &self.path, mask).is_ok();
         }
 
-        pub(super) fn wait(&mut self, timeout: Duration) -> Wake {
+        pub(in crate::sqlite) fn wait(&mut self, timeout: Duration) -> Wake {
             if !self.watching {
                 self.add_watch();
             }
@@ -224,28 +212,19 @@ mod inotify {
             } else {
                 timeout.min(Duration::from_millis(50))
             };
+            let timeout = Timespec::try_from(timeout).unwrap_or(Timespec {
+                tv_sec: i64::MAX,
+                tv_nsec: 0,
+            });
             let mut fds = [
-                libc::pollfd {
-                    fd: self.inotify.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
-                libc::pollfd {
-                    fd: self.stop.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                },
+                PollFd::new(&self.inotify, PollFlags::IN),
+                PollFd::new(&*self.stop, PollFlags::IN),
             ];
-            let ts = libc::timespec {
-                tv_sec: timeout.as_secs() as libc::time_t,
-                tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
-            };
-            // SAFETY: `fds` and `ts` are live for the call; the fds are ours.
-            let ready = unsafe { libc::ppoll(fds.as_mut_ptr(), 2, &ts, std::ptr::null()) };
-            if ready <= 0 {
-                return Wake::Timeout;
+            match poll(&mut fds, Some(&timeout)) {
+                Ok(0) | Err(_) => return Wake::Timeout,
+                Ok(_) => {}
             }
-            if fds[1].revents != 0 {
+            if !fds[1].revents().is_empty() {
                 return Wake::Stop;
             }
             if self.drain() {
@@ -257,32 +236,18 @@ mod inotify {
 
         /// Reads every pending event; true if the watch ended.
         fn drain(&mut self) -> bool {
-            let mut buf = [0u8; 4096];
-            let mut ended = false;
+            let mut buf = [MaybeUninit::<u8>::uninit(); 4096];
+            let mut events = inotify::Reader::new(&self.inotify, &mut buf);
+            let ended = ReadFlags::IGNORED | ReadFlags::DELETE_SELF | ReadFlags::MOVE_SELF;
+            let mut watch_ended = false;
             loop {
-                // SAFETY: reads into a live buffer of the given length.
-                let n = unsafe {
-                    libc::read(self.inotify.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len())
-                };
-                let Ok(n) = usize::try_from(n) else { break };
-                if n == 0 {
-                    break;
-                }
-                let mut offset = 0;
-                let header = std::mem::size_of::<libc::inotify_event>();
-                while offset + header <= n {
-                    // SAFETY: the kernel wrote a whole event header at `offset`.
-                    let event: libc::inotify_event =
-                        unsafe { std::ptr::read_unaligned(buf.as_ptr().add(offset).cast()) };
-                    if event.mask & (libc::IN_IGNORED | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF)
-                        != 0
-                    {
-                        ended = true;
-                    }
-                    offset += header + event.len as usize;
+                match events.next() {
+                    Ok(event) => watch_ended |= event.events().intersects(ended),
+                    Err(Errno::INTR) => {}
+                    // `AGAIN`: nothing more to read.
+                    Err(_) => return watch_ended,
                 }
             }
-            ended
         }
     }
 }
