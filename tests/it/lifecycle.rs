@@ -11,7 +11,7 @@ use castor_abi::{JoinError, StatusError, Uuid};
 use castor_fixture_tasks as fx;
 use castor_store::TaskState;
 
-use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state};
+use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until_begun};
 
 #[test]
 fn a_thread_task_runs_and_joins() {
@@ -197,7 +197,7 @@ fn ctrl_c_lets_running_tasks_finish() {
     let client = dir.client();
     let worker = Worker::start(&dir, &tasks_target("manager"), &[]);
     let handle = fx::sleep_ms::delay(&client, 400).expect("delay");
-    wait_for_state(&handle, TaskState::Running);
+    wait_until_begun(&handle);
     let out = worker.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert!(
@@ -225,7 +225,7 @@ fn sigterm_after_the_grace_period_abandons_running_tasks_for_a_retry() {
     )
     .expect("delay");
     let waiting = fx::add::delay_many(&client, (0..3).map(|i| (i, i))).expect("delay");
-    wait_for_state(&handle, TaskState::Running);
+    wait_until_begun(&handle);
     worker.signal(libc::SIGTERM);
     let out = worker.wait();
     assert!(out.status.success(), "{}", out.stderr);

@@ -6,7 +6,9 @@ use castor_abi::JoinError;
 use castor_fixture_tasks as fx;
 use castor_store::{ErrorKind, LogLevel, TaskState};
 
-use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until};
+use crate::support::{
+    PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until, wait_until_begun,
+};
 
 /// The worker's process-mode children (`castor __child`), by pid.
 fn children_of(worker: i32) -> Vec<i32> {
@@ -257,7 +259,7 @@ fn ctrl_c_lets_process_tasks_finish_and_leaves_no_child() {
     let children = children_of(worker.pid());
     assert_eq!(children.len(), 2);
     let handle = fx::process_sleep::delay(&client, 300).expect("delay");
-    wait_for_state(&handle, TaskState::Running);
+    wait_until_begun(&handle);
     let out = worker.stop();
     assert!(out.status.success(), "{}", out.stderr);
     assert_eq!(handle.status().expect("status"), TaskState::Completed);

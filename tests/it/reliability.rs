@@ -13,7 +13,7 @@ use castor_store::{OpenOptions, Store};
 
 use crate::support::{
     PATIENCE, TestDir, Worker, fixture_app, recorded, run_castor, tasks_target, wait_for_state,
-    wait_until,
+    wait_until, wait_until_begun,
 };
 
 fn wait_drained(db: &Path) {
@@ -242,7 +242,7 @@ fn cancelling_a_running_process_task_kills_it() {
         &["--processes", "1", "--kill-grace", "100ms"],
     );
     let handle = fx::process_sleep::delay(&client, 60_000).expect("delay");
-    wait_for_state(&handle, TaskState::Running);
+    wait_until_begun(&handle);
     let started = Instant::now();
     assert_eq!(handle.cancel().expect("cancel"), CancelOutcome::Requested);
     assert_cancelled(&handle);

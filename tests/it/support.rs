@@ -312,6 +312,16 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Polls the task's state until it is `state`.
+/// Waits until the task's attempt has begun running its function (not merely been
+/// claimed): for fixture tasks that report progress as they begin (`sleep_ms`,
+/// `process_sleep`). A claim still waiting for its thread or child is given back at a
+/// graceful stop, so a test about running tasks must wait for this, not for `running`.
+pub fn wait_until_begun<R: serde::de::DeserializeOwned>(handle: &TaskHandle<R>) {
+    wait_until("the attempt reports that it began", || {
+        handle.info().expect("read the task").progress.is_some()
+    });
+}
+
 pub fn wait_for_state<R: serde::de::DeserializeOwned>(handle: &TaskHandle<R>, state: TaskState) {
     let deadline = Instant::now() + PATIENCE;
     loop {
