@@ -11,7 +11,7 @@ use castor_abi::{JoinError, StatusError, Uuid};
 use castor_fixture_tasks as fx;
 use castor_store::TaskState;
 
-use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_for_state, wait_until_begun};
+use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_until_begun};
 
 #[test]
 fn a_thread_task_runs_and_joins() {
