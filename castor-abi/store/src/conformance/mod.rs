@@ -87,6 +87,7 @@ macro_rules! conformance_tests {
             prune_deletes_finished_tasks_with_their_logs_and_stopped_workers,
             logs_are_appended_in_order_and_kept_to_the_newest,
             interleaved_logs_are_kept_to_the_newest_too,
+            a_retry_keeps_the_newest_lines_across_attempts,
             progress_is_recorded_only_for_the_running_attempt,
             large_payloads_round_trip_byte_for_byte,
             stage_due_moves_due_tasks_of_its_manager_only,

@@ -216,6 +216,68 @@ pub fn logs_are_appended_in_order_and_kept_to_the_newest(db: &dyn TestDatabase) 
     assert_eq!(lines, expected);
 }
 
+/// A log is kept to its newest lines across attempts: a first attempt that wrote one
+/// line more than is kept ends with exactly the limit, and the retry's few lines push the
+/// oldest of those out (a driver that counted only the running attempt's lines would
+/// keep them all).
+pub fn a_retry_keeps_the_newest_lines_across_attempts(db: &dyn TestDatabase) {
+    let kept = usize::try_from(LOG_LINES_KEPT).expect("small");
+    let mut store = db.connect();
+    let id = add(&mut store, "a");
+    let append = |store: &mut Store, claimed: &Claimed, lines: std::ops::Range<usize>| {
+        store
+            .write(|tx| {
+                for n in lines.clone() {
+                    let line = format!("line {n}");
+                    tx.append_log(&NewLog {
+                        seq: claimed.seq,
+                        attempt: claimed.attempt,
+                        at: T0,
+                        level: LogLevel::Info,
+                        line: &line,
+                    })?;
+                }
+                Ok(())
+            })
+            .expect("append");
+    };
+    let first = claim_one(&mut store, "a");
+    append(&mut store, &first, 0..kept + 1);
+    assert!(fail(
+        &mut store,
+        &first,
+        TaskState::Retryable,
+        Some(T0),
+        T0 + 1
+    ));
+    let lines: Vec<String> = store
+        .logs(id)
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        kept,
+        "the first attempt's log, once it is over"
+    );
+    assert_eq!(lines.first().map(String::as_str), Some("line 1"));
+    store
+        .write(|tx| tx.stage_due(MANAGER, T0 + 1))
+        .expect("stage");
+    let second = claim_one(&mut store, "a");
+    append(&mut store, &second, kept + 1..kept + 6);
+    assert!(complete(&mut store, &second, b"", T0 + 2));
+    let lines: Vec<String> = store
+        .logs(id)
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.line)
+        .collect();
+    let expected: Vec<String> = (6..kept + 6).map(|n| format!("line {n}")).collect();
+    assert_eq!(lines, expected, "the newest lines of both attempts");
+}
+
 /// Tasks logging at the same time, their lines interleaved, each keep their own newest
 /// lines: however the lines of several tasks alternate, none grows without bound.
 pub fn interleaved_logs_are_kept_to_the_newest_too(db: &dyn TestDatabase) {

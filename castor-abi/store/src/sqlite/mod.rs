@@ -85,9 +85,9 @@ pub struct SqliteDriver {
     database: Database,
     /// The claim statements, by the number of task names they list (see `tx.rs`).
     claims: HashMap<usize, rows::ClaimSql>,
-    /// Lines appended to each task's log through this connection since it was last
-    /// trimmed (see [`SqliteTx::append_log`]).
-    log_lines: HashMap<i64, u32>,
+    /// Lines appended to each task's log through this connection, and the attempt they
+    /// were for (see [`SqliteTx::append_log`]).
+    log_lines: HashMap<i64, tx::LogCount>,
     /// The WAL hook's state (see `space.rs`). Declared after `conn`, so it outlives the
     /// connection whose hook points at it.
     wal_hook: Option<Box<space::WalHook>>,

@@ -442,11 +442,14 @@ impl SqliteTx<'_> {
             .execute(params![worker, until])
     }
 
-    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`]:
-    /// finding the oldest line to keep walks that many index entries, so a log is trimmed
-    /// after every [`LOG_LINES_SLACK`] lines appended to it through this connection (the
-    /// count is the task's own, so tasks whose lines interleave are each trimmed in
-    /// turn), and when its attempt finishes ([`SqliteTx::finish_if_running`]).
+    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`].
+    /// Finding the oldest line to keep walks that many index entries, so a log is trimmed
+    /// only when it may hold more: a first attempt's log holds only the lines counted here
+    /// (only the worker running an attempt appends to it), so it is trimmed once it passes
+    /// the limit, every [`LOG_LINES_SLACK`] lines, and when the attempt finishes
+    /// ([`SqliteTx::finish_if_running`]); a later attempt's log also holds the earlier
+    /// attempts' lines, so it is trimmed every [`LOG_LINES_SLACK`] lines and when it
+    /// finishes. A task that logs a few lines once costs no trim at all.
     ///
     /// # Errors
     /// Fails if the statement fails.
@@ -458,8 +461,9 @@ impl SqliteTx<'_> {
         level: LogLevel,
         line: &str,
     ) -> Result<(), rusqlite::Error> {
-        /// Past this many tasks counted, every one is trimmed and the counts start over
-        /// (a task finished by another worker is never removed otherwise).
+        /// Past this many tasks counted, every one that may be over the limit is trimmed
+        /// and the counts start over (a task finished by another worker is never removed
+        /// otherwise).
         const COUNTED: usize = 10_000;
         self.driver
             .conn
@@ -468,15 +472,17 @@ impl SqliteTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![seq, attempt, at, level.as_str(), line])?;
-        let lines = self.driver.log_lines.entry(seq).or_insert(0);
-        *lines += 1;
-        if i64::from(*lines) >= LOG_LINES_SLACK {
-            *lines = 0;
+        let count = self.driver.log_lines.entry(seq).or_default();
+        if count.attempt != attempt {
+            *count = LogCount { attempt, lines: 0 };
+        }
+        count.lines += 1;
+        if count.may_be_over_limit() && i64::from(count.lines) % LOG_LINES_SLACK == 0 {
             self.trim_log(seq)?;
         }
         if self.driver.log_lines.len() > COUNTED {
-            for (seq, lines) in std::mem::take(&mut self.driver.log_lines) {
-                if lines > 0 {
+            for (seq, count) in std::mem::take(&mut self.driver.log_lines) {
+                if count.may_be_over_limit() {
                     self.trim_log(seq)?;
                 }
             }
@@ -484,11 +490,11 @@ impl SqliteTx<'_> {
         Ok(())
     }
 
-    /// Trims the log of a task whose attempt is over, if lines were appended to it through
-    /// this connection since its last trim.
+    /// Trims the log of a task whose attempt is over, if it may hold more than
+    /// [`LOG_LINES_KEPT`] lines.
     fn trim_finished_log(&mut self, seq: i64) -> Result<(), rusqlite::Error> {
         match self.driver.log_lines.remove(&seq) {
-            Some(lines) if lines > 0 => self.trim_log(seq).map(drop),
+            Some(count) if count.may_be_over_limit() => self.trim_log(seq).map(drop),
             _ => Ok(()),
         }
     }
@@ -530,5 +536,23 @@ impl SqliteTx<'_> {
             )?
             .execute(params![seq, attempt, clamp(done), clamp(total), message])?;
         Ok(())
+    }
+}
+
+/// The lines appended to one task's log through a connection, for its latest attempt.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct LogCount {
+    /// The attempt the lines were for.
+    attempt: u32,
+    /// How many lines that attempt appended.
+    lines: u32,
+}
+
+impl LogCount {
+    /// Whether the task's log may hold more than [`LOG_LINES_KEPT`] lines: a first
+    /// attempt's log holds just the lines counted; a later one's holds the earlier
+    /// attempts' lines too.
+    fn may_be_over_limit(self) -> bool {
+        self.lines > 0 && (self.attempt > 1 || i64::from(self.lines) > LOG_LINES_KEPT)
     }
 }
