@@ -148,6 +148,9 @@ pub struct PostgresDriver {
     database: Database,
     role: Role,
     durable: bool,
+    /// Lines appended to each task's log through this connection since it was last
+    /// trimmed (see [`PostgresTx::append_log`]).
+    log_lines: HashMap<i64, u32>,
 }
 
 impl std::fmt::Debug for PostgresDriver {
@@ -198,6 +201,7 @@ impl PostgresDriver {
             database,
             role: options.role,
             durable: options.durable,
+            log_lines: HashMap::new(),
         };
         // The first statement: a server that answers the login but cannot run queries
         // fails here, as connecting.

@@ -51,7 +51,7 @@ impl PostgresTx<'_> {
     /// Fails if a statement fails.
     pub fn bury_worker(&mut self, worker: &str, now: i64) -> Result<usize, postgres::Error> {
         let held = self.conn().execute(
-            "UPDATE castor_tasks SET lease_expires_at = $2 - 1 \
+            "UPDATE castor_tasks SET lease_expires_at = $2::bigint - 1 \
              WHERE attempted_by = $1 AND state = 'running'",
             &[&worker, &now],
         )?;

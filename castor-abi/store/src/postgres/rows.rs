@@ -25,7 +25,7 @@ pub(super) fn ms(v: i64) -> Duration {
 /// Takes up to `$6` available tasks of manager `$4` and the task names `$5` (the best of
 /// each name by an index scan, locked with `SKIP LOCKED` so concurrent claimers pass
 /// over each other's rows), highest priority first, then oldest, and makes them
-/// `running` for worker `$2` from `$1` until `$3`.
+/// `running` for worker `$2` from `$1` until `$3`, with no progress reported yet.
 pub(super) const CLAIM_SQL: &str = "WITH picked AS ( \
        SELECT c.seq FROM unnest($5::text[]) AS n(task) \
        CROSS JOIN LATERAL ( \
@@ -35,7 +35,8 @@ pub(super) const CLAIM_SQL: &str = "WITH picked AS ( \
          FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.seq LIMIT $6) \
      UPDATE castor_tasks t SET state = 'running', attempt = t.attempt + 1, \
-       attempted_at = $1, attempted_by = $2, lease_expires_at = $3 \
+       attempted_at = $1, attempted_by = $2, lease_expires_at = $3, \
+       progress_done = NULL, progress_total = NULL, progress_message = NULL \
      FROM picked WHERE t.seq = picked.seq \
      RETURNING t.seq, t.id, t.task, t.args, t.attempt, t.max_attempts, t.backoff_base_ms, \
        t.backoff_cap_ms, t.timeout_ms, t.priority";

@@ -76,7 +76,7 @@ impl PostgresTx<'_> {
 
     /// Makes a declared periodic task's schedule match its declaration: created if new,
     /// kept (with its next tick) if unchanged, restarted if its cadence, arguments or
-    /// policy changed. Returns its id.
+    /// policy (missed ticks, priority, attempts, backoff, timeout) changed. Returns its id.
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -89,7 +89,8 @@ impl PostgresTx<'_> {
         let existing = self.conn().query_opt(
             "SELECT id, (task = $3 AND args = $4 AND every_ms IS NOT DISTINCT FROM $5 \
              AND cron IS NOT DISTINCT FROM $6 AND missed = $7 AND max_attempts = $8 \
-             AND timeout_ms IS NOT DISTINCT FROM $9) \
+             AND timeout_ms IS NOT DISTINCT FROM $9 AND priority = $10 \
+             AND backoff_base_ms = $11 AND backoff_cap_ms = $12) \
              FROM castor_schedules WHERE manager = $1 AND name = $2 FOR UPDATE",
             &[
                 &s.manager,
@@ -101,6 +102,9 @@ impl PostgresTx<'_> {
                 &s.missed.as_str(),
                 &i64::from(s.max_attempts),
                 &s.timeout_ms,
+                &s.priority,
+                &s.backoff_base_ms,
+                &s.backoff_cap_ms,
             ],
         )?;
         let existing: Option<(i64, bool)> = existing

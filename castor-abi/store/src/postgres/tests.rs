@@ -12,7 +12,10 @@ use uuid::Uuid;
 
 use super::MIGRATIONS;
 use crate::conformance::{claim, filter, new_task};
-use crate::{Database, Finish, OpenOptions, Store, StoreError, TaskState, migrate, now_us};
+use crate::{
+    AttemptError, Cadence, Database, ErrorKind, Finish, LogLevel, Missed, NewLog, NewSchedule,
+    OpenOptions, Store, StoreError, TaskState, Transition, migrate, now_us,
+};
 
 /// The environment variable naming the test server.
 pub const SERVER_ENV: &str = "CASTOR_TEST_POSTGRES";
@@ -323,4 +326,152 @@ fn urls_get_their_database_replaced() {
         "postgresql://u:p@h:5432/t2"
     );
     assert_eq!(with_dbname("postgres://h", "t3"), "postgres://h/t3");
+}
+
+#[test]
+fn a_buried_workers_task_is_rescued_and_its_next_attempt_starts_without_progress() {
+    let mut store = fresh();
+    let id = store.enqueue(&new_task("a", b"x")).expect("enqueue").id;
+    let first = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    store
+        .write(|tx| tx.set_progress(first.seq, first.attempt, 5, 10, "halfway"))
+        .expect("progress");
+    let now = now_us();
+    let held = store.write(|tx| tx.bury_worker("w1", now)).expect("bury");
+    assert_eq!(held, 1);
+    let expired = store
+        .write(|tx| tx.expired_leases(now, 10))
+        .expect("expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, id);
+    let abandoned = Finish::Failed {
+        transition: Transition {
+            state: TaskState::Retryable,
+            scheduled_at: Some(now),
+        },
+        error: AttemptError {
+            attempt: first.attempt,
+            at: now,
+            kind: ErrorKind::Abandoned,
+            error: "its worker died".into(),
+            worker: Some("w1".into()),
+        },
+    };
+    assert!(
+        store
+            .write(|tx| tx.finish_if_running(first.seq, first.attempt, &abandoned, now))
+            .expect("rescue")
+    );
+    store
+        .write(|tx| tx.stage_due("manager", now))
+        .expect("stage");
+    let second = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    assert_eq!(second.attempt, 2);
+    let snap = store.snapshot(id).expect("read").expect("exists");
+    assert_eq!(snap.progress, None, "attempt 2 has reported nothing yet");
+    assert_eq!(snap.errors.len(), 1);
+}
+
+#[test]
+fn a_finished_attempts_log_keeps_exactly_the_newest_lines() {
+    let mut store = fresh();
+    store.enqueue(&new_task("a", b"x")).expect("enqueue");
+    let c = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    let lines = crate::LOG_LINES_KEPT + 10;
+    store
+        .write(|tx| {
+            for n in 0..lines {
+                tx.append_log(&NewLog {
+                    seq: c.seq,
+                    attempt: c.attempt,
+                    at: n,
+                    level: LogLevel::Info,
+                    line: &n.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+        .expect("log");
+    store
+        .write(|tx| {
+            tx.finish_if_running(
+                c.seq,
+                c.attempt,
+                &Finish::Completed { result: b"" },
+                now_us(),
+            )
+        })
+        .expect("finish");
+    let id = store
+        .list(&crate::ListFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .expect("list")[0]
+        .id;
+    let kept = store.logs(id).expect("logs");
+    assert_eq!(kept.len() as i64, crate::LOG_LINES_KEPT);
+    assert_eq!(kept[0].line, "10", "the oldest lines went first");
+}
+
+#[test]
+fn a_periodic_schedule_restarts_when_its_priority_or_backoff_changes() {
+    let mut store = fresh();
+    let every = Cadence::Every(Duration::from_secs(60));
+    let now = now_us();
+    let declared = NewSchedule {
+        manager: "manager",
+        task: "a",
+        name: Some("nightly"),
+        args: b"",
+        cadence: &every,
+        times: None,
+        until: None,
+        first_run_at: now + 60_000_000,
+        missed: Missed::Skip,
+        priority: 0,
+        max_attempts: 1,
+        backoff_base_ms: 1000,
+        backoff_cap_ms: 1000,
+        timeout_ms: None,
+    };
+    let id = store
+        .write(|tx| tx.upsert_periodic(&declared, now))
+        .expect("declare");
+    let moved = NewSchedule {
+        first_run_at: now + 120_000_000,
+        ..declared.clone()
+    };
+    assert_eq!(
+        store
+            .write(|tx| tx.upsert_periodic(&moved, now))
+            .expect("again"),
+        id
+    );
+    let kept = store.schedule(id).expect("read").expect("exists");
+    assert_eq!(kept.next_run_at, Some(now + 60_000_000), "unchanged: kept");
+    for changed in [
+        NewSchedule {
+            priority: 3,
+            ..moved.clone()
+        },
+        NewSchedule {
+            backoff_cap_ms: 5000,
+            priority: 3,
+            ..moved.clone()
+        },
+    ] {
+        store
+            .write(|tx| tx.upsert_periodic(&changed, now))
+            .expect("redeclare");
+        let restarted = store.schedule(id).expect("read").expect("exists");
+        assert_eq!(
+            restarted.next_run_at,
+            Some(now + 120_000_000),
+            "changed: restarted"
+        );
+        store
+            .write(|tx| tx.advance_schedule(id, now + 120_000_000, 0, Some(now + 60_000_000)))
+            .expect("move back");
+    }
 }

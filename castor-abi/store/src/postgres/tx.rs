@@ -16,6 +16,10 @@ use crate::model::{
 };
 use crate::state::TaskState;
 
+/// A task's log is trimmed after this many lines were appended to it (through one
+/// connection): it may hold that many lines more than [`LOG_LINES_KEPT`] while it runs.
+pub const LOG_TRIM_EVERY: i64 = 64;
+
 /// How many times an insert whose unique key was taken looks for the holder, which can
 /// finish (and free the key) between the insert and the look.
 const UNIQUE_TRIES: u32 = 3;
@@ -378,6 +382,9 @@ impl PostgresTx<'_> {
                 ],
             )?,
         };
+        if changed == 1 {
+            self.trim_finished_log(seq)?;
+        }
         Ok(changed == 1)
     }
 
@@ -423,7 +430,11 @@ impl PostgresTx<'_> {
         Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
     }
 
-    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`].
+    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`]:
+    /// finding the oldest line to keep walks that many index entries, so a log is trimmed
+    /// after every [`LOG_TRIM_EVERY`] lines appended to it through this connection (the
+    /// count is the task's own, so tasks whose lines interleave are each trimmed in
+    /// turn), and when its attempt finishes ([`PostgresTx::finish_if_running`]).
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -435,22 +446,50 @@ impl PostgresTx<'_> {
         level: LogLevel,
         line: &str,
     ) -> Result<(), postgres::Error> {
-        let id: i64 = self
-            .conn()
-            .query_one(
-                "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
-                 VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                &[&seq, &i64::from(attempt), &at, &level.as_str(), &line],
-            )?
-            .try_get(0)?;
-        if id % 64 == 0 {
-            self.conn().execute(
-                "DELETE FROM castor_logs WHERE task_seq = $1 AND id <= \
-                 (SELECT id FROM castor_logs WHERE task_seq = $1 \
-                  ORDER BY id DESC LIMIT 1 OFFSET $2)",
-                &[&seq, &LOG_LINES_KEPT],
-            )?;
+        /// Past this many tasks counted, every one is trimmed and the counts start over
+        /// (a task finished by another worker is never removed otherwise).
+        const COUNTED: usize = 10_000;
+        self.conn().execute(
+            "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&seq, &i64::from(attempt), &at, &level.as_str(), &line],
+        )?;
+        let lines = self.driver.log_lines.entry(seq).or_insert(0);
+        *lines += 1;
+        if i64::from(*lines) >= LOG_TRIM_EVERY {
+            *lines = 0;
+            self.trim_log(seq)?;
         }
+        if self.driver.log_lines.len() > COUNTED {
+            for (seq, lines) in std::mem::take(&mut self.driver.log_lines) {
+                if lines > 0 {
+                    self.trim_log(seq)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the log of a task whose attempt is over, if lines were appended to it through
+    /// this connection since its last trim.
+    fn trim_finished_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
+        match self.driver.log_lines.remove(&seq) {
+            Some(lines) if lines > 0 => self.trim_log(seq),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn trim_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
+        self.conn().execute(
+            "DELETE FROM castor_logs WHERE task_seq = $1 AND id <= \
+             (SELECT id FROM castor_logs WHERE task_seq = $1 \
+              ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&seq, &LOG_LINES_KEPT],
+        )?;
         Ok(())
     }
 
