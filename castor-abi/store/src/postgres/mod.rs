@@ -444,9 +444,18 @@ fn connect(
     durable: bool,
     database: &Database,
 ) -> Result<Conn, StoreError> {
-    connect_client(config, role, durable).map_err(|e| StoreError::Connect {
-        database: database.clone(),
-        detail: reason(&e),
+    connect_client(config, role, durable).map_err(|e| {
+        let mut detail = reason(&e);
+        if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
+            detail.push_str(
+                "; castor creates its tables but not the database: create it first \
+                 (`createdb`, or CREATE DATABASE)",
+            );
+        }
+        StoreError::Connect {
+            database: database.clone(),
+            detail,
+        }
     })
 }
 
@@ -488,7 +497,12 @@ pub(crate) fn reason(e: &postgres::Error) -> String {
                 or the network dropped it)"
             .to_owned();
     }
-    e.to_string()
+    // The client's message names the step ("error connecting to server"); its source, the
+    // cause (the operating system's or the protocol's reason).
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 /// Maps PostgreSQL's errors to the errors a user can act on.
@@ -519,13 +533,6 @@ pub(crate) fn classify(
                 database,
                 operation,
                 waited: DEADLOCK_TIMEOUT,
-            }
-        }
-        Some(code) if *code == SqlState::DATA_CORRUPTED || *code == SqlState::INDEX_CORRUPTED => {
-            StoreError::Corrupt {
-                database,
-                operation,
-                detail: reason(e),
             }
         }
         _ => StoreError::Query {

@@ -311,6 +311,13 @@ fn a_server_that_is_not_there_is_one_clear_error() {
         text.starts_with("cannot open database postgres:///tasks"),
         "{text}"
     );
+    assert!(
+        text.contains("No such file or directory"),
+        "the operating system's reason is given: {text}"
+    );
+    let missing = with_dbname(&server(), "castor_no_such_database");
+    let error = Store::open(missing.as_str(), OpenOptions::app()).expect_err("no database");
+    assert!(error.to_string().contains("create it first"), "{error}");
     let bad = Store::open("postgres://h:notaport/db", OpenOptions::app()).expect_err("bad url");
     assert!(bad.to_string().contains("cannot be read"), "{bad}");
 }
