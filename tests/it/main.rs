@@ -33,5 +33,7 @@ mod full_disk;
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.
 mod template;
+// Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names).
+mod postgres;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

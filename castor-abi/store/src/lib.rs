@@ -5,7 +5,7 @@
 //! through this crate: [`open`] turns a [`Database`] setting into a [`Store`], whose
 //! [`Driver`] answers reads and starts write transactions ([`Tx`]), one named, guarded
 //! operation per statement, and [`notifier`] gives the matching wake-up source. A driver
-//! is a module (`sqlite`) behind those two traits, registered in `connect` (behind [`open`]) and
+//! is a module (`sqlite`, `postgres`) behind those two traits, registered in `connect` (behind [`open`]) and
 //! [`notifier`]; nothing else in Castor names an engine. Plugin authors never see this
 //! crate: castor-abi re-exports the few types an app uses (states, errors, log lines).
 //!
@@ -27,6 +27,9 @@ mod target;
 
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+
+#[cfg(feature = "postgres")]
+pub mod postgres;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -202,6 +205,8 @@ fn connect(database: &Database, options: &OpenOptions) -> Result<Store, StoreErr
     let driver: Box<dyn Driver> = match database {
         #[cfg(feature = "sqlite")]
         Database::Sqlite(path) => Box::new(sqlite::SqliteDriver::open(path, options)?),
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => Box::new(postgres::PostgresDriver::open(url, options)?),
         other => return Err(unsupported(other)),
     };
     Ok(Store { driver })
@@ -215,6 +220,8 @@ pub fn notifier(database: &Database) -> Result<Notifier, StoreError> {
     match database {
         #[cfg(feature = "sqlite")]
         Database::Sqlite(path) => sqlite::notifier(database, path),
+        #[cfg(feature = "postgres")]
+        Database::Postgres(url) => postgres::notifier(database, url),
         other => Err(unsupported(other)),
     }
 }
@@ -224,9 +231,12 @@ fn unsupported(database: &Database) -> StoreError {
         Database::Sqlite(_) => {
             "this build of castor has no SQLite driver (the `sqlite` feature is off)".to_owned()
         }
-        Database::Postgres(_) => "this build of castor has no PostgreSQL driver".to_owned(),
+        Database::Postgres(_) => "this build of castor has no PostgreSQL driver; build it with \
+                                  the `postgres` feature (castor-abi's, for an app)"
+            .to_owned(),
         Database::Unknown(_) => "castor supports SQLite files (`tasks.db`, \
-                                 `sqlite:///abs/path/tasks.db`) and nothing else yet"
+                                 `sqlite:///abs/path/tasks.db`) and PostgreSQL URLs \
+                                 (`postgres://user@host/db`)"
             .to_owned(),
     };
     StoreError::Unsupported {

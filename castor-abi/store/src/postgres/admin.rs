@@ -1,0 +1,280 @@
+//! What people do to tasks from outside a worker: list, count, cancel, retry, purge, and
+//! the retention sweep.
+
+use uuid::Uuid;
+
+use super::rows::{StateColumn, u32_from};
+use super::{PostgresDriver, PostgresTx};
+use crate::error::StoreError;
+use crate::model::{
+    CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+};
+use crate::state::TaskState;
+
+impl PostgresDriver {
+    /// Tasks matching `filter`, newest first.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        let states: Option<Vec<&str>> =
+            (!filter.states.is_empty()).then(|| filter.states.iter().map(|s| s.as_str()).collect());
+        let limit = i64::try_from(filter.limit.max(1)).unwrap_or(i64::MAX);
+        self.read("list tasks", |conn| {
+            conn.query(
+                "SELECT id, manager, task, state, attempt, max_attempts, created_at, \
+                 scheduled_at, finalized_at, attempted_by, errors -> -1 ->> 'error' \
+                 FROM castor_tasks WHERE ($1::text[] IS NULL OR state = ANY($1)) \
+                 AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR manager = $3) \
+                 ORDER BY seq DESC LIMIT $4",
+                &[&states, &filter.task, &filter.manager, &limit],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(TaskSummary {
+                    id: row.try_get(0)?,
+                    manager: row.try_get(1)?,
+                    task: row.try_get(2)?,
+                    state: row.try_get::<_, StateColumn>(3)?.0,
+                    attempt: u32_from(row.try_get(4)?),
+                    max_attempts: u32_from(row.try_get(5)?),
+                    created_at: row.try_get(6)?,
+                    scheduled_at: row.try_get(7)?,
+                    finalized_at: row.try_get(8)?,
+                    attempted_by: row.try_get(9)?,
+                    last_error: row.try_get(10)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Task counts by manager, name and state (a full scan: for the CLI, not hot paths).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
+        self.read("count tasks", |conn| {
+            conn.query(
+                "SELECT manager, task, state, count(*) FROM castor_tasks \
+                 GROUP BY manager, task, state ORDER BY manager, task, state",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(StateCount {
+                    manager: row.try_get(0)?,
+                    task: row.try_get(1)?,
+                    state: row.try_get::<_, StateColumn>(2)?.0,
+                    count: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// How many tasks completed since `since` (microseconds since the epoch).
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn completed_since(&self, since: i64) -> Result<u64, StoreError> {
+        self.read("count completed tasks", |conn| {
+            let n: i64 = conn
+                .query_one(
+                    "SELECT count(*) FROM castor_tasks \
+                     WHERE finalized_at >= $1 AND state = 'completed'",
+                    &[&since],
+                )?
+                .try_get(0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+
+    /// Every worker run recorded, newest first; with `live_only`, those not stopped.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
+        self.read("list workers", |conn| {
+            conn.query(
+                "SELECT id, manager, library, hostname, pid, threads, processes, tasks, \
+                 started_at, heartbeat_at, stopped_at, completed, failed FROM castor_workers \
+                 WHERE NOT $1 OR stopped_at IS NULL ORDER BY started_at DESC",
+                &[&live_only],
+            )?
+            .iter()
+            .map(|row| {
+                let tasks: String = row.try_get(7)?;
+                Ok(WorkerRow {
+                    id: row.try_get(0)?,
+                    manager: row.try_get(1)?,
+                    library: row.try_get(2)?,
+                    hostname: row.try_get(3)?,
+                    pid: u32_from(row.try_get(4)?),
+                    threads: u32_from(row.try_get(5)?),
+                    processes: u32_from(row.try_get(6)?),
+                    tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+                    started_at: row.try_get(8)?,
+                    heartbeat_at: row.try_get(9)?,
+                    stopped_at: row.try_get(10)?,
+                    completed: row.try_get(11)?,
+                    failed: row.try_get(12)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// The next `limit` tasks of `manager` waiting for a start time, soonest first.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("list waiting tasks", |conn| {
+            conn.query(
+                "SELECT id, task, scheduled_at FROM castor_tasks \
+                 WHERE manager = $1 AND state IN ('scheduled', 'retryable') \
+                 ORDER BY scheduled_at LIMIT $2",
+                &[&manager, &limit],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(Waiting {
+                    id: row.try_get(0)?,
+                    task: row.try_get(1)?,
+                    starts_at: row.try_get(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// The stored (encoded) arguments of the task with this id.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn args_of(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        self.read("read a task's arguments", |conn| {
+            conn.query_opt("SELECT args FROM castor_tasks WHERE id = $1", &[&id])?
+                .map(|row| row.try_get(0))
+                .transpose()
+        })
+    }
+}
+
+impl PostgresTx<'_> {
+    /// Cancels a task: one that has not started never will; a running one is flagged for
+    /// its worker. `None` if no task has this id.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, postgres::Error> {
+        let stopped = self.conn().execute(
+            "UPDATE castor_tasks SET state = 'cancelled', finalized_at = $2 \
+             WHERE id = $1 AND state IN ('scheduled', 'available', 'retryable')",
+            &[&id, &now],
+        )?;
+        if stopped == 1 {
+            return Ok(Some(CancelOutcome::Cancelled));
+        }
+        let flagged = self.conn().execute(
+            "UPDATE castor_tasks SET cancel_requested_at = coalesce(cancel_requested_at, $2) \
+             WHERE id = $1 AND state = 'running'",
+            &[&id, &now],
+        )?;
+        if flagged == 1 {
+            return Ok(Some(CancelOutcome::Requested));
+        }
+        Ok(self.state_of(id)?.map(CancelOutcome::AlreadyFinished))
+    }
+
+    /// Puts a discarded or cancelled task back to `available` with one more attempt
+    /// allowed; its errors are kept. `None` if no task has this id.
+    ///
+    /// # Errors
+    /// Fails if a statement fails, e.g. when its unique key is now held by another task.
+    pub fn retry(&mut self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, postgres::Error> {
+        let retried = self.conn().execute(
+            "UPDATE castor_tasks SET state = 'available', scheduled_at = $2, \
+             finalized_at = NULL, result = NULL, cancel_requested_at = NULL, \
+             lease_expires_at = NULL, max_attempts = greatest(max_attempts, attempt + 1) \
+             WHERE id = $1 AND state IN ('discarded', 'cancelled')",
+            &[&id, &now],
+        )?;
+        if retried == 1 {
+            return Ok(Some(RetryOutcome::Retried));
+        }
+        Ok(self.state_of(id)?.map(RetryOutcome::NotRetryable))
+    }
+
+    fn state_of(&mut self, id: Uuid) -> Result<Option<TaskState>, postgres::Error> {
+        self.conn()
+            .query_opt("SELECT state FROM castor_tasks WHERE id = $1", &[&id])?
+            .map(|row| row.try_get::<_, StateColumn>(0).map(|s| s.0))
+            .transpose()
+    }
+
+    /// Deletes tasks in `states` that finished (or, for unfinished states, were
+    /// dispatched) before `before`, with their logs; returns how many. Running tasks are
+    /// never purged.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn purge(&mut self, states: &[TaskState], before: i64) -> Result<usize, postgres::Error> {
+        let states: Vec<&str> = states
+            .iter()
+            .filter(|s| **s != TaskState::Running)
+            .map(|s| s.as_str())
+            .collect();
+        if states.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = self
+            .conn()
+            .query(
+                "DELETE FROM castor_tasks WHERE state = ANY($2) \
+                 AND coalesce(finalized_at, created_at) < $1 RETURNING seq",
+                &[&before, &states],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        self.delete_logs(&seqs)?;
+        Ok(seqs.len())
+    }
+
+    /// The retention sweep: deletes up to `limit` finished tasks that finished before
+    /// `before`, with their logs, and worker runs that stopped before it; returns how many
+    /// tasks.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn prune(&mut self, before: i64, limit: usize) -> Result<usize, postgres::Error> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let seqs: Vec<i64> = self
+            .conn()
+            .query(
+                "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks \
+                 WHERE finalized_at < $1 LIMIT $2) RETURNING seq",
+                &[&before, &limit],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect::<Result<_, _>>()?;
+        self.delete_logs(&seqs)?;
+        self.conn().execute(
+            "DELETE FROM castor_workers WHERE stopped_at < $1",
+            &[&before],
+        )?;
+        Ok(seqs.len())
+    }
+
+    fn delete_logs(&mut self, seqs: &[i64]) -> Result<(), postgres::Error> {
+        if !seqs.is_empty() {
+            self.conn()
+                .execute("DELETE FROM castor_logs WHERE task_seq = ANY($1)", &[&seqs])?;
+        }
+        Ok(())
+    }
+}

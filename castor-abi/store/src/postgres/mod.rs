@@ -1,0 +1,672 @@
+//! The PostgreSQL driver: the only code in Castor that speaks PostgreSQL's SQL, through the
+//! synchronous `postgres` client (the worker's threads block on the database anyway).
+//! Connecting, its migrations, every read ([`PostgresDriver`]) and every guarded write
+//! ([`PostgresTx`]), and its wake-up source (`LISTEN`, in [`watch`]).
+//!
+//! The rules are the SQLite driver's, in PostgreSQL's terms: claims take rows with
+//! `FOR UPDATE SKIP LOCKED`, so any number of workers on any number of hosts claim without
+//! waiting on each other and never claim one task twice; every change to a running task
+//! is guarded by `state = 'running' AND attempt = ..`; unique keys are a partial unique
+//! index; times are the caller's (`now`, microseconds), never the server's clock.
+//!
+//! A write is a `READ COMMITTED` transaction: each guarded `UPDATE` re-checks its guard on
+//! the newest version of the row, so of two writers racing for one row exactly one wins.
+//! Deadlocks and serialization failures come back as [`StoreError::Busy`], which
+//! [`crate::Store::write`] retries.
+
+mod admin;
+mod rescue;
+mod rows;
+mod schedules;
+mod space;
+mod tx;
+mod watch;
+mod workers;
+
+use std::cell::{RefCell, RefMut};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use postgres::types::ToSql;
+use postgres::{Client, Config, NoTls, Row, Statement};
+use uuid::Uuid;
+
+use self::rows::TaskRow;
+pub use self::tx::PostgresTx;
+pub(crate) use self::watch::notifier;
+use crate::driver::{CheckReach, Driver, Tx};
+use crate::error::StoreError;
+use crate::migrate::{AppliedMigration, Migration};
+use crate::model::{
+    ListFilter, LogLevel, ScheduleFilter, StateCount, TaskLog, TaskSnapshot, TaskSummary, Waiting,
+    WorkerRow,
+};
+use crate::schedule::ScheduleInfo;
+use crate::state::TaskState;
+use crate::target::Database;
+use crate::{OpenOptions, Role};
+
+/// The PostgreSQL driver's migrations, oldest first (numbered on their own, not
+/// SQLite's). Each is applied in one transaction and recorded in `castor_migrations`.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("migrations/0001_initial.sql"),
+}];
+
+/// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
+/// `delay` during an outage fails after this instead of hanging.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The advisory lock that serializes migrations between processes (`castor` in ASCII).
+const MIGRATION_LOCK: i64 = 0x6361_7374_6f72;
+
+/// Whether the migrations table exists, read from the catalog with the statement's own
+/// snapshot (`to_regclass` may answer from a cache that predates a migration another
+/// process just committed).
+const RECORDED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
+     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+     WHERE c.relname = 'castor_migrations' AND n.nspname = current_schema())";
+
+/// The tables castor keeps (for the size and the schema check).
+const TABLES: [&str; 5] = [
+    "castor_migrations",
+    "castor_tasks",
+    "castor_logs",
+    "castor_workers",
+    "castor_schedules",
+];
+
+/// A parameter list, as the client takes it.
+type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
+
+/// One connection and its prepared statements (by their text: every statement the driver
+/// runs is a constant, so each is parsed and planned once per connection).
+pub(crate) struct Conn {
+    client: Client,
+    statements: HashMap<&'static str, Statement>,
+}
+
+impl Conn {
+    fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
+        if let Some(statement) = self.statements.get(sql) {
+            return Ok(statement.clone());
+        }
+        let statement = self.client.prepare(sql)?;
+        self.statements.insert(sql, statement.clone());
+        Ok(statement)
+    }
+
+    pub(crate) fn query(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Vec<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query(&statement, params)
+    }
+
+    pub(crate) fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_opt(&statement, params)
+    }
+
+    pub(crate) fn query_one(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Row, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.query_one(&statement, params)
+    }
+
+    pub(crate) fn execute(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<u64, postgres::Error> {
+        let statement = self.prepared(sql)?;
+        self.client.execute(&statement, params)
+    }
+
+    /// Statements with no parameters and no result (`BEGIN`, `COMMIT`, a migration).
+    pub(crate) fn batch(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        self.client.batch_execute(sql)
+    }
+}
+
+/// A connection to a PostgreSQL database: the PostgreSQL driver. Reads take `&self`
+/// (the [`Driver`] trait's), so the connection sits in a `RefCell`; nothing holds it
+/// across a call.
+pub struct PostgresDriver {
+    conn: RefCell<Conn>,
+    config: Config,
+    database: Database,
+    role: Role,
+    durable: bool,
+    /// Lines appended to each task's log through this connection since it was last
+    /// trimmed (see [`PostgresTx::append_log`]).
+    log_lines: HashMap<i64, u32>,
+}
+
+impl std::fmt::Debug for PostgresDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresDriver")
+            .field("database", &self.database.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a `postgres://` URL (or a `host=.. dbname=..` string) into the client's
+/// settings, with castor's defaults where the URL says nothing: a connect timeout and the
+/// application name `castor` (shown in `pg_stat_activity`).
+pub(crate) fn config(database: &Database, url: &str, role: Role) -> Result<Config, StoreError> {
+    let mut config: Config = url.parse().map_err(|e: postgres::Error| StoreError::Connect {
+        database: database.clone(),
+        detail: format!(
+            "the URL cannot be read ({e}); write it as postgres://user:password@host:5432/dbname"
+        ),
+    })?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name(match role {
+            Role::Worker => "castor worker",
+            Role::App => "castor app",
+            Role::Inspect => "castor inspect",
+        });
+    }
+    Ok(config)
+}
+
+impl PostgresDriver {
+    /// Connects to the database `url` names. The database itself must exist (castor
+    /// creates its tables, not databases); its schema is checked and migrated by
+    /// [`crate::open`].
+    ///
+    /// # Errors
+    /// [`StoreError::Connect`]: the URL cannot be read, the server cannot be reached,
+    /// refuses the login, or has no such database.
+    pub fn open(url: &str, options: &OpenOptions) -> Result<PostgresDriver, StoreError> {
+        let database = Database::Postgres(url.to_owned());
+        let config = config(&database, url, options.role)?;
+        let mut driver = PostgresDriver {
+            conn: RefCell::new(connect(&config, options.role, options.durable, &database)?),
+            config,
+            database,
+            role: options.role,
+            durable: options.durable,
+            log_lines: HashMap::new(),
+        };
+        // The first statement: a server that answers the login but cannot run queries
+        // fails here, as connecting.
+        driver
+            .conn
+            .get_mut()
+            .batch("SELECT 1")
+            .map_err(|e| StoreError::Connect {
+                database: driver.database.clone(),
+                detail: reason(&e),
+            })?;
+        Ok(driver)
+    }
+
+    /// Maps an error met during `operation` to a [`StoreError`].
+    pub(crate) fn error(&self, operation: &'static str, e: postgres::Error) -> StoreError {
+        classify(&self.database, operation, &e)
+    }
+
+    /// The connection, connected again first if the server dropped it (a restart): the
+    /// statements that failed with it are not retried here, but the next ones work.
+    fn conn(&self) -> Result<RefMut<'_, Conn>, postgres::Error> {
+        let mut conn = self.conn.borrow_mut();
+        if conn.client.is_closed() {
+            *conn = connect_client(&self.config, self.role, self.durable)?;
+        }
+        Ok(conn)
+    }
+
+    /// Runs `f` on the connection, naming `operation` in its error.
+    fn read<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+    ) -> Result<T, StoreError> {
+        self.conn()
+            .and_then(|mut conn| f(&mut conn))
+            .map_err(|e| self.error(operation, e))
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        self.read("read the schema version", |conn| {
+            let recorded: bool = conn.query_one(RECORDED_SQL, &[])?.try_get(0)?;
+            if !recorded {
+                return Ok(0);
+            }
+            let version: Option<i32> = conn
+                .query_one("SELECT max(version) FROM castor_migrations", &[])?
+                .try_get(0)?;
+            Ok(version.map_or(0, |v| u32::try_from(v).unwrap_or(0)))
+        })
+    }
+
+    fn applied(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        if self.schema_version()? == 0 {
+            return Ok(Vec::new());
+        }
+        self.read("read the migrations", |conn| {
+            conn.query(
+                "SELECT version, name, applied_at FROM castor_migrations ORDER BY version",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(AppliedMigration {
+                    version: u32::try_from(row.try_get::<_, i32>(0)?).unwrap_or(0),
+                    name: row.try_get(1)?,
+                    applied_at: row.try_get(2)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    fn apply(&mut self, migration: &Migration, now: i64) -> Result<bool, StoreError> {
+        const OPERATION: &str = "apply a migration";
+        let version = i32::try_from(migration.version).unwrap_or(i32::MAX);
+        let mut conn = self.conn().map_err(|e| self.error(OPERATION, e))?;
+        let applied = (|| {
+            let mut tx = conn.client.transaction()?;
+            // One process migrates at a time; the others wait here, then find it done.
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+            let recorded: bool = tx.query_one(RECORDED_SQL, &[])?.try_get(0)?;
+            if recorded {
+                let newest: Option<i32> = tx
+                    .query_one("SELECT max(version) FROM castor_migrations", &[])?
+                    .try_get(0)?;
+                if newest.is_some_and(|v| v >= version) {
+                    return Ok(false);
+                }
+            }
+            tx.batch_execute(migration.sql)?;
+            tx.execute(
+                "INSERT INTO castor_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
+                &[&version, &migration.name, &now],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })();
+        drop(conn);
+        applied.map_err(|e| self.error(OPERATION, e))
+    }
+
+    /// The tables and indexes of migrations up to `version` (as their `CREATE`
+    /// statements name them).
+    fn schema_objects(version: u32) -> Vec<&'static str> {
+        MIGRATIONS
+            .iter()
+            .filter(|m| m.version <= version)
+            .flat_map(|m| m.sql.lines())
+            .filter_map(|line| {
+                let rest = line.trim_start().strip_prefix("CREATE ")?;
+                let rest = rest.strip_prefix("UNIQUE ").unwrap_or(rest);
+                let rest = rest
+                    .strip_prefix("TABLE ")
+                    .or_else(|| rest.strip_prefix("INDEX "))?;
+                rest.split([' ', '(']).next()
+            })
+            .collect()
+    }
+
+    fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
+        let version = self.schema_version()?;
+        let expected: Vec<String> = PostgresDriver::schema_objects(version)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        self.read("read the schema", |conn| {
+            conn.query(
+                "SELECT name FROM unnest($1::text[]) AS name WHERE to_regclass(name) IS NULL",
+                &[&expected],
+            )?
+            .iter()
+            .map(|row| row.try_get(0))
+            .collect()
+        })
+    }
+
+    /// Reads one task by id; `None` if no row has that id.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read or the row is invalid.
+    pub fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {
+        let row = self.read("read a task", |conn| {
+            conn.query_opt(rows::SNAPSHOT_SQL, &[&id])?
+                .map(|row| TaskRow::from_row(&row))
+                .transpose()
+        })?;
+        row.map(|row| row.into_snapshot(&self.database)).transpose()
+    }
+
+    /// Reads one task's state.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, StoreError> {
+        let state: Option<String> = self.read("read a task's state", |conn| {
+            conn.query_opt("SELECT state FROM castor_tasks WHERE id = $1", &[&id])?
+                .map(|row| row.try_get(0))
+                .transpose()
+        })?;
+        state
+            .map(|s| {
+                s.parse::<TaskState>().map_err(|e| StoreError::InvalidRow {
+                    database: self.database.clone(),
+                    seq: 0,
+                    column: "state",
+                    detail: e.to_string(),
+                })
+            })
+            .transpose()
+    }
+
+    /// The earliest time a `scheduled` or `retryable` task of `manager` becomes due.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn next_due(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        self.read("find the next due task", |conn| {
+            conn.query_one(
+                "SELECT min(scheduled_at) FROM castor_tasks \
+                 WHERE manager = $1 AND state IN ('scheduled', 'retryable')",
+                &[&manager],
+            )?
+            .try_get(0)
+        })
+    }
+
+    /// A task's log lines, oldest first.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn logs(&self, id: Uuid) -> Result<Vec<TaskLog>, StoreError> {
+        self.read("read a task's log", |conn| {
+            conn.query(
+                "SELECT l.at, l.attempt, l.level, l.line FROM castor_logs l \
+                 JOIN castor_tasks t ON t.seq = l.task_seq WHERE t.id = $1 ORDER BY l.id",
+                &[&id],
+            )?
+            .iter()
+            .map(|row| {
+                let level: String = row.try_get(2)?;
+                Ok(TaskLog {
+                    at: row.try_get(0)?,
+                    attempt: rows::u32_from(row.try_get(1)?),
+                    level: LogLevel::from_stored(&level),
+                    line: row.try_get(3)?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// How many tasks of `manager` are not finished yet, counted from the partial indexes.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn unfinished(&self, manager: &str) -> Result<u64, StoreError> {
+        self.read("count unfinished tasks", |conn| {
+            let n: i64 = conn
+                .query_one(
+                    "SELECT (SELECT count(*) FROM castor_tasks \
+                             WHERE state = 'available' AND manager = $1) \
+                          + (SELECT count(*) FROM castor_tasks \
+                             WHERE state = 'running' AND manager = $1) \
+                          + (SELECT count(*) FROM castor_tasks \
+                             WHERE state IN ('scheduled', 'retryable') AND manager = $1)",
+                    &[&manager],
+                )?
+                .try_get(0)?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+    }
+}
+
+/// Opens a connection and sets it up for `role`.
+fn connect(
+    config: &Config,
+    role: Role,
+    durable: bool,
+    database: &Database,
+) -> Result<Conn, StoreError> {
+    connect_client(config, role, durable).map_err(|e| {
+        let mut detail = reason(&e);
+        if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
+            detail.push_str(
+                "; castor creates its tables but not the database: create it first \
+                 (`createdb`, or CREATE DATABASE)",
+            );
+        }
+        StoreError::Connect {
+            database: database.clone(),
+            detail,
+        }
+    })
+}
+
+fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    // Durable: every commit waits for the server's flush, whatever the server's default.
+    // Otherwise the server's own setting stands.
+    let mut setup = String::new();
+    if durable {
+        setup.push_str("SET synchronous_commit = on;");
+    }
+    if role == Role::Inspect {
+        setup.push_str("SET default_transaction_read_only = on;");
+    }
+    if !setup.is_empty() {
+        client.batch_execute(&setup)?;
+    }
+    Ok(Conn {
+        client,
+        statements: HashMap::new(),
+    })
+}
+
+/// The server's reason for `e`, said once: its message (with its detail and hint, if
+/// any), or the client's description of a connection problem.
+pub(crate) fn reason(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        let mut text = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            text.push_str(&format!(" ({detail})"));
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(&format!("; {hint}"));
+        }
+        return text;
+    }
+    if e.is_closed() {
+        return "the connection to the server was closed (the server stopped or restarted, \
+                or the network dropped it)"
+            .to_owned();
+    }
+    // The client's message names the step ("error connecting to server"); its source, the
+    // cause (the operating system's or the protocol's reason).
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// Maps PostgreSQL's errors to the errors a user can act on.
+pub(crate) fn classify(
+    database: &Database,
+    operation: &'static str,
+    e: &postgres::Error,
+) -> StoreError {
+    use postgres::error::SqlState;
+    let database = database.clone();
+    match e.code() {
+        Some(code) if *code == SqlState::DISK_FULL => StoreError::DiskFull {
+            database,
+            operation,
+        },
+        Some(code) if *code == SqlState::READ_ONLY_SQL_TRANSACTION => StoreError::ReadOnly {
+            database,
+            detail: reason(e),
+        },
+        // Two transactions waited on each other and the server cancelled this one, or a
+        // lock could not be had: trying the whole transaction again is the cure.
+        Some(code)
+            if *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::LOCK_NOT_AVAILABLE =>
+        {
+            StoreError::Busy {
+                database,
+                operation,
+                waited: DEADLOCK_TIMEOUT,
+            }
+        }
+        _ => StoreError::Query {
+            database,
+            operation,
+            detail: reason(e),
+        },
+    }
+}
+
+/// PostgreSQL's default `deadlock_timeout`: how long a transaction waited before the
+/// server found it deadlocked.
+const DEADLOCK_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Driver for PostgresDriver {
+    fn database(&self) -> &Database {
+        &self.database
+    }
+
+    fn begin(&mut self) -> Result<Box<dyn Tx + '_>, StoreError> {
+        Ok(Box::new(PostgresTx::begin(self)?))
+    }
+
+    fn change_counter(&self) -> Result<Option<i64>, StoreError> {
+        // Nothing cheap tells another connection's commit from this one's.
+        Ok(None)
+    }
+
+    fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {
+        PostgresDriver::snapshot(self, id)
+    }
+
+    fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, StoreError> {
+        PostgresDriver::state_of(self, id)
+    }
+
+    fn args_of(&self, id: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        PostgresDriver::args_of(self, id)
+    }
+
+    fn logs(&self, id: Uuid) -> Result<Vec<TaskLog>, StoreError> {
+        PostgresDriver::logs(self, id)
+    }
+
+    fn next_due(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        PostgresDriver::next_due(self, manager)
+    }
+
+    fn unfinished(&self, manager: &str) -> Result<u64, StoreError> {
+        PostgresDriver::unfinished(self, manager)
+    }
+
+    fn list(&self, filter: &ListFilter) -> Result<Vec<TaskSummary>, StoreError> {
+        PostgresDriver::list(self, filter)
+    }
+
+    fn counts(&self) -> Result<Vec<StateCount>, StoreError> {
+        PostgresDriver::counts(self)
+    }
+
+    fn completed_since(&self, since: i64) -> Result<u64, StoreError> {
+        PostgresDriver::completed_since(self, since)
+    }
+
+    fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
+        PostgresDriver::workers(self, live_only)
+    }
+
+    fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
+        PostgresDriver::waiting(self, manager, limit)
+    }
+
+    fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {
+        PostgresDriver::next_schedule_due(self, filter)
+    }
+
+    fn schedules(&self, manager: Option<&str>) -> Result<Vec<ScheduleInfo>, StoreError> {
+        PostgresDriver::schedules(self, manager)
+    }
+
+    fn schedule(&self, id: i64) -> Result<Option<ScheduleInfo>, StoreError> {
+        PostgresDriver::schedule(self, id)
+    }
+
+    fn schedule_runs(&self, id: i64) -> Result<Vec<Uuid>, StoreError> {
+        PostgresDriver::schedule_runs(self, id)
+    }
+
+    fn size(&self) -> Result<u64, StoreError> {
+        PostgresDriver::size(self)
+    }
+
+    fn quick_check(&self, _budget: Option<Duration>) -> Result<CheckReach, StoreError> {
+        PostgresDriver::check(self).map(|()| CheckReach::Whole)
+    }
+
+    fn integrity_check(&self) -> Result<Vec<String>, StoreError> {
+        PostgresDriver::check(self).map(|()| Vec::new())
+    }
+
+    fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
+        PostgresDriver::missing_schema_objects(self)
+    }
+
+    fn free_bytes(&self) -> Option<u64> {
+        // The server's disk is not this process's to see.
+        None
+    }
+
+    fn reclaimable_bytes(&self) -> u64 {
+        0
+    }
+
+    fn reclaim_space(&mut self) -> Result<bool, StoreError> {
+        // Autovacuum gives dead rows' space back; there is nothing for a client to do.
+        Ok(true)
+    }
+
+    fn migrations(&self) -> &'static [Migration] {
+        MIGRATIONS
+    }
+
+    fn schema_version(&self) -> Result<u32, StoreError> {
+        PostgresDriver::schema_version(self)
+    }
+
+    fn applied_migrations(&self) -> Result<Vec<AppliedMigration>, StoreError> {
+        self.applied()
+    }
+
+    fn apply_migration(&mut self, migration: &Migration, now: i64) -> Result<bool, StoreError> {
+        self.apply(migration, now)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,484 @@
+//! The PostgreSQL driver's tests, on the real server `CASTOR_TEST_POSTGRES` names (a URL;
+//! `bash tests/run.sh` starts a throwaway cluster and sets it). Each test gets a database
+//! of its own, created on that server. Without the variable the tests fail, saying so:
+//! they never pass without having run.
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use postgres::NoTls;
+use postgres::fallible_iterator::FallibleIterator;
+use uuid::Uuid;
+
+use super::MIGRATIONS;
+use crate::conformance::{claim, filter, new_task};
+use crate::{
+    AttemptError, Cadence, Database, ErrorKind, Finish, LogLevel, Missed, NewLog, NewSchedule,
+    OpenOptions, Store, StoreError, TaskState, Transition, migrate, now_us,
+};
+
+/// The environment variable naming the test server.
+pub const SERVER_ENV: &str = "CASTOR_TEST_POSTGRES";
+
+/// The test server's URL.
+fn server() -> String {
+    match std::env::var(SERVER_ENV) {
+        Ok(url) if !url.is_empty() => url,
+        _ => panic!(
+            "{SERVER_ENV} is not set: the PostgreSQL tests need a server; run them with \
+             `bash tests/run.sh`, which starts a throwaway one, or set {SERVER_ENV} to a \
+             server's URL (postgres://user@host/db) whose user may create databases"
+        ),
+    }
+}
+
+/// `url` with its database name replaced by `name`.
+pub fn with_dbname(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or("");
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// Creates an empty database on the test server; returns its URL.
+pub fn fresh_url() -> String {
+    let server = server();
+    let name = format!("castor_test_{}", Uuid::now_v7().simple());
+    let mut admin = postgres::Client::connect(&server, NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to {SERVER_ENV}'s server: {e}"));
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .expect("create a test database");
+    with_dbname(&server, &name)
+}
+
+/// A fresh, migrated database (the conformance suite's `open`).
+fn fresh() -> Store {
+    Store::open(fresh_url(), OpenOptions::app()).expect("open")
+}
+
+mod conformance {
+    crate::conformance_tests!(super::fresh);
+}
+
+#[test]
+fn migrations_are_numbered_and_recorded() {
+    migrate::check_numbering(MIGRATIONS).expect("numbering");
+    let url = fresh_url();
+    // Told not to migrate, an empty database is refused untouched.
+    let refused = Store::open(
+        url.as_str(),
+        OpenOptions {
+            migrate: false,
+            ..OpenOptions::app()
+        },
+    )
+    .expect_err("needs migration");
+    assert!(
+        matches!(refused, StoreError::NeedsMigration { found: 0, .. }),
+        "{refused}"
+    );
+    let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    let status = store.migration_status().expect("status");
+    assert_eq!(status.version, 1);
+    assert!(status.pending.is_empty());
+    assert_eq!(status.applied.len(), 1);
+    assert!(status.applied[0].applied_at.is_some());
+    assert!(store.missing_schema_objects().expect("schema").is_empty());
+    // Opening again applies nothing; a second process racing the first finds it done.
+    let mut again = Store::open(url.as_str(), OpenOptions::app()).expect("reopen");
+    assert!(again.migrate().expect("migrate").is_empty());
+    assert!(store.size().expect("size") > 0);
+}
+
+#[test]
+fn concurrent_migrations_apply_once() {
+    let url = fresh_url();
+    let barrier = Arc::new(Barrier::new(4));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                Store::open(url.as_str(), OpenOptions::app()).map(drop)
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("thread").expect("open");
+    }
+    let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    assert_eq!(store.migration_status().expect("status").applied.len(), 1);
+}
+
+#[test]
+fn concurrent_claimers_never_share_a_task() {
+    const TASKS: usize = 400;
+    const CLAIMERS: usize = 4;
+    let url = fresh_url();
+    let mut store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    let tasks: Vec<_> = (0..TASKS).map(|_| new_task("a", b"x")).collect();
+    store.enqueue_many(&tasks).expect("enqueue");
+    let barrier = Arc::new(Barrier::new(CLAIMERS));
+    let threads: Vec<_> = (0..CLAIMERS)
+        .map(|n| {
+            let url = url.clone();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                let mut store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+                let worker = format!("w{n}");
+                let q = filter(&["a"]);
+                barrier.wait();
+                let mut mine = Vec::new();
+                loop {
+                    let got = store
+                        .write(|tx| tx.claim(&q, &worker, 7, now_us(), now_us() + 30_000_000))
+                        .expect("claim");
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|c| c.seq));
+                }
+            })
+        })
+        .collect();
+    let mut all: Vec<i64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("claimer"))
+        .collect();
+    assert_eq!(all.len(), TASKS, "every task claimed");
+    all.sort_unstable();
+    all.dedup();
+    assert_eq!(all.len(), TASKS, "no task claimed twice");
+}
+
+#[test]
+fn a_commit_on_another_connection_wakes_the_notifier() {
+    let url = fresh_url();
+    let database = Database::parse(&url);
+    let mut store = Store::open(&database, OpenOptions::app()).expect("open");
+    let notifier = crate::notifier(&database).expect("notifier");
+    // Each wait is cut short by the change, not by the fallback tick (1 s).
+    for _ in 0..3 {
+        let since = notifier.generation();
+        let started = Instant::now();
+        store.enqueue(&new_task("a", b"x")).expect("enqueue");
+        let seen = notifier.wait_past(since, started + Duration::from_secs(5));
+        assert_ne!(seen, since, "woken");
+        assert!(
+            started.elapsed() < Duration::from_millis(900),
+            "woken by the notification, not the fallback tick ({:?})",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn claims_and_lease_renewals_wake_nobody() {
+    let url = fresh_url();
+    let database = Database::parse(&url);
+    let mut store = Store::open(&database, OpenOptions::app()).expect("open");
+    store.enqueue(&new_task("a", b"x")).expect("enqueue");
+    let mut listener = postgres::Client::connect(&url, NoTls).expect("connect");
+    listener
+        .batch_execute(&format!("LISTEN {}", super::watch::CHANNEL))
+        .expect("listen");
+    let c = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    store
+        .write(|tx| tx.renew_leases("w1", now_us() + 60_000_000))
+        .expect("renew");
+    store
+        .write(|tx| tx.set_progress(c.seq, c.attempt, 1, 2, "half"))
+        .expect("progress");
+    let quiet = listener
+        .notifications()
+        .timeout_iter(Duration::from_millis(200))
+        .next();
+    assert!(
+        matches!(quiet, Ok(None)),
+        "claims, renewals and progress notify nobody"
+    );
+    store
+        .write(|tx| {
+            tx.finish_if_running(
+                c.seq,
+                c.attempt,
+                &Finish::Completed { result: b"" },
+                now_us(),
+            )
+        })
+        .expect("finish");
+    let woken = listener
+        .notifications()
+        .timeout_iter(Duration::from_secs(5))
+        .next();
+    assert!(
+        matches!(woken, Ok(Some(_))),
+        "a finished task notifies its waiters"
+    );
+}
+
+#[test]
+fn the_notifier_reconnects_after_the_server_drops_it() {
+    let url = fresh_url();
+    let database = Database::parse(&url);
+    let mut store = Store::open(&database, OpenOptions::app()).expect("open");
+    let notifier = crate::notifier(&database).expect("notifier");
+    // Ends the notifier's connection (as a server restart would) from the server's side.
+    let mut admin = postgres::Client::connect(&url, NoTls).expect("connect");
+    let ended: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid() \
+             AND query LIKE 'LISTEN%'",
+            &[],
+        )
+        .expect("terminate")
+        .get(0);
+    assert_eq!(ended, 1, "the notifier's connection was found");
+    // Back within the retry pause, it wakes on commits again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let listening = || {
+        let n: i64 = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                 AND query LIKE 'LISTEN%'",
+                &[],
+            )
+            .expect("read")
+            .get(0);
+        n == 1
+    };
+    let mut admin_listening = listening;
+    while !admin_listening() {
+        assert!(Instant::now() < deadline, "the notifier connected again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let since = notifier.generation();
+    let started = Instant::now();
+    store.enqueue(&new_task("a", b"x")).expect("enqueue");
+    assert_ne!(
+        notifier.wait_past(since, started + Duration::from_secs(5)),
+        since
+    );
+}
+
+#[test]
+fn the_driver_connects_again_after_the_server_drops_it() {
+    let url = fresh_url();
+    let mut store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    let id = store.enqueue(&new_task("a", b"x")).expect("enqueue").id;
+    let mut admin = postgres::Client::connect(&url, NoTls).expect("connect");
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .expect("terminate");
+    // The statement that meets the dropped connection fails, saying so; the next works.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match store.state_of(id) {
+            Ok(state) => {
+                assert_eq!(state, Some(TaskState::Available));
+                break;
+            }
+            Err(e) => {
+                assert!(Instant::now() < deadline, "never connected again: {e}");
+            }
+        }
+    }
+}
+
+#[test]
+fn a_server_that_is_not_there_is_one_clear_error() {
+    let dir = std::env::temp_dir().join(format!("castor-no-server-{}", Uuid::now_v7().simple()));
+    let url = format!("postgres:///tasks?host={}&connect_timeout=2", dir.display());
+    let error = Store::open(url.as_str(), OpenOptions::app()).expect_err("no server");
+    assert!(matches!(error, StoreError::Connect { .. }), "{error}");
+    let text = error.to_string();
+    assert!(
+        text.starts_with("cannot open database postgres:///tasks"),
+        "{text}"
+    );
+    assert!(
+        text.contains("No such file or directory"),
+        "the operating system's reason is given: {text}"
+    );
+    let missing = with_dbname(&server(), "castor_no_such_database");
+    let error = Store::open(missing.as_str(), OpenOptions::app()).expect_err("no database");
+    assert!(error.to_string().contains("create it first"), "{error}");
+    let bad = Store::open("postgres://h:notaport/db", OpenOptions::app()).expect_err("bad url");
+    assert!(bad.to_string().contains("cannot be read"), "{bad}");
+}
+
+#[test]
+fn urls_get_their_database_replaced() {
+    assert_eq!(
+        with_dbname("postgres:///postgres?host=/tmp/x&user=postgres", "t1"),
+        "postgres:///t1?host=/tmp/x&user=postgres"
+    );
+    assert_eq!(
+        with_dbname("postgresql://u:p@h:5432/db", "t2"),
+        "postgresql://u:p@h:5432/t2"
+    );
+    assert_eq!(with_dbname("postgres://h", "t3"), "postgres://h/t3");
+}
+
+#[test]
+fn a_buried_workers_task_is_rescued_and_its_next_attempt_starts_without_progress() {
+    let mut store = fresh();
+    let id = store.enqueue(&new_task("a", b"x")).expect("enqueue").id;
+    let first = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    store
+        .write(|tx| tx.set_progress(first.seq, first.attempt, 5, 10, "halfway"))
+        .expect("progress");
+    let now = now_us();
+    let held = store.write(|tx| tx.bury_worker("w1", now)).expect("bury");
+    assert_eq!(held, 1);
+    let expired = store
+        .write(|tx| tx.expired_leases(now, 10))
+        .expect("expired");
+    assert_eq!(expired.len(), 1);
+    assert_eq!(expired[0].id, id);
+    let abandoned = Finish::Failed {
+        transition: Transition {
+            state: TaskState::Retryable,
+            scheduled_at: Some(now),
+        },
+        error: AttemptError {
+            attempt: first.attempt,
+            at: now,
+            kind: ErrorKind::Abandoned,
+            error: "its worker died".into(),
+            worker: Some("w1".into()),
+        },
+    };
+    assert!(
+        store
+            .write(|tx| tx.finish_if_running(first.seq, first.attempt, &abandoned, now))
+            .expect("rescue")
+    );
+    store
+        .write(|tx| tx.stage_due("manager", now))
+        .expect("stage");
+    let second = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    assert_eq!(second.attempt, 2);
+    let snap = store.snapshot(id).expect("read").expect("exists");
+    assert_eq!(snap.progress, None, "attempt 2 has reported nothing yet");
+    assert_eq!(snap.errors.len(), 1);
+}
+
+#[test]
+fn a_finished_attempts_log_keeps_exactly_the_newest_lines() {
+    let mut store = fresh();
+    store.enqueue(&new_task("a", b"x")).expect("enqueue");
+    let c = claim(&mut store, &filter(&["a"]), 1).remove(0);
+    let lines = crate::LOG_LINES_KEPT + 10;
+    store
+        .write(|tx| {
+            for n in 0..lines {
+                tx.append_log(&NewLog {
+                    seq: c.seq,
+                    attempt: c.attempt,
+                    at: n,
+                    level: LogLevel::Info,
+                    line: &n.to_string(),
+                })?;
+            }
+            Ok(())
+        })
+        .expect("log");
+    store
+        .write(|tx| {
+            tx.finish_if_running(
+                c.seq,
+                c.attempt,
+                &Finish::Completed { result: b"" },
+                now_us(),
+            )
+        })
+        .expect("finish");
+    let id = store
+        .list(&crate::ListFilter {
+            limit: 1,
+            ..Default::default()
+        })
+        .expect("list")[0]
+        .id;
+    let kept = store.logs(id).expect("logs");
+    assert_eq!(kept.len() as i64, crate::LOG_LINES_KEPT);
+    assert_eq!(kept[0].line, "10", "the oldest lines went first");
+}
+
+#[test]
+fn a_periodic_schedule_restarts_when_its_priority_or_backoff_changes() {
+    let mut store = fresh();
+    let every = Cadence::Every(Duration::from_secs(60));
+    let now = now_us();
+    let declared = NewSchedule {
+        manager: "manager",
+        task: "a",
+        name: Some("nightly"),
+        args: b"",
+        cadence: &every,
+        times: None,
+        until: None,
+        first_run_at: now + 60_000_000,
+        missed: Missed::Skip,
+        priority: 0,
+        max_attempts: 1,
+        backoff_base_ms: 1000,
+        backoff_cap_ms: 1000,
+        timeout_ms: None,
+    };
+    let id = store
+        .write(|tx| tx.upsert_periodic(&declared, now))
+        .expect("declare");
+    let moved = NewSchedule {
+        first_run_at: now + 120_000_000,
+        ..declared.clone()
+    };
+    assert_eq!(
+        store
+            .write(|tx| tx.upsert_periodic(&moved, now))
+            .expect("again"),
+        id
+    );
+    let kept = store.schedule(id).expect("read").expect("exists");
+    assert_eq!(kept.next_run_at, Some(now + 60_000_000), "unchanged: kept");
+    for changed in [
+        NewSchedule {
+            priority: 3,
+            ..moved.clone()
+        },
+        NewSchedule {
+            backoff_cap_ms: 5000,
+            priority: 3,
+            ..moved.clone()
+        },
+    ] {
+        store
+            .write(|tx| tx.upsert_periodic(&changed, now))
+            .expect("redeclare");
+        let restarted = store.schedule(id).expect("read").expect("exists");
+        assert_eq!(
+            restarted.next_run_at,
+            Some(now + 120_000_000),
+            "changed: restarted"
+        );
+        store
+            .write(|tx| tx.advance_schedule(id, now + 120_000_000, 0, Some(now + 60_000_000)))
+            .expect("move back");
+    }
+}

@@ -1,0 +1,523 @@
+//! [`PostgresTx`]: the PostgreSQL driver's write transaction. Its statements live beside
+//! the reads they belong with (`admin.rs`, `rescue.rs`, `schedules.rs`, `workers.rs`, and
+//! here the task's own life: insert, claim, finish); this file also maps each to the
+//! driver-neutral [`Tx`] operation, naming what castor was doing in its errors.
+
+use uuid::Uuid;
+
+use super::rows::{self, CLAIM_SQL};
+use super::{Conn, PostgresDriver};
+use crate::LOG_LINES_KEPT;
+use crate::driver::Tx;
+use crate::error::StoreError;
+use crate::model::{
+    CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, LiveWorker, LogLevel, NewLog,
+    NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
+};
+use crate::state::TaskState;
+
+/// A task's log is trimmed after this many lines were appended to it (through one
+/// connection): it may hold that many lines more than [`LOG_LINES_KEPT`] while it runs.
+pub const LOG_TRIM_EVERY: i64 = 64;
+
+/// How many times an insert whose unique key was taken looks for the holder, which can
+/// finish (and free the key) between the insert and the look.
+const UNIQUE_TRIES: u32 = 3;
+
+/// A write transaction on the PostgreSQL driver's connection. Every method is one
+/// guarded statement (or a few); dropped without a commit, it rolls back.
+pub struct PostgresTx<'a> {
+    pub(super) driver: &'a mut PostgresDriver,
+    /// Committed (or failed to): nothing for `drop` to undo.
+    done: bool,
+}
+
+impl<'a> PostgresTx<'a> {
+    pub(super) fn begin(driver: &'a mut PostgresDriver) -> Result<PostgresTx<'a>, StoreError> {
+        driver
+            .conn()
+            .and_then(|mut conn| conn.batch("BEGIN"))
+            .map_err(|e| driver.error("begin a write", e))?;
+        Ok(PostgresTx {
+            driver,
+            done: false,
+        })
+    }
+
+    pub(super) fn conn(&mut self) -> &mut Conn {
+        self.driver.conn.get_mut()
+    }
+
+    fn fail(&self, operation: &'static str) -> impl FnOnce(postgres::Error) -> StoreError + '_ {
+        move |e| self.driver.error(operation, e)
+    }
+}
+
+impl Tx for PostgresTx<'_> {
+    fn enqueue(&mut self, task: &NewTask<'_>, now: i64) -> Result<Enqueued, StoreError> {
+        for _ in 0..UNIQUE_TRIES {
+            let found =
+                PostgresTx::enqueue(self, task, now).map_err(self.fail("enqueue a task"))?;
+            if let Some((id, existing)) = found {
+                return Ok(Enqueued { id, existing });
+            }
+        }
+        Err(StoreError::Query {
+            database: self.driver.database.clone(),
+            operation: "enqueue a task",
+            detail: format!(
+                "its unique key was taken, and the task holding it finished before castor could \
+                 read it, {UNIQUE_TRIES} times in a row; try again"
+            ),
+        })
+    }
+
+    fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, StoreError> {
+        PostgresTx::cancel(self, id, now).map_err(self.fail("cancel a task"))
+    }
+
+    fn retry(&mut self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, StoreError> {
+        PostgresTx::retry(self, id, now).map_err(self.fail("retry a task"))
+    }
+
+    fn purge(&mut self, states: &[TaskState], before: i64) -> Result<usize, StoreError> {
+        PostgresTx::purge(self, states, before).map_err(self.fail("purge tasks"))
+    }
+
+    fn claim(
+        &mut self,
+        filter: &TaskFilter,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        PostgresTx::claim(self, filter, worker, limit, now, lease_until)
+            .map_err(self.fail("claim tasks"))
+    }
+
+    fn finish_if_running(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        finish: &Finish<'_>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let error = match finish {
+            Finish::Completed { .. } => None,
+            Finish::Failed { error, .. } => {
+                Some(serde_json::to_string(error).map_err(|e| StoreError::Query {
+                    database: self.driver.database.clone(),
+                    operation: "record an attempt's outcome",
+                    detail: format!("the attempt's error cannot be encoded: {e}"),
+                })?)
+            }
+        };
+        PostgresTx::finish_if_running(self, seq, attempt, finish, error.as_deref(), now)
+            .map_err(self.fail("record an attempt's outcome"))
+    }
+
+    fn release_if_running(&mut self, seq: i64, attempt: u32) -> Result<bool, StoreError> {
+        PostgresTx::release_if_running(self, seq, attempt).map_err(self.fail("release a claim"))
+    }
+
+    fn append_log(&mut self, log: &NewLog<'_>) -> Result<(), StoreError> {
+        PostgresTx::append_log(self, log.seq, log.attempt, log.at, log.level, log.line)
+            .map_err(self.fail("append to a task's log"))
+    }
+
+    fn set_progress(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        done: u64,
+        total: u64,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        PostgresTx::set_progress(self, seq, attempt, done, total, message)
+            .map_err(self.fail("record a task's progress"))
+    }
+
+    fn stage_due(&mut self, manager: &str, now: i64) -> Result<usize, StoreError> {
+        PostgresTx::stage_due(self, manager, now).map_err(self.fail("stage due tasks"))
+    }
+
+    fn due_schedules(
+        &mut self,
+        filter: &ScheduleFilter,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<DueSchedule>, StoreError> {
+        PostgresTx::due_schedules(self, filter, now, limit).map_err(self.fail("read due schedules"))
+    }
+
+    fn advance_schedule(
+        &mut self,
+        id: i64,
+        from_tick: i64,
+        runs: u32,
+        next: Option<i64>,
+    ) -> Result<bool, StoreError> {
+        PostgresTx::advance_schedule(self, id, from_tick, runs, next)
+            .map_err(self.fail("move a schedule to its next tick"))
+    }
+
+    fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, StoreError> {
+        PostgresTx::renew_leases(self, worker, until).map_err(self.fail("renew leases"))
+    }
+
+    fn register_worker(&mut self, worker: &WorkerRow) -> Result<(), StoreError> {
+        let tasks = serde_json::to_string(&worker.tasks).map_err(|e| StoreError::Query {
+            database: self.driver.database.clone(),
+            operation: "register the worker",
+            detail: format!("its task names cannot be encoded: {e}"),
+        })?;
+        PostgresTx::register_worker(self, worker, &tasks).map_err(self.fail("register the worker"))
+    }
+
+    fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        completed: u64,
+        failed: u64,
+    ) -> Result<(), StoreError> {
+        PostgresTx::heartbeat(self, worker, now, completed, failed)
+            .map_err(self.fail("record a heartbeat"))
+    }
+
+    fn stop_worker(&mut self, worker: &str, now: i64) -> Result<(), StoreError> {
+        PostgresTx::stop_worker(self, worker, now).map_err(self.fail("record the worker's stop"))
+    }
+
+    fn live_workers(&mut self) -> Result<Vec<LiveWorker>, StoreError> {
+        PostgresTx::live_workers(self).map_err(self.fail("read live workers"))
+    }
+
+    fn expired_leases(&mut self, now: i64, limit: usize) -> Result<Vec<Expired>, StoreError> {
+        PostgresTx::expired_leases(self, now, limit).map_err(self.fail("find expired leases"))
+    }
+
+    fn bury_worker(&mut self, worker: &str, now: i64) -> Result<usize, StoreError> {
+        PostgresTx::bury_worker(self, worker, now).map_err(self.fail("record a dead worker"))
+    }
+
+    fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>, StoreError> {
+        PostgresTx::cancel_requests(self, worker).map_err(self.fail("read cancel requests"))
+    }
+
+    fn prune(&mut self, before: i64, limit: usize) -> Result<usize, StoreError> {
+        PostgresTx::prune(self, before, limit).map_err(self.fail("prune finished tasks"))
+    }
+
+    fn create_schedule(&mut self, schedule: &NewSchedule<'_>, now: i64) -> Result<i64, StoreError> {
+        PostgresTx::create_schedule(self, schedule, now).map_err(self.fail("create a schedule"))
+    }
+
+    fn upsert_periodic(&mut self, schedule: &NewSchedule<'_>, now: i64) -> Result<i64, StoreError> {
+        PostgresTx::upsert_periodic(self, schedule, now)
+            .map_err(self.fail("declare a periodic task"))
+    }
+
+    fn set_schedule_paused(&mut self, id: i64, paused: bool) -> Result<bool, StoreError> {
+        PostgresTx::set_schedule_paused(self, id, paused)
+            .map_err(self.fail("pause or resume a schedule"))
+    }
+
+    fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError> {
+        PostgresTx::remove_schedule(self, id).map_err(self.fail("remove a schedule"))
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
+        self.done = true;
+        self.conn()
+            .batch("COMMIT")
+            .map_err(|e| self.driver.error("commit", e))
+    }
+}
+
+impl Drop for PostgresTx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Nothing to report: the transaction is abandoned either way, and the server
+            // rolls it back itself if the connection is gone.
+            let _ = self.conn().batch("ROLLBACK");
+        }
+    }
+}
+
+impl PostgresTx<'_> {
+    /// Inserts one task. With a unique key held by an unfinished task of the same name,
+    /// inserts nothing and returns that task's id and `true`; `None` if that task
+    /// finished between the insert and the look (try again).
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn enqueue(
+        &mut self,
+        task: &NewTask<'_>,
+        now: i64,
+    ) -> Result<Option<(Uuid, bool)>, postgres::Error> {
+        let id = Uuid::now_v7();
+        let scheduled_at = task.run_at_us.unwrap_or(now);
+        let state = if scheduled_at > now {
+            "scheduled"
+        } else {
+            "available"
+        };
+        let inserted = self.conn().execute(
+            "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
+             backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
+             scheduled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+             ON CONFLICT DO NOTHING",
+            &[
+                &id,
+                &task.manager,
+                &task.task,
+                &state,
+                &task.priority,
+                &task.args,
+                &i64::from(task.max_attempts),
+                &task.backoff_base_ms,
+                &task.backoff_cap_ms,
+                &task.timeout_ms,
+                &task.unique_key,
+                &task.schedule_id,
+                &now,
+                &scheduled_at,
+            ],
+        )?;
+        if inserted == 1 {
+            return Ok(Some((id, false)));
+        }
+        // Only the unique index can make the insert a no-op (a fresh UUIDv7 is unique).
+        let holder = self.conn().query_opt(
+            "SELECT id FROM castor_tasks WHERE manager = $1 AND task = $2 AND unique_key = $3 \
+             AND state IN ('scheduled', 'available', 'running', 'retryable')",
+            &[&task.manager, &task.task, &task.unique_key],
+        )?;
+        holder
+            .map(|row| row.try_get(0).map(|id| (id, true)))
+            .transpose()
+    }
+
+    /// Claims up to `limit` available tasks of the filter's manager and task names,
+    /// highest priority first, then oldest, in one statement (see [`CLAIM_SQL`]).
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn claim(
+        &mut self,
+        filter: &TaskFilter,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, postgres::Error> {
+        if filter.tasks.is_empty() || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut claimed = self
+            .conn()
+            .query(
+                CLAIM_SQL,
+                &[
+                    &now,
+                    &worker,
+                    &lease_until,
+                    &filter.manager,
+                    &filter.tasks,
+                    &limit,
+                ],
+            )?
+            .iter()
+            .map(rows::claimed_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        // RETURNING has no order; run in claim order.
+        claimed.sort_by_key(|c| (std::cmp::Reverse(c.priority), c.seq));
+        Ok(claimed)
+    }
+
+    /// Records how an attempt ended, if the task is still `running` that same attempt
+    /// (`error` is a failure's [`crate::AttemptError`] as JSON). A task whose
+    /// cancellation was requested while it ran ends `cancelled` instead of being retried.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn finish_if_running(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        finish: &Finish<'_>,
+        error: Option<&str>,
+        now: i64,
+    ) -> Result<bool, postgres::Error> {
+        let attempt = i64::from(attempt);
+        let changed = match finish {
+            Finish::Completed { result } => self.conn().execute(
+                "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
+                 lease_expires_at = NULL \
+                 WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+                &[&seq, &attempt, result, &now],
+            )?,
+            Finish::Failed { transition, .. } => self.conn().execute(
+                "UPDATE castor_tasks SET \
+                 state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                         ELSE $3::text END, \
+                 scheduled_at = CASE WHEN cancel_requested_at IS NOT NULL THEN scheduled_at \
+                                ELSE coalesce($4, scheduled_at) END, \
+                 finalized_at = CASE WHEN cancel_requested_at IS NOT NULL OR $3::text IN \
+                                ('completed', 'discarded', 'cancelled') THEN $5::bigint END, \
+                 lease_expires_at = NULL, \
+                 errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($6::text::jsonb) \
+                 WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+                &[
+                    &seq,
+                    &attempt,
+                    &transition.state.as_str(),
+                    &transition.scheduled_at,
+                    &now,
+                    &error.unwrap_or("null"),
+                ],
+            )?,
+        };
+        if changed == 1 {
+            self.trim_finished_log(seq)?;
+        }
+        Ok(changed == 1)
+    }
+
+    /// Moves `scheduled` and `retryable` tasks of `manager` whose time has come to
+    /// `available`; returns how many moved.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn stage_due(&mut self, manager: &str, now: i64) -> Result<usize, postgres::Error> {
+        let moved = self.conn().execute(
+            "UPDATE castor_tasks SET state = 'available' \
+             WHERE manager = $1 AND state IN ('scheduled', 'retryable') AND scheduled_at <= $2",
+            &[&manager, &now],
+        )?;
+        Ok(usize::try_from(moved).unwrap_or(usize::MAX))
+    }
+
+    /// Gives a claimed task that never started back: `available` again, the claim's
+    /// attempt undone, if it is still running that attempt.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn release_if_running(&mut self, seq: i64, attempt: u32) -> Result<bool, postgres::Error> {
+        let changed = self.conn().execute(
+            "UPDATE castor_tasks SET state = 'available', attempt = attempt - 1, \
+             attempted_at = NULL, attempted_by = NULL, lease_expires_at = NULL \
+             WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+            &[&seq, &i64::from(attempt)],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Extends the lease of every task `worker` is running.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, postgres::Error> {
+        let renewed = self.conn().execute(
+            "UPDATE castor_tasks SET lease_expires_at = $2 \
+             WHERE attempted_by = $1 AND state = 'running'",
+            &[&worker, &until],
+        )?;
+        Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
+    }
+
+    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`]:
+    /// finding the oldest line to keep walks that many index entries, so a log is trimmed
+    /// after every [`LOG_TRIM_EVERY`] lines appended to it through this connection (the
+    /// count is the task's own, so tasks whose lines interleave are each trimmed in
+    /// turn), and when its attempt finishes ([`PostgresTx::finish_if_running`]).
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn append_log(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        at: i64,
+        level: LogLevel,
+        line: &str,
+    ) -> Result<(), postgres::Error> {
+        /// Past this many tasks counted, every one is trimmed and the counts start over
+        /// (a task finished by another worker is never removed otherwise).
+        const COUNTED: usize = 10_000;
+        self.conn().execute(
+            "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[&seq, &i64::from(attempt), &at, &level.as_str(), &line],
+        )?;
+        let lines = self.driver.log_lines.entry(seq).or_insert(0);
+        *lines += 1;
+        if i64::from(*lines) >= LOG_TRIM_EVERY {
+            *lines = 0;
+            self.trim_log(seq)?;
+        }
+        if self.driver.log_lines.len() > COUNTED {
+            for (seq, lines) in std::mem::take(&mut self.driver.log_lines) {
+                if lines > 0 {
+                    self.trim_log(seq)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Trims the log of a task whose attempt is over, if lines were appended to it through
+    /// this connection since its last trim.
+    fn trim_finished_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
+        match self.driver.log_lines.remove(&seq) {
+            Some(lines) if lines > 0 => self.trim_log(seq),
+            _ => Ok(()),
+        }
+    }
+
+    /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn trim_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
+        self.conn().execute(
+            "DELETE FROM castor_logs WHERE task_seq = $1 AND id <= \
+             (SELECT id FROM castor_logs WHERE task_seq = $1 \
+              ORDER BY id DESC LIMIT 1 OFFSET $2)",
+            &[&seq, &LOG_LINES_KEPT],
+        )?;
+        Ok(())
+    }
+
+    /// Records a running attempt's progress (ignored once the attempt is over).
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn set_progress(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        done: u64,
+        total: u64,
+        message: &str,
+    ) -> Result<(), postgres::Error> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.conn().execute(
+            "UPDATE castor_tasks SET progress_done = $3, progress_total = $4, \
+             progress_message = nullif($5, '') \
+             WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+            &[
+                &seq,
+                &i64::from(attempt),
+                &clamp(done),
+                &clamp(total),
+                &message,
+            ],
+        )?;
+        Ok(())
+    }
+}

@@ -1,0 +1,143 @@
+//! The PostgreSQL driver's change source: `LISTEN castor_changes` on a connection of its
+//! own. The schema's triggers send a `NOTIFY` on that channel when a transaction that
+//! made work available, finished a task, asked for a cancel or changed a schedule
+//! commits (see migration 1), so waiters wake within a round trip of the commit, from any
+//! host, at no cost while idle.
+//!
+//! If the connection drops (a server restart, the network), the source connects again
+//! with a growing pause ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]) and, once back,
+//! reports a change: whatever was committed meanwhile sent no notification to it, so
+//! waiters look again. The notifier's fallback tick keeps waking waiters meanwhile.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use postgres::fallible_iterator::FallibleIterator;
+use postgres::{Client, Config, NoTls};
+
+use super::{config, reason};
+use crate::Role;
+use crate::error::StoreError;
+use crate::notify::{ChangeSource, Notifier, Wake};
+use crate::target::Database;
+
+/// The channel the schema's triggers notify.
+pub const CHANNEL: &str = "castor_changes";
+
+/// The longest a wait blocks before it looks at the stop flag: the notifier's drop waits
+/// at most this long for its thread.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+
+/// The first pause before connecting again after the connection dropped.
+pub const RETRY_FIRST: Duration = Duration::from_millis(100);
+
+/// The longest pause between two tries to connect again.
+pub const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Starts the notifier for the database `url` names: one connection that listens.
+pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, StoreError> {
+    let watch_error = |reason: String| StoreError::Watch {
+        database: database.clone(),
+        reason,
+    };
+    let config = config(database, url, Role::App)?;
+    let client = listen(&config).map_err(|e| watch_error(reason(&e)))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let source = ListenSource {
+        config,
+        client: Some(client),
+        retry: RETRY_FIRST,
+        next_try: Instant::now(),
+        stop: Arc::clone(&stop),
+    };
+    Notifier::start(
+        source,
+        Box::new(move || stop.store(true, Ordering::SeqCst)),
+        format!("LISTEN {CHANNEL} on {database}"),
+    )
+    .map_err(|e| watch_error(e.to_string()))
+}
+
+/// A new connection listening on [`CHANNEL`].
+fn listen(config: &Config) -> Result<Client, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
+    Ok(client)
+}
+
+/// `LISTEN` on a connection of its own, connected again when it drops.
+struct ListenSource {
+    config: Config,
+    /// `None` while the server cannot be reached.
+    client: Option<Client>,
+    /// The pause before the next try to connect.
+    retry: Duration,
+    /// When to try connecting next.
+    next_try: Instant,
+    stop: Arc<AtomicBool>,
+}
+
+impl ListenSource {
+    /// Tries to connect again if it is time; true once connected.
+    fn reconnect(&mut self) -> bool {
+        if Instant::now() < self.next_try {
+            return false;
+        }
+        match listen(&self.config) {
+            Ok(client) => {
+                self.client = Some(client);
+                self.retry = RETRY_FIRST;
+                true
+            }
+            Err(_) => {
+                self.next_try = Instant::now() + self.retry;
+                self.retry = (self.retry * 2).min(RETRY_MAX);
+                false
+            }
+        }
+    }
+}
+
+impl ChangeSource for ListenSource {
+    fn wait(&mut self, timeout: Duration) -> Wake {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.stop.load(Ordering::SeqCst) {
+                return Wake::Stop;
+            }
+            let now = Instant::now();
+            let slice = deadline.saturating_duration_since(now).min(STOP_CHECK);
+            let Some(client) = self.client.as_mut() else {
+                if self.reconnect() {
+                    // Back: anything committed meanwhile notified nobody here.
+                    return Wake::Changed;
+                }
+                if now >= deadline {
+                    return Wake::Timeout;
+                }
+                let until_try = self.next_try.saturating_duration_since(now);
+                std::thread::sleep(slice.min(until_try).max(Duration::from_millis(1)));
+                continue;
+            };
+            let next = client.notifications().timeout_iter(slice).next();
+            match next {
+                Ok(Some(_)) => {
+                    // One wake-up for everything already queued.
+                    while let Ok(Some(_)) = client.notifications().iter().next() {}
+                    return Wake::Changed;
+                }
+                Ok(None) if !client.is_closed() => {
+                    if Instant::now() >= deadline {
+                        return Wake::Timeout;
+                    }
+                }
+                // The connection dropped: connect again at once, then with pauses.
+                Ok(None) | Err(_) => {
+                    self.client = None;
+                    self.next_try = Instant::now();
+                }
+            }
+        }
+    }
+}

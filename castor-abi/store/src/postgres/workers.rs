@@ -1,0 +1,91 @@
+//! Worker runs: registration, heartbeats, and the record of who is alive.
+
+use super::PostgresTx;
+use super::rows::u32_from;
+use crate::model::{LiveWorker, WorkerRow};
+
+impl PostgresTx<'_> {
+    /// Records a new worker run (`tasks`: its task names as a JSON array).
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn register_worker(
+        &mut self,
+        worker: &WorkerRow,
+        tasks: &str,
+    ) -> Result<(), postgres::Error> {
+        self.conn().execute(
+            "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
+             processes, tasks, started_at, heartbeat_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &worker.id,
+                &worker.manager,
+                &worker.library,
+                &worker.hostname,
+                &i64::from(worker.pid),
+                &i64::from(worker.threads),
+                &i64::from(worker.processes),
+                &tasks,
+                &worker.started_at,
+                &worker.heartbeat_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Says the worker is alive, with its running totals.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn heartbeat(
+        &mut self,
+        worker: &str,
+        now: i64,
+        completed: u64,
+        failed: u64,
+    ) -> Result<(), postgres::Error> {
+        let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.conn().execute(
+            "UPDATE castor_workers SET heartbeat_at = $2, completed = $3, failed = $4 \
+             WHERE id = $1",
+            &[&worker, &now, &clamp(completed), &clamp(failed)],
+        )?;
+        Ok(())
+    }
+
+    /// Records a clean stop.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn stop_worker(&mut self, worker: &str, now: i64) -> Result<(), postgres::Error> {
+        self.conn().execute(
+            "UPDATE castor_workers SET stopped_at = $2, heartbeat_at = $2 WHERE id = $1",
+            &[&worker, &now],
+        )?;
+        Ok(())
+    }
+
+    /// Worker runs that have not recorded a stop.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn live_workers(&mut self) -> Result<Vec<LiveWorker>, postgres::Error> {
+        self.conn()
+            .query(
+                "SELECT id, hostname, pid, heartbeat_at FROM castor_workers \
+                 WHERE stopped_at IS NULL",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(LiveWorker {
+                    id: row.try_get(0)?,
+                    hostname: row.try_get(1)?,
+                    pid: u32_from(row.try_get(2)?),
+                    heartbeat_at: row.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+}
