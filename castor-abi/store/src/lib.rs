@@ -18,6 +18,7 @@ pub mod cron;
 pub mod driver;
 mod error;
 pub mod format;
+mod log_trim;
 pub mod migrate;
 mod model;
 pub mod notify;

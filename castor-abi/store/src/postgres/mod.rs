@@ -148,9 +148,8 @@ pub struct PostgresDriver {
     database: Database,
     role: Role,
     durable: bool,
-    /// Lines appended to each task's log through this connection since it was last
-    /// trimmed (see [`PostgresTx::append_log`]).
-    log_lines: HashMap<i64, u32>,
+    /// When to trim task logs (see [`crate::log_trim`]).
+    log_trim: crate::log_trim::LogTrim,
 }
 
 impl std::fmt::Debug for PostgresDriver {
@@ -201,7 +200,7 @@ impl PostgresDriver {
             database,
             role: options.role,
             durable: options.durable,
-            log_lines: HashMap::new(),
+            log_trim: crate::log_trim::LogTrim::default(),
         };
         // The first statement: a server that answers the login but cannot run queries
         // fails here, as connecting.

@@ -60,13 +60,42 @@ pub fn fresh_url() -> String {
     with_dbname(&server, &name)
 }
 
-/// A fresh, migrated database (the conformance suite's `open`).
+/// A fresh, migrated database on the test server for one conformance case, dropped with
+/// it.
+struct Conformance {
+    url: String,
+}
+
+impl crate::conformance::TestDatabase for Conformance {
+    fn connect(&self) -> Store {
+        Store::open(self.url.as_str(), OpenOptions::app()).expect("open")
+    }
+}
+
+impl Drop for Conformance {
+    fn drop(&mut self) {
+        let name = self.url.rsplit('/').next().unwrap_or_default();
+        let name = name.split('?').next().unwrap_or_default().to_owned();
+        if let Ok(mut admin) = postgres::Client::connect(&server(), NoTls) {
+            // Best effort: a database left behind dies with the throwaway cluster.
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+/// A fresh, migrated database.
 fn fresh() -> Store {
     Store::open(fresh_url(), OpenOptions::app()).expect("open")
 }
 
+fn fresh_conformance() -> Conformance {
+    let database = Conformance { url: fresh_url() };
+    drop(crate::conformance::TestDatabase::connect(&database));
+    database
+}
+
 mod conformance {
-    crate::conformance_tests!(super::fresh);
+    crate::conformance_tests!(super::fresh_conformance);
 }
 
 #[test]

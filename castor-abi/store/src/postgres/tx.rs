@@ -16,10 +16,6 @@ use crate::model::{
 };
 use crate::state::TaskState;
 
-/// A task's log is trimmed after this many lines were appended to it (through one
-/// connection): it may hold that many lines more than [`LOG_LINES_KEPT`] while it runs.
-pub const LOG_TRIM_EVERY: i64 = 64;
-
 /// How many times an insert whose unique key was taken looks for the holder, which can
 /// finish (and free the key) between the insert and the look.
 const UNIQUE_TRIES: u32 = 3;
@@ -430,11 +426,7 @@ impl PostgresTx<'_> {
         Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
     }
 
-    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`]:
-    /// finding the oldest line to keep walks that many index entries, so a log is trimmed
-    /// after every [`LOG_TRIM_EVERY`] lines appended to it through this connection (the
-    /// count is the task's own, so tasks whose lines interleave are each trimmed in
-    /// turn), and when its attempt finishes ([`PostgresTx::finish_if_running`]).
+    /// Appends a log line to a task's log, trimming logs when [`crate::log_trim`] says.
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -446,37 +438,23 @@ impl PostgresTx<'_> {
         level: LogLevel,
         line: &str,
     ) -> Result<(), postgres::Error> {
-        /// Past this many tasks counted, every one is trimmed and the counts start over
-        /// (a task finished by another worker is never removed otherwise).
-        const COUNTED: usize = 10_000;
         self.conn().execute(
             "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
              VALUES ($1, $2, $3, $4, $5)",
             &[&seq, &i64::from(attempt), &at, &level.as_str(), &line],
         )?;
-        let lines = self.driver.log_lines.entry(seq).or_insert(0);
-        *lines += 1;
-        if i64::from(*lines) >= LOG_TRIM_EVERY {
-            *lines = 0;
-            self.trim_log(seq)?;
-        }
-        if self.driver.log_lines.len() > COUNTED {
-            for (seq, lines) in std::mem::take(&mut self.driver.log_lines) {
-                if lines > 0 {
-                    self.trim_log(seq)?;
-                }
-            }
+        for task in self.driver.log_trim.appended(seq, attempt) {
+            self.trim_log(task)?;
         }
         Ok(())
     }
 
-    /// Trims the log of a task whose attempt is over, if lines were appended to it through
-    /// this connection since its last trim.
+    /// Trims the log of a task whose attempt is over, if it may hold too many lines.
     fn trim_finished_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
-        match self.driver.log_lines.remove(&seq) {
-            Some(lines) if lines > 0 => self.trim_log(seq),
-            _ => Ok(()),
+        if self.driver.log_trim.finished(seq) {
+            self.trim_log(seq)?;
         }
+        Ok(())
     }
 
     /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].

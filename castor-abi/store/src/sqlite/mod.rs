@@ -85,9 +85,8 @@ pub struct SqliteDriver {
     database: Database,
     /// The claim statements, by the number of task names they list (see `tx.rs`).
     claims: HashMap<usize, rows::ClaimSql>,
-    /// Lines appended to each task's log through this connection, and the attempt they
-    /// were for (see [`SqliteTx::append_log`]).
-    log_lines: HashMap<i64, tx::LogCount>,
+    /// When to trim task logs (see [`crate::log_trim`]).
+    log_trim: crate::log_trim::LogTrim,
     /// The WAL hook's state (see `space.rs`). Declared after `conn`, so it outlives the
     /// connection whose hook points at it.
     wal_hook: Option<Box<space::WalHook>>,
@@ -176,7 +175,7 @@ impl SqliteDriver {
                 database,
                 wal_hook: None,
                 claims: HashMap::new(),
-                log_lines: HashMap::new(),
+                log_trim: crate::log_trim::LogTrim::default(),
             }),
             Err(e) => Err(match classify(&database, "open the database", e) {
                 StoreError::Query {

@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use super::SqliteDriver;
 use super::rows::{self, ClaimSql};
+use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
 use crate::model::{
@@ -15,7 +16,6 @@ use crate::model::{
     NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
-use crate::{LOG_LINES_KEPT, LOG_LINES_SLACK};
 
 /// A write transaction on the SQLite driver's connection (`BEGIN IMMEDIATE`). Every
 /// method is one guarded statement; dropped without a commit, it rolls back.
@@ -442,17 +442,10 @@ impl SqliteTx<'_> {
             .execute(params![worker, until])
     }
 
-    /// Appends a log line to a task's log, keeping only its newest [`LOG_LINES_KEPT`].
-    /// Finding the oldest line to keep walks that many index entries, so a log is trimmed
-    /// only when it may hold more: a first attempt's log holds only the lines counted here
-    /// (only the worker running an attempt appends to it), so it is trimmed once it passes
-    /// the limit, every [`LOG_LINES_SLACK`] lines, and when the attempt finishes
-    /// ([`SqliteTx::finish_if_running`]); a later attempt's log also holds the earlier
-    /// attempts' lines, so it is trimmed every [`LOG_LINES_SLACK`] lines and when it
-    /// finishes. A task that logs a few lines once costs no trim at all.
+    /// Appends a log line to a task's log, trimming logs when [`crate::log_trim`] says.
     ///
     /// # Errors
-    /// Fails if the statement fails.
+    /// Fails if a statement fails.
     pub fn append_log(
         &mut self,
         seq: i64,
@@ -461,10 +454,6 @@ impl SqliteTx<'_> {
         level: LogLevel,
         line: &str,
     ) -> Result<(), rusqlite::Error> {
-        /// Past this many tasks counted, every one that may be over the limit is trimmed
-        /// and the counts start over (a task finished by another worker is never removed
-        /// otherwise).
-        const COUNTED: usize = 10_000;
         self.driver
             .conn
             .prepare_cached(
@@ -472,31 +461,18 @@ impl SqliteTx<'_> {
                  VALUES (?1, ?2, ?3, ?4, ?5)",
             )?
             .execute(params![seq, attempt, at, level.as_str(), line])?;
-        let count = self.driver.log_lines.entry(seq).or_default();
-        if count.attempt != attempt {
-            *count = LogCount { attempt, lines: 0 };
-        }
-        count.lines += 1;
-        if count.may_be_over_limit() && i64::from(count.lines) % LOG_LINES_SLACK == 0 {
-            self.trim_log(seq)?;
-        }
-        if self.driver.log_lines.len() > COUNTED {
-            for (seq, count) in std::mem::take(&mut self.driver.log_lines) {
-                if count.may_be_over_limit() {
-                    self.trim_log(seq)?;
-                }
-            }
+        for task in self.driver.log_trim.appended(seq, attempt) {
+            self.trim_log(task)?;
         }
         Ok(())
     }
 
-    /// Trims the log of a task whose attempt is over, if it may hold more than
-    /// [`LOG_LINES_KEPT`] lines.
+    /// Trims the log of a task whose attempt is over, if it may hold too many lines.
     fn trim_finished_log(&mut self, seq: i64) -> Result<(), rusqlite::Error> {
-        match self.driver.log_lines.remove(&seq) {
-            Some(count) if count.may_be_over_limit() => self.trim_log(seq).map(drop),
-            _ => Ok(()),
+        if self.driver.log_trim.finished(seq) {
+            self.trim_log(seq)?;
         }
+        Ok(())
     }
 
     /// Drops a task's oldest log lines beyond [`LOG_LINES_KEPT`].
@@ -536,23 +512,5 @@ impl SqliteTx<'_> {
             )?
             .execute(params![seq, attempt, clamp(done), clamp(total), message])?;
         Ok(())
-    }
-}
-
-/// The lines appended to one task's log through a connection, for its latest attempt.
-#[derive(Debug, Default, Clone, Copy)]
-pub(super) struct LogCount {
-    /// The attempt the lines were for.
-    attempt: u32,
-    /// How many lines that attempt appended.
-    lines: u32,
-}
-
-impl LogCount {
-    /// Whether the task's log may hold more than [`LOG_LINES_KEPT`] lines: a first
-    /// attempt's log holds just the lines counted; a later one's holds the earlier
-    /// attempts' lines too.
-    fn may_be_over_limit(self) -> bool {
-        self.lines > 0 && (self.attempt > 1 || i64::from(self.lines) > LOG_LINES_KEPT)
     }
 }
