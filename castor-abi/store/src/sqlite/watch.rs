@@ -7,7 +7,8 @@
 //!   before the WAL index is updated, and with `synchronous=FULL` an fsync sits in
 //!   between), so a burst is followed by a few trailing wake-ups.
 //! - Elsewhere, or with `CASTOR_NOTIFY=poll`: a poll of `PRAGMA data_version` (it changes
-//!   when another connection commits) every [`POLL_INTERVAL`] on a connection of its own.
+//!   when another connection commits) on a connection of its own: every [`POLL_INTERVAL`]
+//!   after a change, backing off to [`POLL_INTERVAL_IDLE`] while nothing changes.
 //!   Portable, at a small cost while idle.
 
 use std::path::{Path, PathBuf};
@@ -30,8 +31,13 @@ const TRAILING: [Duration; 4] = [
     Duration::from_millis(25),
 ];
 
-/// How often the portable source reads `PRAGMA data_version`.
+/// How often the portable source reads `PRAGMA data_version` after a change.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(2);
+
+/// How often it reads it once nothing has changed for a while (each unchanged read
+/// doubles the pause up to this): an idle worker on it wakes 40 times a second, not 500,
+/// and a task dispatched to it waits at most this long to be seen.
+pub const POLL_INTERVAL_IDLE: Duration = Duration::from_millis(25);
 
 /// The environment variable that forces the polling source (`CASTOR_NOTIFY=poll`), for
 /// file systems where inotify sees no other machine's writes and for tests.
@@ -62,8 +68,9 @@ pub(super) fn start(database: &Database, path: &Path, poll: bool) -> Result<Noti
     let _ = (poll, wal_path);
     let (source, stop) = PollSource::new(path);
     let describe = format!(
-        "a poll of PRAGMA data_version every {:?} on {}",
+        "a poll of PRAGMA data_version every {:?} to {:?} on {}",
         POLL_INTERVAL,
+        POLL_INTERVAL_IDLE,
         path.display()
     );
     Notifier::start(
@@ -80,6 +87,9 @@ pub(super) struct PollSource {
     /// Opened on first use (the file may not exist yet when the notifier starts).
     conn: Option<Connection>,
     last: Option<i64>,
+    /// The pause before the next read: [`POLL_INTERVAL`] after a change, doubling up to
+    /// [`POLL_INTERVAL_IDLE`] while nothing changes.
+    interval: Duration,
     stop: Arc<AtomicBool>,
 }
 
@@ -91,6 +101,7 @@ impl PollSource {
             path: path.to_path_buf(),
             conn: None,
             last: None,
+            interval: POLL_INTERVAL,
             stop: Arc::clone(&stop),
         };
         (source, stop)
@@ -125,6 +136,7 @@ impl ChangeSource for PollSource {
                 let first = self.last.is_none();
                 self.last = version;
                 if !first {
+                    self.interval = POLL_INTERVAL;
                     return Wake::Changed;
                 }
             }
@@ -132,7 +144,8 @@ impl ChangeSource for PollSource {
             if now >= deadline {
                 return Wake::Timeout;
             }
-            std::thread::sleep(POLL_INTERVAL.min(deadline - now));
+            std::thread::sleep(self.interval.min(deadline - now));
+            self.interval = (self.interval * 2).min(POLL_INTERVAL_IDLE);
         }
     }
 }
