@@ -18,8 +18,10 @@ use crate::cli::CheckArgs;
 struct Report {
     database: String,
     bytes: Option<u64>,
-    /// `PRAGMA integrity_check`'s problems (at most `CHECK_PROBLEMS`); empty when sound.
+    /// The full check's problems (at most `CHECK_PROBLEMS`); empty when sound.
     integrity: Vec<String>,
+    /// What the full check runs (SQLite: `PRAGMA integrity_check`).
+    check: &'static str,
     check_ms: u64,
     schema_version: Option<u32>,
     supported_schema_version: u32,
@@ -74,6 +76,7 @@ fn check(store: &Store) -> Report {
         database: store.database().to_string(),
         bytes: store.size().ok(),
         integrity: Vec::new(),
+        check: store.integrity_check_name(),
         check_ms,
         schema_version: None,
         supported_schema_version: store.migrations().last().map_or(0, |m| m.version),
@@ -90,7 +93,7 @@ fn check(store: &Store) -> Report {
             let reason = reason(e);
             report
                 .problems
-                .push(format!("PRAGMA integrity_check cannot run: {reason}"));
+                .push(format!("{} cannot run: {reason}", report.check));
             report.integrity = vec![reason.clone()];
             report.tasks_error = Some(reason);
             return report;
@@ -98,8 +101,9 @@ fn check(store: &Store) -> Report {
     }
     if !report.integrity.is_empty() {
         report.problems.push(format!(
-            "PRAGMA integrity_check found {} problem(s); recover the file as README's \
+            "{} found {} problem(s); recover the file as README's \
              \"Recovering a damaged database\" says",
+            report.check,
             report.integrity.len()
         ));
     }
@@ -155,11 +159,12 @@ fn print(report: &Report) {
     println!("database   {} ({size})", report.database);
     let took = format_duration(std::time::Duration::from_millis(report.check_ms));
     if report.integrity.is_empty() {
-        println!("integrity  ok (PRAGMA integrity_check, {took})");
+        println!("integrity  ok ({}, {took})", report.check);
     } else {
         println!(
-            "integrity  {} problem(s) (PRAGMA integrity_check, {took}):",
-            report.integrity.len()
+            "integrity  {} problem(s) ({}, {took}):",
+            report.integrity.len(),
+            report.check
         );
         for problem in &report.integrity {
             println!("  {problem}");

@@ -65,8 +65,9 @@ pub struct WorkerArgs {
     #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = parse_duration)]
     pub kill_grace: Duration,
 
-    /// Use this database instead of the manager's: a SQLite file (`tasks.db`) or
-    /// `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    /// Use this database instead of the manager's: a SQLite file (`tasks.db`,
+    /// `sqlite:///abs/path.db`) or a PostgreSQL URL (`postgres://user@host/db`). Also read
+    /// from CASTOR_DATABASE.
     #[arg(long, value_name = "DATABASE", env = "CASTOR_DATABASE", value_parser = parse_database)]
     pub db: Option<Database>,
 
@@ -147,7 +148,8 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct DbArgs {
     /// The database (default: the library's manager's, with --lib; else ./tasks.db): a
-    /// SQLite file or `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    /// SQLite file (`sqlite:///abs/path.db`) or a PostgreSQL URL. Also read from
+    /// CASTOR_DATABASE.
     #[arg(long, value_name = "DATABASE", global = true, env = "CASTOR_DATABASE", value_parser = parse_database)]
     pub db: Option<Database>,
 
@@ -170,7 +172,8 @@ pub struct DbArgs {
 #[derive(Debug, Args)]
 pub struct InspectArgs {
     /// The database (default: the library's manager's, with --lib; else ./tasks.db): a
-    /// SQLite file or `sqlite:///abs/path.db`. Also read from CASTOR_DATABASE.
+    /// SQLite file (`sqlite:///abs/path.db`) or a PostgreSQL URL. Also read from
+    /// CASTOR_DATABASE.
     #[arg(long, value_name = "DATABASE", global = true, env = "CASTOR_DATABASE", value_parser = parse_database)]
     pub db: Option<Database>,
 

@@ -194,4 +194,21 @@ fn the_cli_reads_a_postgres_database() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("initial"), "{stdout}");
+    // `castor check` says what it ran on this engine, and counts the task.
+    let out = Command::new(castor_bin())
+        .args(["check", "--db", &db.url])
+        .current_dir(dir.path())
+        .output()
+        .expect("run castor check");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "castor check failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("integrity  ok (a read of every castor table"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("PRAGMA"), "{stdout}");
 }

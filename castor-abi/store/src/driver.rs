@@ -171,6 +171,10 @@ pub trait Driver: Send {
     /// The check cannot run at all.
     fn integrity_check(&self) -> Result<Vec<String>, StoreError>;
 
+    /// What [`Driver::integrity_check`] runs, as `castor check` names it to a user
+    /// (SQLite: `PRAGMA integrity_check`).
+    fn integrity_check_name(&self) -> &'static str;
+
     /// The tables and indexes of the current schema that the database lacks.
     ///
     /// # Errors

@@ -632,6 +632,10 @@ impl Driver for PostgresDriver {
         PostgresDriver::check(self).map(|()| Vec::new())
     }
 
+    fn integrity_check_name(&self) -> &'static str {
+        "a read of every castor table"
+    }
+
     fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
         PostgresDriver::missing_schema_objects(self)
     }

@@ -953,6 +953,10 @@ impl Driver for SqliteDriver {
         SqliteDriver::integrity_check(self)
     }
 
+    fn integrity_check_name(&self) -> &'static str {
+        "PRAGMA integrity_check"
+    }
+
     fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
         SqliteDriver::missing_schema_objects(self)
     }
