@@ -195,3 +195,154 @@ fn the_cli_reads_a_postgres_database() {
     );
     assert!(stdout.contains("initial"), "{stdout}");
 }
+
+/// `delay_in` inserts the task inside the app's own transaction: nothing of it is seen
+/// (no row, no wake-up) before the app commits; at the commit the workers are told
+/// (`NOTIFY`), and a real worker runs it, along with the app's own row.
+#[test]
+fn a_task_dispatched_in_a_committed_transaction_runs() {
+    use castor_abi::postgres::fallible_iterator::FallibleIterator;
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+    app.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY)")
+        .expect("create the app's table");
+    let mut listener = PgClient::connect(&db.url, NoTls).expect("connect a listener");
+    listener
+        .batch_execute("LISTEN castor_changes")
+        .expect("listen");
+
+    let mut tx = app.transaction().expect("begin");
+    tx.execute("INSERT INTO orders (id) VALUES (1)", &[])
+        .expect("the app's own write");
+    let handle = fx::add::delay_in(&mut tx, &client, 2, 3).expect("delay_in");
+    let seen_before = Store::open(db.url.as_str(), OpenOptions::app())
+        .expect("open")
+        .snapshot(handle.id())
+        .expect("read");
+    assert!(
+        seen_before.is_none(),
+        "the task is invisible before the commit"
+    );
+    assert_eq!(
+        listener.notifications().iter().count().expect("poll"),
+        0,
+        "no wake-up before the commit"
+    );
+    tx.commit().expect("commit");
+    let woken = listener
+        .notifications()
+        .timeout_iter(PATIENCE)
+        .next()
+        .expect("receive");
+    assert!(woken.is_some(), "the commit wakes the workers");
+
+    let worker = worker(&dir, &db.url, &["--quiet"]);
+    assert_eq!(handle.join(PATIENCE).expect("join"), 5);
+    let orders: i64 = app
+        .query_one("SELECT count(*) FROM orders", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(orders, 1);
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// A rolled-back transaction takes its task with it: no row, and nothing runs, while a
+/// task dispatched after it (the marker) runs on the same worker.
+#[test]
+fn a_task_dispatched_in_a_rolled_back_transaction_never_exists() {
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &db.url, &["--quiet"]);
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let file = dir.path().join("runs.txt");
+    let path = file.to_string_lossy().into_owned();
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+
+    let mut tx = app.transaction().expect("begin");
+    let rolled_back = fx::record::delay_in(&mut tx, &client, path.clone(), "rolled back".into(), 0)
+        .expect("delay_in");
+    tx.rollback().expect("roll back");
+    // Dropped without a commit is a rollback too.
+    let mut tx = app.transaction().expect("begin");
+    let dropped = fx::record::delay_in(&mut tx, &client, path.clone(), "dropped".into(), 0)
+        .expect("delay_in");
+    drop(tx);
+
+    let marker = fx::record::delay(&client, path, "marker".into(), 0).expect("delay");
+    marker.join(PATIENCE).expect("the marker runs");
+    let runs = recorded(&file);
+    assert_eq!(runs.get("marker"), Some(&1), "{runs:?}");
+    assert_eq!(runs.len(), 1, "only the marker ran: {runs:?}");
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    for handle in [rolled_back, dropped] {
+        assert!(
+            store.snapshot(handle.id()).expect("read").is_none(),
+            "no row for a rolled-back task"
+        );
+    }
+    let total: u64 = store
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, 1, "only the marker's row");
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// `delay_in` refuses, with a sentence that says why, a manager on SQLite and invalid
+/// options, writing nothing; the app's transaction is still usable after either.
+#[test]
+fn delay_in_refuses_a_sqlite_manager_and_invalid_options() {
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let on_sqlite = dir.client();
+    let on_postgres = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+    let mut tx = app.transaction().expect("begin");
+
+    let error = fx::add::delay_in(&mut tx, &on_sqlite, 1, 2)
+        .expect_err("a SQLite manager is refused")
+        .to_string();
+    assert!(
+        error.contains("not one") && error.contains("postgres://") && error.contains("`add`"),
+        "{error}"
+    );
+    let options = castor_abi::DelayOptions::new().max_attempts(0);
+    let error = fx::add::delay_in_with(&mut tx, &on_postgres, &options, 1, 2)
+        .expect_err("invalid options are refused")
+        .to_string();
+    assert!(error.contains("max_attempts"), "{error}");
+
+    // The transaction was not aborted: a valid dispatch in it still works.
+    let handle = fx::add::delay_in(&mut tx, &on_postgres, 1, 2).expect("delay_in");
+    tx.commit().expect("commit");
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    let total: u64 = store
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, 1, "only the valid dispatch wrote");
+    assert!(store.snapshot(handle.id()).expect("read").is_some());
+}
