@@ -315,4 +315,33 @@ mod tests {
         assert_eq!(e2e.map(|t| t.met), Some(None));
         assert!(summary(&targets).contains("NOT MET (20% short)"));
     }
+
+    #[test]
+    fn a_ratio_target_reads_the_ceiling_ratio() {
+        let mut report = Report::new("test".into(), 1, false);
+        report.results.push(Measurement::new(
+            "pg_drain_1",
+            "drain",
+            "/s",
+            vec![5_000.0],
+            Some(("raw pg cycle", 2_000.0)),
+        ));
+        let targets = evaluate(&report);
+        let judged: Vec<_> = targets
+            .iter()
+            .filter(|t| t.scenario == "pg_drain_1")
+            .map(|t| (t.goal.as_str(), t.met, t.miss.as_deref()))
+            .collect();
+        assert_eq!(
+            judged,
+            [
+                (">= 20,000 /s", Some(false), Some("75% short")),
+                (
+                    ">= 3.00x its ceiling",
+                    Some(false),
+                    Some("2.50x of its ceiling")
+                ),
+            ]
+        );
+    }
 }
