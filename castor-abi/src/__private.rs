@@ -338,6 +338,23 @@ pub fn delay<A, R>(
     Ok(TaskHandle::dispatched(id, spec.name, backend))
 }
 
+/// `my_task::delay_in_with(tx, to, options, args..)`: the insert runs on `tx`, the app's
+/// own PostgreSQL transaction.
+#[cfg(feature = "postgres")]
+pub fn delay_in<A, R>(
+    tx: &mut impl postgres::GenericClient,
+    to: &crate::Client,
+    spec: TaskSpec,
+    options: &DelayOptions,
+    args: &A,
+    codec: Codec<A>,
+) -> Result<TaskHandle<R>, DispatchError> {
+    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let bytes = encode_args(&spec, args, codec)?;
+    let id = to.dispatch_in(tx, spec.name, &bytes, &resolved)?;
+    Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0))
+}
+
 /// `my_task::delay_many(to, args)`: one transaction for all of them.
 pub fn delay_many<A, R>(
     to: &impl Dispatch,

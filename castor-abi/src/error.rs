@@ -48,6 +48,21 @@ pub enum DispatchError {
         /// What is wrong.
         reason: String,
     },
+    /// `delay_in` was given a manager whose database is not PostgreSQL: only a
+    /// PostgreSQL database can take a task inside the app's own transaction.
+    #[error(
+        "task `{task}`: `delay_in` dispatches inside a PostgreSQL transaction, but manager \
+         `{manager}` uses {database}, which is not one; use `delay`, or point the manager at a \
+         postgres:// URL"
+    )]
+    NotPostgres {
+        /// The task's name.
+        task: String,
+        /// The manager's name.
+        manager: String,
+        /// The manager's database.
+        database: castor_store::Database,
+    },
     /// The database refused the write.
     #[error(transparent)]
     Store(#[from] StoreError),

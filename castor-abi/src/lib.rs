@@ -94,6 +94,31 @@ pub use castor_store::{
 };
 pub use uuid::Uuid;
 
+/// The synchronous `postgres` client crate castor's PostgreSQL driver is built on, for
+/// `my_task::delay_in(&mut tx, &client, ..)`, which dispatches inside the app's own
+/// transaction: open the connection with this crate (`castor_abi::postgres::Client`) so
+/// that the versions match.
+#[cfg(feature = "postgres")]
+pub use postgres;
+
+/// Expands its input with castor-abi's `postgres` feature, to nothing without (the
+/// `#[task]` macro's `delay_in` goes through it: the feature is castor-abi's, not the
+/// app's).
+#[cfg(feature = "postgres")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_postgres {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// Expands its input with castor-abi's `postgres` feature, to nothing without.
+#[cfg(not(feature = "postgres"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_postgres {
+    ($($item:tt)*) => {};
+}
+
 /// castor-abi's crate version: the release, which may change without the plugin
 /// ABI changing ([`abi::ABI_VERSION`] is what a worker and a library must agree on).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

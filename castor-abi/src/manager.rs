@@ -280,6 +280,31 @@ impl Client {
         TaskHandle::attach(id, task, Arc::clone(&self.inner) as Arc<dyn Backend>)
     }
 
+    /// Inserts a task with the manager's name through the app's own PostgreSQL client or
+    /// transaction (the generated `my_task::delay_in`).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn dispatch_in(
+        &self,
+        tx: &mut impl postgres::GenericClient,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+    ) -> Result<Uuid, DispatchError> {
+        let inner = &self.inner;
+        inner.check_task(task)?;
+        if !matches!(inner.database, Database::Postgres(_)) {
+            return Err(DispatchError::NotPostgres {
+                task: task.to_owned(),
+                manager: inner.manager.clone(),
+                database: inner.database.clone(),
+            });
+        }
+        let new = options.new_task(&inner.manager, task, args);
+        let enqueued =
+            castor_store::postgres::enqueue_in(tx, &inner.database, &new, castor_store::now_us())?;
+        Ok(enqueued.id)
+    }
+
     /// A task context outside any worker, for calling a task function directly in a test:
     /// dispatches go to this client's database, logs go to stderr.
     pub fn context(&self, task: &str) -> TaskContext {

@@ -8,7 +8,8 @@ use castor_fixture_tasks as fx;
 use castor_store::{ListFilter, OpenOptions, Store, TaskState};
 
 use crate::support::{
-    PATIENCE, TestDir, Worker, castor_bin, fixture_app, recorded, tasks_target, wait_until,
+    PATIENCE, TestDir, Worker, castor_bin, fixture_app, recorded, tasks_target, wait_for_state,
+    wait_until, wait_until_begun,
 };
 
 /// The environment variable naming the test server.
@@ -69,11 +70,16 @@ fn with_dbname(url: &str, name: &str) -> String {
     }
 }
 
-/// Starts `castor TARGET --db URL ARGS..` in `dir`.
+/// Starts `castor TARGET --db URL ARGS..` in `dir`, for the fixture's `manager`.
 fn worker(dir: &TestDir, url: &str, args: &[&str]) -> Worker {
+    worker_of(dir, url, "manager", args)
+}
+
+/// Starts `castor LIB:MANAGER --db URL ARGS..` in `dir`.
+fn worker_of(dir: &TestDir, url: &str, manager: &str, args: &[&str]) -> Worker {
     let mut command = Command::new(castor_bin());
     command
-        .arg(tasks_target("manager"))
+        .arg(tasks_target(manager))
         .arg("--db")
         .arg(url)
         .args(args)
@@ -211,4 +217,356 @@ fn the_cli_reads_a_postgres_database() {
         "{stdout}"
     );
     assert!(!stdout.contains("PRAGMA"), "{stdout}");
+}
+
+/// `delay_in` inserts the task inside the app's own transaction: nothing of it is seen
+/// (no row, no wake-up) before the app commits; at the commit the workers are told
+/// (`NOTIFY`), and a real worker runs it, along with the app's own row.
+#[test]
+fn a_task_dispatched_in_a_committed_transaction_runs() {
+    use castor_abi::postgres::fallible_iterator::FallibleIterator;
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+    app.batch_execute("CREATE TABLE orders (id bigint PRIMARY KEY)")
+        .expect("create the app's table");
+    let mut listener = PgClient::connect(&db.url, NoTls).expect("connect a listener");
+    listener
+        .batch_execute("LISTEN castor_changes")
+        .expect("listen");
+
+    let mut tx = app.transaction().expect("begin");
+    tx.execute("INSERT INTO orders (id) VALUES (1)", &[])
+        .expect("the app's own write");
+    let handle = fx::add::delay_in(&mut tx, &client, 2, 3).expect("delay_in");
+    let seen_before = Store::open(db.url.as_str(), OpenOptions::app())
+        .expect("open")
+        .snapshot(handle.id())
+        .expect("read");
+    assert!(
+        seen_before.is_none(),
+        "the task is invisible before the commit"
+    );
+    assert_eq!(
+        listener.notifications().iter().count().expect("poll"),
+        0,
+        "no wake-up before the commit"
+    );
+    tx.commit().expect("commit");
+    let woken = listener
+        .notifications()
+        .timeout_iter(PATIENCE)
+        .next()
+        .expect("receive");
+    assert!(woken.is_some(), "the commit wakes the workers");
+
+    let worker = worker(&dir, &db.url, &["--quiet"]);
+    assert_eq!(handle.join(PATIENCE).expect("join"), 5);
+    let orders: i64 = app
+        .query_one("SELECT count(*) FROM orders", &[])
+        .expect("count")
+        .get(0);
+    assert_eq!(orders, 1);
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// A rolled-back transaction takes its task with it: no row, and nothing runs, while a
+/// task dispatched after it (the marker) runs on the same worker.
+#[test]
+fn a_task_dispatched_in_a_rolled_back_transaction_never_exists() {
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &db.url, &["--quiet"]);
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let file = dir.path().join("runs.txt");
+    let path = file.to_string_lossy().into_owned();
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+
+    let mut tx = app.transaction().expect("begin");
+    let rolled_back = fx::record::delay_in(&mut tx, &client, path.clone(), "rolled back".into(), 0)
+        .expect("delay_in");
+    tx.rollback().expect("roll back");
+    // Dropped without a commit is a rollback too.
+    let mut tx = app.transaction().expect("begin");
+    let dropped = fx::record::delay_in(&mut tx, &client, path.clone(), "dropped".into(), 0)
+        .expect("delay_in");
+    drop(tx);
+
+    let marker = fx::record::delay(&client, path, "marker".into(), 0).expect("delay");
+    marker.join(PATIENCE).expect("the marker runs");
+    let runs = recorded(&file);
+    assert_eq!(runs.get("marker"), Some(&1), "{runs:?}");
+    assert_eq!(runs.len(), 1, "only the marker ran: {runs:?}");
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    for handle in [rolled_back, dropped] {
+        assert!(
+            store.snapshot(handle.id()).expect("read").is_none(),
+            "no row for a rolled-back task"
+        );
+    }
+    let total: u64 = store
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, 1, "only the marker's row");
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// `delay_in` refuses, with a sentence that says why, a manager on SQLite and invalid
+/// options, writing nothing; the app's transaction is still usable after either.
+#[test]
+fn delay_in_refuses_a_sqlite_manager_and_invalid_options() {
+    use castor_abi::postgres::{Client as PgClient, NoTls};
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let on_sqlite = dir.client();
+    let on_postgres = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let mut app = PgClient::connect(&db.url, NoTls).expect("connect the app");
+    let mut tx = app.transaction().expect("begin");
+
+    let error = fx::add::delay_in(&mut tx, &on_sqlite, 1, 2)
+        .expect_err("a SQLite manager is refused")
+        .to_string();
+    assert!(
+        error.contains("not one") && error.contains("postgres://") && error.contains("`add`"),
+        "{error}"
+    );
+    let options = castor_abi::DelayOptions::new().max_attempts(0);
+    let error = fx::add::delay_in_with(&mut tx, &on_postgres, &options, 1, 2)
+        .expect_err("invalid options are refused")
+        .to_string();
+    assert!(error.contains("max_attempts"), "{error}");
+
+    // The transaction was not aborted: a valid dispatch in it still works.
+    let handle = fx::add::delay_in(&mut tx, &on_postgres, 1, 2).expect("delay_in");
+    tx.commit().expect("commit");
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    let total: u64 = store
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, 1, "only the valid dispatch wrote");
+    assert!(store.snapshot(handle.id()).expect("read").is_some());
+}
+
+/// A worker killed (SIGKILL) while running tasks, on what its row says is another host (so
+/// no pid check can tell it is gone): another worker rescues its tasks once its heartbeat
+/// is older than the lease, and runs them again, each once more.
+#[test]
+fn a_dead_workers_tasks_are_rescued_by_another_after_its_lease() {
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let lease = ["--quiet", "--threads", "4", "--lease", "2s"];
+    let doomed = worker(&dir, &db.url, &lease);
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let handles: Vec<_> = (0..3)
+        .map(|_| fx::sleep_ms::delay(&client, 1_500).expect("delay"))
+        .collect();
+    for handle in &handles {
+        wait_until_begun(handle);
+    }
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    let dead = store.workers(true).expect("workers").remove(0).id;
+    doomed.signal(libc::SIGKILL);
+    let killed = doomed.wait();
+    assert!(!killed.status.success(), "killed");
+    // As if it ran on another machine: only its silence can tell the others it is dead.
+    admin(&db.url)
+        .execute(
+            "UPDATE castor_workers SET hostname = 'another-host' WHERE id = $1",
+            &[&dead],
+        )
+        .expect("move the dead worker to another host");
+
+    let rescuer = worker(&dir, &db.url, &lease);
+    for handle in &handles {
+        assert_eq!(handle.join(PATIENCE).expect("join"), 1_500);
+        let task = store.snapshot(handle.id()).expect("read").expect("exists");
+        assert_eq!(task.attempt, 2, "run again once: {task:?}");
+        assert_ne!(task.attempted_by.as_deref(), Some(dead.as_str()));
+        let first = task
+            .errors
+            .first()
+            .expect("the abandoned attempt is recorded");
+        assert_eq!(first.worker.as_deref(), Some(dead.as_str()));
+        assert!(
+            first.error.contains("sent no heartbeat"),
+            "rescued for its silence, not by a pid check: {}",
+            first.error
+        );
+    }
+    let stopped = rescuer.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// Two workers serve one periodic task: each tick makes one run, and each run runs once.
+#[test]
+fn each_periodic_tick_runs_once_with_two_workers() {
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| worker_of(&dir, &db.url, "clock", &["--quiet"]))
+        .collect();
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    wait_until("six ticks", || {
+        store
+            .schedules(Some("clock"))
+            .is_ok_and(|s| s.first().is_some_and(|s| s.runs >= 6))
+    });
+    for worker in workers {
+        let stopped = worker.stop();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+    let schedules = store.schedules(Some("clock")).expect("list");
+    assert_eq!(schedules.len(), 1, "declared once by two workers");
+    let schedule = &schedules[0];
+    let runs = store.schedule_runs(schedule.id).expect("runs");
+    assert_eq!(runs.len() as u32, schedule.runs, "one run per tick");
+    let mut created: Vec<i64> = runs
+        .iter()
+        .map(|id| {
+            store
+                .snapshot(*id)
+                .expect("read")
+                .expect("exists")
+                .created_at
+        })
+        .collect();
+    created.sort_unstable();
+    for pair in created.windows(2) {
+        assert!(
+            pair[1] - pair[0] > 150_000,
+            "two runs {}us apart: a tick ran twice",
+            pair[1] - pair[0]
+        );
+    }
+    let ticks = recorded(&dir.path().join("ticks.txt"));
+    assert!(
+        ticks.values().all(|&n| n == 1),
+        "a run ran twice: {ticks:?}"
+    );
+    assert!(
+        ticks.len() + 2 >= runs.len(),
+        "runs completed: {} of {}",
+        ticks.len(),
+        runs.len()
+    );
+}
+
+/// An app's cancel reaches the task where it runs, on one of two workers: the running
+/// attempt sees it and the task ends `cancelled`.
+#[test]
+fn a_cancel_reaches_a_task_running_on_another_worker() {
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let workers = [
+        worker(&dir, &db.url, &["--quiet"]),
+        worker(&dir, &db.url, &["--quiet"]),
+    ];
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    // Runs until it sees its cancellation: without the cancel it never ends.
+    let handle = fx::wait_for_cancel::delay(&client).expect("delay");
+    wait_for_state(&handle, TaskState::Running);
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    let runner = store
+        .snapshot(handle.id())
+        .expect("read")
+        .and_then(|t| t.attempted_by)
+        .expect("a worker runs it");
+    assert_eq!(
+        handle.cancel().expect("cancel"),
+        castor_store::CancelOutcome::Requested
+    );
+    wait_for_state(&handle, TaskState::Cancelled);
+    let task = store.snapshot(handle.id()).expect("read").expect("exists");
+    assert_eq!(task.attempted_by.as_deref(), Some(runner.as_str()));
+    assert_eq!(task.attempt, 1, "not run again");
+    for worker in workers {
+        let stopped = worker.stop();
+        assert!(stopped.status.success(), "{}", stopped.stderr);
+    }
+}
+
+/// Two apps (two connections) racing to dispatch with one unique key get one task: the
+/// same id everywhere, one row; another task name keeps its own key; once a worker has
+/// run the task, the key is free again.
+#[test]
+fn unique_keys_hold_across_two_apps() {
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let options = castor_abi::DelayOptions::new().unique("nightly");
+    let ids: Vec<castor_abi::Uuid> = std::thread::scope(|scope| {
+        let apps: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let client = fx::manager()
+                        .with_database(db.url.as_str())
+                        .open()
+                        .expect("open an app's client");
+                    (0..50)
+                        .map(|_| {
+                            fx::add::delay_with(&client, &options, 1, 2)
+                                .expect("delay")
+                                .id()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        apps.into_iter()
+            .flat_map(|app| app.join().expect("an app panicked"))
+            .collect()
+    });
+    assert_eq!(ids.len(), 100);
+    assert!(ids.iter().all(|id| *id == ids[0]), "one task for one key");
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let other = fx::noop::delay_with(&client, &options).expect("delay");
+    assert_ne!(other.id(), ids[0], "keys are per task name");
+    let store = Store::open(db.url.as_str(), OpenOptions::app()).expect("open");
+    let total: u64 = store
+        .counts()
+        .expect("counts")
+        .iter()
+        .map(|c| c.count)
+        .sum();
+    assert_eq!(total, 2, "one row per task name");
+
+    let worker = worker(&dir, &db.url, &["--quiet"]);
+    let first = client.handle::<i64>(ids[0], "add");
+    assert_eq!(first.join(PATIENCE).expect("join"), 3);
+    let again = fx::add::delay_with(&client, &options, 1, 2).expect("delay");
+    assert_ne!(again.id(), ids[0], "a finished task frees its key");
+    assert_eq!(again.join(PATIENCE).expect("join"), 3);
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
 }

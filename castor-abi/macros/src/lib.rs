@@ -21,7 +21,8 @@ use syn::{
 /// ```
 ///
 /// The function is kept as written. Next to it, a module of the same name holds `NAME`,
-/// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`.
+/// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`
+/// (and `delay_in`, `delay_in_with` with castor-abi's `postgres` feature).
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     match expand_task(attr.into(), item.into()) {
@@ -470,6 +471,38 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
                 ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args)
+            }
+
+            ::castor_abi::__if_postgres! {
+                /// Dispatches the task inside the app's own PostgreSQL transaction `tx`
+                /// (a `castor_abi::postgres::Transaction`, or any of its clients): it
+                /// exists, and a worker hears of it, if and only if `tx` commits. `to`
+                /// is the manager's client, on the same database; join the handle after
+                /// the commit.
+                ///
+                /// # Errors
+                /// As `delay`, and a manager whose database is not PostgreSQL. A failed
+                /// insert has aborted `tx`: roll it back.
+                pub fn delay_in(
+                    tx: &mut impl ::castor_abi::postgres::GenericClient,
+                    to: &::castor_abi::Client,
+                    #(#arg_names: #arg_types),*
+                ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+                    ::castor_abi::__private::delay_in(tx, to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args)
+                }
+
+                /// As `delay_in`, with options (as `delay_with`).
+                ///
+                /// # Errors
+                /// As `delay_in`, and invalid options (then nothing is written).
+                pub fn delay_in_with(
+                    tx: &mut impl ::castor_abi::postgres::GenericClient,
+                    to: &::castor_abi::Client,
+                    options: &::castor_abi::DelayOptions,
+                    #(#arg_names: #arg_types),*
+                ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+                    ::castor_abi::__private::delay_in(tx, to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args)
+                }
             }
 
             /// Dispatches one task per argument tuple, all in one transaction.

@@ -119,7 +119,7 @@ fn filled_under_a_worker(
 ) -> Result<(f64, f64), String> {
     let fs = Tmpfs::mount(options, &format!("full-disk-running-{run}"))?;
     let target = format!("{}:bench_threads", options.library.display());
-    let worker = Worker::start_target(options, &target, &fs.db(), &["--threads", "4"])?;
+    let worker = Worker::start_target(options, &target, fs.db(), &["--threads", "4"])?;
     let app = castor_bench::bench_threads()
         .with_database(fs.db())
         .open()
@@ -151,7 +151,7 @@ fn started_on_a_full_disk(
         .map_err(|e| e.to_string())?;
     let filler = fs.fill()?;
     let target = format!("{}:bench_threads", options.library.display());
-    let worker = Worker::start_target(options, &target, &fs.db(), &[])?;
+    let worker = Worker::start_target(options, &target, fs.db(), &[])?;
     std::thread::sleep(Duration::from_millis(500));
     let cpu = cpu_share(&worker, failing);
     std::fs::remove_file(&filler).map_err(|e| format!("cannot free the space: {e}"))?;

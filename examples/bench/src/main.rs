@@ -7,7 +7,8 @@
 //! Scenarios: the raw-SQLite ceilings (`ceiling`), dispatch, drain, end to end, round
 //! trip (per shape of library) and process mode (`scenarios`), the same with `--durable`,
 //! the idle costs (`idle`), a large backlog (`backlog`), several workers or apps on one
-//! file (`several`), and a full disk (`full_disk`).
+//! file (`several`), a full disk (`full_disk`), and the same library on PostgreSQL against
+//! that server's own ceiling (`postgres`).
 //!
 //! Timing goals live here, never in tests: a busy machine makes this slower, not red.
 
@@ -15,6 +16,7 @@ mod backlog;
 mod ceiling;
 mod full_disk;
 mod idle;
+mod postgres;
 mod scenarios;
 mod several;
 mod table;
@@ -58,6 +60,16 @@ impl Options {
         if self.quick { (full / 10).max(1) } else { full }
     }
 
+    /// Whether `--only` names PostgreSQL scenarios alone (`--only postgres`): then the
+    /// SQLite scenarios, their ceilings included, are left out.
+    pub fn only_postgres(&self) -> bool {
+        !self.only.is_empty()
+            && self
+                .only
+                .iter()
+                .all(|o| o.starts_with("postgres") || o.starts_with("pg_"))
+    }
+
     /// Whether `--only` selects a scenario: one of its words is part of the scenario's
     /// id or its printed name.
     pub fn wants(&self, id: &str, name: &str) -> bool {
@@ -96,7 +108,10 @@ const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [
                  roundtrip (and roundtrip_threads, roundtrip_processes), process, thread_noop, idle
                  (idle_worker_threads, idle_worker_processes, idle_worker,
                  idle_scheduled_ahead, idle_after_burst, idle_dashboard, idle_join),
-                 durable, backlog, workers, apps, full_disk (mounts a tmpfs: root only)
+                 durable, backlog, workers, apps, full_disk (mounts a tmpfs: root only);
+                 postgres runs the PostgreSQL scenarios alone (pg_raw_cycle, pg_drain_1,
+                 pg_drain_2, pg_drain_4, pg_e2e, pg_roundtrip, pg_idle; their raw ceilings
+                 always run) on a throwaway local cluster, or on CASTOR_BENCH_POSTGRES
   --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
 
   castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile
@@ -186,11 +201,14 @@ fn run(options: Options) -> Result<(), String> {
         .map_err(|e| format!("cannot create {}: {e}", options.scratch.display()))?;
     let mut report = Report::new(machine(), options.runs, options.quick);
     println!("{}", report.header());
-    let ceilings = ceiling::measure_all(&options, &mut report)?;
-    scenarios::run_all(&options, &ceilings, &mut report)?;
-    backlog::run(&options, &ceilings, &mut report)?;
-    several::run(&options, &ceilings, &mut report)?;
-    full_disk::run(&options, &mut report)?;
+    if !options.only_postgres() {
+        let ceilings = ceiling::measure_all(&options, &mut report)?;
+        scenarios::run_all(&options, &ceilings, &mut report)?;
+        backlog::run(&options, &ceilings, &mut report)?;
+        several::run(&options, &ceilings, &mut report)?;
+        full_disk::run(&options, &mut report)?;
+    }
+    postgres::run(&options, &mut report)?;
     report.targets = targets::evaluate(&report);
     report.write_json(&options.json)?;
     println!("\n{}", report.table());

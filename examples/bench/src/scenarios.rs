@@ -57,9 +57,13 @@ pub fn durability(durable: bool) -> &'static [&'static str] {
 /// Waits until no task of the bench manager is unfinished, waking on each commit.
 /// (Counts the unfinished tasks on each wake-up: fine for tens of thousands, too slow
 /// for a large backlog, which waits on the last task's handle instead.)
-pub fn wait_drained(db: &Path, timeout: Duration) -> Result<(), String> {
-    let store = Store::open(db, OpenOptions::app()).map_err(err)?;
-    let watcher = castor_store::notifier(&castor_store::Database::from(db)).map_err(err)?;
+pub fn wait_drained(
+    db: impl Into<castor_store::Database>,
+    timeout: Duration,
+) -> Result<(), String> {
+    let database = db.into();
+    let store = Store::open(&database, OpenOptions::app()).map_err(err)?;
+    let watcher = castor_store::notifier(&database).map_err(err)?;
     let deadline = Instant::now() + timeout;
     loop {
         let generation = watcher.generation();

@@ -12,6 +12,9 @@ enum Goal {
     AtLeast(f64),
     /// Met when the median is below this.
     Below(f64),
+    /// Met when the median is at least this many times its ceiling (the raw figure it
+    /// is read against).
+    CeilingAtLeast(f64),
     /// Met when the scenario was measured at all (a figure the issue wants reported).
     Reported,
 }
@@ -145,6 +148,38 @@ const TARGETS: &[Target] = &[
         unit: "/s",
         goal: Goal::Reported,
     },
+    Target {
+        text: "PostgreSQL: drain of queued no-op tasks with one worker: at least 20,000 tasks/s",
+        scenario: "pg_drain_1",
+        unit: "/s",
+        goal: Goal::AtLeast(20_000.0),
+    },
+    Target {
+        text: "PostgreSQL: the same drain at least 3x the raw unbatched insert+claim+complete \
+               cycle on the same server",
+        scenario: "pg_drain_1",
+        unit: "/s",
+        goal: Goal::CeilingAtLeast(3.0),
+    },
+    Target {
+        text: "PostgreSQL: round trip of one no-op task on an idle worker: p50 under 2 ms",
+        scenario: "pg_roundtrip_p50",
+        unit: "ms",
+        goal: Goal::Below(2.0),
+    },
+    Target {
+        text: "PostgreSQL: an idle worker uses under 0.5% of a core",
+        scenario: "pg_idle_cpu",
+        unit: "% of a core",
+        goal: Goal::Below(0.5),
+    },
+    Target {
+        text: "PostgreSQL: an idle worker's transactions per second reported (the goal: none \
+               beyond its heartbeat)",
+        scenario: "pg_idle_xacts",
+        unit: "/s",
+        goal: Goal::Reported,
+    },
 ];
 
 /// A target as judged in this run.
@@ -189,6 +224,14 @@ pub fn evaluate(report: &Report) -> Vec<TargetResult> {
                         .filter(|&v| v >= max)
                         .map(|v| format!("{} over", percent(v / max - 1.0)));
                     (format!("< {} {unit}", human(max)), met, miss)
+                }
+                (Goal::CeilingAtLeast(min), _) => {
+                    let ratio = m.and_then(|m| m.ceiling.as_ref()).map(|c| c.ratio);
+                    let met = ratio.map(|r| r >= min);
+                    let miss = ratio
+                        .filter(|&r| r < min)
+                        .map(|r| format!("{}x of its ceiling", human(r)));
+                    (format!(">= {}x its ceiling", human(min)), met, miss)
                 }
                 (Goal::Reported, value) => ("reported".to_owned(), value.map(|_| true), None),
             };
@@ -271,5 +314,34 @@ mod tests {
         let e2e = targets.iter().find(|t| t.scenario == "e2e");
         assert_eq!(e2e.map(|t| t.met), Some(None));
         assert!(summary(&targets).contains("NOT MET (20% short)"));
+    }
+
+    #[test]
+    fn a_ratio_target_reads_the_ceiling_ratio() {
+        let mut report = Report::new("test".into(), 1, false);
+        report.results.push(Measurement::new(
+            "pg_drain_1",
+            "drain",
+            "/s",
+            vec![5_000.0],
+            Some(("raw pg cycle", 2_000.0)),
+        ));
+        let targets = evaluate(&report);
+        let judged: Vec<_> = targets
+            .iter()
+            .filter(|t| t.scenario == "pg_drain_1")
+            .map(|t| (t.goal.as_str(), t.met, t.miss.as_deref()))
+            .collect();
+        assert_eq!(
+            judged,
+            [
+                (">= 20,000 /s", Some(false), Some("75% short")),
+                (
+                    ">= 3.00x its ceiling",
+                    Some(false),
+                    Some("2.50x of its ceiling")
+                ),
+            ]
+        );
     }
 }

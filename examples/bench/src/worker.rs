@@ -1,8 +1,8 @@
 //! Starts and stops real `castor` workers for the scenarios, and reads their CPU time
 //! and memory from `/proc`.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,8 +17,13 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// Starts `castor LIB:bench --db DB --quiet ARGS..` and waits until it is ready.
-    pub fn start(options: &Options, db: &Path, args: &[&str]) -> Result<Worker, String> {
+    /// Starts `castor LIB:bench --db DB --quiet ARGS..` and waits until it is ready (`DB`
+    /// a SQLite file's path or a `postgres://` URL).
+    pub fn start(
+        options: &Options,
+        db: impl AsRef<OsStr>,
+        args: &[&str],
+    ) -> Result<Worker, String> {
         let target = format!("{}:bench", options.library.display());
         Worker::start_target(options, &target, db, args)
     }
@@ -27,7 +32,7 @@ impl Worker {
     pub fn start_target(
         options: &Options,
         target: &str,
-        db: &Path,
+        db: impl AsRef<OsStr>,
         args: &[&str],
     ) -> Result<Worker, String> {
         let mut child = Command::new(&options.castor)

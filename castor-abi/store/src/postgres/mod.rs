@@ -32,7 +32,7 @@ use postgres::{Client, Config, NoTls, Row, Statement};
 use uuid::Uuid;
 
 use self::rows::TaskRow;
-pub use self::tx::PostgresTx;
+pub use self::tx::{PostgresTx, enqueue_in};
 pub(crate) use self::watch::notifier;
 use crate::driver::{CheckReach, Driver, Tx};
 use crate::error::StoreError;

@@ -1,12 +1,14 @@
 //! [`PostgresTx`]: the PostgreSQL driver's write transaction. Its statements live beside
 //! the reads they belong with (`admin.rs`, `rescue.rs`, `schedules.rs`, `workers.rs`, and
 //! here the task's own life: insert, claim, finish); this file also maps each to the
-//! driver-neutral [`Tx`] operation, naming what castor was doing in its errors.
+//! driver-neutral [`Tx`] operation, naming what castor was doing in its errors. The insert
+//! is shared with [`enqueue_in`], which runs it in an app's own transaction.
 
+use postgres::{GenericClient, Row};
 use uuid::Uuid;
 
 use super::rows::{self, CLAIM_SQL};
-use super::{Conn, PostgresDriver};
+use super::{Conn, Params, PostgresDriver, classify};
 use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
@@ -15,6 +17,7 @@ use crate::model::{
     NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
+use crate::target::Database;
 
 /// How many times an insert whose unique key was taken looks for the holder, which can
 /// finish (and free the key) between the insert and the look.
@@ -49,23 +52,150 @@ impl<'a> PostgresTx<'a> {
     }
 }
 
+/// Inserts one task through an app's own client or transaction: the same statements as
+/// the driver's [`Tx::enqueue`], so a task written in the app's `postgres::Transaction`
+/// exists if and only if that transaction commits (and the workers' wake-up, a trigger's
+/// `NOTIFY`, is sent at that commit). `database` names the database in errors; `now` is
+/// the caller's clock, as everywhere in castor. With a unique key held by an unfinished
+/// task of the same name, inserts nothing and returns that task's id, `existing` set.
+///
+/// The client must be connected to a database castor has migrated (an app's
+/// `Manager::open` does it).
+///
+/// # Errors
+/// A statement failed ([`StoreError::Query`], [`StoreError::Busy`], ...): then the
+/// server has aborted the app's transaction, which can only be rolled back.
+pub fn enqueue_in<C: GenericClient>(
+    client: &mut C,
+    database: &Database,
+    task: &NewTask<'_>,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    enqueue_on(&mut AppClient(client), database, task, now)
+}
+
+/// Where an insert's statements run: the driver's connection (each statement prepared
+/// once per connection) or an app's client or transaction ([`AppClient`]).
+trait Statements {
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, postgres::Error>;
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error>;
+}
+
+impl Statements for Conn {
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        Conn::execute(self, sql, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        Conn::query_opt(self, sql, params)
+    }
+}
+
+/// An app's `postgres` client or transaction.
+struct AppClient<'c, C>(&'c mut C);
+
+impl<C: GenericClient> Statements for AppClient<'_, C> {
+    fn execute(&mut self, sql: &'static str, params: Params<'_>) -> Result<u64, postgres::Error> {
+        self.0.execute(sql, params)
+    }
+
+    fn query_opt(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<Row>, postgres::Error> {
+        self.0.query_opt(sql, params)
+    }
+}
+
+/// [`insert`], tried again while the unique key's holder finishes in between.
+fn enqueue_on(
+    statements: &mut impl Statements,
+    database: &Database,
+    task: &NewTask<'_>,
+    now: i64,
+) -> Result<Enqueued, StoreError> {
+    for _ in 0..UNIQUE_TRIES {
+        let found =
+            insert(statements, task, now).map_err(|e| classify(database, "enqueue a task", &e))?;
+        if let Some((id, existing)) = found {
+            return Ok(Enqueued { id, existing });
+        }
+    }
+    Err(StoreError::Query {
+        database: database.clone(),
+        operation: "enqueue a task",
+        detail: format!(
+            "its unique key was taken, and the task holding it finished before castor could \
+             read it, {UNIQUE_TRIES} times in a row; try again"
+        ),
+    })
+}
+
+/// Inserts one task: the one insert every enqueue runs. With a unique key held by an
+/// unfinished task of the same name, inserts nothing and returns that task's id and
+/// `true`; `None` if that task finished between the insert and the look (try again).
+fn insert(
+    statements: &mut impl Statements,
+    task: &NewTask<'_>,
+    now: i64,
+) -> Result<Option<(Uuid, bool)>, postgres::Error> {
+    let id = Uuid::now_v7();
+    let scheduled_at = task.run_at_us.unwrap_or(now);
+    let state = if scheduled_at > now {
+        "scheduled"
+    } else {
+        "available"
+    };
+    let inserted = statements.execute(
+        "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
+         backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
+         scheduled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT DO NOTHING",
+        &[
+            &id,
+            &task.manager,
+            &task.task,
+            &state,
+            &task.priority,
+            &task.args,
+            &i64::from(task.max_attempts),
+            &task.backoff_base_ms,
+            &task.backoff_cap_ms,
+            &task.timeout_ms,
+            &task.unique_key,
+            &task.schedule_id,
+            &now,
+            &scheduled_at,
+        ],
+    )?;
+    if inserted == 1 {
+        return Ok(Some((id, false)));
+    }
+    // Only the unique index can make the insert a no-op (a fresh UUIDv7 is unique).
+    let holder = statements.query_opt(
+        "SELECT id FROM castor_tasks WHERE manager = $1 AND task = $2 AND unique_key = $3 \
+         AND state IN ('scheduled', 'available', 'running', 'retryable')",
+        &[&task.manager, &task.task, &task.unique_key],
+    )?;
+    holder
+        .map(|row| row.try_get(0).map(|id| (id, true)))
+        .transpose()
+}
+
 impl Tx for PostgresTx<'_> {
     fn enqueue(&mut self, task: &NewTask<'_>, now: i64) -> Result<Enqueued, StoreError> {
-        for _ in 0..UNIQUE_TRIES {
-            let found =
-                PostgresTx::enqueue(self, task, now).map_err(self.fail("enqueue a task"))?;
-            if let Some((id, existing)) = found {
-                return Ok(Enqueued { id, existing });
-            }
-        }
-        Err(StoreError::Query {
-            database: self.driver.database.clone(),
-            operation: "enqueue a task",
-            detail: format!(
-                "its unique key was taken, and the task holding it finished before castor could \
-                 read it, {UNIQUE_TRIES} times in a row; try again"
-            ),
-        })
+        let driver = &mut *self.driver;
+        enqueue_on(driver.conn.get_mut(), &driver.database, task, now)
     }
 
     fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, StoreError> {
@@ -243,60 +373,6 @@ impl Drop for PostgresTx<'_> {
 }
 
 impl PostgresTx<'_> {
-    /// Inserts one task. With a unique key held by an unfinished task of the same name,
-    /// inserts nothing and returns that task's id and `true`; `None` if that task
-    /// finished between the insert and the look (try again).
-    ///
-    /// # Errors
-    /// Fails if a statement fails.
-    pub fn enqueue(
-        &mut self,
-        task: &NewTask<'_>,
-        now: i64,
-    ) -> Result<Option<(Uuid, bool)>, postgres::Error> {
-        let id = Uuid::now_v7();
-        let scheduled_at = task.run_at_us.unwrap_or(now);
-        let state = if scheduled_at > now {
-            "scheduled"
-        } else {
-            "available"
-        };
-        let inserted = self.conn().execute(
-            "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
-             backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
-             scheduled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT DO NOTHING",
-            &[
-                &id,
-                &task.manager,
-                &task.task,
-                &state,
-                &task.priority,
-                &task.args,
-                &i64::from(task.max_attempts),
-                &task.backoff_base_ms,
-                &task.backoff_cap_ms,
-                &task.timeout_ms,
-                &task.unique_key,
-                &task.schedule_id,
-                &now,
-                &scheduled_at,
-            ],
-        )?;
-        if inserted == 1 {
-            return Ok(Some((id, false)));
-        }
-        // Only the unique index can make the insert a no-op (a fresh UUIDv7 is unique).
-        let holder = self.conn().query_opt(
-            "SELECT id FROM castor_tasks WHERE manager = $1 AND task = $2 AND unique_key = $3 \
-             AND state IN ('scheduled', 'available', 'running', 'retryable')",
-            &[&task.manager, &task.task, &task.unique_key],
-        )?;
-        holder
-            .map(|row| row.try_get(0).map(|id| (id, true)))
-            .transpose()
-    }
-
     /// Claims up to `limit` available tasks of the filter's manager and task names,
     /// highest priority first, then oldest, in one statement (see [`CLAIM_SQL`]).
     ///
