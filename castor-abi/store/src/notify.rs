@@ -11,6 +11,7 @@
 //! lands before the WAL index is updated); such a source asks for trailing wake-ups after
 //! each burst. A slow fallback tick covers anything missed.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -40,6 +41,14 @@ pub trait ChangeSource: Send + 'static {
     fn trailing(&self) -> &'static [Duration] {
         &[]
     }
+
+    /// True if every commit by another connection is reported while the source is
+    /// connected, and a change is reported after any gap (PostgreSQL's `LISTEN`): then a
+    /// fallback tick without a reported change means nothing changed, and a waiter that
+    /// counts [`Notifier::changes`] may skip looking.
+    fn complete(&self) -> bool {
+        false
+    }
 }
 
 /// Makes a blocked [`ChangeSource::wait`] return [`Wake::Stop`].
@@ -50,6 +59,8 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Default)]
 struct Shared {
     generation: Mutex<u64>,
+    /// Changes the source reported (fallback ticks left out).
+    changes: AtomicU64,
     changed: Condvar,
     wakers: Mutex<Vec<Waker>>,
     listeners: Mutex<Vec<Listener>>,
@@ -83,6 +94,8 @@ pub struct Notifier {
     thread: Option<JoinHandle<()>>,
     /// What the source is, for people (`inotify on tasks.db-wal`).
     describe: String,
+    /// The source's [`ChangeSource::complete`].
+    complete: bool,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -105,6 +118,7 @@ impl Notifier {
         describe: String,
     ) -> std::io::Result<Notifier> {
         let shared = Arc::new(Shared::default());
+        let complete = source.complete();
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("castor-watch".into())
@@ -114,6 +128,7 @@ impl Notifier {
             stop: Some(stop),
             thread: Some(thread),
             describe,
+            complete,
         })
     }
 
@@ -125,6 +140,19 @@ impl Notifier {
     /// The current generation; it moves on every change seen.
     pub fn generation(&self) -> u64 {
         *lock(&self.shared.generation)
+    }
+
+    /// How many changes the source reported so far (the generation also moves at every
+    /// fallback tick and [`Notifier::notify`]).
+    pub fn changes(&self) -> u64 {
+        self.shared.changes.load(Ordering::Acquire)
+    }
+
+    /// True if the source reports every change (see [`ChangeSource::complete`]): a
+    /// broadcast that leaves [`Notifier::changes`] where it was is a fallback tick or this
+    /// process's own [`Notifier::notify`], not another connection's commit.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
     /// Blocks until the generation differs from `since` or `deadline` passes; returns the
@@ -200,6 +228,7 @@ fn run(mut source: impl ChangeSource, shared: &Shared) {
             Wake::Changed => {
                 last_change = Some(Instant::now());
                 trailing_sent = 0;
+                shared.changes.fetch_add(1, Ordering::AcqRel);
                 shared.broadcast();
             }
             Wake::Timeout => {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use castor_abi::Uuid;
 use castor_abi::abi::{HostServices, TaskMode};
 use castor_store::{
-    AttemptOutcome, Claimed, LogLevel, ScheduleFilter, Store, StoreError, TaskFilter, TaskState,
+    AttemptOutcome, Claimed, LogLevel, Notifier, ScheduleFilter, Store, StoreError, TaskFilter, TaskState,
     now_us,
 };
 use crossbeam_channel::{Receiver, Sender};
@@ -72,6 +72,8 @@ pub(super) struct Context {
     pub(super) host: &'static HostServices,
     /// Where the pools send what they produce.
     pub(super) events: Sender<Event>,
+    /// What wakes the worker when the database changes.
+    pub(super) watcher: Arc<Notifier>,
 }
 
 /// The pools the claims run on.
@@ -103,6 +105,9 @@ pub(super) struct Coordinator {
     /// The database's change counter as of this worker's last look (`None`: not read
     /// yet, or the driver cannot tell).
     change_counter: Option<i64>,
+    /// The watcher's [`Notifier::changes`] as of this worker's last look (for a complete
+    /// source, which replaces the change counter).
+    changes_seen: u64,
     stop: Option<Stop>,
     /// An error the services' connection met that stops the worker (a damaged file).
     fatal_error: Option<StoreError>,
@@ -133,6 +138,7 @@ impl Coordinator {
             completer: Completer::default(),
             stager: Stager::default(),
             change_counter: None,
+            changes_seen: 0,
             stop: None,
             fatal_error: None,
             failure: None,
@@ -240,6 +246,16 @@ impl Coordinator {
 
     /// The file changed: someone else's commit may have made work for this worker.
     fn on_db_changed(&mut self) {
+        if self.ctx.watcher.complete() {
+            // The source reports every commit (LISTEN): a wake-up that brought no report is
+            // the fallback tick, and looks at nothing.
+            let changes = self.ctx.watcher.changes();
+            if changes != self.changes_seen {
+                self.changes_seen = changes;
+                self.wake_claims();
+            }
+            return;
+        }
         match self.store.change_counter() {
             // Only this connection committed: nothing new to claim.
             Ok(Some(counter)) if Some(counter) == self.change_counter => {}

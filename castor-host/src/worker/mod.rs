@@ -532,6 +532,7 @@ impl Worker {
             events: (events, _),
             processes,
             stopping,
+            watcher,
             ..
         } = self;
         let ctx = Context {
@@ -550,6 +551,7 @@ impl Worker {
             tasks,
             host,
             events,
+            watcher,
         };
         let registration = Registration {
             manager: config.manager,

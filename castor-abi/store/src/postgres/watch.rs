@@ -7,7 +7,9 @@
 //! If the connection drops (a server restart, the network), the source connects again
 //! with a growing pause ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]) and, once back,
 //! reports a change: whatever was committed meanwhile sent no notification to it, so
-//! waiters look again. The notifier's fallback tick keeps waking waiters meanwhile.
+//! waiters look again. The notifier's fallback tick keeps waking waiters meanwhile; the
+//! source is [complete](ChangeSource::complete), so a worker skips its claims at a tick
+//! that brought no notification (an idle worker then runs nothing but its heartbeat).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,6 +102,12 @@ impl ListenSource {
 }
 
 impl ChangeSource for ListenSource {
+    /// Every commit that changes work notifies while the connection stands, and the
+    /// reconnection after a drop reports a change.
+    fn complete(&self) -> bool {
+        true
+    }
+
     fn wait(&mut self, timeout: Duration) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {

@@ -1,0 +1,220 @@
+//! The real `castor` worker on a PostgreSQL server of the test's own (a throwaway cluster
+//! it creates, starts, restarts and stops): an idle worker runs only its heartbeat, and a
+//! worker draining tasks survives a server restart and a stop in the middle, running
+//! every task exactly once, while an app's `delay` during the outage fails at once with a
+//! clear error.
+//!
+//! The cluster needs Debian's `postgresql` package (`initdb` and `pg_ctl` under
+//! `/usr/lib/postgresql/*/bin`); as root they run as the `postgres` user.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use castor_fixture_tasks as fx;
+
+use crate::support::{PATIENCE, TestDir, Worker, castor_bin, tasks_target};
+
+/// A PostgreSQL cluster of the test's own, on a Unix socket in its directory (no TCP
+/// port to collide with), without autovacuum (whose transactions would count as the
+/// worker's), stopped and removed when dropped.
+struct Cluster {
+    /// The directory holding the data directory, the socket and the server's log.
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster.
+    fn start() -> Cluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").is_file())
+            .max()
+            .unwrap_or_else(|| {
+                panic!(
+                    "PostgreSQL's initdb is missing under /usr/lib/postgresql: install Debian's \
+                     postgresql package (as .ci/run does)"
+                )
+            });
+        // Under /tmp: the socket's path must stay under the kernel's 107 bytes.
+        let dir = PathBuf::from(format!(
+            "/tmp/castor-pg-{}",
+            castor_abi::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let cluster = Cluster { dir, bin };
+        if is_root() {
+            let chown = Command::new("chown")
+                .arg("postgres:")
+                .arg(&cluster.dir)
+                .output()
+                .expect("run chown");
+            assert!(chown.status.success(), "chown: {chown:?}");
+        }
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &data,
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    fn url(&self) -> String {
+        format!(
+            "postgres:///postgres?host={}&user=postgres",
+            self.dir.display()
+        )
+    }
+
+    /// Runs one of the server's programs (as the `postgres` user under root); panics with
+    /// its output if it fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let output = command.args(args).output().expect("run a PostgreSQL program");
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+        output
+    }
+
+    /// `pg_ctl ACTION` on the cluster, waiting for it to finish; `start` and `restart`
+    /// with the cluster's settings (socket only, no fsync).
+    fn pg_ctl(&self, action: &[&str]) {
+        let data = self.data();
+        let log = self.dir.join("server.log").display().to_string();
+        let options = format!(
+            "-k {} -c listen_addresses= -c fsync=off -c full_page_writes=off -c autovacuum=off",
+            self.dir.display()
+        );
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-o", &options];
+        args.extend_from_slice(action);
+        self.run("pg_ctl", &args);
+    }
+
+    /// The server's count of committed transactions in its `postgres` database, read
+    /// from a connection to another database (`template1`), so that reading it adds
+    /// nothing. The server publishes other sessions' counts within a second or so.
+    fn commits(&self) -> i64 {
+        let url = format!(
+            "postgres:///template1?host={}&user=postgres",
+            self.dir.display()
+        );
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        client
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
+                &[],
+            )
+            .expect("read pg_stat_database")
+            .get(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(if is_root() { "runuser" } else { "true" })
+            .args(if is_root() {
+                vec!["-u", "postgres", "--"]
+            } else {
+                vec![]
+            })
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `castor TARGET --db URL ARGS..` in `dir`.
+fn worker(dir: &TestDir, url: &str, args: &[&str]) -> Worker {
+    let mut command = Command::new(castor_bin());
+    command
+        .arg(tasks_target("manager"))
+        .arg("--db")
+        .arg(url)
+        .args(args)
+        .current_dir(dir.path());
+    Worker::started(command)
+}
+
+/// What an idle worker costs the server: transactions committed per second, measured
+/// over `over` on the cluster's own statistics (nothing else uses the cluster). A tiny
+/// function for `castor-bench` to reuse.
+fn idle_commits_per_second(cluster: &Cluster, over: Duration) -> f64 {
+    // What was committed just before is published late: let it land before the window.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = cluster.commits();
+    let started = Instant::now();
+    std::thread::sleep(over);
+    // Sessions publish their counts when they go idle, at most once a second (forced
+    // after ten): wait for the server to have published the window's last ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = cluster.commits();
+    (after - before) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// An idle worker on PostgreSQL wakes at the notifier's fallback tick (every second) but
+/// runs no claim there unless a notification came: only its heartbeat and the rescuer's
+/// pass (every third of a lease) reach the server. Before, each tick ran a claim and two
+/// reads (about three transactions a second).
+#[test]
+fn an_idle_worker_on_postgres_runs_only_its_heartbeat() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &url, &["--quiet", "--threads", "2", "--lease", "3s"]);
+    // A burst first: the worker's own finishes notify it, and it must settle after.
+    let client = fx::manager()
+        .with_database(url.as_str())
+        .open()
+        .expect("open the app's client");
+    let handles = fx::add::delay_many(&client, (0..50).map(|i| (i, 1))).expect("dispatch");
+    for handle in &handles {
+        handle.join(PATIENCE).expect("the burst completes");
+    }
+    drop(client);
+    // A lease of 3 s: a heartbeat (with the rescuer's pass) every second, the most an
+    // idle worker may write.
+    let rate = idle_commits_per_second(&cluster, Duration::from_secs(6));
+    assert!(
+        rate < 1.6,
+        "an idle worker committed {rate:.1} transactions a second (a heartbeat a second is \
+         1.0)"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
