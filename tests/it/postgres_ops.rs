@@ -12,8 +12,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use castor_fixture_tasks as fx;
+use castor_store::{OpenOptions, Store, TaskState};
 
-use crate::support::{PATIENCE, TestDir, Worker, castor_bin, tasks_target};
+use crate::support::{PATIENCE, TestDir, Worker, castor_bin, recorded, tasks_target, wait_until};
 
 /// A PostgreSQL cluster of the test's own, on a Unix socket in its directory (no TCP
 /// port to collide with), without autovacuum (whose transactions would count as the
@@ -58,15 +59,7 @@ impl Cluster {
         let data = cluster.data();
         cluster.run(
             "initdb",
-            &[
-                "-D",
-                &data,
-                "-A",
-                "trust",
-                "-U",
-                "postgres",
-                "--no-sync",
-            ],
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
         );
         cluster.pg_ctl(&["start"]);
         cluster
@@ -95,7 +88,10 @@ impl Cluster {
         } else {
             Command::new(&path)
         };
-        let output = command.args(args).output().expect("run a PostgreSQL program");
+        let output = command
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program");
         assert!(
             output.status.success(),
             "{program} {args:?} failed: {}{}\nserver log:\n{}",
@@ -217,4 +213,86 @@ fn an_idle_worker_on_postgres_runs_only_its_heartbeat() {
     );
     let stopped = worker.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// A worker draining tasks loses the server twice, to a `pg_ctl restart` and to a stop of
+/// a few seconds: it keeps its running tasks, says once that writes fail and once that they
+/// work again, and every task ends completed, run exactly once. An app's `delay` while the
+/// server is stopped fails within seconds, saying the server cannot be reached.
+#[test]
+fn a_worker_survives_a_server_restart_and_stop_in_the_middle_of_a_drain() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &url, &["--threads", "2"]);
+    let client = fx::manager()
+        .with_database(url.as_str())
+        .open()
+        .expect("open the app's client");
+    let file = dir.path().join("runs.txt");
+    let path = file.display().to_string();
+    let tasks = 300;
+    for i in 0..tasks {
+        fx::record::delay(&client, path.clone(), format!("t{i}"), 20).expect("delay");
+    }
+    let ran = |at_least: usize| {
+        wait_until(&format!("{at_least} tasks ran"), || {
+            recorded(&file).len() >= at_least
+        });
+    };
+
+    ran(40);
+    cluster.pg_ctl(&["-m", "fast", "restart"]);
+    ran(120);
+    cluster.pg_ctl(&["-m", "fast", "stop"]);
+    let asked = Instant::now();
+    let error = fx::record::delay(&client, path.clone(), "outage".into(), 0)
+        .expect_err("a delay while the server is stopped fails");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "the delay took {took:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("the server cannot be reached") && message.contains("running"),
+        "{message}"
+    );
+    // The worker's tasks run on meanwhile, their outcomes kept.
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.pg_ctl(&["start"]);
+
+    ran(tasks);
+    let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    wait_until("every task is recorded completed", || {
+        store.unfinished("manager").expect("count") == 0
+    });
+    let runs = recorded(&file);
+    assert_eq!(runs.len(), tasks, "{runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a task ran twice: {:?}",
+        runs.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    let counts = store.counts().expect("counts");
+    assert!(
+        counts
+            .iter()
+            .all(|c| c.state == TaskState::Completed && c.count == tasks as u64),
+        "{counts:?}"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let output = format!("{}{}", stopped.stdout, stopped.stderr);
+    let failing = output
+        .matches("claims no new task until a write succeeds")
+        .count();
+    let recovered = output.matches("database writes work again").count();
+    // The stop is always seen; the restart only if a write met it (a read or a
+    // transaction's start that meets it runs again on a new connection, unseen).
+    assert!(
+        (1..=2).contains(&failing) && failing == recovered,
+        "the outages were said {failing} time(s), the recoveries {recovered}:\n{output}"
+    );
+    assert!(
+        !output.contains("outcome dropped"),
+        "no outcome was lost:\n{output}"
+    );
 }

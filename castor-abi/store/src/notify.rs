@@ -25,6 +25,10 @@ pub const FALLBACK: Duration = Duration::from_secs(1);
 pub enum Wake {
     /// Another connection may have committed.
     Changed,
+    /// The source's connection to the database was lost and is back: a change too
+    /// (whatever was committed meanwhile was not reported), and a sign that the server
+    /// answers again.
+    Reconnected,
     /// Nothing happened within the timeout.
     Timeout,
     /// The notifier is being dropped: return from the thread.
@@ -61,6 +65,8 @@ struct Shared {
     generation: Mutex<u64>,
     /// Changes the source reported (fallback ticks left out).
     changes: AtomicU64,
+    /// Times the source's connection came back after it was lost.
+    reconnects: AtomicU64,
     changed: Condvar,
     wakers: Mutex<Vec<Waker>>,
     listeners: Mutex<Vec<Listener>>,
@@ -148,6 +154,12 @@ impl Notifier {
         self.shared.changes.load(Ordering::Acquire)
     }
 
+    /// How many times the source's connection came back after it was lost (PostgreSQL's
+    /// `LISTEN`): a waiter whose statements fail for a lost server may try again at once.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Acquire)
+    }
+
     /// True if the source reports every change (see [`ChangeSource::complete`]): a
     /// broadcast that leaves [`Notifier::changes`] where it was is a fallback tick or this
     /// process's own [`Notifier::notify`], not another connection's commit.
@@ -225,7 +237,10 @@ fn run(mut source: impl ChangeSource, shared: &Shared) {
         };
         match source.wait(timeout) {
             Wake::Stop => return,
-            Wake::Changed => {
+            wake @ (Wake::Changed | Wake::Reconnected) => {
+                if wake == Wake::Reconnected {
+                    shared.reconnects.fetch_add(1, Ordering::AcqRel);
+                }
                 last_change = Some(Instant::now());
                 trailing_sent = 0;
                 shared.changes.fetch_add(1, Ordering::AcqRel);

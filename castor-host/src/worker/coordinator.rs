@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use castor_abi::Uuid;
 use castor_abi::abi::{HostServices, TaskMode};
 use castor_store::{
-    AttemptOutcome, Claimed, LogLevel, Notifier, ScheduleFilter, Store, StoreError, TaskFilter, TaskState,
-    now_us,
+    AttemptOutcome, Claimed, LogLevel, Notifier, ScheduleFilter, Store, StoreError, TaskFilter,
+    TaskState, now_us,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -108,6 +108,8 @@ pub(super) struct Coordinator {
     /// The watcher's [`Notifier::changes`] as of this worker's last look (for a complete
     /// source, which replaces the change counter).
     changes_seen: u64,
+    /// The watcher's [`Notifier::reconnects`] as of this worker's last look.
+    reconnects_seen: u64,
     stop: Option<Stop>,
     /// An error the services' connection met that stops the worker (a damaged file).
     fatal_error: Option<StoreError>,
@@ -139,6 +141,7 @@ impl Coordinator {
             stager: Stager::default(),
             change_counter: None,
             changes_seen: 0,
+            reconnects_seen: 0,
             stop: None,
             fatal_error: None,
             failure: None,
@@ -253,6 +256,15 @@ impl Coordinator {
             if changes != self.changes_seen {
                 self.changes_seen = changes;
                 self.wake_claims();
+            }
+            // The watcher's connection came back: the server answers again, so writes that
+            // failed for want of it are tried now, not at the end of their backoff.
+            let reconnects = self.ctx.watcher.reconnects();
+            if reconnects != self.reconnects_seen {
+                self.reconnects_seen = reconnects;
+                if let Some(failure) = &mut self.failure {
+                    failure.try_now(Instant::now());
+                }
             }
             return;
         }

@@ -50,7 +50,11 @@ impl Rescuer {
     /// a period: the two then share a transaction, and stay in step (both come every third
     /// of a lease), so an idle worker's only write is one turn per period.
     pub(super) fn due(&self, now: Instant, renewing: bool, recovering: bool) -> bool {
-        let ahead = if renewing { self.every / 2 } else { Duration::ZERO };
+        let ahead = if renewing {
+            self.every / 2
+        } else {
+            Duration::ZERO
+        };
         !recovering && now + ahead >= self.next
     }
 

@@ -34,8 +34,10 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// The first pause before connecting again after the connection dropped.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 
-/// The longest pause between two tries to connect again.
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between two tries to connect again: a worker whose writes fail
+/// for a lost server tries them again when this connection comes back, so the server is
+/// seen back within about this (a refused connection costs the server nothing).
+pub const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the notifier for the database `url` names: one connection that listens.
 pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, StoreError> {
@@ -119,7 +121,7 @@ impl ChangeSource for ListenSource {
             let Some(client) = self.client.as_mut() else {
                 if self.reconnect() {
                     // Back: anything committed meanwhile notified nobody here.
-                    return Wake::Changed;
+                    return Wake::Reconnected;
                 }
                 if now >= deadline {
                     return Wake::Timeout;
