@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use castor_fixture_tasks as fx;
-use castor_store::{OpenOptions, Store, TaskState};
+use castor_store::{OpenOptions, Store, TaskState, WorkerRow};
 
 use crate::support::{PATIENCE, TestDir, Worker, castor_bin, recorded, tasks_target, wait_until};
 
@@ -294,5 +294,82 @@ fn a_worker_survives_a_server_restart_and_stop_in_the_middle_of_a_drain() {
     assert!(
         !output.contains("outcome dropped"),
         "no outcome was lost:\n{output}"
+    );
+}
+
+/// Two worker rows that look dead by pid to a hostname check (this machine's hostname,
+/// a pid no process has) but carry another host id, as a worker in another container or
+/// on a cloned machine would: the one whose heartbeat is fresh is left alone, the one
+/// whose heartbeat is older than a lease is buried. On both drivers.
+#[test]
+fn the_rescuer_checks_a_pid_only_under_the_same_host_id() {
+    let dir = TestDir::new();
+    let sqlite = dir.path().join("tasks.db");
+    let cluster = Cluster::start();
+    for database in [sqlite.display().to_string(), cluster.url()] {
+        twins_are_judged_by_heartbeat(&dir, &database);
+    }
+}
+
+fn twins_are_judged_by_heartbeat(dir: &TestDir, database: &str) {
+    // Opening as an app creates the schema.
+    let client = fx::manager()
+        .with_database(database)
+        .open()
+        .expect("open the app's client");
+    drop(client);
+    let mut store = Store::open(database, OpenOptions::app()).expect("open");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("read the hostname")
+        .trim()
+        .to_owned();
+    let now = castor_store::now_us();
+    let twin = |id: &str, heartbeat_at: i64| WorkerRow {
+        id: id.to_owned(),
+        manager: "manager".to_owned(),
+        library: "elsewhere.so".to_owned(),
+        hostname: hostname.clone(),
+        host_id: Some("another-boot/pid:[4026531836]".to_owned()),
+        pid: u32::MAX - 1,
+        threads: 1,
+        processes: 0,
+        tasks: vec!["record".to_owned()],
+        started_at: heartbeat_at,
+        heartbeat_at,
+        stopped_at: None,
+        completed: 0,
+        failed: 0,
+    };
+    let hour = 3_600_000_000;
+    store
+        .write(|tx| {
+            tx.register_worker(&twin("twin-beating", now + hour))?;
+            tx.register_worker(&twin("twin-silent", now - hour))
+        })
+        .expect("register the twins");
+    // The rescuer runs when the worker starts.
+    let worker = worker(dir, database, &["--quiet"]);
+    worker.wait_for_stdout("rescuing the tasks of worker twin-silent: it twin-silent");
+    let live: Vec<String> = store
+        .workers(true)
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert!(
+        live.iter().any(|id| id == "twin-beating"),
+        "{database}: the twin with a fresh heartbeat was buried: {live:?}\n{}",
+        worker.stdout()
+    );
+    assert!(
+        !live.iter().any(|id| id == "twin-silent"),
+        "{database}: {live:?}"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        !stopped.stdout.contains("twin-beating"),
+        "{}",
+        stopped.stdout
     );
 }

@@ -52,6 +52,9 @@ pub(super) struct Context {
     pub(super) id: String,
     /// The machine's name (the rescuer finds this machine's dead workers by their pid).
     pub(super) hostname: String,
+    /// Where this worker's pids mean something (see [`super::host_id`]): the rescuer
+    /// checks the pid of a worker with the same host id.
+    pub(super) host_id: String,
     /// The manager whose tasks it runs.
     pub(super) manager: String,
     /// How long a claim is valid without renewal.

@@ -148,7 +148,14 @@ impl TurnPlan {
             tx.heartbeat(&ctx.id, now, summary.completed, summary.failed)?;
         }
         let rescued = if self.rescue {
-            rescuer::rescue(tx, &ctx.id, &ctx.hostname, ctx.lease, now, jitter)?
+            rescuer::rescue(
+                tx,
+                &ctx.id,
+                (&ctx.hostname, &ctx.host_id),
+                ctx.lease,
+                now,
+                jitter,
+            )?
         } else {
             Rescue::default()
         };

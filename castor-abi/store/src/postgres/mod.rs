@@ -48,11 +48,18 @@ use crate::{OpenOptions, Role};
 
 /// The PostgreSQL driver's migrations, oldest first (numbered on their own, not
 /// SQLite's). Each is applied in one transaction and recorded in `castor_migrations`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "worker_host_id",
+        sql: include_str!("migrations/0002_worker_host_id.sql"),
+    },
+];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
 /// `delay` during an outage fails after this instead of hanging.

@@ -117,10 +117,17 @@ fn migrations_are_numbered_and_recorded() {
     );
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
     let status = store.migration_status().expect("status");
-    assert_eq!(status.version, 1);
+    assert_eq!(status.version, 2);
     assert!(status.pending.is_empty());
-    assert_eq!(status.applied.len(), 1);
-    assert!(status.applied[0].applied_at.is_some());
+    assert_eq!(
+        status
+            .applied
+            .iter()
+            .map(|m| (m.version, m.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "initial"), (2, "worker_host_id")]
+    );
+    assert!(status.applied.iter().all(|m| m.applied_at.is_some()));
     assert!(store.missing_schema_objects().expect("schema").is_empty());
     // Opening again applies nothing; a second process racing the first finds it done.
     let mut again = Store::open(url.as_str(), OpenOptions::app()).expect("reopen");
@@ -146,7 +153,10 @@ fn concurrent_migrations_apply_once() {
         thread.join().expect("thread").expect("open");
     }
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
-    assert_eq!(store.migration_status().expect("status").applied.len(), 1);
+    assert_eq!(
+        store.migration_status().expect("status").applied.len(),
+        super::MIGRATIONS.len()
+    );
 }
 
 #[test]
