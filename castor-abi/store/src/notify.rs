@@ -11,7 +11,7 @@
 //! lands before the WAL index is updated); such a source asks for trailing wake-ups after
 //! each burst. A slow fallback tick covers anything missed.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -53,7 +53,15 @@ pub trait ChangeSource: Send + 'static {
     fn complete(&self) -> bool {
         false
     }
+
+    /// Takes the cell that holds the session whose changes the source must not report
+    /// (see [`Notifier::ignore_session`]); a source that cannot tell sessions apart
+    /// leaves it.
+    fn skip_session(&mut self, _session: Arc<AtomicI64>) {}
 }
+
+/// [`Notifier::ignore_session`]'s value for "none".
+pub const NO_SESSION: i64 = i64::MIN;
 
 /// Makes a blocked [`ChangeSource::wait`] return [`Wake::Stop`].
 pub type Stopper = Box<dyn FnOnce() + Send + Sync>;
@@ -102,6 +110,8 @@ pub struct Notifier {
     describe: String,
     /// The source's [`ChangeSource::complete`].
     complete: bool,
+    /// The session whose changes the source skips ([`NO_SESSION`]: none).
+    skipped: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -125,6 +135,9 @@ impl Notifier {
     ) -> std::io::Result<Notifier> {
         let shared = Arc::new(Shared::default());
         let complete = source.complete();
+        let skipped = Arc::new(AtomicI64::new(NO_SESSION));
+        let mut source = source;
+        source.skip_session(Arc::clone(&skipped));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("castor-watch".into())
@@ -135,6 +148,7 @@ impl Notifier {
             thread: Some(thread),
             describe,
             complete,
+            skipped,
         })
     }
 
@@ -152,6 +166,15 @@ impl Notifier {
     /// fallback tick and [`Notifier::notify`]).
     pub fn changes(&self) -> u64 {
         self.shared.changes.load(Ordering::Acquire)
+    }
+
+    /// Skips the changes `session` commits (a worker's own connection, whose commits
+    /// need no wake-up: the worker knows what it wrote), where the source can tell
+    /// sessions apart; `None` skips none. Called again when the session changes (a
+    /// reconnection).
+    pub fn ignore_session(&self, session: Option<i64>) {
+        self.skipped
+            .store(session.unwrap_or(NO_SESSION), Ordering::Release);
     }
 
     /// How many times the source's connection came back after it was lost (PostgreSQL's

@@ -466,6 +466,9 @@ impl Coordinator {
         match written {
             Ok(claimed) => {
                 self.registration = None;
+                // This connection's own commits need no wake-up (after a reconnection,
+                // the new session's).
+                self.ctx.watcher.ignore_session(self.store.session());
                 self.wrote(reporter);
                 for task in claimed {
                     self.start(task, reporter);
@@ -590,8 +593,15 @@ impl Coordinator {
         } = written;
         let now = Instant::now();
         self.wal_check_at = Some(now + IDLE_CHECKPOINT_AFTER);
+        let mut ended = 0;
         for recorded in self.completer.written(plan.completion, applied) {
             self.report(&recorded, reporter);
+            ended += 1;
+        }
+        if ended > 0 && self.ctx.watcher.complete() {
+            // The watcher skips this connection's own notifications: wake this process's
+            // waiters (a task joining a subtask this worker just finished) directly.
+            self.ctx.watcher.notify();
         }
         if plan.renew {
             self.producer.renewed(now);

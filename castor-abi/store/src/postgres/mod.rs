@@ -114,6 +114,9 @@ pub(crate) struct Conn {
     /// The connection was lost (a statement failed for it): connect again before the
     /// next statement, even if the client has not noticed yet.
     lost: bool,
+    /// The server's backend pid for this connection (a worker's only: its notifier skips
+    /// this session's notifications).
+    backend_pid: Option<i32>,
 }
 
 impl Conn {
@@ -532,10 +535,19 @@ fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, po
     if !setup.is_empty() {
         client.batch_execute(&setup)?;
     }
+    let backend_pid = match role {
+        Role::Worker => Some(
+            client
+                .query_one("SELECT pg_backend_pid()", &[])?
+                .try_get(0)?,
+        ),
+        Role::App | Role::Inspect => None,
+    };
     Ok(Conn {
         client,
         statements: HashMap::new(),
         lost: false,
+        backend_pid,
     })
 }
 
@@ -652,8 +664,14 @@ impl Driver for PostgresDriver {
     }
 
     fn change_counter(&self) -> Result<Option<i64>, StoreError> {
-        // Nothing cheap tells another connection's commit from this one's.
+        // Nothing cheap tells another connection's commit from this one's here; the
+        // notifier does, by the session (`session`).
         Ok(None)
+    }
+
+    fn session(&self) -> Option<i64> {
+        let conn = self.conn.try_borrow().ok()?;
+        conn.backend_pid.map(i64::from)
     }
 
     fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {

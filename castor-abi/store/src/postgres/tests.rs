@@ -521,3 +521,42 @@ fn a_periodic_schedule_restarts_when_its_priority_or_backoff_changes() {
             .expect("move back");
     }
 }
+
+/// A worker's notifier told to skip its own session reports no change for that
+/// connection's commits (the worker knows what it wrote), and still reports another
+/// connection's at once.
+#[test]
+fn a_notifier_skips_the_ignored_sessions_commits() {
+    let url = fresh_url();
+    let database = Database::parse(&url);
+    let mut own = Store::open(&database, OpenOptions::worker()).expect("open");
+    let mut other = Store::open(&database, OpenOptions::app()).expect("open");
+    let notifier = crate::notifier(&database).expect("notifier");
+    let session = own.session();
+    assert!(session.is_some(), "a worker's connection knows its session");
+    assert_eq!(other.session(), None, "an app's needs none");
+    notifier.ignore_session(session);
+    let changes = notifier.changes();
+    own.enqueue(&new_task("a", b"x")).expect("enqueue");
+    // Past the fallback tick: time for the notification to arrive, were it reported.
+    let since = notifier.generation();
+    notifier.wait_past(since, Instant::now() + Duration::from_millis(1500));
+    let since = notifier.generation();
+    notifier.wait_past(since, Instant::now() + Duration::from_millis(1500));
+    assert_eq!(notifier.changes(), changes, "its own commit is skipped");
+    let started = Instant::now();
+    other.enqueue(&new_task("a", b"y")).expect("enqueue");
+    while notifier.changes() == changes {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "another connection's commit is reported"
+        );
+        let since = notifier.generation();
+        notifier.wait_past(since, Instant::now() + Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "at once, not at the fallback tick ({:?})",
+        started.elapsed()
+    );
+}

@@ -12,7 +12,7 @@
 //! that brought no notification (an idle worker then runs nothing but its heartbeat).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -21,7 +21,7 @@ use postgres::{Client, Config, NoTls};
 use super::{config, reason};
 use crate::Role;
 use crate::error::StoreError;
-use crate::notify::{ChangeSource, Notifier, Wake};
+use crate::notify::{ChangeSource, NO_SESSION, Notifier, Wake};
 use crate::target::Database;
 
 /// The channel the schema's triggers notify.
@@ -54,6 +54,7 @@ pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, Store
         retry: RETRY_FIRST,
         next_try: Instant::now(),
         stop: Arc::clone(&stop),
+        skipped: Arc::new(AtomicI64::new(NO_SESSION)),
     };
     Notifier::start(
         source,
@@ -80,9 +81,15 @@ struct ListenSource {
     /// When to try connecting next.
     next_try: Instant,
     stop: Arc<AtomicBool>,
+    /// The backend pid whose notifications are skipped (the worker's own connection).
+    skipped: Arc<AtomicI64>,
 }
 
 impl ListenSource {
+    /// True if a notification from the backend `pid` is another session's.
+    fn foreign(&self, pid: i32) -> bool {
+        i64::from(pid) != self.skipped.load(Ordering::Acquire)
+    }
     /// Tries to connect again if it is time; true once connected.
     fn reconnect(&mut self) -> bool {
         if Instant::now() < self.next_try {
@@ -110,6 +117,10 @@ impl ChangeSource for ListenSource {
         true
     }
 
+    fn skip_session(&mut self, session: Arc<AtomicI64>) {
+        self.skipped = session;
+    }
+
     fn wait(&mut self, timeout: Duration) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
@@ -132,10 +143,19 @@ impl ChangeSource for ListenSource {
             };
             let next = client.notifications().timeout_iter(slice).next();
             match next {
-                Ok(Some(_)) => {
-                    // One wake-up for everything already queued.
-                    while let Ok(Some(_)) = client.notifications().iter().next() {}
-                    return Wake::Changed;
+                Ok(Some(first)) => {
+                    // One wake-up for everything already queued, unless all of it is the
+                    // skipped session's.
+                    let mut pids = vec![first.process_id()];
+                    while let Ok(Some(n)) = client.notifications().iter().next() {
+                        pids.push(n.process_id());
+                    }
+                    if pids.into_iter().any(|pid| self.foreign(pid)) {
+                        return Wake::Changed;
+                    }
+                    if Instant::now() >= deadline {
+                        return Wake::Timeout;
+                    }
                 }
                 Ok(None) if !client.is_closed() => {
                     if Instant::now() >= deadline {
