@@ -35,5 +35,7 @@ mod dashboard;
 mod template;
 // Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names).
 mod postgres;
+// PostgreSQL on a cluster of the test's own: an idle worker's queries, server restarts.
+mod postgres_ops;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

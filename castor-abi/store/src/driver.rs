@@ -57,6 +57,13 @@ pub trait Driver: Send {
     /// The database cannot be read.
     fn change_counter(&self) -> Result<Option<i64>, StoreError>;
 
+    /// The server's id of this connection's session (PostgreSQL's backend pid), for a
+    /// worker's notifier to skip the notifications of its own commits
+    /// ([`crate::Notifier::ignore_session`]); `None` where the engine has none.
+    fn session(&self) -> Option<i64> {
+        None
+    }
+
     // Reads.
 
     /// Everything about one task; `None` if no task has this id.

@@ -413,6 +413,9 @@ pub struct WorkerRow {
     pub library: String,
     /// The machine it runs on.
     pub hostname: String,
+    /// Where its pid means something (see [`LiveWorker::host_id`]); `None` in a row an
+    /// older castor wrote.
+    pub host_id: Option<String>,
     /// Its process id.
     pub pid: u32,
     /// Thread-pool size.
@@ -440,6 +443,10 @@ pub struct LiveWorker {
     pub id: String,
     /// Its machine.
     pub hostname: String,
+    /// The kernel boot and process-id namespace its pid belongs to: two workers with the
+    /// same host id can see each other's processes (two containers, or two machines,
+    /// may share a hostname but never a host id). `None` in a row an older castor wrote.
+    pub host_id: Option<String>,
     /// Its process id.
     pub pid: u32,
     /// Its last heartbeat.

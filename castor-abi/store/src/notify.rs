@@ -11,6 +11,7 @@
 //! lands before the WAL index is updated); such a source asks for trailing wake-ups after
 //! each burst. A slow fallback tick covers anything missed.
 
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 use std::thread::JoinHandle;
@@ -24,6 +25,10 @@ pub const FALLBACK: Duration = Duration::from_secs(1);
 pub enum Wake {
     /// Another connection may have committed.
     Changed,
+    /// The source's connection to the database was lost and is back: a change too
+    /// (whatever was committed meanwhile was not reported), and a sign that the server
+    /// answers again.
+    Reconnected,
     /// Nothing happened within the timeout.
     Timeout,
     /// The notifier is being dropped: return from the thread.
@@ -40,7 +45,23 @@ pub trait ChangeSource: Send + 'static {
     fn trailing(&self) -> &'static [Duration] {
         &[]
     }
+
+    /// True if every commit by another connection is reported while the source is
+    /// connected, and a change is reported after any gap (PostgreSQL's `LISTEN`): then a
+    /// fallback tick without a reported change means nothing changed, and a waiter that
+    /// counts [`Notifier::changes`] may skip looking.
+    fn complete(&self) -> bool {
+        false
+    }
+
+    /// Takes the cell that holds the session whose changes the source must not report
+    /// (see [`Notifier::ignore_session`]); a source that cannot tell sessions apart
+    /// leaves it.
+    fn skip_session(&mut self, _session: Arc<AtomicI64>) {}
 }
+
+/// [`Notifier::ignore_session`]'s value for "none".
+pub const NO_SESSION: i64 = i64::MIN;
 
 /// Makes a blocked [`ChangeSource::wait`] return [`Wake::Stop`].
 pub type Stopper = Box<dyn FnOnce() + Send + Sync>;
@@ -50,6 +71,10 @@ type Listener = Box<dyn Fn() + Send + Sync>;
 #[derive(Default)]
 struct Shared {
     generation: Mutex<u64>,
+    /// Changes the source reported (fallback ticks left out).
+    changes: AtomicU64,
+    /// Times the source's connection came back after it was lost.
+    reconnects: AtomicU64,
     changed: Condvar,
     wakers: Mutex<Vec<Waker>>,
     listeners: Mutex<Vec<Listener>>,
@@ -83,6 +108,10 @@ pub struct Notifier {
     thread: Option<JoinHandle<()>>,
     /// What the source is, for people (`inotify on tasks.db-wal`).
     describe: String,
+    /// The source's [`ChangeSource::complete`].
+    complete: bool,
+    /// The session whose changes the source skips ([`NO_SESSION`]: none).
+    skipped: Arc<AtomicI64>,
 }
 
 impl std::fmt::Debug for Notifier {
@@ -105,6 +134,10 @@ impl Notifier {
         describe: String,
     ) -> std::io::Result<Notifier> {
         let shared = Arc::new(Shared::default());
+        let complete = source.complete();
+        let skipped = Arc::new(AtomicI64::new(NO_SESSION));
+        let mut source = source;
+        source.skip_session(Arc::clone(&skipped));
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("castor-watch".into())
@@ -114,6 +147,8 @@ impl Notifier {
             stop: Some(stop),
             thread: Some(thread),
             describe,
+            complete,
+            skipped,
         })
     }
 
@@ -125,6 +160,34 @@ impl Notifier {
     /// The current generation; it moves on every change seen.
     pub fn generation(&self) -> u64 {
         *lock(&self.shared.generation)
+    }
+
+    /// How many changes the source reported so far (the generation also moves at every
+    /// fallback tick and [`Notifier::notify`]).
+    pub fn changes(&self) -> u64 {
+        self.shared.changes.load(Ordering::Acquire)
+    }
+
+    /// Skips the changes `session` commits (a worker's own connection, whose commits
+    /// need no wake-up: the worker knows what it wrote), where the source can tell
+    /// sessions apart; `None` skips none. Called again when the session changes (a
+    /// reconnection).
+    pub fn ignore_session(&self, session: Option<i64>) {
+        self.skipped
+            .store(session.unwrap_or(NO_SESSION), Ordering::Release);
+    }
+
+    /// How many times the source's connection came back after it was lost (PostgreSQL's
+    /// `LISTEN`): a waiter whose statements fail for a lost server may try again at once.
+    pub fn reconnects(&self) -> u64 {
+        self.shared.reconnects.load(Ordering::Acquire)
+    }
+
+    /// True if the source reports every change (see [`ChangeSource::complete`]): a
+    /// broadcast that leaves [`Notifier::changes`] where it was is a fallback tick or this
+    /// process's own [`Notifier::notify`], not another connection's commit.
+    pub fn complete(&self) -> bool {
+        self.complete
     }
 
     /// Blocks until the generation differs from `since` or `deadline` passes; returns the
@@ -197,9 +260,13 @@ fn run(mut source: impl ChangeSource, shared: &Shared) {
         };
         match source.wait(timeout) {
             Wake::Stop => return,
-            Wake::Changed => {
+            wake @ (Wake::Changed | Wake::Reconnected) => {
+                if wake == Wake::Reconnected {
+                    shared.reconnects.fetch_add(1, Ordering::AcqRel);
+                }
                 last_change = Some(Instant::now());
                 trailing_sent = 0;
+                shared.changes.fetch_add(1, Ordering::AcqRel);
                 shared.broadcast();
             }
             Wake::Timeout => {

@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use castor_abi::Uuid;
 use castor_abi::abi::{HostServices, TaskMode};
 use castor_store::{
-    AttemptOutcome, Claimed, LogLevel, ScheduleFilter, Store, StoreError, TaskFilter, TaskState,
-    now_us,
+    AttemptOutcome, Claimed, LogLevel, Notifier, ScheduleFilter, Store, StoreError, TaskFilter,
+    TaskState, now_us,
 };
 use crossbeam_channel::{Receiver, Sender};
 
@@ -52,6 +52,9 @@ pub(super) struct Context {
     pub(super) id: String,
     /// The machine's name (the rescuer finds this machine's dead workers by their pid).
     pub(super) hostname: String,
+    /// Where this worker's pids mean something (see [`super::host_id`]): the rescuer
+    /// checks the pid of a worker with the same host id.
+    pub(super) host_id: String,
     /// The manager whose tasks it runs.
     pub(super) manager: String,
     /// How long a claim is valid without renewal.
@@ -72,6 +75,8 @@ pub(super) struct Context {
     pub(super) host: &'static HostServices,
     /// Where the pools send what they produce.
     pub(super) events: Sender<Event>,
+    /// What wakes the worker when the database changes.
+    pub(super) watcher: Arc<Notifier>,
 }
 
 /// The pools the claims run on.
@@ -103,6 +108,11 @@ pub(super) struct Coordinator {
     /// The database's change counter as of this worker's last look (`None`: not read
     /// yet, or the driver cannot tell).
     change_counter: Option<i64>,
+    /// The watcher's [`Notifier::changes`] as of this worker's last look (for a complete
+    /// source, which replaces the change counter).
+    changes_seen: u64,
+    /// The watcher's [`Notifier::reconnects`] as of this worker's last look.
+    reconnects_seen: u64,
     stop: Option<Stop>,
     /// An error the services' connection met that stops the worker (a damaged file).
     fatal_error: Option<StoreError>,
@@ -133,6 +143,8 @@ impl Coordinator {
             completer: Completer::default(),
             stager: Stager::default(),
             change_counter: None,
+            changes_seen: 0,
+            reconnects_seen: 0,
             stop: None,
             fatal_error: None,
             failure: None,
@@ -240,6 +252,25 @@ impl Coordinator {
 
     /// The file changed: someone else's commit may have made work for this worker.
     fn on_db_changed(&mut self) {
+        if self.ctx.watcher.complete() {
+            // The source reports every commit (LISTEN): a wake-up that brought no report is
+            // the fallback tick, and looks at nothing.
+            let changes = self.ctx.watcher.changes();
+            if changes != self.changes_seen {
+                self.changes_seen = changes;
+                self.wake_claims();
+            }
+            // The watcher's connection came back: the server answers again, so writes that
+            // failed for want of it are tried now, not at the end of their backoff.
+            let reconnects = self.ctx.watcher.reconnects();
+            if reconnects != self.reconnects_seen {
+                self.reconnects_seen = reconnects;
+                if let Some(failure) = &mut self.failure {
+                    failure.try_now(Instant::now());
+                }
+            }
+            return;
+        }
         match self.store.change_counter() {
             // Only this connection committed: nothing new to claim.
             Ok(Some(counter)) if Some(counter) == self.change_counter => {}
@@ -435,6 +466,9 @@ impl Coordinator {
         match written {
             Ok(claimed) => {
                 self.registration = None;
+                // This connection's own commits need no wake-up (after a reconnection,
+                // the new session's).
+                self.ctx.watcher.ignore_session(self.store.session());
                 self.wrote(reporter);
                 for task in claimed {
                     self.start(task, reporter);
@@ -559,8 +593,15 @@ impl Coordinator {
         } = written;
         let now = Instant::now();
         self.wal_check_at = Some(now + IDLE_CHECKPOINT_AFTER);
+        let mut ended = 0;
         for recorded in self.completer.written(plan.completion, applied) {
             self.report(&recorded, reporter);
+            ended += 1;
+        }
+        if ended > 0 && self.ctx.watcher.complete() {
+            // The watcher skips this connection's own notifications: wake this process's
+            // waiters (a task joining a subtask this worker just finished) directly.
+            self.ctx.watcher.notify();
         }
         if plan.renew {
             self.producer.renewed(now);

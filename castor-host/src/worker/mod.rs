@@ -287,6 +287,7 @@ struct TaskInfo {
 pub struct Worker {
     id: String,
     hostname: String,
+    host_id: String,
     config: WorkerConfig,
     store: Store,
     /// One claim per mode, so a backlog of one kind never starves the other.
@@ -389,6 +390,7 @@ impl Worker {
         Ok(Worker {
             id: Uuid::now_v7().simple().to_string(),
             hostname: hostname(),
+            host_id: host_id(),
             config,
             store,
             thread_claim,
@@ -509,6 +511,7 @@ impl Worker {
             manager: self.config.manager.name.to_string(),
             library: self.config.library.display().to_string(),
             hostname: self.hostname.clone(),
+            host_id: Some(self.host_id.clone()),
             pid: std::process::id(),
             threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
             processes: u32::try_from(slots.process).unwrap_or(u32::MAX),
@@ -523,6 +526,7 @@ impl Worker {
         let Worker {
             id,
             hostname,
+            host_id,
             config,
             store,
             thread_claim,
@@ -532,11 +536,13 @@ impl Worker {
             events: (events, _),
             processes,
             stopping,
+            watcher,
             ..
         } = self;
         let ctx = Context {
             id,
             hostname,
+            host_id,
             manager: config.manager.name.to_string(),
             lease: config.lease,
             grace: config.grace,
@@ -550,6 +556,7 @@ impl Worker {
             tasks,
             host,
             events,
+            watcher,
         };
         let registration = Registration {
             manager: config.manager,
@@ -633,6 +640,21 @@ impl Registration {
             }
             Ok(())
         })
+    }
+}
+
+/// Where this process's pid means something, for the workers table: the kernel's boot
+/// id (random at every boot, so unique across machines) and the process-id namespace
+/// (`pid:[4026531836]`; each container has its own). Two processes with the same host id
+/// see each other's pids, so the rescuer may check whether a worker's process exists;
+/// a hostname cannot tell that (containers, cloned machines). Without `/proc`, an id of
+/// this run alone: other workers then go by heartbeat only.
+pub(super) fn host_id() -> String {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id");
+    let namespace = std::fs::read_link("/proc/self/ns/pid");
+    match (boot, namespace) {
+        (Ok(boot), Ok(namespace)) => format!("{}/{}", boot.trim(), namespace.display()),
+        _ => format!("run-{}", castor_abi::Uuid::now_v7().simple()),
     }
 }
 

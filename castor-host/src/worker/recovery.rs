@@ -79,6 +79,15 @@ impl Failure {
         self.retry_at = Some(now + self.backoff);
     }
 
+    /// Something says the cause may be gone (the database's server answers again): the
+    /// next try comes at once, if one is waited for. Its backoff stands: should it fail
+    /// too, the wait after it is as long as it would have been.
+    pub(super) fn try_now(&mut self, now: Instant) {
+        if let Some(at) = &mut self.retry_at {
+            *at = (*at).min(now);
+        }
+    }
+
     /// A try succeeded: write the rest without waiting, in larger pieces.
     pub(super) fn succeeded(&mut self) {
         self.retry_at = None;

@@ -2,8 +2,10 @@
 //! policy. Any worker rescues any task of the file, so a crashed worker's tasks run again
 //! whether or not it comes back.
 //!
-//! A worker run is gone when its heartbeat is older than a lease, or, on this machine,
-//! when its process no longer exists (found at once instead of a lease later). Its
+//! A worker run is gone when its heartbeat is older than a lease, or, where this
+//! worker sees its processes (the same host id: one kernel boot and pid namespace, not
+//! merely the same hostname, which containers and cloned machines share), when its
+//! process no longer exists (found at once instead of a lease later). Its
 //! leases are ended; then every running attempt whose lease ran out is recorded as
 //! abandoned and moves on like any failed attempt: `retryable` while attempts remain,
 //! `discarded` after the last. Semantics are at-least-once: an abandoned attempt may have
@@ -45,9 +47,17 @@ impl Rescuer {
         }
     }
 
-    /// True if a turn at `now` rescues (never while writes fail: it can wait).
-    pub(super) fn due(&self, now: Instant, recovering: bool) -> bool {
-        !recovering && now >= self.next
+    /// True if a turn at `now` rescues (never while writes fail: it can wait). A turn
+    /// that renews the leases (`renewing`) also rescues when the pass is due within half
+    /// a period: the two then share a transaction, and stay in step (both come every third
+    /// of a lease), so an idle worker's only write is one turn per period.
+    pub(super) fn due(&self, now: Instant, renewing: bool, recovering: bool) -> bool {
+        let ahead = if renewing {
+            self.every / 2
+        } else {
+            Duration::ZERO
+        };
+        !recovering && now + ahead >= self.next
     }
 
     /// The next pass's time.
@@ -61,14 +71,15 @@ impl Rescuer {
     }
 }
 
-/// One pass: bury dead workers, rescue expired attempts.
+/// One pass: bury dead workers, rescue expired attempts. `here`: this worker's hostname
+/// and host id.
 ///
 /// # Errors
 /// A statement failed (the transaction is rolled back and retried by the caller).
 pub fn rescue(
     tx: &mut dyn Tx,
     me: &str,
-    hostname: &str,
+    here: (&str, &str),
     lease: Duration,
     now: i64,
     jitter: &dyn Fn(i64) -> f64,
@@ -79,7 +90,7 @@ pub fn rescue(
         if worker.id == me {
             continue;
         }
-        if let Some(why) = why_dead(&worker, hostname, lease, now) {
+        if let Some(why) = why_dead(&worker, here, lease, now) {
             tx.bury_worker(&worker.id, now)?;
             reasons.insert(worker.id.clone(), why.clone());
             pass.buried.push((worker.id, why));
@@ -115,9 +126,20 @@ pub fn rescue(
     Ok(pass)
 }
 
-/// Why `worker` is dead, if it is.
-fn why_dead(worker: &LiveWorker, hostname: &str, lease: Duration, now: i64) -> Option<String> {
-    if worker.hostname == hostname && !process_exists(worker.pid) {
+/// Why `worker` is dead, if it is, as seen from `here` (this worker's hostname and host
+/// id). Its pid is looked up only if it ran where this worker sees its processes: the
+/// same host id, or, for a row an older castor wrote without one, the same hostname.
+fn why_dead(
+    worker: &LiveWorker,
+    (hostname, host_id): (&str, &str),
+    lease: Duration,
+    now: i64,
+) -> Option<String> {
+    let sees_its_processes = match &worker.host_id {
+        Some(id) => id == host_id,
+        None => worker.hostname == hostname,
+    };
+    if sees_its_processes && !process_exists(worker.pid) {
         return Some(format!(
             "{} (pid {} on {}) is gone",
             worker.id, worker.pid, worker.hostname
@@ -152,24 +174,72 @@ fn process_exists(pid: u32) -> bool {
 mod tests {
     use super::*;
 
+    /// A worker on the machine `host` whose host id is `host`'s own.
     fn worker(pid: u32, host: &str, heartbeat_at: i64) -> LiveWorker {
         LiveWorker {
             id: "w".into(),
             hostname: host.into(),
+            host_id: Some(format!("{host}-id")),
             pid,
             heartbeat_at,
         }
+    }
+
+    const HERE: (&str, &str) = ("here", "here-id");
+
+    #[test]
+    fn a_pid_is_checked_only_under_the_same_host_id() {
+        let lease = Duration::from_secs(30);
+        let now = 1_000_000_000_000;
+        let dead_pid = u32::MAX - 1;
+        // The same hostname, another host id (another container): its pid means nothing
+        // here; only its heartbeat counts.
+        let twin = LiveWorker {
+            host_id: Some("another-boot/pid:[1]".into()),
+            ..worker(dead_pid, "here", now - 1_000_000)
+        };
+        assert_eq!(why_dead(&twin, HERE, lease, now), None);
+        let silent_twin = LiveWorker {
+            heartbeat_at: now - 31_000_000,
+            ..twin.clone()
+        };
+        assert!(
+            why_dead(&silent_twin, HERE, lease, now)
+                .is_some_and(|w| w.contains("no heartbeat for 31.0s"))
+        );
+        // Another hostname but this host id (a renamed machine): the pid tells.
+        let renamed = LiveWorker {
+            host_id: Some("here-id".into()),
+            ..worker(dead_pid, "renamed", now)
+        };
+        assert!(why_dead(&renamed, HERE, lease, now).is_some_and(|w| w.contains("is gone")));
+        // A row without a host id (an older castor): the hostname decides, as before.
+        let older = LiveWorker {
+            host_id: None,
+            ..worker(dead_pid, "here", now)
+        };
+        assert!(why_dead(&older, HERE, lease, now).is_some_and(|w| w.contains("is gone")));
+        let older_elsewhere = LiveWorker {
+            host_id: None,
+            ..worker(dead_pid, "there", now)
+        };
+        assert_eq!(why_dead(&older_elsewhere, HERE, lease, now), None);
     }
 
     #[test]
     fn the_rescuer_runs_at_start_then_every_third_of_a_lease() {
         let t0 = Instant::now();
         let mut rescuer = Rescuer::new(Duration::from_secs(30), t0);
-        assert!(rescuer.due(t0, false));
-        assert!(!rescuer.due(t0, true), "not while writes fail");
+        assert!(rescuer.due(t0, false, false));
+        assert!(!rescuer.due(t0, false, true), "not while writes fail");
         rescuer.ran(t0);
         assert_eq!(rescuer.next(), t0 + Duration::from_secs(10));
-        assert!(!rescuer.due(t0 + Duration::from_secs(9), false));
+        assert!(!rescuer.due(t0 + Duration::from_secs(9), false, false));
+        assert!(
+            rescuer.due(t0 + Duration::from_secs(6), true, false),
+            "a renewal within half a period takes the pass along"
+        );
+        assert!(!rescuer.due(t0 + Duration::from_secs(4), true, false));
     }
 
     #[test]
@@ -178,21 +248,21 @@ mod tests {
         let now = 1_000_000_000_000;
         let me = std::process::id();
         // Alive here, recent heartbeat.
-        assert_eq!(why_dead(&worker(me, "here", now), "here", lease, now), None);
+        assert_eq!(why_dead(&worker(me, "here", now), HERE, lease, now), None);
         // A pid that cannot exist, on this machine: dead at once.
-        let gone = why_dead(&worker(u32::MAX - 1, "here", now), "here", lease, now);
+        let gone = why_dead(&worker(u32::MAX - 1, "here", now), HERE, lease, now);
         assert!(gone.is_some_and(|w| w.contains("is gone")));
         // Another machine: only the heartbeat tells.
         assert_eq!(
             why_dead(
                 &worker(u32::MAX - 1, "there", now - 1_000_000),
-                "here",
+                HERE,
                 lease,
                 now
             ),
             None
         );
-        let silent = why_dead(&worker(me, "there", now - 31_000_000), "here", lease, now);
+        let silent = why_dead(&worker(me, "there", now - 31_000_000), HERE, lease, now);
         assert!(silent.is_some_and(|w| w.contains("no heartbeat for 31.0s")));
     }
 }

@@ -96,12 +96,13 @@ impl TurnPlan {
     pub(super) fn new(input: &PlanInput<'_>, now: Now, jitter: &dyn Fn(i64) -> f64) -> TurnPlan {
         let recovering = input.recovering.is_some();
         let piece = input.recovering.unwrap_or(usize::MAX);
+        let renew = recovering || input.producer.renewal_due(now.instant);
         TurnPlan {
             now: now.us,
             completion: input.completer.plan(piece, now.us, jitter),
             stage: input.stager.due(now.us, recovering, input.stopping),
-            renew: recovering || input.producer.renewal_due(now.instant),
-            rescue: input.rescuer.due(now.instant, recovering),
+            renew,
+            rescue: input.rescuer.due(now.instant, renew, recovering),
             prune: input.pruner.due(now.instant, recovering),
             cancels: input.running.cancels_due(),
             claims: PerMode {
@@ -147,7 +148,14 @@ impl TurnPlan {
             tx.heartbeat(&ctx.id, now, summary.completed, summary.failed)?;
         }
         let rescued = if self.rescue {
-            rescuer::rescue(tx, &ctx.id, &ctx.hostname, ctx.lease, now, jitter)?
+            rescuer::rescue(
+                tx,
+                &ctx.id,
+                (&ctx.hostname, &ctx.host_id),
+                ctx.lease,
+                now,
+                jitter,
+            )?
         } else {
             Rescue::default()
         };

@@ -13,6 +13,7 @@ pub fn worker_row(id: &str, started_at: i64) -> WorkerRow {
         manager: MANAGER.to_owned(),
         library: "/lib/libtasks.so".to_owned(),
         hostname: "host-1".to_owned(),
+        host_id: Some("boot-1/pid:[4026531836]".to_owned()),
         pid: 4242,
         threads: 4,
         processes: 2,
@@ -100,7 +101,11 @@ pub fn leases_expire_and_renew(db: &dyn TestDatabase) {
 pub fn workers_register_beat_and_stop(db: &dyn TestDatabase) {
     let mut store = db.connect();
     let old = worker_row("w-old", T0);
-    let new = worker_row("w-new", T0 + SECOND);
+    // A row as an older castor wrote it: no host identity.
+    let new = WorkerRow {
+        host_id: None,
+        ..worker_row("w-new", T0 + SECOND)
+    };
     store
         .write(|tx| {
             tx.register_worker(&old)?;
@@ -122,6 +127,12 @@ pub fn workers_register_beat_and_stop(db: &dyn TestDatabase) {
     assert_eq!(beat.heartbeat_at, T0 + 5 * SECOND);
     assert_eq!(beat.hostname, "host-1");
     assert_eq!(beat.pid, 4242);
+    assert_eq!(beat.host_id.as_deref(), Some("boot-1/pid:[4026531836]"));
+    let older = live
+        .iter()
+        .find(|w| w.id == "w-new")
+        .expect("w-new is live");
+    assert_eq!(older.host_id, None);
     assert_eq!(live.len(), 2);
     let row = store.workers(false).expect("workers");
     let row = row.iter().find(|w| w.id == "w-old").expect("w-old");

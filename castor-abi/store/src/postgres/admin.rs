@@ -98,8 +98,8 @@ impl PostgresDriver {
         self.read("list workers", |conn| {
             conn.query(
                 "SELECT id, manager, library, hostname, pid, threads, processes, tasks, \
-                 started_at, heartbeat_at, stopped_at, completed, failed FROM castor_workers \
-                 WHERE NOT $1 OR stopped_at IS NULL ORDER BY started_at DESC",
+                 started_at, heartbeat_at, stopped_at, completed, failed, host_id \
+                 FROM castor_workers WHERE NOT $1 OR stopped_at IS NULL ORDER BY started_at DESC",
                 &[&live_only],
             )?
             .iter()
@@ -110,6 +110,7 @@ impl PostgresDriver {
                     manager: row.try_get(1)?,
                     library: row.try_get(2)?,
                     hostname: row.try_get(3)?,
+                    host_id: row.try_get(13)?,
                     pid: u32_from(row.try_get(4)?),
                     threads: u32_from(row.try_get(5)?),
                     processes: u32_from(row.try_get(6)?),

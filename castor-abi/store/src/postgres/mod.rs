@@ -48,15 +48,41 @@ use crate::{OpenOptions, Role};
 
 /// The PostgreSQL driver's migrations, oldest first (numbered on their own, not
 /// SQLite's). Each is applied in one transaction and recorded in `castor_migrations`.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "initial",
-    sql: include_str!("migrations/0001_initial.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "initial",
+        sql: include_str!("migrations/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "worker_host_id",
+        sql: include_str!("migrations/0002_worker_host_id.sql"),
+    },
+];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
 /// `delay` during an outage fails after this instead of hanging.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long sent data may stay unacknowledged before the connection counts as dead, when
+/// the URL does not say (`tcp_user_timeout=`): a statement sent to a server that vanished
+/// (a machine off, a network cut) fails after this instead of hanging.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The idle time before TCP keepalives start, when the URL does not say: an idle
+/// connection to a vanished server is found dead within about this plus three probes.
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(15);
+
+/// The client's default idle time before keepalives (two hours), left to the URL's choice
+/// when it differs.
+const KEEPALIVES_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
+
+/// The longest a worker's or an app's statement may run on the server, when the URL's
+/// `options` do not set `statement_timeout`: a statement stuck behind a lock or a hung
+/// server fails instead of stalling the worker past its lease (migrations are exempt).
+/// Castor's statements take milliseconds; the CLI (`purge` of a large table) has none.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The advisory lock that serializes migrations between processes (`castor` in ASCII).
 const MIGRATION_LOCK: i64 = 0x6361_7374_6f72;
@@ -85,6 +111,12 @@ type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 pub(crate) struct Conn {
     client: Client,
     statements: HashMap<&'static str, Statement>,
+    /// The connection was lost (a statement failed for it): connect again before the
+    /// next statement, even if the client has not noticed yet.
+    lost: bool,
+    /// The server's backend pid for this connection (a worker's only: its notifier skips
+    /// this session's notifications).
+    backend_pid: Option<i32>,
 }
 
 impl Conn {
@@ -173,6 +205,12 @@ pub(crate) fn config(database: &Database, url: &str, role: Role) -> Result<Confi
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    }
+    if config.get_keepalives_idle() == KEEPALIVES_IDLE_DEFAULT {
+        config.keepalives_idle(KEEPALIVES_IDLE);
+    }
     if config.get_application_name().is_none() {
         config.application_name(match role {
             Role::Worker => "castor worker",
@@ -224,21 +262,35 @@ impl PostgresDriver {
     /// statements that failed with it are not retried here, but the next ones work.
     fn conn(&self) -> Result<RefMut<'_, Conn>, postgres::Error> {
         let mut conn = self.conn.borrow_mut();
-        if conn.client.is_closed() {
+        if conn.lost || conn.client.is_closed() {
             *conn = connect_client(&self.config, self.role, self.durable)?;
         }
         Ok(conn)
     }
 
-    /// Runs `f` on the connection, naming `operation` in its error.
+    /// Runs `f` on the connection, naming `operation` in its error. A read that meets a
+    /// connection the server dropped (a restart since the last statement) runs once more
+    /// on a new one: reads change nothing, so running one twice is harmless.
     fn read<T>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Conn) -> Result<T, postgres::Error>,
+        f: impl Fn(&mut Conn) -> Result<T, postgres::Error>,
     ) -> Result<T, StoreError> {
-        self.conn()
-            .and_then(|mut conn| f(&mut conn))
-            .map_err(|e| self.error(operation, e))
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let result = self.conn().and_then(|mut conn| {
+                let result = f(&mut conn);
+                if let Err(e) = &result {
+                    conn.lost = lost(e);
+                }
+                result
+            });
+            match result {
+                Err(e) if tries < 2 && lost(&e) => {}
+                result => return result.map_err(|e| self.error(operation, e)),
+            }
+        }
     }
 
     fn schema_version(&self) -> Result<u32, StoreError> {
@@ -281,6 +333,9 @@ impl PostgresDriver {
         let mut conn = self.conn().map_err(|e| self.error(OPERATION, e))?;
         let applied = (|| {
             let mut tx = conn.client.transaction()?;
+            // A migration may take long on a large table, and the lock waits for another
+            // process's: no statement timeout here.
+            tx.batch_execute("SET LOCAL statement_timeout = 0")?;
             // One process migrates at a time; the others wait here, then find it done.
             tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
             let recorded: bool = tx.query_one(RECORDED_SQL, &[])?.try_get(0)?;
@@ -468,14 +523,50 @@ fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, po
     }
     if role == Role::Inspect {
         setup.push_str("SET default_transaction_read_only = on;");
+    } else if !config
+        .get_options()
+        .is_some_and(|o| o.contains("statement_timeout"))
+    {
+        setup.push_str(&format!(
+            "SET statement_timeout = {};",
+            STATEMENT_TIMEOUT.as_millis()
+        ));
     }
     if !setup.is_empty() {
         client.batch_execute(&setup)?;
     }
+    let backend_pid = match role {
+        Role::Worker => Some(
+            client
+                .query_one("SELECT pg_backend_pid()", &[])?
+                .try_get(0)?,
+        ),
+        Role::App | Role::Inspect => None,
+    };
     Ok(Conn {
         client,
         statements: HashMap::new(),
+        lost: false,
+        backend_pid,
     })
+}
+
+/// True if `e` means the connection is gone (closed, a network error, or the server
+/// ending it: a shutdown, a restart, an administrator's terminate), so the statement may
+/// work on a new one. A failure to connect is not: connecting again at once fails too.
+pub(crate) fn lost(e: &postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    if let Some(code) = e.code() {
+        // Class 57P: operator intervention (admin_shutdown, crash_shutdown, ...).
+        return code.code().starts_with("57P");
+    }
+    // An I/O error on an established connection (the client's own kinds are not public:
+    // its message names them).
+    e.as_db_error().is_none()
+        && std::error::Error::source(e).is_some_and(|s| s.is::<std::io::Error>())
+        && !e.to_string().starts_with("error connecting")
 }
 
 /// The server's reason for `e`, said once: its message (with its detail and hint, if
@@ -534,12 +625,29 @@ pub(crate) fn classify(
                 waited: DEADLOCK_TIMEOUT,
             }
         }
+        _ if unreachable(e) => StoreError::Query {
+            database,
+            operation,
+            detail: format!(
+                "the server cannot be reached ({}); check that it is running and reachable \
+                 (castor connects again at its next statement)",
+                reason(e)
+            ),
+        },
         _ => StoreError::Query {
             database,
             operation,
             detail: reason(e),
         },
     }
+}
+
+/// True if `e` is a failure to connect (the server is down, restarting, or out of reach).
+fn unreachable(e: &postgres::Error) -> bool {
+    let starting = e
+        .code()
+        .is_some_and(|c| *c == postgres::error::SqlState::CANNOT_CONNECT_NOW);
+    starting || (e.as_db_error().is_none() && e.to_string().starts_with("error connecting"))
 }
 
 /// PostgreSQL's default `deadlock_timeout`: how long a transaction waited before the
@@ -556,8 +664,14 @@ impl Driver for PostgresDriver {
     }
 
     fn change_counter(&self) -> Result<Option<i64>, StoreError> {
-        // Nothing cheap tells another connection's commit from this one's.
+        // Nothing cheap tells another connection's commit from this one's here; the
+        // notifier does, by the session (`session`).
         Ok(None)
+    }
+
+    fn session(&self) -> Option<i64> {
+        let conn = self.conn.try_borrow().ok()?;
+        conn.backend_pid.map(i64::from)
     }
 
     fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {

@@ -34,9 +34,10 @@ impl PostgresDriver {
         let missing = self.missing_schema_objects()?;
         let present = TABLES
             .iter()
-            .filter(|t| expected.contains(t) && !missing.iter().any(|m| m == *t));
+            .filter(|t| expected.contains(t) && !missing.iter().any(|m| m == *t))
+            .collect::<Vec<_>>();
         self.read("check the database", |conn| {
-            for table in present {
+            for table in &present {
                 conn.batch(&format!("SELECT 1 FROM {table} LIMIT 1"))?;
             }
             Ok(())

@@ -117,10 +117,17 @@ fn migrations_are_numbered_and_recorded() {
     );
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
     let status = store.migration_status().expect("status");
-    assert_eq!(status.version, 1);
+    assert_eq!(status.version, 2);
     assert!(status.pending.is_empty());
-    assert_eq!(status.applied.len(), 1);
-    assert!(status.applied[0].applied_at.is_some());
+    assert_eq!(
+        status
+            .applied
+            .iter()
+            .map(|m| (m.version, m.name.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "initial"), (2, "worker_host_id")]
+    );
+    assert!(status.applied.iter().all(|m| m.applied_at.is_some()));
     assert!(store.missing_schema_objects().expect("schema").is_empty());
     // Opening again applies nothing; a second process racing the first finds it done.
     let mut again = Store::open(url.as_str(), OpenOptions::app()).expect("reopen");
@@ -146,7 +153,10 @@ fn concurrent_migrations_apply_once() {
         thread.join().expect("thread").expect("open");
     }
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
-    assert_eq!(store.migration_status().expect("status").applied.len(), 1);
+    assert_eq!(
+        store.migration_status().expect("status").applied.len(),
+        super::MIGRATIONS.len()
+    );
 }
 
 #[test]
@@ -510,4 +520,43 @@ fn a_periodic_schedule_restarts_when_its_priority_or_backoff_changes() {
             .write(|tx| tx.advance_schedule(id, now + 120_000_000, 0, Some(now + 60_000_000)))
             .expect("move back");
     }
+}
+
+/// A worker's notifier told to skip its own session reports no change for that
+/// connection's commits (the worker knows what it wrote), and still reports another
+/// connection's at once.
+#[test]
+fn a_notifier_skips_the_ignored_sessions_commits() {
+    let url = fresh_url();
+    let database = Database::parse(&url);
+    let mut own = Store::open(&database, OpenOptions::worker()).expect("open");
+    let mut other = Store::open(&database, OpenOptions::app()).expect("open");
+    let notifier = crate::notifier(&database).expect("notifier");
+    let session = own.session();
+    assert!(session.is_some(), "a worker's connection knows its session");
+    assert_eq!(other.session(), None, "an app's needs none");
+    notifier.ignore_session(session);
+    let changes = notifier.changes();
+    own.enqueue(&new_task("a", b"x")).expect("enqueue");
+    // Past the fallback tick: time for the notification to arrive, were it reported.
+    let since = notifier.generation();
+    notifier.wait_past(since, Instant::now() + Duration::from_millis(1500));
+    let since = notifier.generation();
+    notifier.wait_past(since, Instant::now() + Duration::from_millis(1500));
+    assert_eq!(notifier.changes(), changes, "its own commit is skipped");
+    let started = Instant::now();
+    other.enqueue(&new_task("a", b"y")).expect("enqueue");
+    while notifier.changes() == changes {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "another connection's commit is reported"
+        );
+        let since = notifier.generation();
+        notifier.wait_past(since, Instant::now() + Duration::from_millis(100));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "at once, not at the fallback tick ({:?})",
+        started.elapsed()
+    );
 }

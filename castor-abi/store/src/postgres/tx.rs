@@ -32,11 +32,25 @@ pub struct PostgresTx<'a> {
 }
 
 impl<'a> PostgresTx<'a> {
+    /// Begins a transaction; on a connection the server dropped since the last statement
+    /// (a restart), once more on a new one.
     pub(super) fn begin(driver: &'a mut PostgresDriver) -> Result<PostgresTx<'a>, StoreError> {
-        driver
-            .conn()
-            .and_then(|mut conn| conn.batch("BEGIN"))
-            .map_err(|e| driver.error("begin a write", e))?;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let begun = driver.conn().and_then(|mut conn| {
+                let begun = conn.batch("BEGIN");
+                if let Err(e) = &begun {
+                    conn.lost = super::lost(e);
+                }
+                begun
+            });
+            match begun {
+                Ok(()) => break,
+                Err(e) if tries < 2 && super::lost(&e) => {}
+                Err(e) => return Err(driver.error("begin a write", e)),
+            }
+        }
         Ok(PostgresTx {
             driver,
             done: false,
@@ -356,9 +370,13 @@ impl Tx for PostgresTx<'_> {
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.done = true;
-        self.conn()
-            .batch("COMMIT")
-            .map_err(|e| self.driver.error("commit", e))
+        let committed = self.conn().batch("COMMIT");
+        committed.map_err(|e| {
+            // Whether the server committed is unknown; the guarded writes make a second
+            // try harmless either way.
+            self.conn().lost = super::lost(&e);
+            self.driver.error("commit", e)
+        })
     }
 }
 
@@ -366,8 +384,11 @@ impl Drop for PostgresTx<'_> {
     fn drop(&mut self) {
         if !self.done {
             // Nothing to report: the transaction is abandoned either way, and the server
-            // rolls it back itself if the connection is gone.
-            let _ = self.conn().batch("ROLLBACK");
+            // rolls it back itself if the connection is gone. A connection that cannot
+            // even roll back is connected again before the next statement.
+            if self.conn().batch("ROLLBACK").is_err() {
+                self.conn().lost = true;
+            }
         }
     }
 }

@@ -7,10 +7,12 @@
 //! If the connection drops (a server restart, the network), the source connects again
 //! with a growing pause ([`RETRY_FIRST`] doubling to [`RETRY_MAX`]) and, once back,
 //! reports a change: whatever was committed meanwhile sent no notification to it, so
-//! waiters look again. The notifier's fallback tick keeps waking waiters meanwhile.
+//! waiters look again. The notifier's fallback tick keeps waking waiters meanwhile; the
+//! source is [complete](ChangeSource::complete), so a worker skips its claims at a tick
+//! that brought no notification (an idle worker then runs nothing but its heartbeat).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
@@ -19,7 +21,7 @@ use postgres::{Client, Config, NoTls};
 use super::{config, reason};
 use crate::Role;
 use crate::error::StoreError;
-use crate::notify::{ChangeSource, Notifier, Wake};
+use crate::notify::{ChangeSource, NO_SESSION, Notifier, Wake};
 use crate::target::Database;
 
 /// The channel the schema's triggers notify.
@@ -32,8 +34,10 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// The first pause before connecting again after the connection dropped.
 pub const RETRY_FIRST: Duration = Duration::from_millis(100);
 
-/// The longest pause between two tries to connect again.
-pub const RETRY_MAX: Duration = Duration::from_secs(5);
+/// The longest pause between two tries to connect again: a worker whose writes fail
+/// for a lost server tries them again when this connection comes back, so the server is
+/// seen back within about this (a refused connection costs the server nothing).
+pub const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// Starts the notifier for the database `url` names: one connection that listens.
 pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, StoreError> {
@@ -50,6 +54,7 @@ pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, Store
         retry: RETRY_FIRST,
         next_try: Instant::now(),
         stop: Arc::clone(&stop),
+        skipped: Arc::new(AtomicI64::new(NO_SESSION)),
     };
     Notifier::start(
         source,
@@ -76,9 +81,15 @@ struct ListenSource {
     /// When to try connecting next.
     next_try: Instant,
     stop: Arc<AtomicBool>,
+    /// The backend pid whose notifications are skipped (the worker's own connection).
+    skipped: Arc<AtomicI64>,
 }
 
 impl ListenSource {
+    /// True if a notification from the backend `pid` is another session's.
+    fn foreign(&self, pid: i32) -> bool {
+        i64::from(pid) != self.skipped.load(Ordering::Acquire)
+    }
     /// Tries to connect again if it is time; true once connected.
     fn reconnect(&mut self) -> bool {
         if Instant::now() < self.next_try {
@@ -100,6 +111,16 @@ impl ListenSource {
 }
 
 impl ChangeSource for ListenSource {
+    /// Every commit that changes work notifies while the connection stands, and the
+    /// reconnection after a drop reports a change.
+    fn complete(&self) -> bool {
+        true
+    }
+
+    fn skip_session(&mut self, session: Arc<AtomicI64>) {
+        self.skipped = session;
+    }
+
     fn wait(&mut self, timeout: Duration) -> Wake {
         let deadline = Instant::now() + timeout;
         loop {
@@ -111,7 +132,7 @@ impl ChangeSource for ListenSource {
             let Some(client) = self.client.as_mut() else {
                 if self.reconnect() {
                     // Back: anything committed meanwhile notified nobody here.
-                    return Wake::Changed;
+                    return Wake::Reconnected;
                 }
                 if now >= deadline {
                     return Wake::Timeout;
@@ -122,10 +143,19 @@ impl ChangeSource for ListenSource {
             };
             let next = client.notifications().timeout_iter(slice).next();
             match next {
-                Ok(Some(_)) => {
-                    // One wake-up for everything already queued.
-                    while let Ok(Some(_)) = client.notifications().iter().next() {}
-                    return Wake::Changed;
+                Ok(Some(first)) => {
+                    // One wake-up for everything already queued, unless all of it is the
+                    // skipped session's.
+                    let mut pids = vec![first.process_id()];
+                    while let Ok(Some(n)) = client.notifications().iter().next() {
+                        pids.push(n.process_id());
+                    }
+                    if pids.into_iter().any(|pid| self.foreign(pid)) {
+                        return Wake::Changed;
+                    }
+                    if Instant::now() >= deadline {
+                        return Wake::Timeout;
+                    }
                 }
                 Ok(None) if !client.is_closed() => {
                     if Instant::now() >= deadline {

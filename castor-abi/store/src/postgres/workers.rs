@@ -16,8 +16,8 @@ impl PostgresTx<'_> {
     ) -> Result<(), postgres::Error> {
         self.conn().execute(
             "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
-             processes, tasks, started_at, heartbeat_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             processes, tasks, started_at, heartbeat_at, host_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &worker.id,
                 &worker.manager,
@@ -29,6 +29,7 @@ impl PostgresTx<'_> {
                 &tasks,
                 &worker.started_at,
                 &worker.heartbeat_at,
+                &worker.host_id,
             ],
         )?;
         Ok(())
@@ -73,7 +74,7 @@ impl PostgresTx<'_> {
     pub fn live_workers(&mut self) -> Result<Vec<LiveWorker>, postgres::Error> {
         self.conn()
             .query(
-                "SELECT id, hostname, pid, heartbeat_at FROM castor_workers \
+                "SELECT id, hostname, pid, heartbeat_at, host_id FROM castor_workers \
                  WHERE stopped_at IS NULL",
                 &[],
             )?
@@ -84,6 +85,7 @@ impl PostgresTx<'_> {
                     hostname: row.try_get(1)?,
                     pid: u32_from(row.try_get(2)?),
                     heartbeat_at: row.try_get(3)?,
+                    host_id: row.try_get(4)?,
                 })
             })
             .collect()

@@ -107,11 +107,11 @@ impl SqliteDriver {
     pub fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         let sql = if live_only {
             "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
-             heartbeat_at, stopped_at, completed, failed FROM castor_workers \
+             heartbeat_at, stopped_at, completed, failed, host_id FROM castor_workers \
              WHERE stopped_at IS NULL ORDER BY started_at DESC"
         } else {
             "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
-             heartbeat_at, stopped_at, completed, failed FROM castor_workers \
+             heartbeat_at, stopped_at, completed, failed, host_id FROM castor_workers \
              ORDER BY started_at DESC"
         };
         self.conn
@@ -124,6 +124,7 @@ impl SqliteDriver {
                         manager: row.get(1)?,
                         library: row.get(2)?,
                         hostname: row.get(3)?,
+                        host_id: row.get(13)?,
                         pid: row.get(4)?,
                         threads: row.get(5)?,
                         processes: row.get(6)?,

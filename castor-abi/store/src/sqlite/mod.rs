@@ -54,6 +54,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "migrations_table",
         sql: include_str!("migrations/0002_migrations_table.sql"),
     },
+    Migration {
+        version: 3,
+        name: "worker_host_id",
+        sql: include_str!("migrations/0003_worker_host_id.sql"),
+    },
 ];
 
 /// How long a connection waits for another writer before giving up on one try.

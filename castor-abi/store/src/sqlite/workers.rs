@@ -17,8 +17,8 @@ impl SqliteTx<'_> {
             .conn
             .prepare_cached(
                 "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
-                 processes, tasks, started_at, heartbeat_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 processes, tasks, started_at, heartbeat_at, host_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )?
             .execute(params![
                 worker.id,
@@ -31,6 +31,7 @@ impl SqliteTx<'_> {
                 tasks,
                 worker.started_at,
                 worker.heartbeat_at,
+                worker.host_id,
             ])?;
         Ok(())
     }
@@ -78,9 +79,11 @@ impl SqliteTx<'_> {
     /// # Errors
     /// Fails if the statement fails.
     pub fn live_workers(&self) -> Result<Vec<LiveWorker>, rusqlite::Error> {
-        self.driver.conn
+        self.driver
+            .conn
             .prepare_cached(
-                "SELECT id, hostname, pid, heartbeat_at FROM castor_workers WHERE stopped_at IS NULL",
+                "SELECT id, hostname, pid, heartbeat_at, host_id FROM castor_workers \
+                 WHERE stopped_at IS NULL",
             )?
             .query_map([], |row| {
                 Ok(LiveWorker {
@@ -88,6 +91,7 @@ impl SqliteTx<'_> {
                     hostname: row.get(1)?,
                     pid: row.get(2)?,
                     heartbeat_at: row.get(3)?,
+                    host_id: row.get(4)?,
                 })
             })?
             .collect()

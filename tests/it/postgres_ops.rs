@@ -1,0 +1,419 @@
+//! The real `castor` worker on a PostgreSQL server of the test's own (a throwaway cluster
+//! it creates, starts, restarts and stops): an idle worker runs only its heartbeat, and a
+//! worker draining tasks survives a server restart and a stop in the middle, running
+//! every task exactly once, while an app's `delay` during the outage fails at once with a
+//! clear error.
+//!
+//! The cluster needs Debian's `postgresql` package (`initdb` and `pg_ctl` under
+//! `/usr/lib/postgresql/*/bin`); as root they run as the `postgres` user.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use castor_fixture_tasks as fx;
+use castor_store::{OpenOptions, Store, TaskState, WorkerRow};
+
+use crate::support::{PATIENCE, TestDir, Worker, castor_bin, recorded, tasks_target, wait_until};
+
+/// A PostgreSQL cluster of the test's own, on a Unix socket in its directory (no TCP
+/// port to collide with), without autovacuum (whose transactions would count as the
+/// worker's), stopped and removed when dropped.
+struct Cluster {
+    /// The directory holding the data directory, the socket and the server's log.
+    dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl Cluster {
+    /// Creates and starts a cluster.
+    fn start() -> Cluster {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .filter(|bin| bin.join("initdb").is_file())
+            .max()
+            .unwrap_or_else(|| {
+                panic!(
+                    "PostgreSQL's initdb is missing under /usr/lib/postgresql: install Debian's \
+                     postgresql package (as .ci/run does)"
+                )
+            });
+        // Under /tmp: the socket's path must stay under the kernel's 107 bytes.
+        let dir = PathBuf::from(format!(
+            "/tmp/castor-pg-{}",
+            castor_abi::Uuid::now_v7().simple()
+        ));
+        std::fs::create_dir_all(&dir).expect("create the cluster's directory");
+        let cluster = Cluster { dir, bin };
+        if is_root() {
+            let chown = Command::new("chown")
+                .arg("postgres:")
+                .arg(&cluster.dir)
+                .output()
+                .expect("run chown");
+            assert!(chown.status.success(), "chown: {chown:?}");
+        }
+        let data = cluster.data();
+        cluster.run(
+            "initdb",
+            &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"],
+        );
+        cluster.pg_ctl(&["start"]);
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.join("data").display().to_string()
+    }
+
+    /// The URL of the cluster's `postgres` database.
+    fn url(&self) -> String {
+        format!(
+            "postgres:///postgres?host={}&user=postgres",
+            self.dir.display()
+        )
+    }
+
+    /// Runs one of the server's programs (as the `postgres` user under root); panics with
+    /// its output if it fails.
+    fn run(&self, program: &str, args: &[&str]) -> Output {
+        let path = self.bin.join(program);
+        let mut command = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&path);
+            c
+        } else {
+            Command::new(&path)
+        };
+        let output = command
+            .args(args)
+            .output()
+            .expect("run a PostgreSQL program");
+        assert!(
+            output.status.success(),
+            "{program} {args:?} failed: {}{}\nserver log:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+            std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+        );
+        output
+    }
+
+    /// `pg_ctl ACTION` on the cluster, waiting for it to finish; `start` and `restart`
+    /// with the cluster's settings (socket only, no fsync).
+    fn pg_ctl(&self, action: &[&str]) {
+        let data = self.data();
+        let log = self.dir.join("server.log").display().to_string();
+        let options = format!(
+            "-k {} -c listen_addresses= -c fsync=off -c full_page_writes=off -c autovacuum=off",
+            self.dir.display()
+        );
+        let mut args = vec!["-D", &data, "-l", &log, "-w", "-o", &options];
+        args.extend_from_slice(action);
+        self.run("pg_ctl", &args);
+    }
+
+    /// The server's count of committed transactions in its `postgres` database, read
+    /// from a connection to another database (`template1`), so that reading it adds
+    /// nothing. The server publishes other sessions' counts within a second or so.
+    fn commits(&self) -> i64 {
+        let url = format!(
+            "postgres:///template1?host={}&user=postgres",
+            self.dir.display()
+        );
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).expect("connect");
+        client
+            .query_one(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = 'postgres'",
+                &[],
+            )
+            .expect("read pg_stat_database")
+            .get(0)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(if is_root() { "runuser" } else { "true" })
+            .args(if is_root() {
+                vec!["-u", "postgres", "--"]
+            } else {
+                vec![]
+            })
+            .arg(self.bin.join("pg_ctl"))
+            .args(["-D", &self.data(), "-m", "immediate", "stop"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Starts `castor TARGET --db URL ARGS..` in `dir`.
+fn worker(dir: &TestDir, url: &str, args: &[&str]) -> Worker {
+    let mut command = Command::new(castor_bin());
+    command
+        .arg(tasks_target("manager"))
+        .arg("--db")
+        .arg(url)
+        .args(args)
+        .current_dir(dir.path());
+    Worker::started(command)
+}
+
+/// What an idle worker costs the server: transactions committed per second, measured
+/// over `over` on the cluster's own statistics (nothing else uses the cluster). A tiny
+/// function for `castor-bench` to reuse.
+fn idle_commits_per_second(cluster: &Cluster, over: Duration) -> f64 {
+    // What was committed just before is published late: let it land before the window.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = cluster.commits();
+    let started = Instant::now();
+    std::thread::sleep(over);
+    // Sessions publish their counts when they go idle, at most once a second (forced
+    // after ten): wait for the server to have published the window's last ones.
+    std::thread::sleep(Duration::from_millis(1500));
+    let after = cluster.commits();
+    (after - before) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// An idle worker on PostgreSQL wakes at the notifier's fallback tick (every second) but
+/// runs no claim there unless a notification came: only its heartbeat and the rescuer's
+/// pass (every third of a lease) reach the server. Before, each tick ran a claim and two
+/// reads (about three transactions a second).
+#[test]
+fn an_idle_worker_on_postgres_runs_only_its_heartbeat() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &url, &["--quiet", "--threads", "2", "--lease", "3s"]);
+    // A burst first: the worker's own finishes notify it, and it must settle after.
+    let client = fx::manager()
+        .with_database(url.as_str())
+        .open()
+        .expect("open the app's client");
+    let handles = fx::add::delay_many(&client, (0..50).map(|i| (i, 1))).expect("dispatch");
+    for handle in &handles {
+        handle.join(PATIENCE).expect("the burst completes");
+    }
+    drop(client);
+    // A lease of 3 s: a heartbeat (with the rescuer's pass) every second, the most an
+    // idle worker may write.
+    let rate = idle_commits_per_second(&cluster, Duration::from_secs(6));
+    assert!(
+        rate < 1.6,
+        "an idle worker committed {rate:.1} transactions a second (a heartbeat a second is \
+         1.0)"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// A worker draining tasks loses the server twice, to a `pg_ctl restart` and to a stop of
+/// a few seconds: it keeps its running tasks, says once that writes fail and once that they
+/// work again, and every task ends completed, run exactly once. An app's `delay` while the
+/// server is stopped fails within seconds, saying the server cannot be reached.
+#[test]
+fn a_worker_survives_a_server_restart_and_stop_in_the_middle_of_a_drain() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &url, &["--threads", "2"]);
+    let client = fx::manager()
+        .with_database(url.as_str())
+        .open()
+        .expect("open the app's client");
+    let file = dir.path().join("runs.txt");
+    let path = file.display().to_string();
+    let tasks = 300;
+    for i in 0..tasks {
+        fx::record::delay(&client, path.clone(), format!("t{i}"), 20).expect("delay");
+    }
+    let ran = |at_least: usize| {
+        let deadline = Instant::now() + PATIENCE;
+        while recorded(&file).len() < at_least {
+            if Instant::now() >= deadline {
+                let counts = Store::open(url.as_str(), OpenOptions::inspect())
+                    .and_then(|s| s.counts())
+                    .map(|c| format!("{c:?}"))
+                    .unwrap_or_else(|e| e.to_string());
+                panic!(
+                    "only {} of {at_least} tasks ran ({counts}):\n{}",
+                    recorded(&file).len(),
+                    worker.stdout()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    ran(40);
+    cluster.pg_ctl(&["-m", "fast", "restart"]);
+    ran(120);
+    cluster.pg_ctl(&["-m", "fast", "stop"]);
+    let asked = Instant::now();
+    let error = fx::record::delay(&client, path.clone(), "outage".into(), 0)
+        .expect_err("a delay while the server is stopped fails");
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "the delay took {took:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("the server cannot be reached") && message.contains("running"),
+        "{message}"
+    );
+    // The worker's tasks run on meanwhile, their outcomes kept.
+    std::thread::sleep(Duration::from_secs(3));
+    cluster.pg_ctl(&["start"]);
+
+    ran(tasks);
+    let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    wait_until("every task is recorded completed", || {
+        store.unfinished("manager").expect("count") == 0
+    });
+    let runs = recorded(&file);
+    assert_eq!(runs.len(), tasks, "{runs:?}");
+    assert!(
+        runs.values().all(|&n| n == 1),
+        "a task ran twice: {:?}",
+        runs.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    let counts = store.counts().expect("counts");
+    assert!(
+        counts
+            .iter()
+            .all(|c| c.state == TaskState::Completed && c.count == tasks as u64),
+        "{counts:?}"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    let output = format!("{}{}", stopped.stdout, stopped.stderr);
+    let failing = output
+        .matches("claims no new task until a write succeeds")
+        .count();
+    let recovered = output.matches("database writes work again").count();
+    // The stop is always seen; the restart only if a write met it (a read or a
+    // transaction's start that meets it runs again on a new connection, unseen).
+    assert!(
+        (1..=2).contains(&failing) && failing == recovered,
+        "the outages were said {failing} time(s), the recoveries {recovered}:\n{output}"
+    );
+    assert!(
+        !output.contains("outcome dropped"),
+        "no outcome was lost:\n{output}"
+    );
+}
+
+/// Two worker rows that look dead by pid to a hostname check (this machine's hostname,
+/// a pid no process has) but carry another host id, as a worker in another container or
+/// on a cloned machine would: the one whose heartbeat is fresh is left alone, the one
+/// whose heartbeat is older than a lease is buried. On both drivers.
+#[test]
+fn the_rescuer_checks_a_pid_only_under_the_same_host_id() {
+    let dir = TestDir::new();
+    let sqlite = dir.path().join("tasks.db");
+    let cluster = Cluster::start();
+    for database in [sqlite.display().to_string(), cluster.url()] {
+        twins_are_judged_by_heartbeat(&dir, &database);
+    }
+}
+
+fn twins_are_judged_by_heartbeat(dir: &TestDir, database: &str) {
+    // Opening as an app creates the schema.
+    let client = fx::manager()
+        .with_database(database)
+        .open()
+        .expect("open the app's client");
+    drop(client);
+    let mut store = Store::open(database, OpenOptions::app()).expect("open");
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .expect("read the hostname")
+        .trim()
+        .to_owned();
+    let now = castor_store::now_us();
+    let twin = |id: &str, heartbeat_at: i64| WorkerRow {
+        id: id.to_owned(),
+        manager: "manager".to_owned(),
+        library: "elsewhere.so".to_owned(),
+        hostname: hostname.clone(),
+        host_id: Some("another-boot/pid:[4026531836]".to_owned()),
+        pid: u32::MAX - 1,
+        threads: 1,
+        processes: 0,
+        tasks: vec!["record".to_owned()],
+        started_at: heartbeat_at,
+        heartbeat_at,
+        stopped_at: None,
+        completed: 0,
+        failed: 0,
+    };
+    let hour = 3_600_000_000;
+    store
+        .write(|tx| {
+            tx.register_worker(&twin("twin-beating", now + hour))?;
+            tx.register_worker(&twin("twin-silent", now - hour))
+        })
+        .expect("register the twins");
+    // The rescuer runs when the worker starts.
+    let worker = worker(dir, database, &["--quiet"]);
+    worker.wait_for_stdout("rescuing the tasks of worker twin-silent: it twin-silent");
+    let live: Vec<String> = store
+        .workers(true)
+        .expect("workers")
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    assert!(
+        live.iter().any(|id| id == "twin-beating"),
+        "{database}: the twin with a fresh heartbeat was buried: {live:?}\n{}",
+        worker.stdout()
+    );
+    assert!(
+        !live.iter().any(|id| id == "twin-silent"),
+        "{database}: {live:?}"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+    assert!(
+        !stopped.stdout.contains("twin-beating"),
+        "{}",
+        stopped.stdout
+    );
+}
+
+/// A task joining a subtask inside the worker wakes when the worker records the
+/// subtask's outcome, not at the fallback tick (the worker's notifier skips its own
+/// connection's notifications, so the worker wakes its own waiters). Ten rounds take
+/// about 5 s at the tick (half a second each on average), well under a second each
+/// otherwise.
+#[test]
+fn a_task_joining_its_subtask_inside_a_worker_on_postgres_wakes_at_once() {
+    let cluster = Cluster::start();
+    let url = cluster.url();
+    let dir = TestDir::new();
+    let worker = worker(&dir, &url, &["--quiet", "--threads", "2"]);
+    let client = fx::manager()
+        .with_database(url.as_str())
+        .open()
+        .expect("open the app's client");
+    let started = Instant::now();
+    for i in 0..10 {
+        let sum = fx::add_via_subtask::delay(&client, i, 2)
+            .expect("delay")
+            .join(PATIENCE)
+            .expect("join");
+        assert_eq!(sum, i + 2);
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "ten joins inside the worker took {took:?}"
+    );
+    let stopped = worker.stop();
+    assert!(stopped.status.success(), "{}", stopped.stderr);
+}
