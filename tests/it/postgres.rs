@@ -397,7 +397,7 @@ fn a_dead_workers_tasks_are_rescued_by_another_after_its_lease() {
     // As if it ran on another machine: only its silence can tell the others it is dead.
     admin(&db.url)
         .execute(
-            "UPDATE castor_workers SET hostname = 'another-host' WHERE id = $1",
+            "UPDATE castor_workers SET hostname = 'another-host', host_id = 'another-host-id' WHERE id = $1",
             &[&dead],
         )
         .expect("move the dead worker to another host");

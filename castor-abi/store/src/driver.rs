@@ -357,11 +357,18 @@ pub trait Tx {
 
     // Leases, heartbeats and the rescuer.
 
-    /// Extends the lease of every task `worker` is running.
+    /// Extends the leases of the attempts `held`, (row, attempt), that `worker` runs;
+    /// returns how many moved. Only those: a row still naming `worker` that it does not
+    /// hold (a claim committed while the worker saw an error) must expire and be rescued.
     ///
     /// # Errors
     /// The statement failed.
-    fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, StoreError>;
+    fn renew_leases(
+        &mut self,
+        worker: &str,
+        held: &[(i64, u32)],
+        until: i64,
+    ) -> Result<usize, StoreError>;
 
     /// Records a new worker run.
     ///

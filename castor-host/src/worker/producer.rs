@@ -288,6 +288,17 @@ impl Running {
         self.inflight.values().filter(|t| t.mode == mode).count() + zombies
     }
 
+    /// The attempts this worker holds, (row, attempt), in row order.
+    pub(super) fn held(&self) -> Vec<(i64, u32)> {
+        let mut held: Vec<(i64, u32)> = self
+            .inflight
+            .values()
+            .map(|task| (task.claim.seq, task.claim.attempt))
+            .collect();
+        held.sort_unstable();
+        held
+    }
+
     /// The claim of task `id`, if this worker holds it.
     pub(super) fn get_by_id(&self, id: Uuid) -> Option<&Inflight> {
         self.by_id.get(&id).and_then(|seq| self.inflight.get(seq))

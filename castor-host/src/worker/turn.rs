@@ -79,6 +79,11 @@ pub(super) struct TurnPlan {
     /// Renew this worker's leases and write its heartbeat. After a failed write every try
     /// does, so that its success means writes work again.
     pub(super) renew: bool,
+    /// With `renew`: the attempts whose leases to renew, (row, attempt), the claims this
+    /// worker holds. Only those: a claim whose commit went through while the worker saw
+    /// an error (a server that went away at the commit) is not one it runs, and must
+    /// expire to be rescued, not be kept alive by a renewal of every row it is named on.
+    pub(super) held: Vec<(i64, u32)>,
     /// Run the rescuer.
     pub(super) rescue: bool,
     /// Run the pruner.
@@ -102,6 +107,11 @@ impl TurnPlan {
             completion: input.completer.plan(piece, now.us, jitter),
             stage: input.stager.due(now.us, recovering, input.stopping),
             renew,
+            held: if renew {
+                input.running.held()
+            } else {
+                Vec::new()
+            },
             rescue: input.rescuer.due(now.instant, renew, recovering),
             prune: input.pruner.due(now.instant, recovering),
             cancels: input.running.cancels_due(),
@@ -144,7 +154,7 @@ impl TurnPlan {
         let staged =
             super::stager::Stager::write(tx, self.stage, &ctx.manager, &ctx.schedules, now)?;
         if self.renew {
-            tx.renew_leases(&ctx.id, lease_until)?;
+            tx.renew_leases(&ctx.id, &self.held, lease_until)?;
             tx.heartbeat(&ctx.id, now, summary.completed, summary.failed)?;
         }
         let rescued = if self.rescue {
@@ -313,6 +323,7 @@ mod tests {
             completion: Completion::default(),
             stage: StageDue::default(),
             renew: false,
+            held: Vec::new(),
             rescue: false,
             prune: false,
             cancels: false,

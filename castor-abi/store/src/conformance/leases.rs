@@ -71,17 +71,35 @@ pub fn leases_expire_and_renew(db: &dyn TestDatabase) {
     assert_eq!(first.backoff, b.backoff);
     assert_eq!(first.attempted_by.as_deref(), Some("w1"));
 
-    // w1 renews: both of its leases move, w2's does not.
+    // w1 renews what it holds: both of its leases move, w2's does not, even when w1
+    // names it, nor does an attempt that is not the running one.
+    let held = [(a.seq, a.attempt), (b.seq, b.attempt), (c.seq, c.attempt)];
     let renewed = store
-        .write(|tx| tx.renew_leases("w1", lease(60)))
+        .write(|tx| tx.renew_leases("w1", &held, lease(60)))
         .expect("renew");
     assert_eq!(renewed, 2);
+    assert_eq!(
+        store
+            .write(|tx| tx.renew_leases("w1", &[(a.seq, a.attempt + 1)], lease(99)))
+            .expect("renew"),
+        0,
+        "another attempt of a's row"
+    );
+    // A row naming w1 that w1 does not hold (its claim committed while w1 saw an error)
+    // is not renewed: it expires, to be rescued.
+    assert_eq!(
+        store
+            .write(|tx| tx.renew_leases("w1", &[(b.seq, b.attempt)], lease(70)))
+            .expect("renew"),
+        1
+    );
+    assert_eq!(expired(&mut store, lease(65), 10), vec![c.seq, a.seq]);
     assert_eq!(expired(&mut store, lease(30), 10), vec![c.seq]);
     // A finished task has no lease to renew or expire.
     assert!(complete(&mut store, &a, b"", lease(31)));
     assert_eq!(
         store
-            .write(|tx| tx.renew_leases("w1", lease(90)))
+            .write(|tx| tx.renew_leases("w1", &held, lease(90)))
             .expect("renew"),
         1
     );
@@ -89,7 +107,7 @@ pub fn leases_expire_and_renew(db: &dyn TestDatabase) {
     assert_eq!(expired(&mut store, lease(91), 10), vec![c.seq, b.seq]);
     assert_eq!(
         store
-            .write(|tx| tx.renew_leases("nobody", lease(90)))
+            .write(|tx| tx.renew_leases("nobody", &held, lease(90)))
             .expect("renew"),
         0
     );

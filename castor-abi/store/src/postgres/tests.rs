@@ -233,7 +233,7 @@ fn claims_and_lease_renewals_wake_nobody() {
         .expect("listen");
     let c = claim(&mut store, &filter(&["a"]), 1).remove(0);
     store
-        .write(|tx| tx.renew_leases("w1", now_us() + 60_000_000))
+        .write(|tx| tx.renew_leases("w1", &[(c.seq, c.attempt)], now_us() + 60_000_000))
         .expect("renew");
     store
         .write(|tx| tx.set_progress(c.seq, c.attempt, 1, 2, "half"))

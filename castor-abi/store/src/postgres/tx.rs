@@ -302,8 +302,13 @@ impl Tx for PostgresTx<'_> {
             .map_err(self.fail("move a schedule to its next tick"))
     }
 
-    fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, StoreError> {
-        PostgresTx::renew_leases(self, worker, until).map_err(self.fail("renew leases"))
+    fn renew_leases(
+        &mut self,
+        worker: &str,
+        held: &[(i64, u32)],
+        until: i64,
+    ) -> Result<usize, StoreError> {
+        PostgresTx::renew_leases(self, worker, held, until).map_err(self.fail("renew leases"))
     }
 
     fn register_worker(&mut self, worker: &WorkerRow) -> Result<(), StoreError> {
@@ -510,15 +515,30 @@ impl PostgresTx<'_> {
         Ok(changed == 1)
     }
 
-    /// Extends the lease of every task `worker` is running.
+    /// Extends the leases of the attempts `held` that `worker` runs, in one statement.
     ///
     /// # Errors
     /// Fails if the statement fails.
-    pub fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, postgres::Error> {
+    pub fn renew_leases(
+        &mut self,
+        worker: &str,
+        held: &[(i64, u32)],
+        until: i64,
+    ) -> Result<usize, postgres::Error> {
+        if held.is_empty() {
+            return Ok(0);
+        }
+        let seqs: Vec<i64> = held.iter().map(|&(seq, _)| seq).collect();
+        let attempts: Vec<i64> = held
+            .iter()
+            .map(|&(_, attempt)| i64::from(attempt))
+            .collect();
         let renewed = self.conn().execute(
-            "UPDATE castor_tasks SET lease_expires_at = $2 \
-             WHERE attempted_by = $1 AND state = 'running'",
-            &[&worker, &until],
+            "UPDATE castor_tasks t SET lease_expires_at = $3 \
+             FROM unnest($1::bigint[], $2::bigint[]) AS h(seq, attempt) \
+             WHERE t.seq = h.seq AND t.attempt = h.attempt \
+             AND t.attempted_by = $4 AND t.state = 'running'",
+            &[&seqs, &attempts, &until, &worker],
         )?;
         Ok(usize::try_from(renewed).unwrap_or(usize::MAX))
     }

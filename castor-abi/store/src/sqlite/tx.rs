@@ -137,8 +137,13 @@ impl Tx for SqliteTx<'_> {
             .map_err(self.fail("move a schedule to its next tick"))
     }
 
-    fn renew_leases(&mut self, worker: &str, until: i64) -> Result<usize, StoreError> {
-        SqliteTx::renew_leases(self, worker, until).map_err(self.fail("renew leases"))
+    fn renew_leases(
+        &mut self,
+        worker: &str,
+        held: &[(i64, u32)],
+        until: i64,
+    ) -> Result<usize, StoreError> {
+        SqliteTx::renew_leases(self, worker, held, until).map_err(self.fail("renew leases"))
     }
 
     fn register_worker(&mut self, worker: &WorkerRow) -> Result<(), StoreError> {
@@ -428,18 +433,25 @@ impl SqliteTx<'_> {
 }
 
 impl SqliteTx<'_> {
-    /// Extends the lease of every task `worker` is running.
+    /// Extends the leases of the attempts `held` that `worker` runs.
     ///
     /// # Errors
     /// Fails if the statement fails.
-    pub fn renew_leases(&self, worker: &str, until: i64) -> Result<usize, rusqlite::Error> {
-        self.driver
-            .conn
-            .prepare_cached(
-                "UPDATE castor_tasks SET lease_expires_at = ?2 \
-                 WHERE attempted_by = ?1 AND state = 'running'",
-            )?
-            .execute(params![worker, until])
+    pub fn renew_leases(
+        &self,
+        worker: &str,
+        held: &[(i64, u32)],
+        until: i64,
+    ) -> Result<usize, rusqlite::Error> {
+        let mut statement = self.driver.conn.prepare_cached(
+            "UPDATE castor_tasks SET lease_expires_at = ?4 \
+             WHERE seq = ?1 AND attempt = ?2 AND attempted_by = ?3 AND state = 'running'",
+        )?;
+        let mut renewed = 0;
+        for &(seq, attempt) in held {
+            renewed += statement.execute(params![seq, attempt, worker, until])?;
+        }
+        Ok(renewed)
     }
 
     /// Appends a log line to a task's log, trimming logs when [`crate::log_trim`] says.
