@@ -224,7 +224,9 @@ fn a_worker_survives_a_server_restart_and_stop_in_the_middle_of_a_drain() {
     let cluster = Cluster::start();
     let url = cluster.url();
     let dir = TestDir::new();
-    let worker = worker(&dir, &url, &["--threads", "2"]);
+    // A short lease: a claim whose commit went through while the worker saw the
+    // connection fail is not one it runs, so it must expire and be rescued in time.
+    let worker = worker(&dir, &url, &["--threads", "2", "--lease", "3s"]);
     let client = fx::manager()
         .with_database(url.as_str())
         .open()
