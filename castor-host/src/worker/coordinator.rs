@@ -12,23 +12,20 @@
 //! turn: on SQLite there is one writer at a time anyway, and sharing the commit is what
 //! makes the drain fast.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use castor_abi::Uuid;
-use castor_abi::abi::{HostServices, TaskMode};
-use castor_store::{
-    AttemptOutcome, Claimed, LogLevel, Notifier, ScheduleFilter, Store, StoreError, TaskFilter,
-    TaskState, now_us,
-};
-use crossbeam_channel::{Receiver, Sender};
+use castor_abi::abi::TaskMode;
+use castor_store::{AttemptOutcome, Claimed, LogLevel, Store, StoreError, TaskState, now_us};
+use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
 use super::completer::{Completer, Ended, LogLine, ProgressUpdate, Recorded};
+use super::context::Context;
 use super::executor::{self, Attempt};
-use super::producer::{Claim, Inflight, MODES, PerMode, Producer, Running};
+use super::producer::{Claim, Inflight, MODES, Producer, Running};
 use super::pruner::Pruner;
 use super::recovery::Failure;
 use super::rescuer::{Rescue, Rescuer};
@@ -45,39 +42,6 @@ const IDLE_CHECKPOINT_AFTER: Duration = Duration::from_secs(1);
 
 /// The WAL size an idle worker leaves alone.
 const IDLE_WAL_BYTES: u64 = 1 << 20;
-
-/// What the coordinator needs from its worker, handed over when the worker runs.
-pub(super) struct Context {
-    /// This worker run's id.
-    pub(super) id: String,
-    /// The machine's name (the rescuer finds this machine's dead workers by their pid).
-    pub(super) hostname: String,
-    /// Where this worker's pids mean something (see [`super::host_id`]): the rescuer
-    /// checks the pid of a worker with the same host id.
-    pub(super) host_id: String,
-    /// The manager whose tasks it runs.
-    pub(super) manager: String,
-    /// How long a claim is valid without renewal.
-    pub(super) lease: Duration,
-    /// How long running tasks may take to finish after a stop is requested.
-    pub(super) grace: Duration,
-    /// Finished tasks are deleted this long after they finish.
-    pub(super) retention: Duration,
-    /// Pool slots per mode (0 for a mode the library does not declare).
-    pub(super) slots: PerMode<usize>,
-    /// What each mode's claim selects; `None` for a mode the library does not declare.
-    pub(super) claims: PerMode<Option<TaskFilter>>,
-    /// The schedules the worker runs.
-    pub(super) schedules: ScheduleFilter,
-    /// The library's tasks by name.
-    pub(super) tasks: HashMap<String, TaskInfo>,
-    /// The services thread tasks get.
-    pub(super) host: &'static HostServices,
-    /// Where the pools send what they produce.
-    pub(super) events: Sender<Event>,
-    /// What wakes the worker when the database changes.
-    pub(super) watcher: Arc<Notifier>,
-}
 
 /// The pools the claims run on.
 pub(super) struct Pools {

@@ -11,6 +11,7 @@
 
 mod child;
 mod completer;
+mod context;
 mod coordinator;
 mod executor;
 mod producer;
@@ -40,7 +41,8 @@ use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};
 
 use self::child::{PoolConfig, ProcessPool};
-use self::coordinator::{Context, Coordinator, Pools};
+use self::context::Context;
+use self::coordinator::{Coordinator, Pools};
 use self::producer::PerMode;
 pub use self::report::{
     Finished, PlainReporter, Reporter, WorkerEvent, describe, stop_not_recorded, timestamp,

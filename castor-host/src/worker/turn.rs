@@ -13,7 +13,7 @@ use castor_store::{Claimed, StoreError, Tx, duration_us, now_us};
 
 use super::Summary;
 use super::completer::{Completer, Completion};
-use super::coordinator::Context;
+use super::context::Context;
 use super::producer::{MODES, PerMode, Producer, Running};
 use super::pruner::Pruner;
 use super::rescuer::{self, Rescue, Rescuer};
