@@ -1,8 +1,9 @@
 //! The inspection subcommands: `list`, `show`, `retry`, `cancel`, `purge`, `stats`,
-//! `schedules` (and the dispatch to `check` and `migrate`, which have files of their
-//! own). Human tables by default, `--json` for scripts. They only read or change rows
-//! through castor-store; none of them runs a task. They apply pending schema migrations
-//! when they open a database, as a worker does, unless told `--no-migrate`.
+//! `schedules` (`check` and `migrate` have files of their own, dispatched by `main`, which
+//! share this file's database lookup and output helpers). Human tables by default,
+//! `--json` for scripts. They only read or change rows through castor-store; none of them
+//! runs a task. They apply pending schema migrations when they open a database, as a
+//! worker does, unless told `--no-migrate`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -39,9 +40,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Purge(args) => purge(&args),
         Command::Stats(args) => stats(&args),
         Command::Schedules(args) => schedules(&args),
-        Command::Check(args) => crate::check::run(&args),
-        Command::Migrate(args) => crate::migrate::run(&args),
-        Command::Child(_) => bail!("the child mode is started by the worker, not by hand"),
+        Command::Check(_) | Command::Migrate(_) | Command::Child(_) => {
+            bail!("castor's main dispatches this subcommand itself")
+        }
     }
 }
 

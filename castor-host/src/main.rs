@@ -27,6 +27,8 @@ fn main() -> ExitCode {
     let verbose = cli.worker.verbose;
     let result = match cli.command {
         Some(Command::Child(args)) => child_mode::run(args),
+        Some(Command::Check(args)) => check::run(&args),
+        Some(Command::Migrate(args)) => migrate::run(&args),
         Some(other) => commands::run(other),
         None => run_worker(cli.worker),
     };
