@@ -22,6 +22,7 @@ mod log_trim;
 pub mod migrate;
 mod model;
 pub mod notify;
+mod row;
 mod schedule;
 mod state;
 mod target;

@@ -31,7 +31,6 @@ use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Row, Statement};
 use uuid::Uuid;
 
-use self::rows::TaskRow;
 pub use self::tx::{PostgresTx, enqueue_in};
 pub(crate) use self::watch::notifier;
 use crate::driver::{CheckReach, Driver, Tx};
@@ -401,10 +400,11 @@ impl PostgresDriver {
     pub fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {
         let row = self.read("read a task", |conn| {
             conn.query_opt(rows::SNAPSHOT_SQL, &[&id])?
-                .map(|row| TaskRow::from_row(&row))
+                .map(|row| rows::task_row(&row))
                 .transpose()
         })?;
-        row.map(|row| row.into_snapshot(&self.database)).transpose()
+        row.map(|row| row.into_snapshot(&self.database, Ok))
+            .transpose()
     }
 
     /// Reads one task's state.

@@ -6,10 +6,9 @@ use postgres::Row;
 use postgres::types::{FromSql, Type};
 use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::model::{Claimed, Progress, TaskSnapshot};
+use crate::model::Claimed;
+use crate::row::TaskRow;
 use crate::state::{Backoff, TaskState};
-use crate::target::Database;
 
 /// A stored count (attempts, runs, a pid) as the engine keeps it; castor wrote it from a
 /// `u32`, so only a hand-edited row is out of range (read as the nearest bound).
@@ -64,97 +63,28 @@ pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, att
      attempted_by, priority, progress_done, progress_total, progress_message \
      FROM castor_tasks WHERE id = $1";
 
-/// A task row as read, before validation.
-#[derive(Debug)]
-pub(super) struct TaskRow {
-    seq: i64,
-    id: Uuid,
-    manager: String,
-    task: String,
-    state: String,
-    attempt: i64,
-    max_attempts: i64,
-    result: Option<Vec<u8>>,
-    errors: Option<String>,
-    created_at: i64,
-    scheduled_at: i64,
-    attempted_at: Option<i64>,
-    finalized_at: Option<i64>,
-    attempted_by: Option<String>,
-    priority: i32,
-    progress_done: Option<i64>,
-    progress_total: Option<i64>,
-    progress_message: Option<String>,
-}
-
-impl TaskRow {
-    pub(super) fn from_row(row: &Row) -> Result<TaskRow, postgres::Error> {
-        Ok(TaskRow {
-            seq: row.try_get(0)?,
-            id: row.try_get(1)?,
-            manager: row.try_get(2)?,
-            task: row.try_get(3)?,
-            state: row.try_get(4)?,
-            attempt: row.try_get(5)?,
-            max_attempts: row.try_get(6)?,
-            result: row.try_get(7)?,
-            errors: row.try_get(8)?,
-            created_at: row.try_get(9)?,
-            scheduled_at: row.try_get(10)?,
-            attempted_at: row.try_get(11)?,
-            finalized_at: row.try_get(12)?,
-            attempted_by: row.try_get(13)?,
-            priority: row.try_get(14)?,
-            progress_done: row.try_get(15)?,
-            progress_total: row.try_get(16)?,
-            progress_message: row.try_get(17)?,
-        })
-    }
-
-    pub(super) fn into_snapshot(self, database: &Database) -> Result<TaskSnapshot, StoreError> {
-        let invalid = |column: &'static str, detail: String| StoreError::InvalidRow {
-            database: database.clone(),
-            seq: self.seq,
-            column,
-            detail,
-        };
-        let state = self
-            .state
-            .parse::<TaskState>()
-            .map_err(|e| invalid("state", e.to_string()))?;
-        let errors = match &self.errors {
-            None => Vec::new(),
-            Some(json) => {
-                serde_json::from_str(json).map_err(|e| invalid("errors", e.to_string()))?
-            }
-        };
-        let progress = match (self.progress_done, self.progress_total) {
-            (Some(done), Some(total)) => Some(Progress {
-                done: u64::try_from(done).unwrap_or(0),
-                total: u64::try_from(total).unwrap_or(0),
-                message: self.progress_message,
-            }),
-            _ => None,
-        };
-        Ok(TaskSnapshot {
-            seq: self.seq,
-            id: self.id,
-            manager: self.manager,
-            task: self.task,
-            state,
-            attempt: u32_from(self.attempt),
-            max_attempts: u32_from(self.max_attempts),
-            result: self.result,
-            errors,
-            created_at: self.created_at,
-            scheduled_at: self.scheduled_at,
-            attempted_at: self.attempted_at,
-            finalized_at: self.finalized_at,
-            attempted_by: self.attempted_by,
-            priority: self.priority,
-            progress,
-        })
-    }
+/// Reads a row of [`SNAPSHOT_SQL`].
+pub(super) fn task_row(row: &Row) -> Result<TaskRow<Uuid>, postgres::Error> {
+    Ok(TaskRow {
+        seq: row.try_get(0)?,
+        id: row.try_get(1)?,
+        manager: row.try_get(2)?,
+        task: row.try_get(3)?,
+        state: row.try_get(4)?,
+        attempt: u32_from(row.try_get(5)?),
+        max_attempts: u32_from(row.try_get(6)?),
+        result: row.try_get(7)?,
+        errors: row.try_get(8)?,
+        created_at: row.try_get(9)?,
+        scheduled_at: row.try_get(10)?,
+        attempted_at: row.try_get(11)?,
+        finalized_at: row.try_get(12)?,
+        attempted_by: row.try_get(13)?,
+        priority: row.try_get(14)?,
+        progress_done: row.try_get(15)?,
+        progress_total: row.try_get(16)?,
+        progress_message: row.try_get(17)?,
+    })
 }
 
 /// A state column, read as a [`TaskState`] (a name castor does not know fails the read).

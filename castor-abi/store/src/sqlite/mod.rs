@@ -25,7 +25,6 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use uuid::Uuid;
 
-use self::rows::TaskRow;
 pub use self::tx::SqliteTx;
 pub(crate) use self::watch::notifier;
 use crate::driver::{CheckReach, Driver, Tx};
@@ -493,11 +492,16 @@ impl SqliteDriver {
             .conn
             .prepare_cached(rows::SNAPSHOT_SQL)
             .and_then(|mut stmt| {
-                stmt.query_row([id.as_bytes().as_slice()], TaskRow::from_row)
+                stmt.query_row([id.as_bytes().as_slice()], rows::task_row)
                     .optional()
             })
             .map_err(|e| self.error("read a task", e))?;
-        row.map(|row| row.into_snapshot(&self.database)).transpose()
+        row.map(|row| {
+            row.into_snapshot(&self.database, |bytes| {
+                Uuid::from_slice(&bytes).map_err(|e| e.to_string())
+            })
+        })
+        .transpose()
     }
 
     /// The earliest time a `scheduled` or `retryable` task of `manager` becomes due.

@@ -4,10 +4,9 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
-use crate::error::StoreError;
-use crate::model::{Claimed, Progress, TaskSnapshot};
+use crate::model::Claimed;
+use crate::row::TaskRow;
 use crate::state::{Backoff, TaskState};
-use crate::target::Database;
 
 /// Reads a 16-byte id column.
 pub(super) fn id_from(bytes: Vec<u8>, column: usize) -> rusqlite::Result<Uuid> {
@@ -96,96 +95,26 @@ pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, att
      priority, progress_done, progress_total, progress_message \
      FROM castor_tasks WHERE id = ?1";
 
-/// A task row as read, before validation.
-#[derive(Debug)]
-pub(super) struct TaskRow {
-    seq: i64,
-    id: Vec<u8>,
-    manager: String,
-    task: String,
-    state: String,
-    attempt: u32,
-    max_attempts: u32,
-    result: Option<Vec<u8>>,
-    errors: Option<String>,
-    created_at: i64,
-    scheduled_at: i64,
-    attempted_at: Option<i64>,
-    finalized_at: Option<i64>,
-    attempted_by: Option<String>,
-    priority: i32,
-    progress_done: Option<i64>,
-    progress_total: Option<i64>,
-    progress_message: Option<String>,
-}
-
-impl TaskRow {
-    pub(super) fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
-        Ok(TaskRow {
-            seq: row.get(0)?,
-            id: row.get(1)?,
-            manager: row.get(2)?,
-            task: row.get(3)?,
-            state: row.get(4)?,
-            attempt: row.get(5)?,
-            max_attempts: row.get(6)?,
-            result: row.get(7)?,
-            errors: row.get(8)?,
-            created_at: row.get(9)?,
-            scheduled_at: row.get(10)?,
-            attempted_at: row.get(11)?,
-            finalized_at: row.get(12)?,
-            attempted_by: row.get(13)?,
-            priority: row.get(14)?,
-            progress_done: row.get(15)?,
-            progress_total: row.get(16)?,
-            progress_message: row.get(17)?,
-        })
-    }
-
-    pub(super) fn into_snapshot(self, database: &Database) -> Result<TaskSnapshot, StoreError> {
-        let invalid = |column: &'static str, detail: String| StoreError::InvalidRow {
-            database: database.clone(),
-            seq: self.seq,
-            column,
-            detail,
-        };
-        let id = Uuid::from_slice(&self.id).map_err(|e| invalid("id", e.to_string()))?;
-        let state = self
-            .state
-            .parse::<TaskState>()
-            .map_err(|e| invalid("state", e.to_string()))?;
-        let errors = match &self.errors {
-            None => Vec::new(),
-            Some(json) => {
-                serde_json::from_str(json).map_err(|e| invalid("errors", e.to_string()))?
-            }
-        };
-        let progress = match (self.progress_done, self.progress_total) {
-            (Some(done), Some(total)) => Some(Progress {
-                done: u64::try_from(done).unwrap_or(0),
-                total: u64::try_from(total).unwrap_or(0),
-                message: self.progress_message,
-            }),
-            _ => None,
-        };
-        Ok(TaskSnapshot {
-            seq: self.seq,
-            id,
-            manager: self.manager,
-            task: self.task,
-            state,
-            attempt: self.attempt,
-            max_attempts: self.max_attempts,
-            result: self.result,
-            errors,
-            created_at: self.created_at,
-            scheduled_at: self.scheduled_at,
-            attempted_at: self.attempted_at,
-            finalized_at: self.finalized_at,
-            attempted_by: self.attempted_by,
-            priority: self.priority,
-            progress,
-        })
-    }
+/// Reads a row of [`SNAPSHOT_SQL`].
+pub(super) fn task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow<Vec<u8>>> {
+    Ok(TaskRow {
+        seq: row.get(0)?,
+        id: row.get(1)?,
+        manager: row.get(2)?,
+        task: row.get(3)?,
+        state: row.get(4)?,
+        attempt: row.get(5)?,
+        max_attempts: row.get(6)?,
+        result: row.get(7)?,
+        errors: row.get(8)?,
+        created_at: row.get(9)?,
+        scheduled_at: row.get(10)?,
+        attempted_at: row.get(11)?,
+        finalized_at: row.get(12)?,
+        attempted_by: row.get(13)?,
+        priority: row.get(14)?,
+        progress_done: row.get(15)?,
+        progress_total: row.get(16)?,
+        progress_message: row.get(17)?,
+    })
 }
