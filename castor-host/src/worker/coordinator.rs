@@ -427,19 +427,22 @@ impl Coordinator {
             Some(registration) => registration.write(&mut self.store).map(|()| Vec::new()),
             None => self.commit(reporter),
         };
-        match written {
-            Ok(claimed) => {
-                self.registration = None;
-                // This connection's own commits need no wake-up (after a reconnection,
-                // the new session's).
-                self.ctx.watcher.ignore_session(self.store.session());
-                self.wrote(reporter);
-                for task in claimed {
-                    self.start(task, reporter);
-                }
-                self.truncate_wal_if_idle();
-                Ok(())
+        let refreshed = written.map(|claimed| {
+            self.registration = None;
+            // This connection's own commits need no wake-up (after a reconnection,
+            // the new session's).
+            self.ctx.watcher.ignore_session(self.store.session());
+            self.wrote(reporter);
+            for task in claimed {
+                self.start(task, reporter);
             }
+            self.truncate_wal_if_idle();
+            // After the tasks start, not before: the claim is what a waiting app waits
+            // for, and a new scheduled task is never due at once.
+            self.refresh_due()
+        });
+        match refreshed.and_then(|refreshed| refreshed) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 if !e.is_fatal() {
                     self.write_failed(&e, reporter);
@@ -524,7 +527,6 @@ impl Coordinator {
         let jitter = jitter_source();
         let plan = TurnPlan::new(&self.plan_input(), Now::read(), &jitter);
         if plan.is_empty() {
-            self.refresh_due()?;
             return Ok(Vec::new());
         }
         let written = self.store.write(|tx| {
@@ -537,7 +539,7 @@ impl Coordinator {
                 &jitter,
             )
         })?;
-        self.absorb(plan, written, reporter)
+        Ok(self.absorb(plan, written, reporter))
     }
 
     /// Takes what a committed turn wrote into the roles' state and reports it.
@@ -546,7 +548,7 @@ impl Coordinator {
         plan: TurnPlan,
         written: Written,
         reporter: &mut dyn Reporter,
-    ) -> Result<Vec<Claimed>, StoreError> {
+    ) -> Vec<Claimed> {
         let Written {
             applied,
             staged,
@@ -593,10 +595,7 @@ impl Coordinator {
         }
         let mut claimed_all = claimed.thread;
         claimed_all.extend(claimed.process);
-        // After the claim, not before: a new scheduled task is never due at once, and the
-        // claim is what a waiting app is waiting for.
-        self.refresh_due()?;
-        Ok(claimed_all)
+        claimed_all
     }
 
     /// Reports a rescuer pass's work.
