@@ -517,7 +517,12 @@ fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, po
     let mut client = config.connect(NoTls)?;
     // Durable: every commit waits for the server's flush, whatever the server's default.
     // Otherwise the server's own setting stands.
-    let mut setup = String::new();
+    // Every statement castor runs is prepared once and written for its indexes (states
+    // as literals, so the partial indexes apply): planning it again at each execution,
+    // as the server does for a statement with an array parameter such as the claim's
+    // task names, costs more than running it (0.1-0.2 ms against 0.03 ms for a claim),
+    // and the custom plan can even choose a worse one on a small table.
+    let mut setup = String::from("SET plan_cache_mode = force_generic_plan;");
     if durable {
         setup.push_str("SET synchronous_commit = on;");
     }
@@ -532,9 +537,7 @@ fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, po
             STATEMENT_TIMEOUT.as_millis()
         ));
     }
-    if !setup.is_empty() {
-        client.batch_execute(&setup)?;
-    }
+    client.batch_execute(&setup)?;
     let backend_pid = match role {
         Role::Worker => Some(
             client
