@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
-    CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, ListFilter, LiveWorker, NewLog,
-    NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog,
-    TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    AttemptEnd, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, ListFilter,
+    LiveWorker, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount, TaskFilter,
+    TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -296,6 +296,26 @@ pub trait Tx {
         now: i64,
     ) -> Result<bool, StoreError>;
 
+    /// Records how each attempt of `ends` ended, as [`Tx::finish_if_running`] does, in
+    /// as few statements as the driver can; returns, per end, whether it was recorded.
+    /// An end whose row already holds this very outcome (written by `worker` in a
+    /// transaction whose commit went through although its reply was lost) counts as
+    /// recorded. The worker writes a turn's outcomes through this.
+    ///
+    /// # Errors
+    /// A statement failed.
+    fn finish_many(
+        &mut self,
+        worker: &str,
+        ends: &[AttemptEnd<'_>],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let _ = worker;
+        ends.iter()
+            .map(|end| self.finish_if_running(end.seq, end.attempt, &end.finish, now))
+            .collect()
+    }
+
     /// Gives a claimed task that never started back: `available` again, the claim's
     /// attempt undone, if it is still running that attempt.
     ///
@@ -308,6 +328,15 @@ pub trait Tx {
     /// # Errors
     /// The statement failed.
     fn append_log(&mut self, log: &NewLog<'_>) -> Result<(), StoreError>;
+
+    /// Appends lines to tasks' logs, as [`Tx::append_log`] does for each, in as few
+    /// statements as the driver can.
+    ///
+    /// # Errors
+    /// A statement failed.
+    fn append_logs(&mut self, logs: &[NewLog<'_>]) -> Result<(), StoreError> {
+        logs.iter().try_for_each(|log| self.append_log(log))
+    }
 
     /// Records a running attempt's progress (ignored once the attempt is over).
     ///

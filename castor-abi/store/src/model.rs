@@ -108,6 +108,17 @@ pub enum Finish<'a> {
     },
 }
 
+/// One attempt's end, as [`crate::Tx::finish_many`] records it.
+#[derive(Debug, Clone)]
+pub struct AttemptEnd<'a> {
+    /// The task's row.
+    pub seq: i64,
+    /// The attempt that ended.
+    pub attempt: u32,
+    /// How it ended.
+    pub finish: Finish<'a>,
+}
+
 /// What kind of failure ended an attempt, as recorded with its error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

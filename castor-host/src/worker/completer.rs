@@ -6,8 +6,8 @@
 use std::collections::HashMap;
 
 use castor_store::{
-    AttemptError, AttemptOutcome, ErrorKind, Finish, LogLevel, NewLog, StoreError, TaskState,
-    Transition, Tx, next_state,
+    AttemptEnd, AttemptError, AttemptOutcome, ErrorKind, Finish, LogLevel, NewLog, StoreError,
+    TaskState, Transition, Tx, next_state,
 };
 
 use super::executor::Attempt;
@@ -242,22 +242,29 @@ impl Completer {
         worker: &str,
         now: i64,
     ) -> Result<Vec<bool>, StoreError> {
-        for log in &self.logs[..plan.logs] {
-            tx.append_log(&log.as_new())?;
+        if plan.logs > 0 {
+            let logs: Vec<NewLog<'_>> =
+                self.logs[..plan.logs].iter().map(LogLine::as_new).collect();
+            tx.append_logs(&logs)?;
         }
         for (&seq, p) in &self.progress {
             tx.set_progress(seq, p.attempt, p.done, p.total, &p.message)?;
         }
-        let mut applied = Vec::with_capacity(plan.transitions.len());
-        for (ended, transition) in self.outcomes.iter().zip(&plan.transitions) {
-            let finish = ended.finish(*transition, worker, now);
-            applied.push(tx.finish_if_running(
-                ended.claim.seq,
-                ended.claim.attempt,
-                &finish,
-                now,
-            )?);
-        }
+        let ends: Vec<AttemptEnd<'_>> = self
+            .outcomes
+            .iter()
+            .zip(&plan.transitions)
+            .map(|(ended, transition)| AttemptEnd {
+                seq: ended.claim.seq,
+                attempt: ended.claim.attempt,
+                finish: ended.finish(*transition, worker, now),
+            })
+            .collect();
+        let applied = if ends.is_empty() {
+            Vec::new()
+        } else {
+            tx.finish_many(worker, &ends, now)?
+        };
         for release in &self.releases {
             tx.release_if_running(release.seq, release.attempt)?;
         }

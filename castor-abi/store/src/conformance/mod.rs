@@ -73,6 +73,7 @@ macro_rules! conformance_tests {
             unique_keys_return_the_unfinished_task,
             unique_keys_are_held_while_unfinished_and_free_after,
             a_failed_write_changes_nothing,
+            finish_many_records_a_batch_and_knows_its_own_outcomes,
             // leases
             leases_expire_and_renew,
             workers_register_beat_and_stop,
@@ -87,6 +88,7 @@ macro_rules! conformance_tests {
             prune_deletes_finished_tasks_with_their_logs_and_stopped_workers,
             logs_are_appended_in_order_and_kept_to_the_newest,
             interleaved_logs_are_kept_to_the_newest_too,
+            a_batch_of_log_lines_keeps_each_tasks_order_and_limit,
             a_retry_keeps_the_newest_lines_across_attempts,
             progress_is_recorded_only_for_the_running_attempt,
             large_payloads_round_trip_byte_for_byte,

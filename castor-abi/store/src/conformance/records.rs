@@ -662,3 +662,69 @@ pub fn state_of_and_the_change_counter(db: &dyn TestDatabase) {
         .expect("a counter that existed still does");
     assert_ne!(before, after, "another connection committed");
 }
+
+/// `append_logs` writes a turn's lines for many tasks at once: each task's log keeps its
+/// lines in order, and a log past the limit keeps only its newest lines.
+pub fn a_batch_of_log_lines_keeps_each_tasks_order_and_limit(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let (a, b) = (add(&mut store, "a"), add(&mut store, "b"));
+    let (ca, cb) = (claim_one(&mut store, "a"), claim_one(&mut store, "b"));
+    let over = usize::try_from(LOG_LINES_KEPT).expect("small") + 5;
+    let lines: Vec<(i64, u32, String)> = (0..over)
+        .flat_map(|n| {
+            [
+                (ca.seq, ca.attempt, format!("a{n}")),
+                (cb.seq, cb.attempt, format!("b{n}")),
+            ]
+        })
+        .take(over + 3)
+        .collect();
+    let logs: Vec<NewLog<'_>> = lines
+        .iter()
+        .enumerate()
+        .map(|(n, (seq, attempt, line))| NewLog {
+            seq: *seq,
+            attempt: *attempt,
+            at: T0 + i64::try_from(n).expect("small"),
+            level: LogLevel::Info,
+            line,
+        })
+        .collect();
+    store.write(|tx| tx.append_logs(&logs)).expect("append");
+    // `a` wrote (over + 3) / 2 rounded up lines, `b` the rest: neither past the limit yet.
+    let a_lines = (over + 3).div_ceil(2);
+    let b_lines = (over + 3) / 2;
+    let read = |store: &Store, id: Uuid| -> Vec<String> {
+        store
+            .logs(id)
+            .expect("logs")
+            .into_iter()
+            .map(|l| l.line)
+            .collect()
+    };
+    let expected = |prefix: &str, n: usize| -> Vec<String> {
+        (0..n).map(|i| format!("{prefix}{i}")).collect()
+    };
+    assert_eq!(read(&store, a), expected("a", a_lines));
+    assert_eq!(read(&store, b), expected("b", b_lines));
+    // One more batch takes `a` past the limit; its finish trims it to the newest.
+    let more: Vec<String> = (a_lines..over).map(|i| format!("a{i}")).collect();
+    let more_logs: Vec<NewLog<'_>> = more
+        .iter()
+        .map(|line| NewLog {
+            seq: ca.seq,
+            attempt: ca.attempt,
+            at: T0 + 10 * SECOND,
+            level: LogLevel::Warn,
+            line,
+        })
+        .collect();
+    store
+        .write(|tx| tx.append_logs(&more_logs))
+        .expect("append more");
+    assert!(complete(&mut store, &ca, b"ok", T0 + 20 * SECOND));
+    let kept = read(&store, a);
+    let keep = usize::try_from(LOG_LINES_KEPT).expect("small");
+    assert_eq!(kept.len(), keep, "trimmed to the newest lines");
+    assert_eq!(kept, expected("a", over)[over - keep..].to_vec());
+}

@@ -8,7 +8,8 @@ use super::{
     filter, new_task, snapshot, state, task_in, task_in_with,
 };
 use crate::{
-    Backoff, CancelOutcome, ErrorKind, Finish, RetryOutcome, TaskState, Transition, uuid::Uuid,
+    AttemptEnd, Backoff, CancelOutcome, ErrorKind, Finish, RetryOutcome, TaskState, Transition,
+    uuid::Uuid,
 };
 
 /// A released claim is no attempt; a stale attempt cannot finish the row; finishing twice
@@ -549,4 +550,82 @@ pub fn a_failed_write_changes_nothing(db: &dyn TestDatabase) {
     let after = enqueue(&mut store, &new_task("after", b"x"), T0 + 1);
     assert!(!after.existing);
     assert_eq!(state(&store, after.id), TaskState::Available);
+}
+
+/// `finish_many` records a turn's outcomes as `finish_if_running` would, one answer per
+/// end; written again (a commit retried after its reply was lost), the worker's own
+/// outcomes count as recorded and change nothing; another worker's, or a stale
+/// attempt's, do not count.
+pub fn finish_many_records_a_batch_and_knows_its_own_outcomes(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let (a, b, c) = (
+        add(&mut store, "a"),
+        add(&mut store, "b"),
+        add(&mut store, "c"),
+    );
+    let claimed = claim(&mut store, &filter(&["a", "b", "c"]), 3);
+    assert_eq!(claimed.len(), 3);
+    let of = |id: Uuid| {
+        claimed
+            .iter()
+            .find(|c| c.id == id)
+            .expect("claimed")
+            .clone()
+    };
+    let (ca, cb, cc) = (of(a), of(b), of(c));
+    // Each worker's error names it, as the worker's own do.
+    let ends = |worker: &str, at: i64| {
+        let mut error = attempt_error(&cb, ErrorKind::Panic, "boom", at);
+        error.worker = Some(worker.to_owned());
+        vec![
+            AttemptEnd {
+                seq: ca.seq,
+                attempt: ca.attempt,
+                finish: Finish::Completed { result: b"done" },
+            },
+            AttemptEnd {
+                seq: cb.seq,
+                attempt: cb.attempt,
+                finish: Finish::Failed {
+                    transition: Transition {
+                        state: TaskState::Discarded,
+                        scheduled_at: None,
+                    },
+                    error,
+                },
+            },
+            // A stale attempt of a running task.
+            AttemptEnd {
+                seq: cc.seq,
+                attempt: cc.attempt + 1,
+                finish: Finish::Completed { result: b"stale" },
+            },
+        ]
+    };
+    let first = store
+        .write(|tx| tx.finish_many("w1", &ends("w1", T0 + SECOND), T0 + SECOND))
+        .expect("finish");
+    assert_eq!(first, [true, true, false]);
+    // The same outcomes again, planned a moment later (the error's time differs).
+    let again = store
+        .write(|tx| tx.finish_many("w1", &ends("w1", T0 + 2 * SECOND), T0 + 2 * SECOND))
+        .expect("finish again");
+    assert_eq!(
+        again,
+        [true, true, false],
+        "the worker's own outcomes, already written"
+    );
+    let by_another = store
+        .write(|tx| tx.finish_many("w2", &ends("w2", T0 + 3 * SECOND), T0 + 3 * SECOND))
+        .expect("finish as another worker");
+    assert_eq!(by_another, [false, false, false], "not w2's attempts");
+    let sa = snapshot(&store, a);
+    assert_eq!(sa.state, TaskState::Completed);
+    assert_eq!(sa.result.as_deref(), Some(&b"done"[..]));
+    assert_eq!(sa.finalized_at, Some(T0 + SECOND), "written once");
+    let sb = snapshot(&store, b);
+    assert_eq!(sb.state, TaskState::Discarded);
+    assert_eq!(sb.errors.len(), 1, "the error is recorded once");
+    assert_eq!(sb.errors[0].error, "boom");
+    assert_eq!(state(&store, c), TaskState::Running);
 }

@@ -67,7 +67,7 @@ impl PostgresTx<'_> {
     /// # Errors
     /// Fails if the statement fails.
     pub fn cancel_requests(&mut self, worker: &str) -> Result<Vec<i64>, postgres::Error> {
-        self.conn()
+        self.unflushed()
             .query(
                 "SELECT seq FROM castor_tasks WHERE attempted_by = $1 AND state = 'running' \
                  AND cancel_requested_at IS NOT NULL",

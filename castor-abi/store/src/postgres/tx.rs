@@ -4,6 +4,8 @@
 //! driver-neutral [`Tx`] operation, naming what castor was doing in its errors. The insert
 //! is shared with [`enqueue_in`], which runs it in an app's own transaction.
 
+use std::collections::HashSet;
+
 use postgres::{GenericClient, Row};
 use uuid::Uuid;
 
@@ -13,8 +15,9 @@ use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
 use crate::model::{
-    CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, LiveWorker, LogLevel, NewLog,
-    NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
+    AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish,
+    LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter,
+    WorkerRow,
 };
 use crate::state::TaskState;
 use crate::target::Database;
@@ -29,6 +32,10 @@ pub struct PostgresTx<'a> {
     pub(super) driver: &'a mut PostgresDriver,
     /// Committed (or failed to): nothing for `drop` to undo.
     done: bool,
+    /// A statement ran whose commit must wait for the server's flush (when the server or
+    /// the `durable` option asks commits to): any but those through
+    /// [`PostgresTx::unflushed`].
+    flush: bool,
 }
 
 impl<'a> PostgresTx<'a> {
@@ -54,11 +61,35 @@ impl<'a> PostgresTx<'a> {
         Ok(PostgresTx {
             driver,
             done: false,
+            flush: false,
         })
     }
 
+    /// The connection, for a statement whose commit waits for the flush as the server's
+    /// setting says.
     pub(super) fn conn(&mut self) -> &mut Conn {
+        self.flush = true;
         self.driver.conn.get_mut()
+    }
+
+    /// The connection, for a statement worth no wait for the disk at commit: claims,
+    /// lease renewals, heartbeats and reads. A server crash can lose such a commit only
+    /// within the WAL writer's delay, and losing it loses nothing: a claim undone makes
+    /// its task available again (run once more, as a lease expiry would), a renewal or a
+    /// heartbeat is written again at the next. A transaction of these alone commits
+    /// without waiting (the claim is on every task's critical path); any other statement
+    /// in it, or a later commit, flushes them with it.
+    pub(super) fn unflushed(&mut self) -> &mut Conn {
+        self.driver.conn.get_mut()
+    }
+
+    /// An attempt's error as the JSON its row's `errors` holds.
+    fn error_json(&self, error: &AttemptError) -> Result<String, StoreError> {
+        serde_json::to_string(error).map_err(|e| StoreError::Query {
+            database: self.driver.database.clone(),
+            operation: "record an attempt's outcome",
+            detail: format!("the attempt's error cannot be encoded: {e}"),
+        })
     }
 
     fn fail(&self, operation: &'static str) -> impl FnOnce(postgres::Error) -> StoreError + '_ {
@@ -245,16 +276,53 @@ impl Tx for PostgresTx<'_> {
     ) -> Result<bool, StoreError> {
         let error = match finish {
             Finish::Completed { .. } => None,
-            Finish::Failed { error, .. } => {
-                Some(serde_json::to_string(error).map_err(|e| StoreError::Query {
-                    database: self.driver.database.clone(),
-                    operation: "record an attempt's outcome",
-                    detail: format!("the attempt's error cannot be encoded: {e}"),
-                })?)
-            }
+            Finish::Failed { error, .. } => Some(self.error_json(error)?),
         };
         PostgresTx::finish_if_running(self, seq, attempt, finish, error.as_deref(), now)
             .map_err(self.fail("record an attempt's outcome"))
+    }
+
+    fn append_logs(&mut self, logs: &[NewLog<'_>]) -> Result<(), StoreError> {
+        PostgresTx::append_logs(self, logs).map_err(self.fail("append to tasks' logs"))
+    }
+
+    fn finish_many(
+        &mut self,
+        worker: &str,
+        ends: &[AttemptEnd<'_>],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut recorded = vec![false; ends.len()];
+        // Completions in one statement (a drain's every outcome); failures, rare, one by one.
+        let completed: Vec<(usize, &AttemptEnd<'_>)> = ends
+            .iter()
+            .enumerate()
+            .filter(|(_, end)| matches!(end.finish, Finish::Completed { .. }))
+            .collect();
+        if !completed.is_empty() {
+            let flags = PostgresTx::complete_many(self, worker, &completed, now)
+                .map_err(self.fail("record attempts' outcomes"))?;
+            for ((i, _), flag) in completed.iter().zip(flags) {
+                recorded[*i] = flag;
+            }
+        }
+        for (i, end) in ends.iter().enumerate() {
+            let Finish::Failed { error, .. } = &end.finish else {
+                continue;
+            };
+            let error = self.error_json(error)?;
+            recorded[i] = PostgresTx::fail_attempt(
+                self,
+                end.seq,
+                end.attempt,
+                &end.finish,
+                Some(&error),
+                now,
+                true,
+            )
+            .map_err(self.fail("record an attempt's outcome"))?;
+        }
+        Ok(recorded)
     }
 
     fn release_if_running(&mut self, seq: i64, attempt: u32) -> Result<bool, StoreError> {
@@ -375,11 +443,16 @@ impl Tx for PostgresTx<'_> {
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.done = true;
-        let committed = self.conn().batch("COMMIT");
+        let commit = if self.flush {
+            "COMMIT"
+        } else {
+            "SET LOCAL synchronous_commit = off; COMMIT"
+        };
+        let committed = self.unflushed().batch(commit);
         committed.map_err(|e| {
             // Whether the server committed is unknown; the guarded writes make a second
             // try harmless either way.
-            self.conn().lost = super::lost(&e);
+            self.unflushed().lost = super::lost(&e);
             self.driver.error("commit", e)
         })
     }
@@ -391,8 +464,8 @@ impl Drop for PostgresTx<'_> {
             // Nothing to report: the transaction is abandoned either way, and the server
             // rolls it back itself if the connection is gone. A connection that cannot
             // even roll back is connected again before the next statement.
-            if self.conn().batch("ROLLBACK").is_err() {
-                self.conn().lost = true;
+            if self.unflushed().batch("ROLLBACK").is_err() {
+                self.unflushed().lost = true;
             }
         }
     }
@@ -417,7 +490,7 @@ impl PostgresTx<'_> {
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let mut claimed = self
-            .conn()
+            .unflushed()
             .query(
                 CLAIM_SQL,
                 &[
@@ -451,39 +524,146 @@ impl PostgresTx<'_> {
         error: Option<&str>,
         now: i64,
     ) -> Result<bool, postgres::Error> {
-        let attempt = i64::from(attempt);
-        let changed = match finish {
-            Finish::Completed { result } => self.conn().execute(
-                "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
-                 lease_expires_at = NULL \
-                 WHERE seq = $1 AND attempt = $2 AND state = 'running'",
-                &[&seq, &attempt, result, &now],
-            )?,
-            Finish::Failed { transition, .. } => self.conn().execute(
-                "UPDATE castor_tasks SET \
-                 state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
-                         ELSE $3::text END, \
-                 scheduled_at = CASE WHEN cancel_requested_at IS NOT NULL THEN scheduled_at \
-                                ELSE coalesce($4, scheduled_at) END, \
-                 finalized_at = CASE WHEN cancel_requested_at IS NOT NULL OR $3::text IN \
-                                ('completed', 'discarded', 'cancelled') THEN $5::bigint END, \
-                 lease_expires_at = NULL, \
-                 errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($6::text::jsonb) \
-                 WHERE seq = $1 AND attempt = $2 AND state = 'running'",
-                &[
-                    &seq,
-                    &attempt,
-                    &transition.state.as_str(),
-                    &transition.scheduled_at,
-                    &now,
-                    &error.unwrap_or("null"),
-                ],
-            )?,
-        };
-        if changed == 1 {
+        match finish {
+            Finish::Completed { result } => {
+                let changed = self.conn().execute(
+                    "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
+                     lease_expires_at = NULL \
+                     WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+                    &[&seq, &i64::from(attempt), result, &now],
+                )?;
+                if changed == 1 {
+                    self.trim_finished_log(seq)?;
+                }
+                Ok(changed == 1)
+            }
+            Finish::Failed { .. } => self.fail_attempt(seq, attempt, finish, error, now, false),
+        }
+    }
+
+    /// Records the completions `ended` (each `(index, end)`, every one
+    /// [`Finish::Completed`]) in one statement; returns, per end, whether it is recorded:
+    /// written now, or found already written by `worker` for that attempt (a retried
+    /// commit whose reply was lost; only the worker holding an attempt completes it).
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn complete_many(
+        &mut self,
+        worker: &str,
+        ended: &[(usize, &AttemptEnd<'_>)],
+        now: i64,
+    ) -> Result<Vec<bool>, postgres::Error> {
+        let seqs: Vec<i64> = ended.iter().map(|(_, end)| end.seq).collect();
+        let attempts: Vec<i64> = ended
+            .iter()
+            .map(|(_, end)| i64::from(end.attempt))
+            .collect();
+        let results: Vec<&[u8]> = ended
+            .iter()
+            .map(|(_, end)| match &end.finish {
+                Finish::Completed { result } => *result,
+                Finish::Failed { .. } => &[],
+            })
+            .collect();
+        let written: HashSet<i64> = self
+            .conn()
+            .query(
+                "UPDATE castor_tasks t SET state = 'completed', result = d.result, \
+                 finalized_at = $4, lease_expires_at = NULL \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS d(seq, attempt, result) \
+                 WHERE t.seq = d.seq AND t.attempt = d.attempt AND t.state = 'running' \
+                 RETURNING t.seq",
+                &[&seqs, &attempts, &results, &now],
+            )?
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0))
+            .collect::<Result<_, _>>()?;
+        for &seq in &written {
             self.trim_finished_log(seq)?;
         }
-        Ok(changed == 1)
+        let mut recorded: Vec<bool> = seqs.iter().map(|seq| written.contains(seq)).collect();
+        if recorded.iter().all(|&r| r) {
+            return Ok(recorded);
+        }
+        // Not running that attempt any more: lost to the rescuer, or written already.
+        let (missing, missing_attempts): (Vec<i64>, Vec<i64>) = seqs
+            .iter()
+            .zip(&attempts)
+            .zip(&recorded)
+            .filter(|(_, recorded)| !**recorded)
+            .map(|((seq, attempt), _)| (*seq, *attempt))
+            .unzip();
+        let already: HashSet<i64> = self
+            .conn()
+            .query(
+                "SELECT t.seq FROM castor_tasks t \
+                 JOIN unnest($1::bigint[], $2::bigint[]) AS d(seq, attempt) \
+                 ON t.seq = d.seq AND t.attempt = d.attempt \
+                 WHERE t.state = 'completed' AND t.attempted_by = $3",
+                &[&missing, &missing_attempts, &worker],
+            )?
+            .iter()
+            .map(|row| row.try_get::<_, i64>(0))
+            .collect::<Result<_, _>>()?;
+        for (seq, recorded) in seqs.iter().zip(&mut recorded) {
+            *recorded |= already.contains(seq);
+        }
+        Ok(recorded)
+    }
+
+    /// Records a failed attempt (`finish` is [`Finish::Failed`], `error` its JSON) if the
+    /// task still runs it: retryable, discarded, or cancelled if a cancel was asked for.
+    /// With `seen_as_written`, an attempt whose row already ends with this very error
+    /// (a retried commit whose reply was lost) counts as recorded.
+    fn fail_attempt(
+        &mut self,
+        seq: i64,
+        attempt: u32,
+        finish: &Finish<'_>,
+        error: Option<&str>,
+        now: i64,
+        seen_as_written: bool,
+    ) -> Result<bool, postgres::Error> {
+        let Finish::Failed { transition, .. } = finish else {
+            return Ok(false);
+        };
+        let attempt = i64::from(attempt);
+        let error = error.unwrap_or("null");
+        let changed = self.conn().execute(
+            "UPDATE castor_tasks SET \
+             state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
+                     ELSE $3::text END, \
+             scheduled_at = CASE WHEN cancel_requested_at IS NOT NULL THEN scheduled_at \
+                            ELSE coalesce($4, scheduled_at) END, \
+             finalized_at = CASE WHEN cancel_requested_at IS NOT NULL OR $3::text IN \
+                            ('completed', 'discarded', 'cancelled') THEN $5::bigint END, \
+             lease_expires_at = NULL, \
+             errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($6::text::jsonb) \
+             WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+            &[
+                &seq,
+                &attempt,
+                &transition.state.as_str(),
+                &transition.scheduled_at,
+                &now,
+                &error,
+            ],
+        )?;
+        if changed == 1 {
+            self.trim_finished_log(seq)?;
+            return Ok(true);
+        }
+        if !seen_as_written {
+            return Ok(false);
+        }
+        // The error names the attempt and its worker; its time is the first try's.
+        let written = self.conn().query_opt(
+            "SELECT 1 FROM castor_tasks WHERE seq = $1 AND attempt = $2 \
+             AND state <> 'running' AND (errors -> -1) - 'at' = $3::text::jsonb - 'at'",
+            &[&seq, &attempt, &error],
+        )?;
+        Ok(written.is_some())
     }
 
     /// Moves `scheduled` and `retryable` tasks of `manager` whose time has come to
@@ -533,7 +713,7 @@ impl PostgresTx<'_> {
             .iter()
             .map(|&(_, attempt)| i64::from(attempt))
             .collect();
-        let renewed = self.conn().execute(
+        let renewed = self.unflushed().execute(
             "UPDATE castor_tasks t SET lease_expires_at = $3 \
              FROM unnest($1::bigint[], $2::bigint[]) AS h(seq, attempt) \
              WHERE t.seq = h.seq AND t.attempt = h.attempt \
@@ -570,6 +750,40 @@ impl PostgresTx<'_> {
     fn trim_finished_log(&mut self, seq: i64) -> Result<(), postgres::Error> {
         if self.driver.log_trim.finished(seq) {
             self.trim_log(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Appends log lines to tasks' logs in one statement, trimming logs when
+    /// [`crate::log_trim`] says.
+    ///
+    /// # Errors
+    /// Fails if a statement fails.
+    pub fn append_logs(&mut self, logs: &[NewLog<'_>]) -> Result<(), postgres::Error> {
+        if logs.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<i64> = logs.iter().map(|log| log.seq).collect();
+        let attempts: Vec<i64> = logs.iter().map(|log| i64::from(log.attempt)).collect();
+        let ats: Vec<i64> = logs.iter().map(|log| log.at).collect();
+        let levels: Vec<&str> = logs.iter().map(|log| log.level.as_str()).collect();
+        let lines: Vec<&str> = logs.iter().map(|log| log.line).collect();
+        // WITH ORDINALITY: the lines keep their order (their ids follow it).
+        self.conn().execute(
+            "INSERT INTO castor_logs (task_seq, attempt, at, level, line) \
+             SELECT seq, attempt, at, level, line \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::text[], $5::text[]) \
+             WITH ORDINALITY AS l(seq, attempt, at, level, line, n) ORDER BY n",
+            &[&seqs, &attempts, &ats, &levels, &lines],
+        )?;
+        let mut trim: Vec<i64> = Vec::new();
+        for log in logs {
+            trim.extend(self.driver.log_trim.appended(log.seq, log.attempt));
+        }
+        trim.sort_unstable();
+        trim.dedup();
+        for task in trim {
+            self.trim_log(task)?;
         }
         Ok(())
     }

@@ -47,7 +47,7 @@ impl PostgresTx<'_> {
         failed: u64,
     ) -> Result<(), postgres::Error> {
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.conn().execute(
+        self.unflushed().execute(
             "UPDATE castor_workers SET heartbeat_at = $2, completed = $3, failed = $4 \
              WHERE id = $1",
             &[&worker, &now, &clamp(completed), &clamp(failed)],

@@ -12,8 +12,8 @@ use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
 use crate::model::{
-    CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, LiveWorker, LogLevel, NewLog,
-    NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
+    AttemptEnd, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, LiveWorker,
+    LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -90,6 +90,26 @@ impl Tx for SqliteTx<'_> {
     ) -> Result<bool, StoreError> {
         SqliteTx::finish_if_running(self, seq, attempt, finish, now)
             .map_err(self.fail("record an attempt's outcome"))
+    }
+
+    fn finish_many(
+        &mut self,
+        worker: &str,
+        ends: &[AttemptEnd<'_>],
+        now: i64,
+    ) -> Result<Vec<bool>, StoreError> {
+        // One statement each: on SQLite a statement is a function call, not a round trip.
+        ends.iter()
+            .map(|end| {
+                let recorded =
+                    SqliteTx::finish_if_running(self, end.seq, end.attempt, &end.finish, now)?;
+                if recorded {
+                    return Ok(true);
+                }
+                SqliteTx::already_finished(self, worker, end)
+            })
+            .collect::<Result<_, _>>()
+            .map_err(self.fail("record attempts' outcomes"))
     }
 
     fn release_if_running(&mut self, seq: i64, attempt: u32) -> Result<bool, StoreError> {
@@ -395,6 +415,46 @@ impl SqliteTx<'_> {
             self.trim_finished_log(seq)?;
         }
         Ok(changed == 1)
+    }
+
+    /// Whether the row of `end` already holds that very outcome, written by `worker`:
+    /// completed by that attempt, or ending with that attempt's error (whatever its
+    /// time). The same answer as the PostgreSQL driver's, whose commit replies can be
+    /// lost; here a commit that fails rolls back, so it is a formality.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    fn already_finished(
+        &self,
+        worker: &str,
+        end: &AttemptEnd<'_>,
+    ) -> Result<bool, rusqlite::Error> {
+        match &end.finish {
+            Finish::Completed { .. } => self
+                .driver
+                .conn
+                .prepare_cached(
+                    "SELECT 1 FROM castor_tasks WHERE seq = ?1 AND attempt = ?2 \
+                     AND state = 'completed' AND attempted_by = ?3",
+                )?
+                .query_row(params![end.seq, end.attempt, worker], |_| Ok(()))
+                .optional()
+                .map(|found| found.is_some()),
+            Finish::Failed { error, .. } => {
+                let error = serde_json::to_string(error)
+                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                self.driver
+                    .conn
+                    .prepare_cached(
+                        "SELECT 1 FROM castor_tasks WHERE seq = ?1 AND attempt = ?2 \
+                         AND state <> 'running' \
+                         AND json_remove(errors -> '$[#-1]', '$.at') = json_remove(json(?3), '$.at')",
+                    )?
+                    .query_row(params![end.seq, end.attempt, error], |_| Ok(()))
+                    .optional()
+                    .map(|found| found.is_some())
+            }
+        }
     }
 
     /// Moves `scheduled` and `retryable` tasks of `manager` whose time has come to
