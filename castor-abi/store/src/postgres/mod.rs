@@ -116,6 +116,9 @@ pub(crate) struct Conn {
     /// The server's backend pid for this connection (a worker's only: its notifier skips
     /// this session's notifications).
     backend_pid: Option<i32>,
+    /// How many statements ran on it (a transaction tells from it whether any ran that
+    /// its commit must flush).
+    pub(crate) ran: u64,
 }
 
 impl Conn {
@@ -133,6 +136,7 @@ impl Conn {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Vec<Row>, postgres::Error> {
+        self.ran += 1;
         let statement = self.prepared(sql)?;
         self.client.query(&statement, params)
     }
@@ -142,6 +146,7 @@ impl Conn {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Option<Row>, postgres::Error> {
+        self.ran += 1;
         let statement = self.prepared(sql)?;
         self.client.query_opt(&statement, params)
     }
@@ -151,6 +156,7 @@ impl Conn {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<Row, postgres::Error> {
+        self.ran += 1;
         let statement = self.prepared(sql)?;
         self.client.query_one(&statement, params)
     }
@@ -160,12 +166,14 @@ impl Conn {
         sql: &'static str,
         params: Params<'_>,
     ) -> Result<u64, postgres::Error> {
+        self.ran += 1;
         let statement = self.prepared(sql)?;
         self.client.execute(&statement, params)
     }
 
     /// Statements with no parameters and no result (`BEGIN`, `COMMIT`, a migration).
     pub(crate) fn batch(&mut self, sql: &str) -> Result<(), postgres::Error> {
+        self.ran += 1;
         self.client.batch_execute(sql)
     }
 }
@@ -551,6 +559,7 @@ fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, po
         statements: HashMap::new(),
         lost: false,
         backend_pid,
+        ran: 0,
     })
 }
 

@@ -560,3 +560,43 @@ fn a_notifier_skips_the_ignored_sessions_commits() {
         started.elapsed()
     );
 }
+
+/// A transaction of claims, lease renewals and heartbeats alone commits without waiting
+/// for the flush (losing it in a crash loses nothing); one with anything else in it (a
+/// dispatch, an outcome) waits.
+#[test]
+fn only_claims_renewals_and_heartbeats_commit_without_the_flush() {
+    let url = fresh_url();
+    drop(Store::open(url.as_str(), OpenOptions::app()).expect("migrate"));
+    let mut driver = super::PostgresDriver::open(&url, &OpenOptions::app()).expect("open");
+    let now = now_us();
+    let mut tx = super::tx::PostgresTx::begin(&mut driver).expect("begin");
+    crate::Tx::enqueue(&mut tx, &new_task("a", b"x"), now).expect("enqueue");
+    assert!(tx.must_flush(), "a dispatch waits for the flush");
+    crate::Tx::commit(Box::new(tx)).expect("commit");
+
+    let mut tx = super::tx::PostgresTx::begin(&mut driver).expect("begin");
+    let claimed =
+        crate::Tx::claim(&mut tx, &filter(&["a"]), "w1", 10, now, now + 30_000_000).expect("claim");
+    assert_eq!(claimed.len(), 1);
+    crate::Tx::renew_leases(&mut tx, "w1", &[(claimed[0].seq, 1)], now + 60_000_000)
+        .expect("renew");
+    crate::Tx::heartbeat(&mut tx, "w1", now, 0, 0).expect("heartbeat");
+    assert!(
+        !tx.must_flush(),
+        "claims, renewals and heartbeats need no flush"
+    );
+    crate::Tx::commit(Box::new(tx)).expect("commit");
+
+    let mut tx = super::tx::PostgresTx::begin(&mut driver).expect("begin");
+    crate::Tx::claim(&mut tx, &filter(&["a"]), "w1", 10, now, now + 30_000_000).expect("claim");
+    let end = crate::AttemptEnd {
+        seq: claimed[0].seq,
+        attempt: claimed[0].attempt,
+        finish: Finish::Completed { result: b"ok" },
+    };
+    let recorded = crate::Tx::finish_many(&mut tx, "w1", &[end], now).expect("finish");
+    assert_eq!(recorded, [true]);
+    assert!(tx.must_flush(), "an outcome waits for the flush");
+    crate::Tx::commit(Box::new(tx)).expect("commit");
+}

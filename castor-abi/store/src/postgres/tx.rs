@@ -32,10 +32,11 @@ pub struct PostgresTx<'a> {
     pub(super) driver: &'a mut PostgresDriver,
     /// Committed (or failed to): nothing for `drop` to undo.
     done: bool,
-    /// A statement ran whose commit must wait for the server's flush (when the server or
-    /// the `durable` option asks commits to): any but those through
-    /// [`PostgresTx::unflushed`].
-    flush: bool,
+    /// The connection's statement count once `BEGIN` ran.
+    begun_at: u64,
+    /// How many statements ran through [`PostgresTx::unflushed`]: if every statement
+    /// since `BEGIN` did, the commit does not wait for the flush.
+    unflushed: u64,
 }
 
 impl<'a> PostgresTx<'a> {
@@ -58,17 +59,18 @@ impl<'a> PostgresTx<'a> {
                 Err(e) => return Err(driver.error("begin a write", e)),
             }
         }
+        let begun_at = driver.conn.get_mut().ran;
         Ok(PostgresTx {
             driver,
             done: false,
-            flush: false,
+            begun_at,
+            unflushed: 0,
         })
     }
 
-    /// The connection, for a statement whose commit waits for the flush as the server's
-    /// setting says.
+    /// The connection: a statement run on it makes the commit wait for the flush, as the
+    /// server's setting (or the `durable` option) says.
     pub(super) fn conn(&mut self) -> &mut Conn {
-        self.flush = true;
         self.driver.conn.get_mut()
     }
 
@@ -78,9 +80,16 @@ impl<'a> PostgresTx<'a> {
     /// its task available again (run once more, as a lease expiry would), a renewal or a
     /// heartbeat is written again at the next. A transaction of these alone commits
     /// without waiting (the claim is on every task's critical path); any other statement
-    /// in it, or a later commit, flushes them with it.
+    /// in it, or a later commit, flushes them with it. Each call is for one statement.
     pub(super) fn unflushed(&mut self) -> &mut Conn {
+        self.unflushed += 1;
         self.driver.conn.get_mut()
+    }
+
+    /// True if a statement ran since `BEGIN` that was not [`PostgresTx::unflushed`].
+    pub(super) fn must_flush(&mut self) -> bool {
+        let ran = self.conn().ran - self.begun_at;
+        ran != self.unflushed
     }
 
     /// An attempt's error as the JSON its row's `errors` holds.
@@ -443,16 +452,16 @@ impl Tx for PostgresTx<'_> {
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.done = true;
-        let commit = if self.flush {
+        let commit = if self.must_flush() {
             "COMMIT"
         } else {
             "SET LOCAL synchronous_commit = off; COMMIT"
         };
-        let committed = self.unflushed().batch(commit);
+        let committed = self.conn().batch(commit);
         committed.map_err(|e| {
             // Whether the server committed is unknown; the guarded writes make a second
             // try harmless either way.
-            self.unflushed().lost = super::lost(&e);
+            self.conn().lost = super::lost(&e);
             self.driver.error("commit", e)
         })
     }
@@ -464,8 +473,8 @@ impl Drop for PostgresTx<'_> {
             // Nothing to report: the transaction is abandoned either way, and the server
             // rolls it back itself if the connection is gone. A connection that cannot
             // even roll back is connected again before the next statement.
-            if self.unflushed().batch("ROLLBACK").is_err() {
-                self.unflushed().lost = true;
+            if self.conn().batch("ROLLBACK").is_err() {
+                self.conn().lost = true;
             }
         }
     }
