@@ -1,17 +1,13 @@
 //! A task's life through the real worker: dispatch, run, join, resolve; structured
 //! arguments; subtasks dispatched through the worker; graceful shutdown.
 
-use std::future::Future;
-use std::pin::pin;
-use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
 use std::time::Duration;
 
 use castor_abi::{JoinError, StatusError, Uuid};
 use castor_fixture_tasks as fx;
 use castor_store::TaskState;
 
-use crate::support::{PATIENCE, TestDir, Worker, tasks_target, wait_until_begun};
+use crate::support::{PATIENCE, TestDir, Worker, block_on, tasks_target, wait_until_begun};
 
 #[test]
 fn a_thread_task_runs_and_joins() {
@@ -102,25 +98,6 @@ fn join_times_out_and_can_be_joined_again() {
     }
     assert!(err.to_string().contains("can be joined again"), "{err}");
     assert_eq!(handle.join(PATIENCE).expect("join again"), 700);
-}
-
-/// The smallest executor there is: poll, park until woken, repeat.
-fn block_on<F: Future>(future: F) -> F::Output {
-    struct Unpark(std::thread::Thread);
-    impl Wake for Unpark {
-        fn wake(self: Arc<Self>) {
-            self.0.unpark();
-        }
-    }
-    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
-    let mut cx = Context::from_waker(&waker);
-    let mut future = pin!(future);
-    loop {
-        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
-            return output;
-        }
-        std::thread::park_timeout(PATIENCE);
-    }
 }
 
 #[test]

@@ -8,8 +8,8 @@ use castor_fixture_tasks as fx;
 use castor_store::{ListFilter, OpenOptions, Store, TaskState};
 
 use crate::support::{
-    PATIENCE, TestDir, Worker, castor_bin, fixture_app, recorded, tasks_target, wait_for_state,
-    wait_until, wait_until_begun,
+    PATIENCE, TestDir, Worker, block_on, castor_bin, fixture_app, recorded, tasks_target,
+    wait_for_state, wait_until, wait_until_begun,
 };
 
 /// The environment variable naming the test server.
@@ -569,4 +569,99 @@ fn unique_keys_hold_across_two_apps() {
     assert_eq!(again.join(PATIENCE).expect("join"), 3);
     let stopped = worker.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// Runs `castor ARGS` in `dir`; returns its stdout, after checking it succeeded.
+fn castor_ok(dir: &TestDir, args: &[&str]) -> String {
+    let out = Command::new(castor_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .output()
+        .expect("run castor");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "castor {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The app's whole API and the CLI work on PostgreSQL as on SQLite: `delay_with` (a
+/// unique key, a start time, a priority), `delay_many`, `join`, `resolve`, retries with
+/// backoff, a discarded task retried and a waiting one cancelled from the CLI, a schedule
+/// run by the worker, `show`, `schedules`, `stats` and `purge`.
+#[test]
+fn the_app_api_and_the_cli_work_whole_on_postgres() {
+    use castor_abi::{DelayOptions, Schedule};
+    use std::time::Duration;
+
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let _worker = worker(&dir, &db.url, &["--quiet"]);
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+
+    // A unique key held by a waiting task returns that task.
+    let later = DelayOptions::new()
+        .after(Duration::from_secs(3600))
+        .unique("nightly")
+        .priority(5);
+    let waiting = fx::add::delay_with(&client, &later, 1, 2).expect("delay_with");
+    let again = fx::add::delay_with(&client, &later, 5, 5).expect("delay_with again");
+    assert_eq!(waiting.id(), again.id(), "the unique key's holder");
+    assert_eq!(waiting.status().expect("status"), TaskState::Scheduled);
+
+    // Many at once, joined; one resolved on the smallest executor there is.
+    let handles = fx::add::delay_many(&client, (0..50).map(|i| (i, 1))).expect("delay_many");
+    let sums: Vec<i64> = handles
+        .iter()
+        .map(|h| h.join(PATIENCE).expect("join"))
+        .collect();
+    assert_eq!(sums, (1..=50).collect::<Vec<i64>>());
+    let answer = fx::add::delay(&client, 20, 22).expect("delay");
+    assert_eq!(block_on(answer.resolve()).expect("resolve"), 42);
+
+    // Retried with backoff: fails twice, then returns its attempt number.
+    let flaky = fx::flaky::delay(&client, 2).expect("delay");
+    assert_eq!(flaky.join(PATIENCE).expect("the third attempt succeeds"), 3);
+
+    // Discarded after its attempts, shown, then retried from the CLI.
+    let failing = fx::flaky::delay(&client, 3).expect("delay");
+    let err = failing.join(PATIENCE).expect_err("discarded");
+    assert!(err.to_string().contains("failed on purpose"), "{err}");
+    let id = failing.id().to_string();
+    let shown = castor_ok(&dir, &["show", &id, "--db", &db.url]);
+    assert!(shown.contains("discarded"), "{shown}");
+    assert!(shown.contains("attempt 3 failed on purpose"), "{shown}");
+    let retried = castor_ok(&dir, &["retry", &id, "--db", &db.url]);
+    assert!(retried.contains("available again"), "{retried}");
+    assert_eq!(failing.join(PATIENCE).expect("the fourth attempt"), 4);
+
+    // The waiting task cancelled from the CLI.
+    castor_ok(
+        &dir,
+        &["cancel", &waiting.id().to_string(), "--db", &db.url],
+    );
+    assert_eq!(waiting.status().expect("status"), TaskState::Cancelled);
+
+    // A schedule the app creates runs on the worker.
+    let schedule = fx::add::schedule(&client, &Schedule::every(Duration::from_millis(300)), 2, 3)
+        .expect("schedule");
+    wait_until("the schedule ran twice", || {
+        schedule.runs().is_ok_and(|runs| runs.len() >= 2)
+    });
+    let latest = schedule.latest().expect("latest").expect("a run");
+    assert_eq!(latest.join(PATIENCE).expect("a run's result"), 5);
+    let listed = castor_ok(&dir, &["schedules", "--db", &db.url]);
+    assert!(listed.contains("add"), "{listed}");
+    schedule.remove().expect("remove");
+
+    let stats = castor_ok(&dir, &["stats", "--db", &db.url]);
+    assert!(stats.contains("workers alive: 1"), "{stats}");
+    let purged = castor_ok(&dir, &["purge", "--state", "cancelled", "--db", &db.url]);
+    assert!(purged.contains("purged 1 task(s)"), "{purged}");
+    assert!(waiting.status().is_err(), "purged");
 }

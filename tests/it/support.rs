@@ -1,10 +1,13 @@
 //! Shared test helpers: a temporary directory and database per test, the real `castor`
 //! binary as a [`Worker`] guard, fixture library paths, and waiting with deadlines.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
+use std::pin::pin;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Wake, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -384,4 +387,23 @@ pub fn recorded(path: &Path) -> std::collections::HashMap<String, usize> {
         *counts.entry(line.to_owned()).or_default() += 1;
     }
     counts
+}
+
+/// The smallest executor there is: poll, park until woken, repeat.
+pub fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park_timeout(PATIENCE);
+    }
 }
