@@ -89,15 +89,16 @@ pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_
 pub use crate::schedule::{Periodic, PeriodicSpec, Schedule, ScheduleHandle};
 pub use crate::task::{DelayOptions, TaskContext, TaskError, TaskSpec};
 pub use castor_store::{
-    AttemptError, Backoff, Cadence, CancelOutcome, Database, ErrorKind, LogLevel, Missed, Progress,
-    ScheduleInfo, StoreError, TaskLog, TaskState,
+    AttemptError, Backoff, Cadence, CancelOutcome, CertificateFault, Database, ErrorKind, LogLevel,
+    Missed, Progress, ScheduleInfo, SslMode, StoreError, TaskLog, TaskState, TlsProblem,
 };
 pub use uuid::Uuid;
 
 /// The synchronous `postgres` client crate castor's PostgreSQL driver is built on, for
 /// `my_task::delay_in(&mut tx, &client, ..)`, which dispatches inside the app's own
-/// transaction: open the connection with this crate (`castor_abi::postgres::Client`) so
-/// that the versions match.
+/// transaction: open the connection with [`Client::connect_postgres`] (TLS as the
+/// manager's URL says), or with this crate (`castor_abi::postgres::Client`), so that the
+/// versions match.
 #[cfg(feature = "postgres")]
 pub use postgres;
 

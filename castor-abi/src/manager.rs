@@ -305,6 +305,21 @@ impl Client {
         Ok(enqueued.id)
     }
 
+    /// Opens a PostgreSQL connection of the app's own to this manager's database, for
+    /// `my_task::delay_in` inside the app's transactions: connected as castor's driver
+    /// connects (TLS as the URL's `sslmode` and `sslrootcert` say, castor's connect and
+    /// keepalive timeouts), with none of castor's session settings.
+    ///
+    /// # Errors
+    /// [`StoreError::Unsupported`] if the manager's database is not a PostgreSQL URL;
+    /// [`StoreError::Tls`] for TLS that fails (a server refusing it under `require`, a
+    /// certificate that does not verify, an unreadable `sslrootcert`);
+    /// [`StoreError::Connect`] for any other failure to connect.
+    #[cfg(feature = "postgres")]
+    pub fn connect_postgres(&self) -> Result<postgres::Client, StoreError> {
+        castor_store::postgres::connect(&self.inner.database)
+    }
+
     /// A task context outside any worker, for calling a task function directly in a test:
     /// dispatches go to this client's database, logs go to stderr.
     pub fn context(&self, task: &str) -> TaskContext {

@@ -37,5 +37,9 @@ mod template;
 mod postgres;
 // PostgreSQL on a cluster of the test's own: an idle worker's queries, server restarts.
 mod postgres_ops;
+// TLS to PostgreSQL (sslmode, sslrootcert) on clusters of the tests' own, with a test CA.
+mod postgres_tls;
+// A PostgreSQL cluster of a test's own (socket, TCP, TLS) and a test CA.
+mod pg_cluster;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::target::Database;
+use crate::target::{Database, SslMode};
 
 /// The database could not be opened, read or written.
 ///
@@ -173,6 +173,16 @@ pub enum StoreError {
         /// What is wrong.
         detail: String,
     },
+    /// A PostgreSQL connection's TLS failed: its settings (`sslmode`, `sslrootcert`) cannot
+    /// be used, the server refused TLS where the URL requires it, or its certificate did
+    /// not verify.
+    #[error("cannot connect to {database}: {problem}")]
+    Tls {
+        /// The database.
+        database: Database,
+        /// What went wrong.
+        problem: TlsProblem,
+    },
     /// The change notifier could not be set up.
     #[error("cannot watch {database} for changes: {reason}")]
     Watch {
@@ -200,8 +210,113 @@ impl StoreError {
                 | StoreError::NotAFile { .. }
                 | StoreError::InvalidRow { .. }
                 | StoreError::Unsupported { .. }
+        ) || matches!(self, StoreError::Tls { problem, .. } if problem.is_setting())
+    }
+}
+
+/// Why a PostgreSQL connection's TLS failed ([`StoreError::Tls`]). Each message names the
+/// server or the file concerned and what to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// A TLS parameter of the URL has a value castor does not take, or names a feature it
+    /// does not have.
+    #[error("{parameter}={value} cannot be used: {reason}")]
+    Setting {
+        /// The URL parameter (`sslmode`, `sslrootcert`, ...).
+        parameter: String,
+        /// Its value, as given.
+        value: String,
+        /// Why, and what castor accepts.
+        reason: String,
+    },
+    /// The file `sslrootcert` names cannot be read, or holds no usable certificate.
+    #[error("cannot use sslrootcert={}: {reason}", .path.display())]
+    RootCert {
+        /// The file, as the URL gives it.
+        path: PathBuf,
+        /// Why (the operating system's reason, or what is wrong with its contents).
+        reason: String,
+    },
+    /// No `sslrootcert` was given for a mode that verifies the server's certificate, and
+    /// the system's trusted root certificates could not be loaded.
+    #[error(
+        "sslmode={mode} verifies the server's certificate, and no sslrootcert=PATH names the \
+         certificate authority to trust, but the system's trusted root certificates cannot be \
+         loaded ({reason}); install them (Debian: the ca-certificates package) or add \
+         sslrootcert=PATH to the URL"
+    )]
+    SystemRoots {
+        /// The mode that needed them.
+        mode: SslMode,
+        /// Why they could not be loaded.
+        reason: String,
+    },
+    /// The server answered that it does not accept TLS, and the mode requires it.
+    #[error(
+        "server {host} does not accept TLS connections, and sslmode={mode} requires TLS; \
+         turn on `ssl` in the server's configuration, or connect with sslmode=prefer or \
+         sslmode=disable on a network you trust"
+    )]
+    Refused {
+        /// The server (`host:port`; several, comma-separated, for a URL naming several).
+        host: String,
+        /// The mode.
+        mode: SslMode,
+    },
+    /// The server's certificate did not verify.
+    #[error("the certificate of server {host} does not verify under sslmode={mode}: {reason}")]
+    Certificate {
+        /// The server's name as the URL gives it (the name checked under `verify-full`).
+        host: String,
+        /// The mode.
+        mode: SslMode,
+        /// What kind of failure.
+        fault: CertificateFault,
+        /// Why, in words, with what to change.
+        reason: String,
+    },
+    /// The TLS handshake failed for a reason other than the certificate (no protocol
+    /// version or cipher in common, a connection cut in the middle, ...).
+    #[error("the TLS handshake with server {host} failed: {reason}")]
+    Handshake {
+        /// The server's name as the URL gives it.
+        host: String,
+        /// The TLS library's or the operating system's reason.
+        reason: String,
+    },
+}
+
+impl TlsProblem {
+    /// True for a problem of the URL's settings (read once when the database is opened),
+    /// which no retry fixes.
+    pub fn is_setting(&self) -> bool {
+        matches!(
+            self,
+            TlsProblem::Setting { .. }
+                | TlsProblem::RootCert { .. }
+                | TlsProblem::SystemRoots { .. }
         )
     }
+}
+
+/// What kind of certificate failure a [`TlsProblem::Certificate`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CertificateFault {
+    /// No trusted root (the `sslrootcert` file's, or the system's) signed it.
+    UnknownIssuer,
+    /// It is not issued for the host name the URL gives (`verify-full` only).
+    WrongName,
+    /// It has expired.
+    Expired,
+    /// It is not valid yet.
+    NotYetValid,
+    /// It was revoked.
+    Revoked,
+    /// Any other reason (a bad signature, an unsupported algorithm, a certificate that
+    /// cannot be parsed, one not meant for servers).
+    Other,
 }
 
 /// What to do about a path that is not a file: for a directory, the file to name instead.

@@ -42,7 +42,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use uuid::Uuid;
 
 pub use crate::driver::{CheckReach, Driver, Tx};
-pub use crate::error::StoreError;
+pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, ErrorKind, Expired,
     Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, Progress, RetryOutcome,
@@ -53,7 +53,7 @@ pub use crate::schedule::{
     Cadence, MISSED_AFTER, Missed, ScheduleInfo, TickPlan, plan_tick, run_due_schedules,
 };
 pub use crate::state::{AttemptOutcome, Backoff, TaskState, Transition, UnknownState, next_state};
-pub use crate::target::Database;
+pub use crate::target::{Database, SslMode};
 pub use uuid;
 
 /// How many times a write whose lock stayed busy past the engine's timeout is tried again.

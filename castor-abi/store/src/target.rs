@@ -97,6 +97,59 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// How a PostgreSQL URL's connections use TLS: libpq's `sslmode` (`?sslmode=..`), with
+/// its default, `prefer`. Unix-socket connections never use TLS (the server offers none
+/// there), whatever the mode, as with libpq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, without verifying its certificate; else unencrypted.
+    #[default]
+    Prefer,
+    /// TLS or no connection, without verifying the certificate (but as `VerifyCa` when
+    /// `sslrootcert` names a file, as libpq does).
+    Require,
+    /// TLS, with a certificate signed by a trusted root (`sslrootcert`'s, else the
+    /// system's); any host name.
+    VerifyCa,
+    /// TLS, with a certificate signed by a trusted root and issued for the host name the
+    /// URL gives.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The mode's name in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Reads a mode's name as a URL gives it; `None` for a name castor does not take.
+    pub fn parse(name: &str) -> Option<SslMode> {
+        [
+            SslMode::Disable,
+            SslMode::Prefer,
+            SslMode::Require,
+            SslMode::VerifyCa,
+            SslMode::VerifyFull,
+        ]
+        .into_iter()
+        .find(|mode| mode.as_str() == name)
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl From<&str> for Database {
     fn from(setting: &str) -> Database {
         Database::parse(setting)

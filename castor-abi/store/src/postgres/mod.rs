@@ -19,6 +19,7 @@ mod rescue;
 mod rows;
 mod schedules;
 mod space;
+mod tls;
 mod tx;
 mod watch;
 mod workers;
@@ -28,9 +29,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Row, Statement};
+use postgres::{Client, Row, Statement};
 use uuid::Uuid;
 
+use self::tls::{ParseError, Target};
 pub use self::tx::{PostgresTx, enqueue_in};
 pub(crate) use self::watch::notifier;
 use crate::driver::{CheckReach, Driver, Tx};
@@ -183,7 +185,7 @@ impl Conn {
 /// across a call.
 pub struct PostgresDriver {
     conn: RefCell<Conn>,
-    config: Config,
+    target: Target,
     database: Database,
     role: Role,
     durable: bool,
@@ -199,16 +201,28 @@ impl std::fmt::Debug for PostgresDriver {
     }
 }
 
-/// Reads a `postgres://` URL (or a `host=.. dbname=..` string) into the client's
-/// settings, with castor's defaults where the URL says nothing: a connect timeout and the
-/// application name `castor` (shown in `pg_stat_activity`).
-pub(crate) fn config(database: &Database, url: &str, role: Role) -> Result<Config, StoreError> {
-    let mut config: Config = url.parse().map_err(|e: postgres::Error| StoreError::Connect {
-        database: database.clone(),
-        detail: format!(
-            "the URL cannot be read ({e}); write it as postgres://user:password@host:5432/dbname"
-        ),
+/// Reads a `postgres://` URL into the client's settings and its TLS ([`Target`]), with
+/// castor's defaults where the URL says nothing: connect, TCP user and keepalive
+/// timeouts, and for `role` an application name (shown in `pg_stat_activity`).
+pub(crate) fn target(
+    database: &Database,
+    url: &str,
+    role: Option<Role>,
+) -> Result<Target, StoreError> {
+    let mut target = Target::parse(url).map_err(|e| match e {
+        ParseError::Tls(problem) => StoreError::Tls {
+            database: database.clone(),
+            problem,
+        },
+        ParseError::Client(e) => StoreError::Connect {
+            database: database.clone(),
+            detail: format!(
+                "the URL cannot be read ({e}); write it as \
+                 postgres://user:password@host:5432/dbname"
+            ),
+        },
     })?;
+    let config = &mut target.config;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -218,14 +232,38 @@ pub(crate) fn config(database: &Database, url: &str, role: Role) -> Result<Confi
     if config.get_keepalives_idle() == KEEPALIVES_IDLE_DEFAULT {
         config.keepalives_idle(KEEPALIVES_IDLE);
     }
-    if config.get_application_name().is_none() {
+    if let Some(role) = role
+        && config.get_application_name().is_none()
+    {
         config.application_name(match role {
             Role::Worker => "castor worker",
             Role::App => "castor app",
             Role::Inspect => "castor inspect",
         });
     }
-    Ok(config)
+    Ok(target)
+}
+
+/// Opens a connection of the app's own to the database `database` names, as castor's
+/// driver connects (TLS as the URL's `sslmode` and `sslrootcert` say, castor's connect
+/// and keepalive timeouts), with no session setting of castor's: for `delay_in` in the
+/// app's own transactions.
+///
+/// # Errors
+/// [`StoreError::Unsupported`] if `database` is not a PostgreSQL URL;
+/// [`StoreError::Tls`] for a TLS setting that cannot be used, a server refusing TLS or a
+/// certificate that does not verify; [`StoreError::Connect`] otherwise.
+pub fn connect(database: &Database) -> Result<Client, StoreError> {
+    let Database::Postgres(url) = database else {
+        return Err(StoreError::Unsupported {
+            given: database.to_string(),
+            reason: "a PostgreSQL connection needs a postgres:// URL".to_owned(),
+        });
+    };
+    let target = target(database, url, None)?;
+    target
+        .connect()
+        .map_err(|e| connect_error(&target, database, &e))
 }
 
 impl PostgresDriver {
@@ -238,10 +276,15 @@ impl PostgresDriver {
     /// refuses the login, or has no such database.
     pub fn open(url: &str, options: &OpenOptions) -> Result<PostgresDriver, StoreError> {
         let database = Database::Postgres(url.to_owned());
-        let config = config(&database, url, options.role)?;
+        let target = target(&database, url, Some(options.role))?;
         let mut driver = PostgresDriver {
-            conn: RefCell::new(connect(&config, options.role, options.durable, &database)?),
-            config,
+            conn: RefCell::new(connect_conn(
+                &target,
+                options.role,
+                options.durable,
+                &database,
+            )?),
+            target,
             database,
             role: options.role,
             durable: options.durable,
@@ -260,9 +303,16 @@ impl PostgresDriver {
         Ok(driver)
     }
 
-    /// Maps an error met during `operation` to a [`StoreError`].
+    /// Maps an error met during `operation` to a [`StoreError`] (a connection made again
+    /// may fail for TLS).
     pub(crate) fn error(&self, operation: &'static str, e: postgres::Error) -> StoreError {
-        classify(&self.database, operation, &e)
+        match self.target.problem(&e) {
+            Some(problem) => StoreError::Tls {
+                database: self.database.clone(),
+                problem,
+            },
+            None => classify(&self.database, operation, &e),
+        }
     }
 
     /// The connection, connected again first if the server dropped it (a restart): the
@@ -270,7 +320,7 @@ impl PostgresDriver {
     fn conn(&self) -> Result<RefMut<'_, Conn>, postgres::Error> {
         let mut conn = self.conn.borrow_mut();
         if conn.lost || conn.client.is_closed() {
-            *conn = connect_client(&self.config, self.role, self.durable)?;
+            *conn = connect_client(&self.target, self.role, self.durable)?;
         }
         Ok(conn)
     }
@@ -500,29 +550,39 @@ impl PostgresDriver {
 }
 
 /// Opens a connection and sets it up for `role`.
-fn connect(
-    config: &Config,
+fn connect_conn(
+    target: &Target,
     role: Role,
     durable: bool,
     database: &Database,
 ) -> Result<Conn, StoreError> {
-    connect_client(config, role, durable).map_err(|e| {
-        let mut detail = reason(&e);
-        if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
-            detail.push_str(
-                "; castor creates its tables but not the database: create it first \
-                 (`createdb`, or CREATE DATABASE)",
-            );
-        }
-        StoreError::Connect {
-            database: database.clone(),
-            detail,
-        }
-    })
+    connect_client(target, role, durable).map_err(|e| connect_error(target, database, &e))
 }
 
-fn connect_client(config: &Config, role: Role, durable: bool) -> Result<Conn, postgres::Error> {
-    let mut client = config.connect(NoTls)?;
+/// A failure to connect in words: TLS's, or the server's with what to do.
+fn connect_error(target: &Target, database: &Database, e: &postgres::Error) -> StoreError {
+    if let Some(problem) = target.problem(e) {
+        return StoreError::Tls {
+            database: database.clone(),
+            problem,
+        };
+    }
+    let mut detail = reason(e);
+    if e.code() == Some(&postgres::error::SqlState::INVALID_CATALOG_NAME) {
+        detail.push_str(
+            "; castor creates its tables but not the database: create it first \
+             (`createdb`, or CREATE DATABASE)",
+        );
+    }
+    StoreError::Connect {
+        database: database.clone(),
+        detail,
+    }
+}
+
+fn connect_client(target: &Target, role: Role, durable: bool) -> Result<Conn, postgres::Error> {
+    let config = &target.config;
+    let mut client = target.connect()?;
     // Durable: every commit waits for the server's flush, whatever the server's default.
     // Otherwise the server's own setting stands.
     // Every statement castor runs is prepared once and written for its indexes (states

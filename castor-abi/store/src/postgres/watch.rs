@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
+use postgres::Client;
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, Config, NoTls};
 
-use super::{config, reason};
+use super::tls::Target;
+use super::{reason, target};
 use crate::Role;
 use crate::error::StoreError;
 use crate::notify::{ChangeSource, NO_SESSION, Notifier, Wake};
@@ -45,11 +46,17 @@ pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, Store
         database: database.clone(),
         reason,
     };
-    let config = config(database, url, Role::App)?;
-    let client = listen(&config).map_err(|e| watch_error(reason(&e)))?;
+    let target = target(database, url, Some(Role::App))?;
+    let client = listen(&target).map_err(|e| match target.problem(&e) {
+        Some(problem) => StoreError::Tls {
+            database: database.clone(),
+            problem,
+        },
+        None => watch_error(reason(&e)),
+    })?;
     let stop = Arc::new(AtomicBool::new(false));
     let source = ListenSource {
-        config,
+        target,
         client: Some(client),
         retry: RETRY_FIRST,
         next_try: Instant::now(),
@@ -65,15 +72,15 @@ pub(crate) fn notifier(database: &Database, url: &str) -> Result<Notifier, Store
 }
 
 /// A new connection listening on [`CHANNEL`].
-fn listen(config: &Config) -> Result<Client, postgres::Error> {
-    let mut client = config.connect(NoTls)?;
+fn listen(target: &Target) -> Result<Client, postgres::Error> {
+    let mut client = target.connect()?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     Ok(client)
 }
 
 /// `LISTEN` on a connection of its own, connected again when it drops.
 struct ListenSource {
-    config: Config,
+    target: Target,
     /// `None` while the server cannot be reached.
     client: Option<Client>,
     /// The pause before the next try to connect.
@@ -95,7 +102,7 @@ impl ListenSource {
         if Instant::now() < self.next_try {
             return false;
         }
-        match listen(&self.config) {
+        match listen(&self.target) {
             Ok(client) => {
                 self.client = Some(client);
                 self.retry = RETRY_FIRST;
