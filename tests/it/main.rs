@@ -29,7 +29,7 @@ mod logging;
 mod idle;
 // A real full disk (a tmpfs the test mounts): the worker sleeps, then recovers alone.
 mod full_disk;
-// `castor -i` under tmux: the screen, the keys, a clean exit.
+// `castor -i` under tmux, on SQLite and PostgreSQL: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.
 mod template;

@@ -1,6 +1,7 @@
 //! The real `castor` worker and real apps on PostgreSQL: the server `CASTOR_TEST_POSTGRES`
-//! names (`bash tests/run.sh` starts a throwaway one), a database of its own per test.
-//! Without the variable these tests fail, saying so: they never pass without having run.
+//! names (`bash tests/run.sh` starts a throwaway one), a database of its own per test
+//! ([`PgDatabase`]). Without the variable these tests fail, saying so: they never pass
+//! without having run.
 
 use std::process::{Command, Stdio};
 
@@ -8,67 +9,9 @@ use castor_fixture_tasks as fx;
 use castor_store::{ListFilter, OpenOptions, Store, TaskState};
 
 use crate::support::{
-    PATIENCE, TestDir, Worker, castor_bin, fixture_app, recorded, tasks_target, wait_for_state,
-    wait_until, wait_until_begun,
+    PATIENCE, PgDatabase, TestDir, Worker, admin, castor_bin, fixture_app, recorded, tasks_target,
+    wait_for_state, wait_until, wait_until_begun,
 };
-
-/// The environment variable naming the test server.
-const SERVER_ENV: &str = "CASTOR_TEST_POSTGRES";
-
-/// An empty database on the test server, dropped with everything in it at the end.
-struct PgDatabase {
-    server: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn new() -> PgDatabase {
-        let server = match std::env::var(SERVER_ENV) {
-            Ok(url) if !url.is_empty() => url,
-            _ => panic!(
-                "{SERVER_ENV} is not set: the PostgreSQL tests need a server; run them with \
-                 `bash tests/run.sh`, which starts a throwaway one, or set {SERVER_ENV} to a \
-                 server's URL whose user may create databases"
-            ),
-        };
-        let name = format!("castor_it_{}", castor_abi::Uuid::now_v7().simple());
-        admin(&server)
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create the test database");
-        let url = with_dbname(&server, &name);
-        PgDatabase { server, name, url }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Nothing to report: a database left behind goes with the throwaway server.
-        let _ = admin(&self.server).batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn admin(server: &str) -> postgres::Client {
-    postgres::Client::connect(server, postgres::NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to {SERVER_ENV}'s server: {e}"))
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_dbname(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap_or("");
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    }
-}
 
 /// Starts `castor TARGET --db URL ARGS..` in `dir`, for the fixture's `manager`.
 fn worker(dir: &TestDir, url: &str, args: &[&str]) -> Worker {
