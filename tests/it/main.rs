@@ -33,7 +33,8 @@ mod full_disk;
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.
 mod template;
-// Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names).
+// Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names); a
+// worker whose clock is off (libfaketime).
 mod postgres;
 // PostgreSQL on a cluster of the test's own: an idle worker's queries, server restarts.
 mod postgres_ops;

@@ -44,8 +44,8 @@ use uuid::Uuid;
 pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::StoreError;
 pub use crate::model::{
-    AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, ErrorKind, Expired, Finish,
-    ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, Progress, RetryOutcome,
+    AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, ErrorKind, Expired,
+    Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, Progress, RetryOutcome,
     ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
