@@ -1,13 +1,14 @@
 //! `castor -i` in a real terminal: tmux runs the dashboard, the test dispatches tasks,
 //! reads the screen with `capture-pane`, presses `q`, and checks that the worker exited
-//! 0 and gave the terminal back.
+//! 0 and gave the terminal back. On SQLite, and on PostgreSQL (the server
+//! `CASTOR_TEST_POSTGRES` names, as for `postgres.rs`).
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use castor_fixture_tasks as fx;
 
-use crate::support::{PATIENCE, TestDir, castor_bin, tasks_target};
+use crate::support::{PATIENCE, PgDatabase, TestDir, castor_bin, tasks_target, wait_for_state};
 
 /// A tmux server of this test's own, killed on drop.
 struct Tmux {
@@ -33,6 +34,22 @@ impl Tmux {
             .args(args)
             .output()
             .expect("run tmux")
+    }
+
+    /// Runs `command` in a 120x40 session named `castor`.
+    fn start(&self, command: &str) {
+        let started = self.run(&[
+            "new-session",
+            "-d",
+            "-s",
+            "castor",
+            "-x",
+            "120",
+            "-y",
+            "40",
+            command,
+        ]);
+        assert!(started.status.success(), "{started:?}");
     }
 
     fn screen(&self) -> String {
@@ -74,18 +91,7 @@ fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
         tasks_target("manager"),
         dir.db().display()
     );
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "castor",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(started.status.success(), "{started:?}");
+    tmux.start(&command);
     tmux.wait_for(&["Tasks by state", "Running", "Log"]);
 
     for i in 0..5 {
@@ -144,18 +150,7 @@ fn claims_waiting_for_a_slot_are_shown_apart_and_cancel_asks_first() {
         tasks_target("manager"),
         dir.db().display()
     );
-    let started = tmux.run(&[
-        "new-session",
-        "-d",
-        "-s",
-        "castor",
-        "-x",
-        "120",
-        "-y",
-        "40",
-        &command,
-    ]);
-    assert!(started.status.success(), "{started:?}");
+    tmux.start(&command);
     tmux.wait_for(&["Tasks by state", "Running"]);
 
     // One transaction, so one claim takes all three.
@@ -198,4 +193,153 @@ fn claims_waiting_for_a_slot_are_shown_apart_and_cancel_asks_first() {
     tmux.run(&["send-keys", "-t", "castor", "q"]);
     let screen = tmux.wait_for(&["castor-exit="]);
     assert!(screen.contains("castor-exit=0"), "{screen}");
+}
+
+/// The count the "Tasks by state" band shows for `state` (its two lines under the title),
+/// if it shows one.
+fn count_of(screen: &str, state: castor_store::TaskState) -> Option<u64> {
+    let mut lines = screen.lines().skip_while(|l| !l.contains("Tasks by state"));
+    lines.next()?;
+    let band: Vec<&str> = lines.take(2).flat_map(str::split_whitespace).collect();
+    band.windows(2)
+        .find(|pair| pair[0] == state.as_str())
+        .and_then(|pair| pair[1].replace(',', "").parse().ok())
+}
+
+/// The dashboard on PostgreSQL: tasks completing, failing and running, as the worker
+/// reports them and as the database counts them (read from the server, whose change
+/// counter is unknown), the workers' pane, a cancel from the keyboard written to the
+/// server, and a clean exit.
+#[test]
+fn the_dashboard_on_postgres_shows_tasks_flowing_and_cancels_from_the_keyboard() {
+    use castor_store::TaskState;
+
+    let db = PgDatabase::new();
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    let tmux = Tmux::new();
+    let command = format!(
+        "{} {} --db '{}' --threads 2 --processes 1 -i; echo castor-exit=$?; sleep 60",
+        castor_bin().display(),
+        tasks_target("manager"),
+        db.url
+    );
+    tmux.start(&command);
+    let screen = tmux.wait_for(&["Tasks by state", "Running", "Log"]);
+    assert!(
+        screen.contains("db postgres://"),
+        "the header names the server:\n{screen}"
+    );
+
+    // Runs until it is cancelled: the running task on screen.
+    let running = fx::wait_for_cancel::delay(&client).expect("delay");
+    for i in 0..4 {
+        fx::add::delay(&client, i, i)
+            .expect("delay")
+            .join(PATIENCE)
+            .expect("add");
+    }
+    fx::fail::delay(&client, "failed on postgres".into())
+        .expect("delay")
+        .join(PATIENCE)
+        .expect_err("fail");
+    fx::panics::delay(&client, "panicked on postgres".into())
+        .expect("delay")
+        .join(PATIENCE)
+        .expect_err("panics");
+    wait_for_state(&running, TaskState::Running);
+
+    tmux.wait_for(&[
+        " Running 1 ━",
+        "wait_for_cancel",
+        "failed on postgres",
+        "panicked on postgres",
+        "Workers 1",
+    ]);
+    // The counts come from the server, refreshed without a change counter.
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let screen = loop {
+        let screen = tmux.screen();
+        let counts = [
+            TaskState::Running,
+            TaskState::Completed,
+            TaskState::Discarded,
+        ]
+        .map(|s| count_of(&screen, s));
+        if counts == [Some(1), Some(4), Some(2)] {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the counts on screen are {counts:?}, not running 1, completed 4, discarded 2:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // Recent rows: `at state id task try took error`.
+    let recent = |state: &str, task: &str| {
+        screen
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|words| words.len() > 3 && words[1] == state && words[3] == task)
+            .count()
+    };
+    assert_eq!(recent("completed", "add"), 4, "{screen}");
+    assert_eq!(recent("discarded", "fail"), 1, "{screen}");
+    assert_eq!(recent("discarded", "panics"), 1, "{screen}");
+    let running_rows: Vec<&str> = screen
+        .lines()
+        .filter(|l| l.contains("wait_for_cancel"))
+        .collect();
+    assert!(
+        running_rows.len() == 1 && running_rows[0].contains("thread"),
+        "one running row for wait_for_cancel: {running_rows:?}\n{screen}"
+    );
+    // The workers' pane reads the server's castor_workers: this worker, with its counts.
+    let this = screen
+        .lines()
+        .find(|l| l.trim_end().ends_with("this"))
+        .unwrap_or_else(|| panic!("no row for this worker:\n{screen}"));
+    let store = castor_store::Store::open(db.url.as_str(), castor_store::OpenOptions::inspect())
+        .expect("open");
+    let workers = store.workers(true).expect("workers");
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert!(
+        this.contains(&workers[0].id[workers[0].id.len() - 8..])
+            && this.contains(&format!(" {} ", workers[0].pid)),
+        "the row of worker {} (pid {}): {this}",
+        workers[0].id,
+        workers[0].pid
+    );
+
+    // `c` on the running task (the only one, so selected), `y`: written to the server.
+    tmux.run(&["send-keys", "-t", "castor", "c"]);
+    tmux.wait_for(&["(running)? y/n"]);
+    tmux.run(&["send-keys", "-t", "castor", "y"]);
+    tmux.wait_for(&[&format!("cancel requested for {}", running.id())]);
+    wait_for_state(&running, TaskState::Cancelled);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        let screen = tmux.screen();
+        let counts = [TaskState::Running, TaskState::Cancelled].map(|s| count_of(&screen, s));
+        if counts == [Some(0), Some(1)] && screen.contains("no task running") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "after the cancel the counts on screen are {counts:?}:\n{screen}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    tmux.run(&["send-keys", "-t", "castor", "q"]);
+    let screen = tmux.wait_for(&["castor-exit="]);
+    assert!(screen.contains("castor-exit=0"), "{screen}");
+    assert!(
+        screen.contains("castor: stopped: 4 completed, 3 failed"),
+        "{screen}"
+    );
+    let alternate = tmux.run(&["display", "-p", "-t", "castor", "#{alternate_on}"]);
+    assert_eq!(String::from_utf8_lossy(&alternate.stdout).trim(), "0");
 }

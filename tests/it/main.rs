@@ -29,11 +29,12 @@ mod logging;
 mod idle;
 // A real full disk (a tmpfs the test mounts): the worker sleeps, then recovers alone.
 mod full_disk;
-// `castor -i` under tmux: the screen, the keys, a clean exit.
+// `castor -i` under tmux, on SQLite and PostgreSQL: the screen, the keys, a clean exit.
 mod dashboard;
 // plugin-template through the real cargo-generate, built and run by the real worker.
 mod template;
-// Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names).
+// Workers, apps and the CLI on PostgreSQL (the server CASTOR_TEST_POSTGRES names); a
+// worker whose clock is off (libfaketime).
 mod postgres;
 // PostgreSQL on a cluster of the test's own: an idle worker's queries, server restarts.
 mod postgres_ops;

@@ -1,6 +1,7 @@
 //! The real `castor` worker and real apps on PostgreSQL: the server `CASTOR_TEST_POSTGRES`
-//! names (`bash tests/run.sh` starts a throwaway one), a database of its own per test.
-//! Without the variable these tests fail, saying so: they never pass without having run.
+//! names (`bash tests/run.sh` starts a throwaway one), a database of its own per test
+//! ([`PgDatabase`]). Without the variable these tests fail, saying so: they never pass
+//! without having run.
 
 use std::process::{Command, Stdio};
 
@@ -8,67 +9,9 @@ use castor_fixture_tasks as fx;
 use castor_store::{ListFilter, OpenOptions, Store, TaskState};
 
 use crate::support::{
-    PATIENCE, TestDir, Worker, block_on, castor_bin, fixture_app, recorded, tasks_target,
-    wait_for_state, wait_until, wait_until_begun,
+    PATIENCE, PgDatabase, TestDir, Worker, admin, block_on, castor_bin, fixture_app, recorded,
+    tasks_target, wait_for_state, wait_until, wait_until_begun,
 };
-
-/// The environment variable naming the test server.
-const SERVER_ENV: &str = "CASTOR_TEST_POSTGRES";
-
-/// An empty database on the test server, dropped with everything in it at the end.
-struct PgDatabase {
-    server: String,
-    name: String,
-    url: String,
-}
-
-impl PgDatabase {
-    fn new() -> PgDatabase {
-        let server = match std::env::var(SERVER_ENV) {
-            Ok(url) if !url.is_empty() => url,
-            _ => panic!(
-                "{SERVER_ENV} is not set: the PostgreSQL tests need a server; run them with \
-                 `bash tests/run.sh`, which starts a throwaway one, or set {SERVER_ENV} to a \
-                 server's URL whose user may create databases"
-            ),
-        };
-        let name = format!("castor_it_{}", castor_abi::Uuid::now_v7().simple());
-        admin(&server)
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create the test database");
-        let url = with_dbname(&server, &name);
-        PgDatabase { server, name, url }
-    }
-}
-
-impl Drop for PgDatabase {
-    fn drop(&mut self) {
-        // Nothing to report: a database left behind goes with the throwaway server.
-        let _ = admin(&self.server).batch_execute(&format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        ));
-    }
-}
-
-fn admin(server: &str) -> postgres::Client {
-    postgres::Client::connect(server, postgres::NoTls)
-        .unwrap_or_else(|e| panic!("cannot connect to {SERVER_ENV}'s server: {e}"))
-}
-
-/// `url` with its database name replaced by `name`.
-fn with_dbname(url: &str, name: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
-    let (before_query, query) = match rest.split_once('?') {
-        Some((before, query)) => (before, Some(query)),
-        None => (rest, None),
-    };
-    let authority = before_query.split('/').next().unwrap_or("");
-    match query {
-        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
-        None => format!("{scheme}://{authority}/{name}"),
-    }
-}
 
 /// Starts `castor TARGET --db URL ARGS..` in `dir`, for the fixture's `manager`.
 fn worker(dir: &TestDir, url: &str, args: &[&str]) -> Worker {
@@ -569,6 +512,135 @@ fn unique_keys_hold_across_two_apps() {
     assert_eq!(again.join(PATIENCE).expect("join"), 3);
     let stopped = worker.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
+}
+
+/// libfaketime, which moves the clock of the process it is preloaded into (and of that
+/// process's children), and nothing else's.
+fn libfaketime() -> std::path::PathBuf {
+    let candidates = std::fs::read_dir("/usr/lib")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path().join("faketime/libfaketime.so.1")))
+        .chain([std::path::PathBuf::from(
+            "/usr/lib/faketime/libfaketime.so.1",
+        )]);
+    for path in candidates {
+        if path.is_file() {
+            return path;
+        }
+    }
+    panic!(
+        "libfaketime is missing (no /usr/lib/*/faketime/libfaketime.so.1): the clock test needs \
+         it to put a worker's clock off; install Debian's libfaketime package (as .ci/run does)"
+    );
+}
+
+/// Waits until the worker `id` has written `beats` more heartbeats.
+fn heartbeats(store: &Store, id: &str, beats: usize) {
+    let heartbeat = || {
+        store
+            .workers(true)
+            .expect("workers")
+            .into_iter()
+            .find(|w| w.id == id)
+            .map(|w| w.heartbeat_at)
+    };
+    let mut last = heartbeat();
+    for _ in 0..beats {
+        wait_until("the next heartbeat", || {
+            let now = heartbeat();
+            let beat = now != last;
+            last = now;
+            beat
+        });
+    }
+}
+
+/// A worker on a host whose clock is 3.2 s ahead of the server's (libfaketime moves that
+/// worker process's clock, and only its: the server, this test and the other worker keep
+/// the real one; the comparison is the worker's own, against the real server) says so
+/// once at its start, not again at its next heartbeats, and once when its clock is back in
+/// line. A worker whose clock is in line says nothing about clocks.
+#[test]
+fn a_worker_whose_clock_is_off_says_so_once_and_again_when_back_in_line() {
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let offset = dir.path().join("faketime");
+    std::fs::write(&offset, "+3.2\n").expect("write the offset");
+    // A lease of 9 s: a heartbeat every 3 s, and a heartbeat 3.2 s in the future or the
+    // past still younger than a lease to the other worker (with a 3 s lease, the worker
+    // ahead buries the other for its silence: the harm the warning is about).
+    let args = ["--quiet", "--threads", "1", "--lease", "9s"];
+    let mut command = Command::new(castor_bin());
+    command
+        .arg(tasks_target("manager"))
+        .arg("--db")
+        .arg(&db.url)
+        .args(args)
+        .current_dir(dir.path())
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME_TIMESTAMP_FILE", &offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let skewed = Worker::started(command);
+    let in_line = worker(&dir, &db.url, &args);
+    let ahead = "this host's clock is 3.2s ahead of the PostgreSQL server's";
+    skewed.wait_for_stdout(ahead);
+    let store = Store::open(db.url.as_str(), OpenOptions::inspect()).expect("open");
+    let workers = store.workers(true).expect("workers");
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    for worker in &workers {
+        heartbeats(&store, &worker.id, 2);
+    }
+
+    std::fs::write(&offset, "+0\n").expect("write the offset");
+    let back = "this host's clock is back in line with the PostgreSQL server's";
+    skewed.wait_for_stdout(back);
+    for worker in &workers {
+        heartbeats(&store, &worker.id, 1);
+    }
+    // Tasks run on both all along.
+    let client = fx::manager()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open the app's client");
+    for i in 0..10 {
+        assert_eq!(
+            fx::add::delay(&client, i, 1)
+                .expect("delay")
+                .join(PATIENCE)
+                .expect("join"),
+            i + 1
+        );
+    }
+
+    let skewed = skewed.stop();
+    assert!(skewed.status.success(), "{}", skewed.stderr);
+    let said = |needle: &str| skewed.stdout.matches(needle).count();
+    assert_eq!(
+        (said(ahead), said(back)),
+        (1, 1),
+        "each said once:\n{}",
+        skewed.stdout
+    );
+    assert!(
+        skewed.stdout.contains("run NTP"),
+        "the warning says what to do:\n{}",
+        skewed.stdout
+    );
+    let in_line = in_line.stop();
+    assert!(in_line.status.success(), "{}", in_line.stderr);
+    assert!(
+        !in_line.stdout.contains("clock"),
+        "a worker in line says nothing about clocks:\n{}",
+        in_line.stdout
+    );
+    assert!(
+        !format!("{}{}", skewed.stdout, in_line.stdout).contains("rescuing"),
+        "no worker was taken for dead:\n{}\n{}",
+        skewed.stdout,
+        in_line.stdout
+    );
 }
 
 /// Runs `castor ARGS` in `dir`; returns its stdout, after checking it succeeded.

@@ -1,5 +1,6 @@
 //! Shared test helpers: a temporary directory and database per test, the real `castor`
-//! binary as a [`Worker`] guard, fixture library paths, and waiting with deadlines.
+//! binary as a [`Worker`] guard, fixture library paths, waiting with deadlines, and a
+//! fresh database on the PostgreSQL test server ([`PgDatabase`]).
 
 use std::future::Future;
 use std::io::{BufRead, BufReader, Read};
@@ -387,6 +388,71 @@ pub fn recorded(path: &Path) -> std::collections::HashMap<String, usize> {
         *counts.entry(line.to_owned()).or_default() += 1;
     }
     counts
+}
+
+// The PostgreSQL server the tests on PostgreSQL use (postgres.rs, and the dashboard's):
+// the one CASTOR_TEST_POSTGRES names (`bash tests/run.sh` starts a throwaway one), a
+// database of its own per test. Without the variable those tests fail, saying so: they
+// never pass without having run.
+
+/// The environment variable naming the test server.
+pub const SERVER_ENV: &str = "CASTOR_TEST_POSTGRES";
+
+/// An empty database on the test server, dropped with everything in it at the end.
+pub struct PgDatabase {
+    server: String,
+    name: String,
+    /// The database's URL, for `--db` and `with_database`.
+    pub url: String,
+}
+
+impl PgDatabase {
+    pub fn new() -> PgDatabase {
+        let server = match std::env::var(SERVER_ENV) {
+            Ok(url) if !url.is_empty() => url,
+            _ => panic!(
+                "{SERVER_ENV} is not set: the PostgreSQL tests need a server; run them with \
+                 `bash tests/run.sh`, which starts a throwaway one, or set {SERVER_ENV} to a \
+                 server's URL whose user may create databases"
+            ),
+        };
+        let name = format!("castor_it_{}", castor_abi::Uuid::now_v7().simple());
+        admin(&server)
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .expect("create the test database");
+        let url = with_dbname(&server, &name);
+        PgDatabase { server, name, url }
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Nothing to report: a database left behind goes with the throwaway server.
+        let _ = admin(&self.server).batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
+    }
+}
+
+/// A connection to `server` (any database's URL) for what a test does behind Castor's back.
+pub fn admin(server: &str) -> postgres::Client {
+    postgres::Client::connect(server, postgres::NoTls)
+        .unwrap_or_else(|e| panic!("cannot connect to {SERVER_ENV}'s server: {e}"))
+}
+
+/// `url` with its database name replaced by `name`.
+fn with_dbname(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("postgres", url));
+    let (before_query, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    let authority = before_query.split('/').next().unwrap_or("");
+    match query {
+        Some(query) => format!("{scheme}://{authority}/{name}?{query}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    }
 }
 
 /// The smallest executor there is: poll, park until woken, repeat.

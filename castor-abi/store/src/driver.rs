@@ -17,9 +17,9 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
-    AttemptEnd, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, ListFilter,
-    LiveWorker, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount, TaskFilter,
-    TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
+    ListFilter, LiveWorker, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount,
+    TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -62,6 +62,23 @@ pub trait Driver: Send {
     /// ([`crate::Notifier::ignore_session`]); `None` where the engine has none.
     fn session(&self) -> Option<i64> {
         None
+    }
+
+    /// How this host's clock stands against the database server's, where the database
+    /// has a clock of its own (a server other hosts' workers share); `None` where it has
+    /// none (SQLite: everyone on the file shares this host's clock). Leases, due times and
+    /// heartbeats are written with each host's clock, so a host whose clock is off
+    /// shortens or stretches them for everyone; a worker uses this to say so.
+    ///
+    /// A driver may answer with the reading it took along with a statement it sent
+    /// anyway (PostgreSQL: a worker's registration and heartbeat read the server's clock
+    /// as they write), each such reading at most once; otherwise it reads the server's
+    /// clock now, with one statement.
+    ///
+    /// # Errors
+    /// The server's clock cannot be read.
+    fn clock_offset(&self) -> Result<Option<ClockOffset>, StoreError> {
+        Ok(None)
     }
 
     // Reads.

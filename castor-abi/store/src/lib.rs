@@ -44,9 +44,10 @@ use uuid::Uuid;
 pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
-    AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, ErrorKind, Expired,
-    Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, Progress, RetryOutcome,
-    ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
+    ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask,
+    Progress, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot,
+    TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
 pub use crate::schedule::{

@@ -447,6 +447,53 @@ pub struct WorkerRow {
     pub failed: i64,
 }
 
+/// How this host's clock stands against the database server's, read once: the server's
+/// clock as one statement read it, against the host's clock at the middle of that
+/// statement's round trip (see [`crate::Driver::clock_offset`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockOffset {
+    /// The host's clock minus the server's, in microseconds: positive if the host is
+    /// ahead.
+    pub ahead_us: i64,
+    /// The statement's round trip, in microseconds: the server read its clock somewhere
+    /// in it, so `ahead_us` is right to within half of it.
+    pub round_trip_us: i64,
+    /// Whose the other clock is, for people: `the PostgreSQL server`.
+    pub server: &'static str,
+}
+
+impl ClockOffset {
+    /// The reading of one round trip: the host's clock `before` sending the statement
+    /// and `after` its answer, and the `server`'s clock it answered with (all
+    /// microseconds since the epoch), from `whose` server.
+    pub fn from_round_trip(before: i64, server: i64, after: i64, whose: &'static str) -> Self {
+        let round_trip_us = after.saturating_sub(before).max(0);
+        ClockOffset {
+            ahead_us: before
+                .saturating_add(round_trip_us / 2)
+                .saturating_sub(server),
+            round_trip_us,
+            server: whose,
+        }
+    }
+
+    /// The least the two clocks differ by, whichever is ahead: the offset less half the
+    /// round trip (0 if the round trip is too long to tell).
+    pub fn at_least_us(&self) -> i64 {
+        self.ahead_us
+            .saturating_abs()
+            .saturating_sub(self.round_trip_us / 2)
+            .max(0)
+    }
+
+    /// The most the two clocks differ by: the offset plus half the round trip.
+    pub fn at_most_us(&self) -> i64 {
+        self.ahead_us
+            .saturating_abs()
+            .saturating_add(self.round_trip_us / 2)
+    }
+}
+
 /// A worker run that has not recorded a stop, as the rescuer sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveWorker {

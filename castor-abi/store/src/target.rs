@@ -81,20 +81,37 @@ impl fmt::Display for Database {
     }
 }
 
-/// `scheme://user:secret@host/db` shown as `scheme://user:***@host/db`.
+/// `scheme://user:secret@host/db` shown as `scheme://user:***@host/db`, and a password
+/// given as a parameter (`?password=secret`, which the PostgreSQL client takes too) as
+/// `password=***`.
 fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
+    let (rest, query) = match rest.split_once('?') {
+        Some((rest, query)) => (rest, Some(query)),
+        None => (rest, None),
+    };
     let authority_end = rest.find('/').unwrap_or(rest.len());
     let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
+    let authority = match authority.rsplit_once('@') {
         Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{scheme}://{user}:***@{host}{path}"),
-            None => url.to_owned(),
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
         },
-        None => url.to_owned(),
-    }
+        None => authority.to_owned(),
+    };
+    let query = query.map(|query| {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        format!("?{}", params.join("&"))
+    });
+    format!("{scheme}://{authority}{path}{}", query.unwrap_or_default())
 }
 
 /// How a PostgreSQL URL's connections use TLS: libpq's `sslmode` (`?sslmode=..`), with
@@ -239,6 +256,19 @@ mod tests {
         assert_eq!(
             Database::parse("postgres://castor@db/tasks").to_string(),
             "postgres://castor@db/tasks"
+        );
+        assert_eq!(
+            Database::parse("postgres:///tasks?host=/tmp&password=hunter2&user=castor").to_string(),
+            "postgres:///tasks?host=/tmp&password=***&user=castor"
+        );
+        assert_eq!(
+            Database::parse("postgres://castor:pw@h:5432/db?sslmode=disable&password=x")
+                .to_string(),
+            "postgres://castor:***@h:5432/db?sslmode=disable&password=***"
+        );
+        assert_eq!(
+            Database::parse("postgres://h/db?x=1").to_string(),
+            "postgres://h/db?x=1"
         );
         assert_eq!(Database::parse("tasks.db").to_string(), "tasks.db");
     }

@@ -49,8 +49,8 @@ pub use state::{
 pub use view::render;
 
 use crate::worker::{
-    AttemptStart, Controller, Reporter, Summary, Worker, WorkerEvent, timestamp, write_failing,
-    write_recovered,
+    AttemptStart, Controller, Reporter, Summary, Worker, WorkerEvent, clock_in_line, clock_skewed,
+    timestamp, write_failing, write_recovered,
 };
 
 /// The fastest the screen is redrawn.
@@ -501,6 +501,13 @@ impl Reporter for ChannelReporter {
             WorkerEvent::WriteRecovered { failed_for, tries } => self.send(UiEvent::Log(
                 worker_line(Level::Info, write_recovered(failed_for, tries)),
             )),
+            WorkerEvent::ClockSkewed { offset } => {
+                self.send(UiEvent::Log(worker_line(Level::Warn, clock_skewed(offset))))
+            }
+            WorkerEvent::ClockInLine { offset } => self.send(UiEvent::Log(worker_line(
+                Level::Info,
+                clock_in_line(offset),
+            ))),
             WorkerEvent::Abandoned { id, task } => self.send(UiEvent::Log(worker_line(
                 Level::Warn,
                 format!("abandoned {task} {id}: still running at shutdown; it will be retried"),

@@ -228,10 +228,11 @@ fn header(state: &DashboardState, area: Rect, buf: &mut Buffer) {
         Span::styled("  manager ", LABEL),
         Span::raw(h.manager.clone()),
         Span::styled("  db ", LABEL),
-        Span::raw(fit_left(&h.database, (width / 3).max(12))),
+        Span::raw(fit_database(&h.database, (width / 3).max(12))),
     ];
-    // Paths are cut at the left, so the file name stays; the library gets what is left,
-    // or no place at all if that is too little to recognise it.
+    // Paths are cut at the left, so the file name stays (a URL at the right, so its
+    // engine, host and database stay); the library gets what is left, or no place at all
+    // if that is too little to recognise it.
     let room = width.saturating_sub(Line::from(first.clone()).width() + "  library ".len());
     if room >= 12 {
         first.push(Span::styled("  library ", LABEL));
@@ -1444,6 +1445,18 @@ fn fit(text: &str, width: u16) -> String {
     }
 }
 
+/// The header's database in at most `width` characters: a SQLite path cut at the left
+/// (its file name matters most), a URL (`postgres://host/db?options`) at the right, so
+/// that what is kept says which engine, server and database, not only the options that
+/// end it.
+fn fit_database(text: &str, width: usize) -> String {
+    if text.contains("://") {
+        fit(text, u16::try_from(width).unwrap_or(u16::MAX))
+    } else {
+        fit_left(text, width)
+    }
+}
+
 /// `text` in at most `width` characters, starting with `…` if cut: for paths.
 fn fit_left(text: &str, width: usize) -> String {
     let count = text.chars().count();
@@ -1522,6 +1535,11 @@ mod tests {
         assert_eq!(fit("send_email", 0), "");
         assert_eq!(fit_left("/a/b/libx.so", 8), "…libx.so");
         assert_eq!(fit_left("/a/b/libx.so", 0), "");
+        assert_eq!(fit_database("/var/lib/castor/tasks.db", 12), "…or/tasks.db");
+        assert_eq!(
+            fit_database("postgres://castor@db.internal/tasks?sslmode=require", 38),
+            "postgres://castor@db.internal/tasks?s…"
+        );
         assert_eq!(
             wrap("connection refused by peer", 12),
             ["connection ", "refused by ", "peer"]

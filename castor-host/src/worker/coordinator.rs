@@ -22,6 +22,7 @@ use castor_store::{AttemptOutcome, Claimed, LogLevel, Store, StoreError, TaskSta
 use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
+use super::clock::{ClockNews, ClockWatch};
 use super::completer::{Completer, Ended, LogLine, ProgressUpdate, Recorded};
 use super::context::Context;
 use super::executor::{self, Attempt};
@@ -84,6 +85,8 @@ pub(super) struct Coordinator {
     failure: Option<Failure>,
     /// When to look at the WAL's size, if the worker is idle by then.
     wal_check_at: Option<Instant>,
+    /// This host's clock against the database server's: what was said, when to look.
+    clock: ClockWatch,
     summary: Summary,
 }
 
@@ -113,6 +116,7 @@ impl Coordinator {
             fatal_error: None,
             failure: None,
             wal_check_at: None,
+            clock: ClockWatch::new(now),
             summary: Summary::default(),
         }
     }
@@ -427,8 +431,13 @@ impl Coordinator {
             Some(registration) => registration.write(&mut self.store).map(|()| Vec::new()),
             None => self.commit(reporter),
         };
+        let registering = self.registration.is_some();
         let refreshed = written.map(|claimed| {
             self.registration = None;
+            if registering {
+                // The worker's start: its registration read the server's clock.
+                self.check_clock(reporter);
+            }
             // This connection's own commits need no wake-up (after a reconnection,
             // the new session's).
             self.ctx.watcher.ignore_session(self.store.session());
@@ -571,6 +580,10 @@ impl Coordinator {
         }
         if plan.renew {
             self.producer.renewed(now);
+            if self.clock.due(now) {
+                // The heartbeat just written read the server's clock.
+                self.check_clock(reporter);
+            }
         }
         if plan.rescue {
             self.rescuer.ran(now);
@@ -596,6 +609,26 @@ impl Coordinator {
         let mut claimed_all = claimed.thread;
         claimed_all.extend(claimed.process);
         claimed_all
+    }
+
+    /// Compares this host's clock with the database server's (the reading the last
+    /// registration or heartbeat took, else one statement), and says what changed.
+    fn check_clock(&mut self, reporter: &mut dyn Reporter) {
+        let now = Instant::now();
+        match self.store.clock_offset() {
+            Ok(Some(offset)) => match self.clock.observe(&offset, now) {
+                Some(ClockNews::Skewed) => {
+                    reporter.event(WorkerEvent::ClockSkewed { offset: &offset });
+                }
+                Some(ClockNews::InLine) => {
+                    reporter.event(WorkerEvent::ClockInLine { offset: &offset });
+                }
+                None => {}
+            },
+            Ok(None) => self.clock.not_comparable(),
+            // The server did not answer: the writes' own failures say so.
+            Err(_) => self.clock.unread(now),
+        }
     }
 
     /// Reports a rescuer pass's work.

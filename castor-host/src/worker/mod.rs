@@ -10,6 +10,7 @@
 //! the signal handler (stop) and its own timers (due tasks, timeouts, leases).
 
 mod child;
+mod clock;
 mod completer;
 mod context;
 mod coordinator;
@@ -45,8 +46,8 @@ use self::context::Context;
 use self::coordinator::{Coordinator, Pools};
 use self::producer::PerMode;
 pub use self::report::{
-    Finished, PlainReporter, Reporter, WorkerEvent, describe, stop_not_recorded, timestamp,
-    write_failing, write_recovered,
+    Finished, PlainReporter, Reporter, WorkerEvent, clock_in_line, clock_skewed, describe,
+    stop_not_recorded, timestamp, write_failing, write_recovered,
 };
 use self::services::WorkerServices;
 

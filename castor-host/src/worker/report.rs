@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use castor_abi::Uuid;
 use castor_store::format::format_duration;
-use castor_store::{AttemptOutcome, LogLevel, StoreError, TaskState};
+use castor_store::{AttemptOutcome, ClockOffset, LogLevel, StoreError, TaskState};
 use tracing::Level;
 
 use crate::event_at;
@@ -113,6 +113,19 @@ pub enum WorkerEvent<'a> {
         /// Failed tries in all.
         tries: u32,
     },
+    /// This host's clock and the database server's differ by more than
+    /// [`super::clock::SKEW_LIMIT`]: every lease, due time and heartbeat the worker writes
+    /// is off by as much for the other hosts. Said once, until they are back in line.
+    ClockSkewed {
+        /// The reading that showed it.
+        offset: &'a ClockOffset,
+    },
+    /// The clocks said to differ are back in line (within
+    /// [`super::clock::BACK_IN_LINE`]).
+    ClockInLine {
+        /// The reading that showed it.
+        offset: &'a ClockOffset,
+    },
     /// A stop was requested.
     Stopping {
         /// Tasks still running.
@@ -199,6 +212,7 @@ fn level(event: &WorkerEvent<'_>) -> Level {
     match event {
         WorkerEvent::StopNotRecorded { .. } => Level::ERROR,
         WorkerEvent::Forced { .. }
+        | WorkerEvent::ClockSkewed { .. }
         | WorkerEvent::Abandoned { .. }
         | WorkerEvent::Buried { .. }
         | WorkerEvent::Rescued { .. } => Level::WARN,
@@ -275,6 +289,8 @@ impl Reporter for PlainReporter {
             WorkerEvent::StopNotRecorded { error } => stop_not_recorded(error),
             WorkerEvent::WriteFailing { error, retry_in } => write_failing(error, retry_in),
             WorkerEvent::WriteRecovered { failed_for, tries } => write_recovered(failed_for, tries),
+            WorkerEvent::ClockSkewed { offset } => clock_skewed(offset),
+            WorkerEvent::ClockInLine { offset } => clock_in_line(offset),
             WorkerEvent::Stopping { running, grace } => format!(
                 "stopping: no new tasks; waiting up to {} for {running} running task(s) (Ctrl+C again to stop now)",
                 format_duration(grace)
@@ -369,6 +385,39 @@ pub fn write_recovered(failed_for: Duration, tries: u32) -> String {
     format!(
         "database writes work again after {} and {tries} failed tries; everything kept meanwhile is written, claiming tasks again",
         format_duration(failed_for)
+    )
+}
+
+/// `3.2s ahead` or `0.4s behind`: how a clock stands against the server's.
+fn ahead_or_behind(offset: &ClockOffset) -> String {
+    let by = format_duration(Duration::from_micros(offset.ahead_us.unsigned_abs()));
+    if offset.ahead_us >= 0 {
+        format!("{by} ahead of")
+    } else {
+        format!("{by} behind")
+    }
+}
+
+/// The line for [`WorkerEvent::ClockSkewed`].
+pub fn clock_skewed(offset: &ClockOffset) -> String {
+    format!(
+        "this host's clock is {} {}'s (to within {}); leases, heartbeats and schedules \
+         assume synchronised clocks, and this host's are off by as much for the other \
+         hosts: run NTP (chrony, systemd-timesyncd) on every host",
+        ahead_or_behind(offset),
+        offset.server,
+        format_duration(Duration::from_micros(
+            offset.round_trip_us.unsigned_abs() / 2
+        ))
+    )
+}
+
+/// The line for [`WorkerEvent::ClockInLine`].
+pub fn clock_in_line(offset: &ClockOffset) -> String {
+    format!(
+        "this host's clock is back in line with {}'s ({} it)",
+        offset.server,
+        ahead_or_behind(offset)
     )
 }
 

@@ -78,13 +78,13 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             format!("backlog {s}: drain rate, {rounds} rounds of {s}"),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "backlog_large",
             format!("backlog {l}: drain rate of the first {}", count(window)),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "backlog_ratio",
             format!("backlog: drain rate {l} / {s}"),
@@ -95,13 +95,13 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             format!("backlog {s} + {busy}: drain"),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "backlog_large_busy",
             format!("backlog {l} + {busy}: drain"),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "backlog_busy_ratio",
             format!("backlog + app dispatching: drain rate {l} / {s}"),
@@ -137,7 +137,7 @@ pub fn run(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             format!("backlog {l}: enqueue, delay_many of {}", count(CHUNK)),
             "/s",
         )
-        .vs("raw 100-row batches", ceilings.batched_rows),
+        .vs("raw SQLite 100-row batches", ceilings.batched_rows),
         Row::new(
             "backlog_quick_check",
             format!("backlog {l}: worker's start check (quick_check)"),

@@ -1,7 +1,8 @@
 //! `castor-bench`: measures Castor against SQLite's own ceiling on this machine, in one
 //! run, on one file system. Run it with `cargo run --release -p castor-bench`; it builds
 //! the `castor` worker it drives, runs every scenario several times, prints a table
-//! (median, min-max, ratio to the raw-SQLite figure it relates to), checks the issue's
+//! (median, min-max, ratio to the raw engine's figure it relates to: plain SQL on
+//! SQLite, or on the PostgreSQL server for its rows), checks the issue's
 //! targets and writes everything as JSON for later comparison.
 //!
 //! Scenarios: the raw-SQLite ceilings (`ceiling`), dispatch, drain, end to end, round
@@ -240,7 +241,8 @@ pub struct Row<'a> {
     /// The printed name; keep it within 52 characters so the streamed rows line up.
     pub name: String,
     pub unit: &'a str,
-    /// The raw-SQLite figure it is read against: a short name and its median.
+    /// The raw engine's figure it is read against: a short name that names the engine
+    /// (`raw SQLite cycle`, `raw PostgreSQL cycle`) and its median.
     pub ceiling: Option<(&'a str, f64)>,
 }
 
@@ -255,7 +257,7 @@ impl<'a> Row<'a> {
         }
     }
 
-    /// The same row read against a raw-SQLite figure.
+    /// The same row read against a raw engine's figure (`ceiling` names the engine).
     pub fn vs(mut self, ceiling: &'a str, value: f64) -> Row<'a> {
         self.ceiling = Some((ceiling, value));
         self

@@ -523,7 +523,7 @@ fn drains(
             ),
             "/s",
         )
-        .vs("raw pg cycle", ceilings.cycle);
+        .vs("raw PostgreSQL cycle", ceilings.cycle);
         measure(report, options, row, |run| {
             let db = server.database(&id, run, commit)?;
             let client = db.client()?;
@@ -561,7 +561,7 @@ fn end_to_end(
         format!("{name}: end to end, {} delay() calls", count(n)),
         "/s",
     )
-    .vs("raw pg cycle", ceilings.cycle);
+    .vs("raw PostgreSQL cycle", ceilings.cycle);
     measure(report, options, row, |run| {
         let db = server.database(&id, run, commit)?;
         let client = db.client()?;
@@ -596,13 +596,13 @@ fn round_trip(
             format!("{name}: round trip delay+join, p50 of {n}"),
             "ms",
         )
-        .vs("raw pg commit latency", ceilings.commit_ms),
+        .vs("raw PostgreSQL commit latency", ceilings.commit_ms),
         Row::new(
             &p99,
             format!("{name}: round trip delay+join, p99 of {n}"),
             "ms",
         )
-        .vs("raw pg commit latency", ceilings.commit_ms),
+        .vs("raw PostgreSQL commit latency", ceilings.commit_ms),
     ];
     measure_group(report, options, &rows, |run| {
         let db = server.database(&p50, run, commit)?;

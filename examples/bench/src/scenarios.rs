@@ -126,7 +126,7 @@ fn batch_dispatch(
         format!("batch dispatch: delay_many of {}", count(n)),
         "/s",
     )
-    .vs("raw 100-row batches", ceilings.batched_rows);
+    .vs("raw SQLite 100-row batches", ceilings.batched_rows);
     measure(report, options, row, |run| {
         let db = fresh(options, "batch", run);
         let client = client(&db, false)?;
@@ -150,14 +150,14 @@ fn drain(
             format!("durable: drain {} queued no-op thread tasks", count(n)),
             "/s",
         )
-        .vs("raw FULL cycle", ceilings.cycle_durable)
+        .vs("raw SQLite FULL cycle", ceilings.cycle_durable)
     } else {
         Row::new(
             "drain",
             format!("drain: {} queued no-op thread tasks", count(n)),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle)
+        .vs("raw SQLite cycle", ceilings.cycle)
     };
     let name = if durable { "durable-drain" } else { "drain" };
     measure(report, options, row, |run| {
@@ -186,7 +186,7 @@ fn logged_drain(
         format!("drain: {} thread tasks logging {how}", count(n)),
         "/s",
     )
-    .vs("raw cycle", ceilings.cycle);
+    .vs("raw SQLite cycle", ceilings.cycle);
     measure(report, options, row, |run| {
         let db = fresh(options, id, run);
         let client = client(&db, false)?;
@@ -228,14 +228,14 @@ fn end_to_end(
             format!("durable: end to end, {} delay() calls", count(n)),
             "/s",
         )
-        .vs("raw FULL cycle", ceilings.cycle_durable)
+        .vs("raw SQLite FULL cycle", ceilings.cycle_durable)
     } else {
         Row::new(
             "e2e",
             format!("end to end: {} delay() calls while draining", count(n)),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle)
+        .vs("raw SQLite cycle", ceilings.cycle)
     };
     let name = if durable { "durable-e2e" } else { "e2e" };
     measure(report, options, row, |run| {
@@ -274,9 +274,9 @@ fn round_trip(
         format!("{id_prefix}roundtrip_p99"),
     );
     let ceiling = if durable {
-        "raw FULL commit latency"
+        "raw SQLite FULL commit latency"
     } else {
-        "raw commit latency"
+        "raw SQLite commit latency"
     };
     let rows = [
         Row::new(

@@ -40,7 +40,7 @@ fn workers(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Resul
             format!("{SEVERAL} workers x 1 thread: drain {} queued", count(n)),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "workers_ratio",
             format!("{SEVERAL} workers / 1 worker (default threads): drain"),
@@ -92,7 +92,7 @@ fn apps(options: &Options, ceilings: &Ceilings, report: &mut Report) -> Result<(
             ),
             "/s",
         )
-        .vs("raw cycle", ceilings.cycle),
+        .vs("raw SQLite cycle", ceilings.cycle),
         Row::new(
             "apps_ratio",
             format!("{SEVERAL} apps / 1 app (same calls): end to end"),

@@ -194,7 +194,8 @@ pub struct TargetResult {
     /// The median measured in this run; `null` if the scenario did not run.
     pub measured: Option<f64>,
     pub unit: String,
-    /// The measurement's ratio to its raw-SQLite ceiling, if it has one.
+    /// The measurement's ratio to its raw engine's ceiling (SQLite's or PostgreSQL's), if
+    /// it has one.
     pub ceiling_ratio: Option<f64>,
     /// `null` if not measured.
     pub met: Option<bool>,
@@ -293,7 +294,7 @@ mod tests {
             "drain",
             "/s",
             vec![30_000.0, 40_000.0, 60_000.0],
-            Some(("raw cycle", 20_000.0)),
+            Some(("raw SQLite cycle", 20_000.0)),
         ));
         report.results.push(Measurement::new(
             "roundtrip_p50",
@@ -324,7 +325,7 @@ mod tests {
             "drain",
             "/s",
             vec![5_000.0],
-            Some(("raw pg cycle", 2_000.0)),
+            Some(("raw PostgreSQL cycle", 2_000.0)),
         ));
         let targets = evaluate(&report);
         let judged: Vec<_> = targets

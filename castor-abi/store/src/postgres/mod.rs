@@ -14,6 +14,15 @@
 //! Deadlocks and serialization failures come back as [`StoreError::Busy`], which
 //! [`crate::Store::write`] retries.
 
+/// The server's clock in microseconds since the epoch, as SQL (a macro, for `concat!`):
+/// `clock_timestamp()`, the time as the statement reads it (not the transaction's start,
+/// which `now()` is).
+macro_rules! server_clock_us {
+    () => {
+        "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint"
+    };
+}
+
 mod admin;
 mod rescue;
 mod rows;
@@ -24,7 +33,7 @@ mod tx;
 mod watch;
 mod workers;
 
-use std::cell::{RefCell, RefMut};
+use std::cell::{Cell, RefCell, RefMut};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -39,8 +48,8 @@ use crate::driver::{CheckReach, Driver, Tx};
 use crate::error::StoreError;
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
-    ListFilter, LogLevel, ScheduleFilter, StateCount, TaskLog, TaskSnapshot, TaskSummary, Waiting,
-    WorkerRow,
+    ClockOffset, ListFilter, LogLevel, ScheduleFilter, StateCount, TaskLog, TaskSnapshot,
+    TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -85,6 +94,12 @@ const KEEPALIVES_IDLE_DEFAULT: Duration = Duration::from_secs(2 * 60 * 60);
 /// Castor's statements take milliseconds; the CLI (`purge` of a large table) has none.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Whose clock a [`ClockOffset`] of this driver compares with.
+const SERVER: &str = "the PostgreSQL server";
+
+/// Reads the server's clock alone (when no write read it along: [`Driver::clock_offset`]).
+const CLOCK_SQL: &str = concat!("SELECT ", server_clock_us!());
+
 /// The advisory lock that serializes migrations between processes (`castor` in ASCII).
 const MIGRATION_LOCK: i64 = 0x6361_7374_6f72;
 
@@ -124,6 +139,26 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
+    /// Runs `sql`, whose first column is the server's clock ([`server_clock_us`]), timing
+    /// its round trip on this host's clock (the statement prepared first, so that only
+    /// the execution is timed); `None` if it returned no row.
+    fn query_clock(
+        &mut self,
+        sql: &'static str,
+        params: Params<'_>,
+    ) -> Result<Option<ClockOffset>, postgres::Error> {
+        self.ran += 1;
+        let statement = self.prepared(sql)?;
+        let before = crate::now_us();
+        let row = self.client.query_opt(&statement, params)?;
+        let after = crate::now_us();
+        row.map(|row| {
+            let server: i64 = row.try_get(0)?;
+            Ok(ClockOffset::from_round_trip(before, server, after, SERVER))
+        })
+        .transpose()
+    }
+
     fn prepared(&mut self, sql: &'static str) -> Result<Statement, postgres::Error> {
         if let Some(statement) = self.statements.get(sql) {
             return Ok(statement.clone());
@@ -191,6 +226,9 @@ pub struct PostgresDriver {
     durable: bool,
     /// When to trim task logs (see [`crate::log_trim`]).
     log_trim: crate::log_trim::LogTrim,
+    /// The server's clock as the last worker registration or heartbeat read it along
+    /// with its write, until [`Driver::clock_offset`] takes it.
+    clock: Cell<Option<ClockOffset>>,
 }
 
 impl std::fmt::Debug for PostgresDriver {
@@ -289,6 +327,7 @@ impl PostgresDriver {
             role: options.role,
             durable: options.durable,
             log_trim: crate::log_trim::LogTrim::default(),
+            clock: Cell::new(None),
         };
         // The first statement: a server that answers the login but cannot run queries
         // fails here, as connecting.
@@ -744,6 +783,15 @@ impl Driver for PostgresDriver {
     fn session(&self) -> Option<i64> {
         let conn = self.conn.try_borrow().ok()?;
         conn.backend_pid.map(i64::from)
+    }
+
+    fn clock_offset(&self) -> Result<Option<ClockOffset>, StoreError> {
+        if let Some(reading) = self.clock.take() {
+            return Ok(Some(reading));
+        }
+        self.read("read the server's clock", |conn| {
+            conn.query_clock(CLOCK_SQL, &[])
+        })
     }
 
     fn snapshot(&self, id: Uuid) -> Result<Option<TaskSnapshot>, StoreError> {

@@ -561,6 +561,72 @@ fn a_notifier_skips_the_ignored_sessions_commits() {
     );
 }
 
+/// A worker's registration and heartbeat read the server's clock as they write:
+/// `clock_offset` answers with that reading, once, sending nothing (the session's last
+/// statement is still the write's `COMMIT`), and without one reads the clock with a
+/// statement of its own. Host and server share a clock here, so every reading puts the
+/// server's clock inside the round trip: an offset of at most half of it.
+#[test]
+fn a_workers_writes_read_the_servers_clock_along() {
+    let url = fresh_url();
+    let mut store = Store::open(url.as_str(), OpenOptions::worker()).expect("open");
+    let pid = i32::try_from(store.session().expect("a worker's session")).expect("a pid");
+    let mut admin = postgres::Client::connect(&url, NoTls).expect("connect");
+    let mut last_statement = move || -> String {
+        admin
+            .query_one("SELECT query FROM pg_stat_activity WHERE pid = $1", &[&pid])
+            .expect("read pg_stat_activity")
+            .get(0)
+    };
+    let in_the_round_trip = |reading: crate::ClockOffset| {
+        assert!(
+            reading.at_least_us() <= 1 && reading.round_trip_us >= 0,
+            "{reading:?}"
+        );
+        assert_eq!(reading.server, "the PostgreSQL server");
+    };
+
+    store
+        .write(|tx| tx.register_worker(&crate::conformance::worker_row("w", now_us())))
+        .expect("register");
+    assert_eq!(last_statement(), "COMMIT");
+    in_the_round_trip(store.clock_offset().expect("read").expect("a reading"));
+    assert_eq!(last_statement(), "COMMIT", "the registration's reading");
+
+    store
+        .write(|tx| tx.heartbeat("w", now_us(), 1, 0))
+        .expect("heartbeat");
+    assert_eq!(last_statement(), "COMMIT");
+    in_the_round_trip(store.clock_offset().expect("read").expect("a reading"));
+    assert_eq!(last_statement(), "COMMIT", "the heartbeat's reading");
+
+    // Taken once: the next reading is a statement of its own.
+    in_the_round_trip(store.clock_offset().expect("read").expect("a reading"));
+    let statement = last_statement();
+    assert!(statement.contains("clock_timestamp()"), "{statement}");
+
+    // An app's connection reads it too (the dashboard's, `castor`'s commands).
+    let app = Store::open(url.as_str(), OpenOptions::app()).expect("open");
+    in_the_round_trip(app.clock_offset().expect("read").expect("a reading"));
+}
+
+/// A reading is the host's clock at the middle of the round trip against the server's:
+/// how far apart they are at least and at most follows from the round trip.
+#[test]
+fn a_clock_reading_is_bounded_by_its_round_trip() {
+    let reading = crate::ClockOffset::from_round_trip(10_000_000, 6_800_000, 10_002_000, "s");
+    assert_eq!(reading.ahead_us, 3_201_000);
+    assert_eq!(reading.round_trip_us, 2_000);
+    assert_eq!(reading.at_least_us(), 3_200_000);
+    assert_eq!(reading.at_most_us(), 3_202_000);
+    let behind = crate::ClockOffset::from_round_trip(10_000_000, 12_000_000, 10_000_000, "s");
+    assert_eq!(behind.ahead_us, -2_000_000);
+    assert_eq!(behind.at_least_us(), 2_000_000);
+    // A round trip longer than the offset cannot tell the clocks apart.
+    let slow = crate::ClockOffset::from_round_trip(0, 1_000, 4_000, "s");
+    assert_eq!((slow.at_least_us(), slow.at_most_us()), (0, 3_000));
+}
+
 /// A transaction of claims, lease renewals and heartbeats alone commits without waiting
 /// for the flush (losing it in a crash loses nothing); one with anything else in it (a
 /// dispatch, an outcome) waits.

@@ -1,4 +1,7 @@
-//! Worker runs: registration, heartbeats, and the record of who is alive.
+//! Worker runs: registration, heartbeats, and the record of who is alive. A worker's
+//! registration and heartbeat also read the server's clock as they write (`RETURNING`),
+//! kept for [`crate::Driver::clock_offset`]: a worker compares its clock with the
+//! server's at no cost of a statement of its own.
 
 use super::PostgresTx;
 use super::rows::u32_from;
@@ -14,10 +17,13 @@ impl PostgresTx<'_> {
         worker: &WorkerRow,
         tasks: &str,
     ) -> Result<(), postgres::Error> {
-        self.conn().execute(
-            "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
-             processes, tasks, started_at, heartbeat_at, host_id) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        let clock = self.conn().query_clock(
+            concat!(
+                "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
+                 processes, tasks, started_at, heartbeat_at, host_id) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+                server_clock_us!()
+            ),
             &[
                 &worker.id,
                 &worker.manager,
@@ -32,6 +38,7 @@ impl PostgresTx<'_> {
                 &worker.host_id,
             ],
         )?;
+        self.driver.clock.set(clock);
         Ok(())
     }
 
@@ -47,11 +54,17 @@ impl PostgresTx<'_> {
         failed: u64,
     ) -> Result<(), postgres::Error> {
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.unflushed().execute(
-            "UPDATE castor_workers SET heartbeat_at = $2, completed = $3, failed = $4 \
-             WHERE id = $1",
+        let clock = self.unflushed().query_clock(
+            concat!(
+                "UPDATE castor_workers SET heartbeat_at = $2, completed = $3, failed = $4 \
+                 WHERE id = $1 RETURNING ",
+                server_clock_us!()
+            ),
             &[&worker, &now, &clamp(completed), &clamp(failed)],
         )?;
+        if clock.is_some() {
+            self.driver.clock.set(clock);
+        }
         Ok(())
     }
 

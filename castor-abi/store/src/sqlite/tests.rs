@@ -511,3 +511,15 @@ fn fresh() -> Conformance {
 mod conformance {
     crate::conformance_tests!(super::fresh);
 }
+
+/// A SQLite file has no clock of its own: every process on it uses its host's, so there
+/// is nothing to compare a worker's clock with.
+#[test]
+fn a_sqlite_file_has_no_clock_to_compare_with() {
+    let dir = TempDir::new("clock");
+    let mut store = Store::from_driver(Box::new(open(&dir.db(), OpenOptions::worker())));
+    store
+        .write(|tx| tx.register_worker(&crate::conformance::worker_row("w", crate::now_us())))
+        .expect("register");
+    assert_eq!(store.clock_offset().expect("read"), None);
+}
