@@ -37,5 +37,7 @@ mod template;
 mod postgres;
 // PostgreSQL on a cluster of the test's own: an idle worker's queries, server restarts.
 mod postgres_ops;
+// `castor --reload`: new builds swapped in while tasks flow; broken builds refused.
+mod reload;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;
