@@ -23,7 +23,7 @@ fn watched(dir: &TestDir) -> PathBuf {
 
 /// Replaces the watched file as cargo does: the new build is written elsewhere and
 /// takes the watched name at once (a new inode).
-fn swap_in(library: &Path, fixture: &str) {
+pub(crate) fn swap_in(library: &Path, fixture: &str) {
     let new = library.with_file_name(".libapp.so.new");
     std::fs::copy(fixture_path(fixture), &new).expect("copy the new build");
     std::fs::rename(&new, library).expect("rename it over the watched file");
