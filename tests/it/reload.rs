@@ -201,3 +201,63 @@ fn a_new_build_runs_the_tasks_claimed_after_the_swap_and_broken_builds_leave_the
     let copies = std::env::temp_dir().join(format!("castor-reload-{pid}"));
     assert!(!copies.exists(), "{} left behind", copies.display());
 }
+
+/// The reload's pause: from the old process's last claim to the new one's first, with a
+/// task dispatched every 5 ms and nothing long running. Printed (run with
+/// `--nocapture`), not asserted beyond sanity: a figure, not a timing test.
+#[test]
+fn a_reload_pauses_claims_from_the_old_process_s_last_claim_to_the_new_one_s_first() {
+    let dir = TestDir::new();
+    let library = watched(&dir);
+    let target = format!("{}:manager", library.display());
+    let worker = Worker::start(
+        &dir,
+        &target,
+        &["--reload", "--threads", "2", "--processes", "1"],
+    );
+    worker.wait_for_stdout("for new builds (--reload)");
+    let reloaded = Arc::new(AtomicBool::new(false));
+    let flow = {
+        let client = dir.client();
+        let reloaded = Arc::clone(&reloaded);
+        std::thread::spawn(move || {
+            let mut sent = Vec::new();
+            let mut after = 0;
+            for i in 0.. {
+                after += usize::from(reloaded.load(Ordering::SeqCst));
+                sent.push(fx::add::delay(&client, i, 0).expect("delay"));
+                if after >= 50 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            sent
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    swap_in(&library, "tasks_v2");
+    worker.wait_for_stdout("castor: reloaded ");
+    reloaded.store(true, Ordering::SeqCst);
+    for handle in flow.join().expect("the dispatching thread") {
+        handle.join(PATIENCE).expect("join");
+    }
+    let db = rusqlite::Connection::open(dir.db()).expect("open the database");
+    let mut spans: Vec<(i64, i64)> = db
+        .prepare(
+            "SELECT min(attempted_at), max(attempted_at) FROM castor_tasks \
+             WHERE task = 'add' GROUP BY attempted_by ORDER BY 1",
+        )
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("read");
+    assert_eq!(spans.len(), 2, "two worker runs claimed tasks: {spans:?}");
+    let new = spans.pop().expect("the new run");
+    let old = spans.pop().expect("the old run");
+    let pause =
+        Duration::from_micros(u64::try_from(new.0 - old.1).expect("the new run claims later"));
+    eprintln!("reload pause (last claim of the old build to first claim of the new): {pause:?}");
+    assert!(pause < PATIENCE);
+    worker.stop();
+}
