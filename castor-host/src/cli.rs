@@ -99,6 +99,14 @@ pub struct WorkerArgs {
     #[arg(short, long)]
     pub interactive: bool,
 
+    /// Watch the library file and switch to each new build once it is complete and a
+    /// check in a separate process loaded it: claims stop, running tasks finish within
+    /// --grace, and castor re-executes itself on the new build. A build that fails the
+    /// check is reported and the running one keeps serving. The worker loads a private
+    /// copy of the library, so a build written in place never touches it.
+    #[arg(long)]
+    pub reload: bool,
+
     /// Print only failures and lifecycle events, not every completed task (the log
     /// filter `info,castor::task=warn`; RUST_LOG, when set, wins).
     #[arg(short, long)]
@@ -142,6 +150,23 @@ pub enum Command {
     /// Internal: a process-mode child (started by the worker itself).
     #[command(name = "__child", hide = true)]
     Child(ChildArgs),
+    /// Internal: checks a new build for `--reload` (started by the worker itself).
+    #[command(name = "__check-library", hide = true)]
+    CheckLibrary(CheckLibraryArgs),
+}
+
+/// `castor __check-library`: load a library, check its ABI, find a manager, print its
+/// tasks as JSON.
+#[derive(Debug, Args)]
+pub struct CheckLibraryArgs {
+    /// The library to load (a private copy of the watched file).
+    pub library: PathBuf,
+    /// The manager that must exist.
+    #[arg(long)]
+    pub manager: String,
+    /// The watched file, named in errors instead of the copy.
+    #[arg(long)]
+    pub shown_as: PathBuf,
 }
 
 /// Which database a subcommand reads, and how it prints.

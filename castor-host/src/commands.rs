@@ -40,7 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Purge(args) => purge(&args),
         Command::Stats(args) => stats(&args),
         Command::Schedules(args) => schedules(&args),
-        Command::Check(_) | Command::Migrate(_) | Command::Child(_) => {
+        Command::Check(_) | Command::Migrate(_) | Command::Child(_) | Command::CheckLibrary(_) => {
             bail!("castor's main dispatches this subcommand itself")
         }
     }

@@ -13,6 +13,7 @@ mod logging;
 mod migrate;
 mod plugin;
 mod protocol;
+mod reload;
 mod worker;
 
 use std::process::ExitCode;
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
     let verbose = cli.worker.verbose;
     let result = match cli.command {
         Some(Command::Child(args)) => child_mode::run(args),
+        Some(Command::CheckLibrary(args)) => reload::check_mode(&args),
         Some(Command::Check(args)) => check::run(&args),
         Some(Command::Migrate(args)) => migrate::run(&args),
         Some(other) => commands::run(other),
@@ -70,18 +72,47 @@ fn run_worker(mut args: WorkerArgs) -> anyhow::Result<()> {
         // The error main prints on stderr, in the JSON stream too.
         tracing::error!(target: "castor", error = %format!("{err:#}"), "castor: error: {err:#}");
     }
-    result
+    let Some(pending) = result? else {
+        return Ok(());
+    };
+    // The worker stopped for a reload: stdout back in place (the dashboard already gave
+    // the terminal back), then this process becomes castor on the new build.
+    drop(logging);
+    Err(reload::exec(&pending).into())
 }
 
+/// Runs the worker; `Some` when it stopped for a reload onto that build.
 fn run_logged(
     target: cli::PluginTarget,
     args: WorkerArgs,
     logging: &logging::Logging,
-) -> anyhow::Result<()> {
-    let plugin = Plugin::load(&target.library)?;
+) -> anyhow::Result<Option<reload::Pending>> {
+    // With --reload the worker runs a private copy: a build written over the watched file
+    // never changes the code it has mapped.
+    let copies = if args.reload {
+        Some(reload::Copies::start(&target.library)?)
+    } else {
+        None
+    };
+    let (plugin, shown_library) = match &copies {
+        Some(copies) => (
+            Plugin::load(copies.current()).map_err(|e| e.shown_as(&target.library))?,
+            target
+                .library
+                .canonicalize()
+                .unwrap_or_else(|_| target.library.clone()),
+        ),
+        None => {
+            let plugin = Plugin::load(&target.library)?;
+            let path = plugin.path().to_path_buf();
+            (plugin, path)
+        }
+    };
     let library = plugin.path().to_path_buf();
     let attach = plugin.attach();
-    let manager = plugin.into_manager(&target.manager)?;
+    let manager = plugin
+        .into_manager(&target.manager)
+        .map_err(|e| e.shown_as(&shown_library))?;
     // Said once the library loaded and has that manager, so it never precedes an error
     // it has nothing to do with.
     if !target.explicit_manager {
@@ -101,9 +132,11 @@ fn run_logged(
     let threads = args.threads.map_or(cores, usize::from);
     let processes = args.processes.map_or(cores, usize::from);
     let tasks = plugin::describe_tasks(&manager.tasks);
+    let checked_tasks = reload::checked_tasks(&manager);
     let manager_name = manager.name.to_string();
     let worker = Worker::new(WorkerConfig {
-        library: library.clone(),
+        library,
+        shown_library: shown_library.clone(),
         manager,
         database: database.clone(),
         threads,
@@ -135,7 +168,7 @@ fn run_logged(
         target: logging::BANNER,
         worker_id = worker.id(),
         version = env!("CARGO_PKG_VERSION"),
-        library = %library.display(),
+        library = %shown_library.display(),
         manager = %manager_name,
         tasks = %tasks,
         database = %database_line,
@@ -145,12 +178,35 @@ fn run_logged(
         env!("CARGO_PKG_VERSION"),
         worker.id()
     );
+    if let Some(after) = copies.as_ref().and_then(reload::Copies::reloaded_after) {
+        tracing::info!(
+            target: logging::BANNER,
+            "castor: reloaded {} ({} after the old build stopped claiming)",
+            shown_library.display(),
+            castor_store::format::format_duration(after)
+        );
+    }
     // Handlers first: "Ctrl+C to stop" is a promise.
     let controller = worker.controller();
     forward_signals(controller.clone())?;
-    if args.interactive {
+    let slot = reload::Slot::default();
+    if let Some(copies) = &copies {
+        reload::watch(
+            copies,
+            manager_name.clone(),
+            checked_tasks,
+            controller.clone(),
+            slot.clone(),
+        )?;
+        tracing::info!(
+            target: logging::BANNER,
+            "watching {} for new builds (--reload)",
+            shown_library.display()
+        );
+    }
+    let summary = if args.interactive {
         let header = dashboard::Header {
-            library: library.display().to_string(),
+            library: shown_library.display().to_string(),
             manager: manager_name,
             database: database.to_string(),
             worker_id: worker.id().to_owned(),
@@ -171,12 +227,23 @@ fn run_logged(
             summary.failed,
             summary.abandoned
         );
-        return Ok(());
+        summary
+    } else {
+        tracing::info!(target: logging::BANNER, "Ctrl+C to stop");
+        let mut reporter = PlainReporter::new();
+        worker.run(&mut reporter)?
+    };
+    let pending = if summary.reload {
+        reload::take(&slot)
+    } else {
+        None
+    };
+    if pending.is_none()
+        && let Some(copies) = copies
+    {
+        copies.remove_all();
     }
-    tracing::info!(target: logging::BANNER, "Ctrl+C to stop");
-    let mut reporter = PlainReporter::new();
-    worker.run(&mut reporter)?;
-    Ok(())
+    Ok(pending)
 }
 
 /// Ctrl+C or SIGTERM stops the worker gracefully; a second one stops it now.

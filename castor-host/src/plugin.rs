@@ -105,6 +105,31 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The same error naming `path` instead of the file loaded: with `--reload` the worker
+    /// loads a private copy, and its errors name the file the operator gave.
+    #[must_use]
+    pub fn shown_as(mut self, shown: &Path) -> LoadError {
+        let path = match &mut self {
+            LoadError::NotFound { path }
+            | LoadError::NotALibrary { path, .. }
+            | LoadError::NotAPlugin { path }
+            | LoadError::IncompatibleAbi { path, .. }
+            | LoadError::IncompatibleAbiStable { path, .. }
+            | LoadError::Unloadable { path, .. }
+            | LoadError::Declaration { path, .. }
+            | LoadError::UnknownManager { path, .. } => path,
+        };
+        let copy = path.display().to_string();
+        *path = shown.to_path_buf();
+        if let LoadError::NotALibrary { reason, .. } = &mut self {
+            // The loader's message names the file it opened.
+            *reason = reason.replace(&copy, &shown.display().to_string());
+        }
+        self
+    }
+}
+
 /// A loaded library and the managers it declares.
 pub struct Plugin {
     path: PathBuf,

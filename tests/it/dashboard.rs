@@ -343,3 +343,62 @@ fn the_dashboard_on_postgres_shows_tasks_flowing_and_cancels_from_the_keyboard()
     let alternate = tmux.run(&["display", "-p", "-t", "castor", "#{alternate_on}"]);
     assert_eq!(String::from_utf8_lossy(&alternate.stdout).trim(), "0");
 }
+
+/// `castor -i --reload`: the dashboard gives the terminal back before the worker
+/// re-executes itself on a new build, and the new process takes it over again.
+#[test]
+fn the_dashboard_comes_back_after_a_reload() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    let library = dir.path().join("libapp.so");
+    std::fs::copy(crate::support::fixture_path("tasks"), &library).expect("copy the build");
+    let tmux = Tmux::new();
+    let command = format!(
+        "{} {}:manager --db {} --processes 1 -i --reload; echo castor-exit=$?; sleep 60",
+        castor_bin().display(),
+        library.display(),
+        dir.db().display()
+    );
+    let started = tmux.run(&[
+        "new-session",
+        "-d",
+        "-s",
+        "castor",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    tmux.wait_for(&["Tasks by state", "Running", "Log"]);
+    assert_eq!(
+        fx::add::delay(&client, 1, 1)
+            .expect("delay")
+            .join(PATIENCE)
+            .expect("join"),
+        2
+    );
+
+    crate::reload::swap_in(&library, "tasks_v2");
+    // The new build answers, under a dashboard again.
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let sum = fx::add::delay(&client, 5, 5)
+            .expect("delay")
+            .join(PATIENCE)
+            .expect("join");
+        if sum == 1010 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new build never ran a task");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux.wait_for(&["Tasks by state", "Running", "Log"]);
+
+    tmux.run(&["send-keys", "-t", "castor", "q"]);
+    let screen = tmux.wait_for(&["castor-exit="]);
+    assert!(screen.contains("castor-exit=0"), "{screen}");
+    let alternate = tmux.run(&["display", "-p", "-t", "castor", "#{alternate_on}"]);
+    assert_eq!(String::from_utf8_lossy(&alternate.stdout).trim(), "0");
+}

@@ -42,5 +42,7 @@ mod postgres_ops;
 mod postgres_tls;
 // A PostgreSQL cluster of a test's own (socket, TCP, TLS) and a test CA.
 mod pg_cluster;
+// `castor --reload`: new builds swapped in while tasks flow; broken builds refused.
+mod reload;
 // Temp dirs, the worker guard, fixture paths, waiting with deadlines.
 mod support;

@@ -486,6 +486,15 @@ impl Reporter for ChannelReporter {
                 self.send(UiEvent::Log(worker_line(Level::Warn, text.clone())));
                 self.send(UiEvent::Stopping(text));
             }
+            WorkerEvent::Reloading {
+                build,
+                running,
+                grace,
+            } => {
+                let text = crate::worker::reloading(build, running, grace);
+                self.send(UiEvent::Log(worker_line(Level::Info, text.clone())));
+                self.send(UiEvent::Stopping(text));
+            }
             WorkerEvent::Forced { running } => self.send(UiEvent::Log(worker_line(
                 Level::Warn,
                 format!("stopping now; giving up on {running} running task(s)"),

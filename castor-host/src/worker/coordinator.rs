@@ -55,6 +55,8 @@ pub(super) struct Pools {
 struct Stop {
     deadline: Instant,
     forced: bool,
+    /// The stop is for a reload (no stop request came since).
+    reload: bool,
 }
 
 /// The coordinator's state between turns.
@@ -215,6 +217,7 @@ impl Coordinator {
                 reporter.event(WorkerEvent::ChildOutput { pid, line: &line });
             }
             Event::Shutdown => self.on_shutdown(reporter),
+            Event::Reload { build } => self.on_reload(&build, reporter),
         }
     }
 
@@ -307,20 +310,49 @@ impl Coordinator {
         self.completer.progress(seq, update);
     }
 
-    /// A stop request: the first starts the grace period, a second forces the stop.
+    /// A stop request: the first starts the grace period, a second forces the stop. One
+    /// during a reload's grace period turns it into an ordinary stop (same deadline).
     fn on_shutdown(&mut self, reporter: &mut dyn Reporter) {
-        if self.stop.is_some() {
+        if let Some(stop) = &mut self.stop {
+            if stop.reload {
+                stop.reload = false;
+                reporter.event(WorkerEvent::Stopping {
+                    running: self.running.len(),
+                    grace: stop.deadline.saturating_duration_since(Instant::now()),
+                });
+                return;
+            }
             self.force(reporter);
             return;
         }
+        self.begin_stop(false);
+        reporter.event(WorkerEvent::Stopping {
+            running: self.running.len(),
+            grace: self.ctx.grace,
+        });
+    }
+
+    /// A checked new build is waiting: the graceful stop, marked as a reload. Ignored
+    /// once a stop is under way (an operator's stop wins over a reload).
+    fn on_reload(&mut self, build: &str, reporter: &mut dyn Reporter) {
+        if self.stop.is_some() {
+            return;
+        }
+        self.begin_stop(true);
+        reporter.event(WorkerEvent::Reloading {
+            build,
+            running: self.running.len(),
+            grace: self.ctx.grace,
+        });
+    }
+
+    /// No claims from now on; running tasks have the grace period.
+    fn begin_stop(&mut self, reload: bool) {
         self.pools.stopping.store(true, Ordering::SeqCst);
         self.stop = Some(Stop {
             deadline: Instant::now() + self.ctx.grace,
             forced: false,
-        });
-        reporter.event(WorkerEvent::Stopping {
-            running: self.running.len(),
-            grace: self.ctx.grace,
+            reload,
         });
     }
 
@@ -336,6 +368,7 @@ impl Coordinator {
         self.stop = Some(Stop {
             deadline: Instant::now(),
             forced: true,
+            reload: false,
         });
         reporter.event(WorkerEvent::Forced {
             running: self.running.len(),
@@ -782,7 +815,10 @@ impl Coordinator {
         if self.registered() {
             self.record_stop(reporter)?;
         }
-        Ok(self.summary.clone())
+        Ok(Summary {
+            reload: self.stop.as_ref().is_some_and(|stop| stop.reload),
+            ..self.summary.clone()
+        })
     }
 
     /// Ends every claim still held: those running are abandoned (told to stop), those

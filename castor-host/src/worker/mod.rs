@@ -47,7 +47,7 @@ use self::coordinator::{Coordinator, Pools};
 use self::producer::PerMode;
 pub use self::report::{
     Finished, PlainReporter, Reporter, WorkerEvent, clock_in_line, clock_skewed, describe,
-    stop_not_recorded, timestamp, write_failing, write_recovered,
+    reloading, stop_not_recorded, timestamp, write_failing, write_recovered,
 };
 use self::services::WorkerServices;
 
@@ -73,6 +73,9 @@ pub struct StartCheck {
 pub struct WorkerConfig {
     /// The library the tasks come from (process-mode children load it too).
     pub library: PathBuf,
+    /// The library as the operator named it, for the workers table: with `--reload` the
+    /// worker loads a private copy of it (`library`).
+    pub shown_library: PathBuf,
     /// The manager whose tasks to run.
     pub manager: ManagerDecl,
     /// The database.
@@ -150,6 +153,13 @@ pub enum Event {
     /// Stop claiming and let running tasks finish within the grace period; a second
     /// request stops now.
     Shutdown,
+    /// A checked new build of the library is waiting (`--reload`): stop as for
+    /// [`Event::Shutdown`], and end the run with [`Summary::reload`] set, so the caller
+    /// re-executes itself on it. A stop request during it makes it an ordinary stop.
+    Reload {
+        /// What was checked, for the report: `new build of libapp.so checked (4 tasks)`.
+        build: String,
+    },
     /// A task's services met an error no retry fixes (a damaged file): stop at once.
     Fatal(StoreError),
 }
@@ -236,6 +246,14 @@ impl Controller {
     pub fn shutdown(&self) {
         let _ = self.events.send(Event::Shutdown);
     }
+
+    /// Stops as [`Controller::shutdown`] does (no new claims, running tasks finish within
+    /// the grace period, the rest handed back, children retired), for a reload onto the
+    /// new build `build` describes; the run's [`Summary::reload`] says so. Ignored once a
+    /// stop is under way.
+    pub fn reload(&self, build: String) {
+        let _ = self.events.send(Event::Reload { build });
+    }
 }
 
 /// How a worker run ended.
@@ -247,6 +265,9 @@ pub struct Summary {
     pub failed: u64,
     /// Attempts given up at shutdown.
     pub abandoned: u64,
+    /// The run stopped for a reload ([`Controller::reload`]) that no stop request
+    /// overrode: the caller re-executes itself on the new build.
+    pub reload: bool,
 }
 
 /// A worker stopped on an error.
@@ -512,7 +533,7 @@ impl Worker {
         let row = WorkerRow {
             id: self.id.clone(),
             manager: self.config.manager.name.to_string(),
-            library: self.config.library.display().to_string(),
+            library: self.config.shown_library.display().to_string(),
             hostname: self.hostname.clone(),
             host_id: Some(self.host_id.clone()),
             pid: std::process::id(),

@@ -133,6 +133,16 @@ pub enum WorkerEvent<'a> {
         /// How long they have.
         grace: Duration,
     },
+    /// A checked new build is waiting (`--reload`): no new tasks; running ones have the
+    /// grace period, then the worker re-executes itself on the new build.
+    Reloading {
+        /// What was checked: `new build of libapp.so checked (4 tasks)`.
+        build: &'a str,
+        /// Tasks still running.
+        running: usize,
+        /// How long they have.
+        grace: Duration,
+    },
     /// A second stop request: stop now.
     Forced {
         /// Tasks still running.
@@ -295,6 +305,11 @@ impl Reporter for PlainReporter {
                 "stopping: no new tasks; waiting up to {} for {running} running task(s) (Ctrl+C again to stop now)",
                 format_duration(grace)
             ),
+            WorkerEvent::Reloading {
+                build,
+                running,
+                grace,
+            } => reloading(build, running, grace),
             WorkerEvent::Forced { running } => {
                 format!("stopping now; giving up on {running} running task(s)")
             }
@@ -432,4 +447,15 @@ pub fn stop_not_recorded(error: &StoreError) -> String {
         "could not record the worker's stop: {error:#}; other workers will see it gone by its \
          process or its heartbeat"
     )
+}
+
+/// What a worker says as it begins a reload: what was checked, and what it waits for.
+pub fn reloading(build: &str, running: usize, grace: Duration) -> String {
+    match running {
+        0 => format!("reloading: {build}; no task running"),
+        n => format!(
+            "reloading: {build}; waiting up to {} for {n} running task(s) (Ctrl+C stops instead)",
+            format_duration(grace)
+        ),
+    }
 }

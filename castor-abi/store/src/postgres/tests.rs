@@ -600,7 +600,11 @@ fn a_workers_writes_read_the_servers_clock_along() {
     let heartbeat_commit = "SET LOCAL synchronous_commit = off; COMMIT";
     assert_eq!(last_statement(), heartbeat_commit);
     in_the_round_trip(store.clock_offset().expect("read").expect("a reading"));
-    assert_eq!(last_statement(), heartbeat_commit, "the heartbeat's reading");
+    assert_eq!(
+        last_statement(),
+        heartbeat_commit,
+        "the heartbeat's reading"
+    );
 
     // Taken once: the next reading is a statement of its own.
     in_the_round_trip(store.clock_offset().expect("read").expect("a reading"));
