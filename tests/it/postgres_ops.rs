@@ -267,3 +267,52 @@ fn a_task_joining_its_subtask_inside_a_worker_on_postgres_wakes_at_once() {
     let stopped = worker.stop();
     assert!(stopped.status.success(), "{}", stopped.stderr);
 }
+
+/// README's one command for trying castor on PostgreSQL starts a server whose printed URL
+/// castor migrates and serves, and its `stop` removes it.
+#[test]
+fn the_readmes_local_server_script_starts_a_usable_server_and_stops_it() {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/postgres/local-server.sh");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .args(args)
+            .output()
+            .expect("run local-server.sh");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "local-server.sh {args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let started = run(&[]);
+    let url = started
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("--db '")?
+                .strip_suffix('\'')
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| panic!("no --db URL printed:\n{started}"));
+    let migrated = std::process::Command::new(crate::support::castor_bin())
+        .args(["migrate", "up", "--db", &url])
+        .output()
+        .expect("run castor migrate");
+    let stop = run(&["stop"]);
+    assert!(
+        migrated.status.success(),
+        "castor migrate up on the script's server: {}",
+        String::from_utf8_lossy(&migrated.stderr)
+    );
+    let host = url
+        .split("host=")
+        .nth(1)
+        .and_then(|h| h.split('&').next())
+        .expect("a socket directory in the URL");
+    assert!(stop.contains("stopped"), "{stop}");
+    assert!(!std::path::Path::new(host).exists(), "{host} removed");
+}
