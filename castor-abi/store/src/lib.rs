@@ -45,8 +45,9 @@ pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::StoreError;
 pub use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, ErrorKind, Expired,
-    Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, Progress, RetryOutcome,
-    ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule, NewTask, Progress,
+    RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary,
+    Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
 pub use crate::schedule::{
