@@ -335,7 +335,7 @@ pub fn delay<A, R>(
     let bytes = encode_args(&spec, args, codec)?;
     let backend = to.dispatcher().0;
     let id = backend.dispatch(spec.name, &bytes, &resolved)?;
-    Ok(TaskHandle::dispatched(id, spec.name, backend))
+    Ok(TaskHandle::dispatched(id, spec.name, backend).expecting(&spec))
 }
 
 /// `my_task::delay_in_with(tx, to, options, args..)`: the insert runs on `tx`, the app's
@@ -352,7 +352,7 @@ pub fn delay_in<A, R>(
     let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
     let bytes = encode_args(&spec, args, codec)?;
     let id = to.dispatch_in(tx, spec.name, &bytes, &resolved)?;
-    Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0))
+    Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0).expecting(&spec))
 }
 
 /// `my_task::delay_many(to, args)`: one transaction for all of them.
@@ -372,7 +372,9 @@ pub fn delay_many<A, R>(
     let ids = backend.dispatch_many(spec.name, &encoded, &resolved)?;
     Ok(ids
         .into_iter()
-        .map(|id| TaskHandle::dispatched(id, spec.name, std::sync::Arc::clone(&backend)))
+        .map(|id| {
+            TaskHandle::dispatched(id, spec.name, std::sync::Arc::clone(&backend)).expecting(&spec)
+        })
         .collect())
 }
 
@@ -393,7 +395,7 @@ pub fn schedule<A, R>(
 
 /// `my_task::handle(client, id)`.
 pub fn handle<R>(to: &crate::Client, spec: TaskSpec, id: uuid::Uuid) -> TaskHandle<R> {
-    to.handle(id, spec.name)
+    to.handle(id, spec.name).expecting(&spec)
 }
 
 thread_local! {

@@ -394,6 +394,7 @@ impl Backend for ClientInner {
             result: s.result,
             errors: s.errors,
             progress: s.progress,
+            result_fingerprint: s.result_fingerprint,
         }))
     }
 

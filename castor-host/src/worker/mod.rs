@@ -45,8 +45,8 @@ use self::context::Context;
 use self::coordinator::{Coordinator, Pools};
 use self::producer::PerMode;
 pub use self::report::{
-    Finished, PlainReporter, Reporter, WorkerEvent, describe, stop_not_recorded, timestamp,
-    write_failing, write_recovered,
+    Finished, PlainReporter, Reporter, WorkerEvent, describe, mismatched_line, stop_not_recorded,
+    timestamp, write_failing, write_recovered,
 };
 use self::services::WorkerServices;
 
@@ -283,6 +283,11 @@ fn left_behind(claimed: usize) -> String {
 struct TaskInfo {
     run: RunFn,
     mode: TaskMode,
+    /// The library's fingerprint of the argument tuple: the claim takes tasks
+    /// dispatched with it (or with none). Kept for the process's life, like the library.
+    args_fingerprint: &'static str,
+    /// The library's fingerprint of the result's type, recorded with each result.
+    result_fingerprint: &'static str,
 }
 
 /// A worker ready to run.
@@ -339,6 +344,12 @@ impl Worker {
                     TaskInfo {
                         run: t.run,
                         mode: t.mode,
+                        args_fingerprint: Box::leak(
+                            t.args_fingerprint.as_str().to_owned().into_boxed_str(),
+                        ),
+                        result_fingerprint: Box::leak(
+                            t.result_fingerprint.as_str().to_owned().into_boxed_str(),
+                        ),
                     },
                 )
             })
@@ -350,9 +361,19 @@ impl Worker {
                 .map(|(name, _)| name.clone())
                 .collect();
             names.sort();
+            let args_fingerprints = names
+                .iter()
+                .map(|name| {
+                    tasks
+                        .get(name)
+                        .map(|info| info.args_fingerprint.to_owned())
+                        .filter(|fp| !fp.is_empty())
+                })
+                .collect();
             (!names.is_empty()).then(|| TaskFilter {
                 manager: manager.clone(),
                 tasks: names,
+                args_fingerprints,
             })
         };
         let thread_claim = claim_for(TaskMode::Thread);

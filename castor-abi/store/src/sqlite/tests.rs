@@ -368,9 +368,10 @@ fn claim_uses_the_available_index() {
         .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.batch))
         .expect("plan");
     let plan: Vec<String> = stmt
-        .query_map(rusqlite::params![0, "w", 0, "manager", 10, "a", "", "a", "fp"], |r| {
-            r.get::<_, String>(3)
-        })
+        .query_map(
+            rusqlite::params![0, "w", 0, "manager", 10, "a", "", "a", "fp"],
+            |r| r.get::<_, String>(3),
+        )
         .expect("explain")
         .collect::<Result<_, _>>()
         .expect("rows");
