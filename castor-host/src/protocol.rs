@@ -440,6 +440,7 @@ mod tests {
                 max_attempts: 3,
                 result: None,
                 errors_json: "[]".into(),
+                result_fingerprint: "0123456789abcdef".into(),
             })));
             match round_trip(&reply) {
                 Reply::Snapshot(Ok(Some(s))) => {

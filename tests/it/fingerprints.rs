@@ -12,7 +12,10 @@ use castor_store::TaskState;
 use crate::support::{PATIENCE, TestDir, Worker, fixture_path};
 
 fn target(version: &str) -> String {
-    format!("{}:shop", fixture_path(&format!("{version}_plugin")).display())
+    format!(
+        "{}:shop",
+        fixture_path(&format!("{version}_plugin")).display()
+    )
 }
 
 fn app_v1(dir: &TestDir) -> Client {

@@ -457,7 +457,7 @@ mod tests {
         {
             let what = format!("{:?} (ran: {})", ended.attempt.outcome, ended.ran);
             match ended.finish(*transition, "w", NOW, None) {
-                Finish::Completed { result } => {
+                Finish::Completed { result, .. } => {
                     assert_eq!(state, TaskState::Completed, "{what}");
                     assert_eq!(result, [7], "{what}");
                 }
