@@ -42,6 +42,8 @@ pub struct Codec<T> {
     pub encode: fn(&T) -> Result<Vec<u8>, codec::EncodeError>,
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
     to_json: fn(&T) -> Result<String, serde_json::Error>,
+    /// The type's fingerprint and whether it was traced (see [`crate::fingerprint`]).
+    shape: fn() -> (String, bool),
 }
 
 impl<T> Clone for Codec<T> {
@@ -72,6 +74,7 @@ pub const fn codec<T: Payload>() -> Codec<T> {
         encode: codec::encode::<T>,
         decode: codec::decode::<T>,
         to_json: serde_json::to_string::<T>,
+        shape: crate::fingerprint::shape_fingerprint::<T>,
     }
 }
 
@@ -307,6 +310,15 @@ pub struct Codecs<A, R> {
     pub args: Codec<A>,
     /// The result.
     pub result: Codec<R>,
+}
+
+impl<A, R> Codecs<A, R> {
+    /// The task's fingerprints: of its two types (through the codecs, which already
+    /// carry the serde bounds, so a type that is not serde is still one error), or of
+    /// `version`.
+    pub fn fingerprints(&self, version: Option<u32>) -> crate::Fingerprints {
+        crate::Fingerprints::from_shapes(self.args.shape, self.result.shape, version)
+    }
 }
 
 fn encode_args<A>(spec: &TaskSpec, args: &A, codec: Codec<A>) -> Result<Vec<u8>, DispatchError> {

@@ -54,6 +54,15 @@ impl Fingerprints {
     /// The fingerprints of a task whose arguments are `A` and result `R`, or, with
     /// `version`, of that declared version.
     pub fn of<A: DeserializeOwned, R: DeserializeOwned>(version: Option<u32>) -> Fingerprints {
+        Fingerprints::from_shapes(shape_fingerprint::<A>, shape_fingerprint::<R>, version)
+    }
+
+    /// As [`Fingerprints::of`], from each type's [`shape_fingerprint`].
+    pub fn from_shapes(
+        args: fn() -> (String, bool),
+        result: fn() -> (String, bool),
+        version: Option<u32>,
+    ) -> Fingerprints {
         if let Some(n) = version {
             return Fingerprints {
                 args: hash(&format!("version {n} args")),
@@ -61,8 +70,8 @@ impl Fingerprints {
                 source: FingerprintSource::Version(n),
             };
         }
-        let (args, args_traced) = shape_fingerprint::<A>();
-        let (result, result_traced) = shape_fingerprint::<R>();
+        let (args, args_traced) = args();
+        let (result, result_traced) = result();
         Fingerprints {
             args,
             result,

@@ -426,7 +426,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             fn __castor_fingerprints() -> &'static ::castor_abi::Fingerprints {
                 static FINGERPRINTS: ::std::sync::OnceLock<::castor_abi::Fingerprints> =
                     ::std::sync::OnceLock::new();
-                FINGERPRINTS.get_or_init(|| ::castor_abi::Fingerprints::of::<Args, Output>(#version))
+                FINGERPRINTS.get_or_init(|| __castor_codecs().fingerprints(#version))
             }
 
             /// How the arguments and the result are stored: built here, where the
