@@ -42,6 +42,8 @@ pub struct Codec<T> {
     pub encode: fn(&T) -> Result<Vec<u8>, codec::EncodeError>,
     decode: fn(&[u8]) -> Result<T, codec::DecodeError>,
     to_json: fn(&T) -> Result<String, serde_json::Error>,
+    /// The type's fingerprint and whether it was traced (see [`crate::fingerprint`]).
+    shape: fn() -> (String, bool),
 }
 
 impl<T> Clone for Codec<T> {
@@ -72,6 +74,7 @@ pub const fn codec<T: Payload>() -> Codec<T> {
         encode: codec::encode::<T>,
         decode: codec::decode::<T>,
         to_json: serde_json::to_string::<T>,
+        shape: crate::fingerprint::shape_fingerprint::<T>,
     }
 }
 
@@ -309,6 +312,15 @@ pub struct Codecs<A, R> {
     pub result: Codec<R>,
 }
 
+impl<A, R> Codecs<A, R> {
+    /// The task's fingerprints: of its two types (through the codecs, which already
+    /// carry the serde bounds, so a type that is not serde is still one error), or of
+    /// `version`.
+    pub fn fingerprints(&self, version: Option<u32>) -> crate::Fingerprints {
+        crate::Fingerprints::from_shapes(self.args.shape, self.result.shape, version)
+    }
+}
+
 fn encode_args<A>(spec: &TaskSpec, args: &A, codec: Codec<A>) -> Result<Vec<u8>, DispatchError> {
     (codec.encode)(args).map_err(|error| match error {
         codec::EncodeError::TooLarge { size, limit, .. } => DispatchError::ArgsTooLarge {
@@ -335,7 +347,7 @@ pub fn delay<A, R>(
     let bytes = encode_args(&spec, args, codec)?;
     let backend = to.dispatcher().0;
     let id = backend.dispatch(spec.name, &bytes, &resolved)?;
-    Ok(TaskHandle::dispatched(id, spec.name, backend))
+    Ok(TaskHandle::dispatched(id, spec.name, backend).expecting(&spec))
 }
 
 /// `my_task::delay_in_with(tx, to, options, args..)`: the insert runs on `tx`, the app's
@@ -352,7 +364,7 @@ pub fn delay_in<A, R>(
     let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
     let bytes = encode_args(&spec, args, codec)?;
     let id = to.dispatch_in(tx, spec.name, &bytes, &resolved)?;
-    Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0))
+    Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0).expecting(&spec))
 }
 
 /// `my_task::delay_many(to, args)`: one transaction for all of them.
@@ -372,7 +384,9 @@ pub fn delay_many<A, R>(
     let ids = backend.dispatch_many(spec.name, &encoded, &resolved)?;
     Ok(ids
         .into_iter()
-        .map(|id| TaskHandle::dispatched(id, spec.name, std::sync::Arc::clone(&backend)))
+        .map(|id| {
+            TaskHandle::dispatched(id, spec.name, std::sync::Arc::clone(&backend)).expecting(&spec)
+        })
         .collect())
 }
 
@@ -393,7 +407,7 @@ pub fn schedule<A, R>(
 
 /// `my_task::handle(client, id)`.
 pub fn handle<R>(to: &crate::Client, spec: TaskSpec, id: uuid::Uuid) -> TaskHandle<R> {
-    to.handle(id, spec.name)
+    to.handle(id, spec.name).expecting(&spec)
 }
 
 thread_local! {

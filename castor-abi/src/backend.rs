@@ -23,6 +23,8 @@ pub(crate) struct View {
     pub result: Option<Vec<u8>>,
     pub errors: Vec<AttemptError>,
     pub progress: Option<Progress>,
+    /// The fingerprint of the result's type in the library that produced the result.
+    pub result_fingerprint: Option<String>,
 }
 
 pub(crate) trait Backend: Send + Sync {
@@ -174,6 +176,8 @@ impl Backend for HostBackend {
             result: snapshot.result.into_option().map(|r| r.into_vec()),
             errors,
             progress: None,
+            result_fingerprint: Some(snapshot.result_fingerprint.into_string())
+                .filter(|fp| !fp.is_empty()),
         }))
     }
 

@@ -139,6 +139,26 @@ pub enum JoinError {
         /// Every attempt's error, oldest first.
         errors: Vec<AttemptError>,
     },
+    /// The task's result was produced by a library whose result type has another shape
+    /// (another type fingerprint) than this build's: decoding it could give a wrong
+    /// value, so it is not decoded. Build the app and the worker from the same version
+    /// of the task library (or mark an encoding-compatible change with
+    /// `#[task(version = N)]`).
+    #[error(
+        "task {id} ({task}) completed with a result of another type: the worker's library \
+         has result fingerprint {found}, this build expects {expected}; build the app and \
+         the worker from the same version of the task library"
+    )]
+    IncompatibleResult {
+        /// The task's id.
+        id: Uuid,
+        /// The task's name.
+        task: String,
+        /// The result fingerprint recorded with the result (the worker's library).
+        found: String,
+        /// The result fingerprint of this build's declaration of the task.
+        expected: String,
+    },
     /// The task was cancelled.
     #[error("task {id} ({task}) was cancelled")]
     Cancelled {

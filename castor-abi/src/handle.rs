@@ -42,6 +42,8 @@ pub struct TaskHandle<R> {
     /// True when this handle created the task, so a missing row means it was pruned.
     dispatched: bool,
     backend: Arc<dyn Backend>,
+    /// The fingerprint of `R` as this build's task declares it (`None`: not checked).
+    expected: Option<&'static str>,
     result: PhantomData<fn() -> R>,
 }
 
@@ -52,6 +54,7 @@ impl<R> Clone for TaskHandle<R> {
             task: self.task,
             dispatched: self.dispatched,
             backend: Arc::clone(&self.backend),
+            expected: self.expected,
             result: PhantomData,
         }
     }
@@ -78,8 +81,15 @@ impl<R> TaskHandle<R> {
             task,
             dispatched: true,
             backend,
+            expected: None,
             result: PhantomData,
         }
+    }
+
+    /// Checks a result's fingerprint against `spec`'s before decoding it.
+    pub(crate) fn expecting(mut self, spec: &crate::TaskSpec) -> Self {
+        self.expected = Some((spec.fingerprints)().result.as_str());
+        self
     }
 
     pub(crate) fn attach(id: Uuid, task: &'static str, backend: Arc<dyn Backend>) -> Self {
@@ -88,6 +98,7 @@ impl<R> TaskHandle<R> {
             task,
             dispatched: false,
             backend,
+            expected: None,
             result: PhantomData,
         }
     }
@@ -174,6 +185,16 @@ impl<R: DeserializeOwned> TaskHandle<R> {
         let task = || view.task.clone();
         match view.state {
             TaskState::Completed => {
+                if let (Some(expected), Some(found)) = (self.expected, &view.result_fingerprint)
+                    && expected != found
+                {
+                    return Check::Done(Err(JoinError::IncompatibleResult {
+                        id: self.id,
+                        task: task(),
+                        found: found.clone(),
+                        expected: expected.to_owned(),
+                    }));
+                }
                 let bytes = view.result.as_deref().unwrap_or_default();
                 Check::Done(
                     codec::decode::<R>(bytes).map_err(|error| JoinError::DecodeResult {

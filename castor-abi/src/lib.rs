@@ -72,6 +72,7 @@ mod backend;
 mod capture;
 pub mod codec;
 mod error;
+pub mod fingerprint;
 mod handle;
 mod manager;
 pub mod schedule;
@@ -84,6 +85,7 @@ pub use castor_abi_macros::{export_managers, task};
 
 pub use crate::abi::TaskMode;
 pub use crate::error::{DispatchError, JoinError, StatusError};
+pub use crate::fingerprint::{FingerprintSource, Fingerprints};
 pub use crate::handle::{Resolve, TaskHandle, TaskInfo};
 pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_name};
 pub use crate::schedule::{Periodic, PeriodicSpec, Schedule, ScheduleHandle};

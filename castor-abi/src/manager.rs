@@ -409,6 +409,7 @@ impl Backend for ClientInner {
             result: s.result,
             errors: s.errors,
             progress: s.progress,
+            result_fingerprint: s.result_fingerprint,
         }))
     }
 

@@ -34,6 +34,8 @@ pub struct TaskSpec {
     pub run: RunFn,
     /// Renders stored arguments or results as JSON (generated glue).
     pub describe: DescribeFn,
+    /// The task's type fingerprints (generated glue: computed once per process).
+    pub fingerprints: fn() -> &'static crate::Fingerprints,
 }
 
 impl TaskSpec {
@@ -47,6 +49,8 @@ impl TaskSpec {
             backoff_cap_ms: millis(self.backoff.cap),
             run: self.run,
             describe: self.describe,
+            args_fingerprint: (self.fingerprints)().args.as_str().into(),
+            result_fingerprint: (self.fingerprints)().result.as_str().into(),
         }
     }
 }
@@ -176,6 +180,7 @@ impl DelayOptions {
             timeout_ms: timeout.map(millis).into(),
             backoff_base_ms: millis(backoff.base),
             backoff_cap_ms: millis(backoff.cap),
+            args_fingerprint: (spec.fingerprints)().args.as_str().into(),
         })
     }
 }
@@ -433,6 +438,7 @@ impl NewTaskFromAbi for DispatchOptionsAbi {
             backoff_cap_ms: ms(self.backoff_cap_ms),
             timeout_ms: self.timeout_ms.into_option().map(ms),
             schedule_id: None,
+            args_fingerprint: Some(self.args_fingerprint.as_str()).filter(|fp| !fp.is_empty()),
         }
     }
 }

@@ -271,6 +271,8 @@ struct Shown<'a> {
     attempted_at: Option<i64>,
     attempted_by: Option<&'a str>,
     finalized_at: Option<i64>,
+    args_fingerprint: Option<&'a str>,
+    result_fingerprint: Option<&'a str>,
     args: Decoded,
     result: Option<Decoded>,
     errors: &'a [castor_abi::AttemptError],
@@ -293,7 +295,13 @@ enum Decoded {
     Raw { bytes: usize, note: String },
 }
 
-fn decode(manager: Option<&ManagerDecl>, task: &str, bytes: &[u8], result: bool) -> Decoded {
+fn decode(
+    manager: Option<&ManagerDecl>,
+    task: &str,
+    bytes: &[u8],
+    result: bool,
+    fingerprint: Option<&str>,
+) -> Decoded {
     let raw = |note: String| Decoded::Raw {
         bytes: bytes.len(),
         note,
@@ -304,6 +312,20 @@ fn decode(manager: Option<&ManagerDecl>, task: &str, bytes: &[u8], result: bool)
     let Some(decl) = manager.tasks.iter().find(|t| t.name.as_str() == task) else {
         return raw(format!("the library does not declare task `{task}`"));
     };
+    let own = if result {
+        decl.result_fingerprint.as_str()
+    } else {
+        decl.args_fingerprint.as_str()
+    };
+    if let Some(stored) = fingerprint
+        && !own.is_empty()
+        && stored != own
+    {
+        return raw(format!(
+            "another signature: fingerprint {stored} != the library's {own}; pass the \
+             library of its version to decode"
+        ));
+    }
     match (decl.describe)(RSlice::from(bytes), result) {
         RResult::ROk(json) => match serde_json::from_str(json.as_str()) {
             Ok(value) => Decoded::Json(value),
@@ -326,11 +348,22 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         );
     };
     let stored_args = args_bytes(&store, args.id)?;
-    let decoded_args = decode(manager.as_ref(), &task.task, &stored_args, false);
-    let decoded_result = task
-        .result
-        .as_deref()
-        .map(|r| decode(manager.as_ref(), &task.task, r, true));
+    let decoded_args = decode(
+        manager.as_ref(),
+        &task.task,
+        &stored_args,
+        false,
+        task.args_fingerprint.as_deref(),
+    );
+    let decoded_result = task.result.as_deref().map(|r| {
+        decode(
+            manager.as_ref(),
+            &task.task,
+            r,
+            true,
+            task.result_fingerprint.as_deref(),
+        )
+    });
     let logs = store.logs(args.id)?;
     if args.db.json {
         return print_json(&Shown {
@@ -346,6 +379,8 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             attempted_at: task.attempted_at,
             attempted_by: task.attempted_by.as_deref(),
             finalized_at: task.finalized_at,
+            args_fingerprint: task.args_fingerprint.as_deref(),
+            result_fingerprint: task.result_fingerprint.as_deref(),
             args: decoded_args,
             result: decoded_result,
             errors: &task.errors,
@@ -371,6 +406,11 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         task.state, task.attempt, task.max_attempts
     );
     println!("priority   {}", task.priority);
+    println!(
+        "signature  args {}, result {}",
+        task.args_fingerprint.as_deref().unwrap_or("unknown"),
+        task.result_fingerprint.as_deref().unwrap_or("unknown")
+    );
     println!("created    {}", timestamp(task.created_at));
     if task.scheduled_at > task.created_at {
         println!("scheduled  {}", timestamp(task.scheduled_at));

@@ -215,6 +215,7 @@ pub struct DispatchOptions {
     timeout_ms: Option<u64>,
     backoff_base_ms: u64,
     backoff_cap_ms: u64,
+    args_fingerprint: String,
 }
 
 impl From<&DispatchOptionsAbi> for DispatchOptions {
@@ -227,6 +228,7 @@ impl From<&DispatchOptionsAbi> for DispatchOptions {
             timeout_ms: o.timeout_ms.into_option(),
             backoff_base_ms: o.backoff_base_ms,
             backoff_cap_ms: o.backoff_cap_ms,
+            args_fingerprint: o.args_fingerprint.to_string(),
         }
     }
 }
@@ -241,6 +243,7 @@ impl From<DispatchOptions> for DispatchOptionsAbi {
             timeout_ms: o.timeout_ms.into(),
             backoff_base_ms: o.backoff_base_ms,
             backoff_cap_ms: o.backoff_cap_ms,
+            args_fingerprint: o.args_fingerprint.into(),
         }
     }
 }
@@ -263,6 +266,9 @@ pub struct Snapshot {
     /// Every failed attempt's error, oldest first, as the JSON list [`SnapshotAbi`] takes:
     /// written once by the worker, read only by the library.
     pub errors_json: String,
+    /// The result's fingerprint as recorded by the worker that produced it (empty:
+    /// unknown).
+    pub result_fingerprint: String,
 }
 
 impl From<Snapshot> for SnapshotAbi {
@@ -274,6 +280,7 @@ impl From<Snapshot> for SnapshotAbi {
             max_attempts: s.max_attempts,
             result: s.result.map(|r| r.0.into()).into(),
             errors_json: s.errors_json.into(),
+            result_fingerprint: s.result_fingerprint.into(),
         }
     }
 }
@@ -433,6 +440,7 @@ mod tests {
                 max_attempts: 3,
                 result: None,
                 errors_json: "[]".into(),
+                result_fingerprint: "0123456789abcdef".into(),
             })));
             match round_trip(&reply) {
                 Reply::Snapshot(Ok(Some(s))) => {

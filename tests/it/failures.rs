@@ -88,15 +88,49 @@ mod old_app {
 }
 
 #[test]
-fn arguments_that_do_not_decode_fail_the_task_with_a_clear_error() {
+fn a_task_dispatched_with_other_parameters_waits_for_a_worker_of_its_version() {
     let dir = TestDir::new();
     let old = old_app::manager()
         .with_database(dir.db())
         .open()
         .expect("open");
     let client = dir.client();
-    let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
+    let worker = Worker::start(&dir, &tasks_target("manager"), &[]);
     let handle = old_app::add::delay(&old, "two and two".into()).expect("delay");
+    worker.wait_for_stdout("leaving 1 task(s) of `add` dispatched with a different signature");
+    assert_worker_alive(&client);
+    assert_eq!(handle.status().expect("status"), TaskState::Available);
+}
+
+#[test]
+fn arguments_that_do_not_decode_fail_the_task_with_a_clear_error() {
+    let dir = TestDir::new();
+    let client = dir.client();
+    // A row with no fingerprint (as an app built before fingerprints wrote it) whose
+    // arguments are another type's: the worker claims it, and decoding fails.
+    let args = castor_abi::codec::encode(&("two and two".to_owned(),)).expect("encode");
+    let mut store =
+        castor_store::Store::open(dir.db(), castor_store::OpenOptions::app()).expect("open");
+    let id = store
+        .enqueue(&castor_store::NewTask {
+            manager: "manager",
+            task: "add",
+            args: &args,
+            run_at_us: None,
+            priority: 0,
+            unique_key: None,
+            max_attempts: 3,
+            backoff_base_ms: 10,
+            backoff_cap_ms: 10,
+            timeout_ms: None,
+            schedule_id: None,
+            args_fingerprint: None,
+        })
+        .expect("enqueue")
+        .id;
+    drop(store);
+    let _worker = Worker::start(&dir, &tasks_target("manager"), &[]);
+    let handle = fx::add::handle(&client, id);
     let (attempts, message, _) = failed(handle.join(PATIENCE).expect_err("bad args"));
     assert_eq!(attempts, 1, "decode errors are not retried");
     assert!(message.contains("task `add`"), "{message}");

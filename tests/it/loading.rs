@@ -228,6 +228,7 @@ fn a_library_built_against_an_older_release_with_the_same_plugin_abi_runs_its_ta
                 backoff_cap_ms: 1000,
                 timeout_ms: None,
                 schedule_id: None,
+                args_fingerprint: None,
             })
             .expect("enqueue")
             .id

@@ -6,6 +6,9 @@
 mod loading;
 // A task's life: dispatch, run, join and resolve; subtasks; graceful shutdown.
 mod lifecycle;
+// Type fingerprints: two versions of a library, tasks left for the matching worker,
+// results of another type refused.
+mod fingerprints;
 // Tasks that fail: errors, panics, undecodable arguments, retries, timeouts.
 mod failures;
 // Process tasks in warm children: crashes, timeouts, output capture, no orphans.

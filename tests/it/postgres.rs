@@ -737,3 +737,68 @@ fn the_app_api_and_the_cli_work_whole_on_postgres() {
     assert!(purged.contains("purged 1 task(s)"), "{purged}");
     assert!(waiting.status().is_err(), "purged");
 }
+
+/// The claim filter on PostgreSQL: a task dispatched by version 2 of a library is left
+/// `available` by a version 1 worker (which says so) while it runs version 1's, then a
+/// version 2 worker runs it with the right values.
+#[test]
+fn a_worker_on_postgres_claims_only_tasks_of_its_signature() {
+    use castor_fixture_shop_v1 as v1;
+    use castor_fixture_shop_v2 as v2;
+    let db = PgDatabase::new();
+    let dir = TestDir::new();
+    let shop_worker = |version: &str| {
+        let mut command = Command::new(castor_bin());
+        command
+            .arg(format!(
+                "{}:shop",
+                crate::support::fixture_path(&format!("{version}_plugin")).display()
+            ))
+            .arg("--db")
+            .arg(&db.url)
+            .current_dir(dir.path());
+        Worker::started(command)
+    };
+    let old = v1::shop()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open v1");
+    let new = v2::shop()
+        .with_database(db.url.as_str())
+        .open()
+        .expect("open v2");
+    let waiting = v2::charge::delay(
+        &new,
+        v2::Order {
+            price_cents: 1999,
+            qty: 3,
+        },
+    )
+    .expect("delay v2");
+    let worker = shop_worker("shop_v1");
+    let new_fp = &(v2::charge::SPEC.fingerprints)().args;
+    worker.wait_for_stdout(&format!(
+        "leaving 1 task(s) of `charge` dispatched with a different signature (args \
+         fingerprint {new_fp}"
+    ));
+    let ran = v1::charge::delay(
+        &old,
+        v1::Order {
+            qty: 2,
+            price_cents: 500,
+        },
+    )
+    .expect("delay v1");
+    assert_eq!(
+        ran.join(PATIENCE).expect("join v1"),
+        "qty=2 price_cents=500"
+    );
+    assert_eq!(waiting.status().expect("status"), TaskState::Available);
+    worker.stop();
+    let worker = shop_worker("shop_v2");
+    assert_eq!(
+        waiting.join(PATIENCE).expect("join v2"),
+        "qty=3 price_cents=1999"
+    );
+    worker.stop();
+}

@@ -56,6 +56,7 @@ struct TaskAttr {
     max_attempts: u32,
     backoff_ms: u64,
     backoff_cap_ms: u64,
+    version: Option<u32>,
 }
 
 fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
@@ -68,6 +69,7 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
         max_attempts: DEFAULT_MAX_ATTEMPTS,
         backoff_ms: 1_000,
         backoff_cap_ms: 3_600_000,
+        version: None,
     };
     for meta in metas {
         match &meta {
@@ -102,10 +104,11 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
                     }
                     "backoff" => out.backoff_ms = duration_ms(&nv.value)?,
                     "backoff_cap" => out.backoff_cap_ms = duration_ms(&nv.value)?,
+                    "version" => out.version = Some(lit_int(&nv.value)?),
                     _ => {
                         return Err(syn::Error::new(
                             nv.path.span(),
-                            "unknown option; expected one of: name, timeout, max_attempts, backoff, backoff_cap",
+                            "unknown option; expected one of: name, timeout, max_attempts, backoff, backoff_cap, version",
                         ));
                     }
                 }
@@ -354,6 +357,10 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
         None => quote!(::core::option::Option::None),
     };
     let max_attempts = attr.max_attempts;
+    let version = match attr.version {
+        Some(n) => quote!(::core::option::Option::Some(#n)),
+        None => quote!(::core::option::Option::None),
+    };
     let backoff_ms = attr.backoff_ms;
     let backoff_cap_ms = attr.backoff_cap_ms;
 
@@ -412,7 +419,15 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 },
                 run: __castor_run,
                 describe: __castor_describe,
+                fingerprints: __castor_fingerprints,
             };
+
+            /// The task's type fingerprints, computed on first use (once per process).
+            fn __castor_fingerprints() -> &'static ::castor_abi::Fingerprints {
+                static FINGERPRINTS: ::std::sync::OnceLock<::castor_abi::Fingerprints> =
+                    ::std::sync::OnceLock::new();
+                FINGERPRINTS.get_or_init(|| __castor_codecs().fingerprints(#version))
+            }
 
             /// How the arguments and the result are stored: built here, where the
             /// compiler checks their serde bounds once, at the types as written.

@@ -151,6 +151,14 @@ pub struct TaskDecl {
     /// Decodes stored arguments (or, with `true`, a stored result) and renders them as
     /// JSON, for people reading the database (`castor show`).
     pub describe: extern "C" fn(RSlice<'_, u8>, bool) -> RResult<RString, RString>,
+    /// The fingerprint of the argument tuple's type (16 hex digits; see
+    /// `castor_abi::fingerprint`): the worker claims only tasks dispatched with it (or
+    /// with none). Added in plugin ABI 0.2.
+    pub args_fingerprint: RString,
+    /// The fingerprint of the result's type, recorded with each result this library
+    /// produces, so that an app expecting another type refuses to decode it. Added in
+    /// plugin ABI 0.2.
+    pub result_fingerprint: RString,
 }
 
 /// Why an attempt did not produce a result, as reported by the library.
@@ -218,6 +226,9 @@ pub struct DispatchOptionsAbi {
     pub backoff_base_ms: u64,
     /// Longest backoff, in milliseconds.
     pub backoff_cap_ms: u64,
+    /// The dispatching side's fingerprint of the task's argument tuple (empty: unknown),
+    /// stored on the row. Added in plugin ABI 0.2.
+    pub args_fingerprint: RString,
 }
 
 /// A task's state and outcome as read through the worker.
@@ -236,6 +247,9 @@ pub struct SnapshotAbi {
     pub result: ROption<RVec<u8>>,
     /// The recorded attempt errors, as JSON.
     pub errors_json: RString,
+    /// The fingerprint of the result's type, as recorded by the worker that produced it
+    /// (empty: unknown). Added in plugin ABI 0.2.
+    pub result_fingerprint: RString,
 }
 
 /// An error reported by a worker service.

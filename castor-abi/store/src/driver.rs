@@ -18,8 +18,8 @@ use crate::error::StoreError;
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
     AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
-    ListFilter, LiveWorker, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, StateCount,
-    TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
+    StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -149,6 +149,14 @@ pub trait Driver: Send {
     /// # Errors
     /// The database cannot be read.
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError>;
+
+    /// The available tasks of `filter`'s names dispatched with another argument
+    /// fingerprint than the filter's (and not with none), counted by name and
+    /// fingerprint: the tasks its worker leaves for a worker of the matching version.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn mismatched(&self, filter: &TaskFilter) -> Result<Vec<Mismatched>, StoreError>;
 
     /// The earliest tick among the schedules `filter` selects.
     ///

@@ -45,8 +45,8 @@ pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
-    ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask,
-    Progress, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot,
+    ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,
+    NewTask, Progress, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot,
     TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;

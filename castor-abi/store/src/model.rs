@@ -35,6 +35,9 @@ pub struct NewTask<'a> {
     pub timeout_ms: Option<i64>,
     /// The schedule that produced this run.
     pub schedule_id: Option<i64>,
+    /// The dispatching side's fingerprint of the argument tuple's type; `None`: unknown
+    /// (any worker that declares the name may claim it).
+    pub args_fingerprint: Option<&'a str>,
 }
 
 /// What an insert did.
@@ -46,14 +49,52 @@ pub struct Enqueued {
     pub existing: bool,
 }
 
-/// Which tasks a worker may claim: its manager, and the task names its library declares.
-/// A task whose name is not listed stays for a worker that knows it.
+/// Which tasks a worker may claim: its manager, and the task names its library declares,
+/// each with its argument fingerprint. A task whose name is not listed stays for a worker
+/// that knows it; one dispatched with another fingerprint stays for a worker built from
+/// the matching version of the library.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TaskFilter {
     /// The manager's name.
     pub manager: String,
     /// The task names the worker can run.
     pub tasks: Vec<String>,
+    /// The argument fingerprint of each of `tasks`, by position: a task is claimed if it
+    /// was dispatched with none (unknown) or with this one. Missing or `None`: only tasks
+    /// dispatched with none.
+    pub args_fingerprints: Vec<Option<String>>,
+}
+
+impl TaskFilter {
+    /// The (name, fingerprint) pairs the claim takes: each name with no fingerprint
+    /// (stored as the empty string), and with its own when it has one.
+    pub fn claim_keys(&self) -> (Vec<&str>, Vec<&str>) {
+        let mut names = Vec::with_capacity(self.tasks.len() * 2);
+        let mut prints = Vec::with_capacity(self.tasks.len() * 2);
+        for (i, name) in self.tasks.iter().enumerate() {
+            names.push(name.as_str());
+            prints.push("");
+            if let Some(Some(fp)) = self.args_fingerprints.get(i)
+                && !fp.is_empty()
+            {
+                names.push(name.as_str());
+                prints.push(fp.as_str());
+            }
+        }
+        (names, prints)
+    }
+}
+
+/// Available tasks of a name a worker declares, dispatched with another argument
+/// fingerprint than its library's: left for a worker of the matching version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mismatched {
+    /// The task's name.
+    pub task: String,
+    /// The fingerprint they were dispatched with.
+    pub args_fingerprint: String,
+    /// How many.
+    pub count: u64,
 }
 
 /// The schedules a worker runs: its manager's app schedules of tasks it knows, and the
@@ -98,6 +139,9 @@ pub enum Finish<'a> {
     Completed {
         /// The encoded result.
         result: &'a [u8],
+        /// The fingerprint of the result's type in the library that produced it; `None`:
+        /// unknown.
+        result_fingerprint: Option<&'a str>,
     },
     /// The attempt failed; `transition` says what comes next.
     Failed {
@@ -305,6 +349,11 @@ pub struct TaskSnapshot {
     pub priority: i32,
     /// The latest progress report of the running attempt.
     pub progress: Option<Progress>,
+    /// The fingerprint of the argument tuple it was dispatched with; `None`: unknown.
+    pub args_fingerprint: Option<String>,
+    /// The fingerprint of the result's type in the library that produced the result;
+    /// `None`: unknown (or no result).
+    pub result_fingerprint: Option<String>,
 }
 
 /// Which tasks `list` returns.

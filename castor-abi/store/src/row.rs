@@ -30,6 +30,8 @@ pub(crate) struct TaskRow<Id> {
     pub(crate) progress_done: Option<i64>,
     pub(crate) progress_total: Option<i64>,
     pub(crate) progress_message: Option<String>,
+    pub(crate) args_fingerprint: String,
+    pub(crate) result_fingerprint: String,
 }
 
 impl<Id> TaskRow<Id> {
@@ -65,7 +67,10 @@ impl<Id> TaskRow<Id> {
             }),
             _ => None,
         };
+        let known = |fp: String| (!fp.is_empty()).then_some(fp);
         Ok(TaskSnapshot {
+            args_fingerprint: known(self.args_fingerprint),
+            result_fingerprint: known(self.result_fingerprint),
             seq: self.seq,
             id,
             manager: self.manager,

@@ -222,6 +222,7 @@ pub fn run_due_schedules(
                 backoff_cap_ms: s.backoff_cap_ms,
                 timeout_ms: s.timeout_ms,
                 schedule_id: Some(s.id),
+                args_fingerprint: None,
             };
             created.push(tx.enqueue(&task, now)?.id);
         }

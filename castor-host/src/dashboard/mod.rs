@@ -529,6 +529,15 @@ impl Reporter for ChannelReporter {
                 Level::Warn,
                 format!("{task} {id} rescued from a dead worker: now {state}"),
             ))),
+            WorkerEvent::Mismatched {
+                task,
+                count,
+                found,
+                own,
+            } => self.send(UiEvent::Log(worker_line(
+                Level::Warn,
+                crate::worker::mismatched_line(task, count, found, own),
+            ))),
             WorkerEvent::Pruned { count } => self.send(UiEvent::Log(worker_line(
                 Level::Info,
                 format!("pruned {count} finished task(s) past the retention period"),

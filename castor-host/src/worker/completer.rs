@@ -54,10 +54,17 @@ impl Ended {
     }
 
     /// What `finish_if_running` writes for it, by `worker` at `now`.
-    fn finish(&self, transition: Option<Transition>, worker: &str, now: i64) -> Finish<'_> {
+    fn finish<'a>(
+        &'a self,
+        transition: Option<Transition>,
+        worker: &str,
+        now: i64,
+        result_fingerprint: Option<&'a str>,
+    ) -> Finish<'a> {
         match transition {
             None => Finish::Completed {
                 result: self.attempt.result.as_deref().unwrap_or_default(),
+                result_fingerprint,
             },
             Some(transition) => Finish::Failed {
                 transition,
@@ -241,6 +248,7 @@ impl Completer {
         plan: &Completion,
         worker: &str,
         now: i64,
+        tasks: &HashMap<String, super::TaskInfo>,
     ) -> Result<Vec<bool>, StoreError> {
         if plan.logs > 0 {
             let logs: Vec<NewLog<'_>> =
@@ -257,7 +265,15 @@ impl Completer {
             .map(|(ended, transition)| AttemptEnd {
                 seq: ended.claim.seq,
                 attempt: ended.claim.attempt,
-                finish: ended.finish(*transition, worker, now),
+                finish: ended.finish(
+                    *transition,
+                    worker,
+                    now,
+                    tasks
+                        .get(&ended.claim.task)
+                        .map(|info| info.result_fingerprint)
+                        .filter(|fp| !fp.is_empty()),
+                ),
             })
             .collect();
         let applied = if ends.is_empty() {
@@ -440,8 +456,8 @@ mod tests {
             .zip(expected)
         {
             let what = format!("{:?} (ran: {})", ended.attempt.outcome, ended.ran);
-            match ended.finish(*transition, "w", NOW) {
-                Finish::Completed { result } => {
+            match ended.finish(*transition, "w", NOW, None) {
+                Finish::Completed { result, .. } => {
                     assert_eq!(state, TaskState::Completed, "{what}");
                     assert_eq!(result, [7], "{what}");
                 }

@@ -12,13 +12,16 @@
 //! turn: on SQLite there is one writer at a time anyway, and sharing the commit is what
 //! makes the drain fast.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use castor_abi::Uuid;
 use castor_abi::abi::TaskMode;
-use castor_store::{AttemptOutcome, Claimed, LogLevel, Store, StoreError, TaskState, now_us};
+use castor_store::{
+    AttemptOutcome, Claimed, LogLevel, Store, StoreError, TaskFilter, TaskState, now_us,
+};
 use crossbeam_channel::Receiver;
 
 use super::child::{Job, ProcessPool};
@@ -89,6 +92,10 @@ pub(super) struct Coordinator {
     wal_check_at: Option<Instant>,
     /// This host's clock against the database server's: what was said, when to look.
     clock: ClockWatch,
+    /// When to count the tasks left for another version of the library next.
+    mismatch_check_at: Instant,
+    /// The counts said so far, by (task, fingerprint).
+    mismatch_said: HashMap<(String, String), u64>,
     summary: Summary,
 }
 
@@ -119,6 +126,8 @@ impl Coordinator {
             failure: None,
             wal_check_at: None,
             clock: ClockWatch::new(now),
+            mismatch_check_at: now,
+            mismatch_said: HashMap::new(),
             summary: Summary::default(),
         }
     }
@@ -479,6 +488,7 @@ impl Coordinator {
                 self.start(task, reporter);
             }
             self.truncate_wal_if_idle();
+            self.say_mismatched(reporter);
             // After the tasks start, not before: the claim is what a waiting app waits
             // for, and a new scheduled task is never due at once.
             self.refresh_due()
@@ -490,6 +500,53 @@ impl Coordinator {
                     self.write_failed(&e, reporter);
                 }
                 Err(e)
+            }
+        }
+    }
+
+    /// Every few seconds: counts the available tasks of the library's names dispatched
+    /// with another argument fingerprint, and says so once per name and fingerprint (and
+    /// again when the count halves or doubles). A failed read is not worth a message:
+    /// the next look tries again.
+    fn say_mismatched(&mut self, reporter: &mut dyn Reporter) {
+        /// How often to look.
+        const EVERY: Duration = Duration::from_secs(5);
+        let now = Instant::now();
+        if now < self.mismatch_check_at {
+            return;
+        }
+        self.mismatch_check_at = now + EVERY;
+        let filters: Vec<TaskFilter> = [&self.ctx.claims.thread, &self.ctx.claims.process]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for filter in &filters {
+            let Ok(found) = self.store.mismatched(filter) else {
+                continue;
+            };
+            for m in found {
+                let key = (m.task.clone(), m.args_fingerprint.clone());
+                let said = self.mismatch_said.get(&key).copied();
+                let material = match said {
+                    None => true,
+                    Some(before) => m.count >= before.saturating_mul(2) || m.count * 2 <= before,
+                };
+                if !material {
+                    continue;
+                }
+                self.mismatch_said.insert(key, m.count);
+                let own = self
+                    .ctx
+                    .tasks
+                    .get(&m.task)
+                    .map_or("", |info| info.args_fingerprint);
+                reporter.event(WorkerEvent::Mismatched {
+                    task: &m.task,
+                    count: m.count,
+                    found: &m.args_fingerprint,
+                    own,
+                });
             }
         }
     }

@@ -47,7 +47,7 @@ use self::coordinator::{Coordinator, Pools};
 use self::producer::PerMode;
 pub use self::report::{
     Finished, PlainReporter, Reporter, WorkerEvent, clock_in_line, clock_skewed, describe,
-    reloading, stop_not_recorded, timestamp, write_failing, write_recovered,
+    mismatched_line, reloading, stop_not_recorded, timestamp, write_failing, write_recovered,
 };
 use self::services::WorkerServices;
 
@@ -305,6 +305,11 @@ fn left_behind(claimed: usize) -> String {
 struct TaskInfo {
     run: RunFn,
     mode: TaskMode,
+    /// The library's fingerprint of the argument tuple: the claim takes tasks
+    /// dispatched with it (or with none). Kept for the process's life, like the library.
+    args_fingerprint: &'static str,
+    /// The library's fingerprint of the result's type, recorded with each result.
+    result_fingerprint: &'static str,
 }
 
 /// A worker ready to run.
@@ -361,6 +366,12 @@ impl Worker {
                     TaskInfo {
                         run: t.run,
                         mode: t.mode,
+                        args_fingerprint: Box::leak(
+                            t.args_fingerprint.as_str().to_owned().into_boxed_str(),
+                        ),
+                        result_fingerprint: Box::leak(
+                            t.result_fingerprint.as_str().to_owned().into_boxed_str(),
+                        ),
                     },
                 )
             })
@@ -372,9 +383,19 @@ impl Worker {
                 .map(|(name, _)| name.clone())
                 .collect();
             names.sort();
+            let args_fingerprints = names
+                .iter()
+                .map(|name| {
+                    tasks
+                        .get(name)
+                        .map(|info| info.args_fingerprint.to_owned())
+                        .filter(|fp| !fp.is_empty())
+                })
+                .collect();
             (!names.is_empty()).then(|| TaskFilter {
                 manager: manager.clone(),
                 tasks: names,
+                args_fingerprints,
             })
         };
         let thread_claim = claim_for(TaskMode::Thread);

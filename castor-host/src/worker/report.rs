@@ -171,6 +171,20 @@ pub enum WorkerEvent<'a> {
         /// Its state now (`retryable` or `discarded`).
         state: TaskState,
     },
+    /// Available tasks of a name the library declares were dispatched with another
+    /// argument fingerprint: the worker leaves them for a worker built from the matching
+    /// version of the library. Said once per name and fingerprint, again when the count
+    /// changes by half or more.
+    Mismatched {
+        /// The task's name.
+        task: &'a str,
+        /// How many it leaves.
+        count: u64,
+        /// Their argument fingerprint.
+        found: &'a str,
+        /// This library's.
+        own: &'a str,
+    },
     /// Finished tasks past the retention period were deleted.
     Pruned {
         /// How many.
@@ -225,6 +239,7 @@ fn level(event: &WorkerEvent<'_>) -> Level {
         | WorkerEvent::ClockSkewed { .. }
         | WorkerEvent::Abandoned { .. }
         | WorkerEvent::Buried { .. }
+        | WorkerEvent::Mismatched { .. }
         | WorkerEvent::Rescued { .. } => Level::WARN,
         WorkerEvent::Started { .. }
         | WorkerEvent::TaskLog { .. }
@@ -329,6 +344,12 @@ impl Reporter for PlainReporter {
             WorkerEvent::Pruned { count } => {
                 format!("pruned {count} finished task(s) past the retention period")
             }
+            WorkerEvent::Mismatched {
+                task,
+                count,
+                found,
+                own,
+            } => mismatched_line(task, count, found, own),
             WorkerEvent::Stopped { summary } => format!(
                 "stopped: {} completed, {} failed, {} abandoned",
                 summary.completed, summary.failed, summary.abandoned
@@ -439,6 +460,16 @@ pub fn clock_in_line(offset: &ClockOffset) -> String {
 /// `2026-11-27T15:04:05.123Z` from microseconds since the epoch.
 pub fn timestamp(us: i64) -> String {
     castor_store::format::format_timestamp(us)
+}
+
+/// The line for [`WorkerEvent::Mismatched`].
+pub fn mismatched_line(task: &str, count: u64, found: &str, own: &str) -> String {
+    let own = if own.is_empty() { "none" } else { own };
+    format!(
+        "leaving {count} task(s) of `{task}` dispatched with a different signature (args \
+         fingerprint {found} != this library's {own}): a worker built from the matching \
+         version of the library will run them"
+    )
 }
 
 /// The line for [`WorkerEvent::StopNotRecorded`].

@@ -94,6 +94,7 @@ impl Services for WorkerServices {
             max_attempts: s.max_attempts,
             result: s.result.map(Payload),
             errors_json: serde_json::to_string(&s.errors).unwrap_or_default(),
+            result_fingerprint: s.result_fingerprint.unwrap_or_default(),
         }))
     }
 
@@ -157,6 +158,7 @@ mod tests {
             timeout_ms: ROption::RNone,
             backoff_base_ms: 10,
             backoff_cap_ms: 10,
+            args_fingerprint: "".into(),
         };
         let over = vec![0u8; codec::MAX_PAYLOAD + 1];
         let refused = services

@@ -150,7 +150,7 @@ impl TurnPlan {
     ) -> Result<Written, StoreError> {
         let now = self.now;
         let lease_until = now + duration_us(ctx.lease);
-        let applied = completer.write(tx, &self.completion, &ctx.id, now)?;
+        let applied = completer.write(tx, &self.completion, &ctx.id, now, &ctx.tasks)?;
         let staged =
             super::stager::Stager::write(tx, self.stage, &ctx.manager, &ctx.schedules, now)?;
         if self.renew {

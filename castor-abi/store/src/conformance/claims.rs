@@ -9,7 +9,7 @@ use uuid::Uuid;
 use super::{
     MANAGER, SECOND, T0, TestDatabase, add, claim, claim_as, enqueue, filter, new_task, snapshot,
 };
-use crate::{Backoff, Finish, NewTask, TaskState};
+use crate::{Backoff, Finish, NewTask, TaskFilter, TaskState};
 
 /// Claims take the highest priority first, then the oldest, and only the names asked for.
 pub fn claim_takes_priority_then_age_and_only_known_tasks(db: &dyn TestDatabase) {
@@ -182,7 +182,10 @@ pub fn concurrent_claimers_never_claim_a_task_twice(db: &dyn TestDatabase) {
                                 claimed
                                     .iter()
                                     .map(|c| {
-                                        let result = Finish::Completed { result: b"" };
+                                        let result = Finish::Completed {
+                                            result: b"",
+                                            result_fingerprint: None,
+                                        };
                                         tx.finish_if_running(c.seq, c.attempt, &result, T0 + 1)
                                     })
                                     .collect::<Result<Vec<bool>, _>>()
@@ -217,4 +220,104 @@ pub fn concurrent_claimers_never_claim_a_task_twice(db: &dyn TestDatabase) {
         }
     }
     assert!(ids.iter().all(|id| distinct.contains(id)));
+}
+
+/// A claim takes a name's tasks dispatched with the worker's argument fingerprint or with
+/// none (an older app's), in claim order, many at once too; tasks dispatched with another
+/// fingerprint stay `available` and are counted by `mismatched`; a completion records
+/// the result fingerprint, read back with the task.
+pub fn claims_match_argument_fingerprints(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let with = |fp: Option<&'static str>, priority: i32| NewTask {
+        args_fingerprint: fp,
+        priority,
+        ..new_task("charge", b"x")
+    };
+    let mut mine = Vec::new();
+    let mut theirs = Vec::new();
+    for i in 0..40 {
+        let (fp, list) = match i % 4 {
+            0 => (Some("aaaa000000000001"), &mut mine),
+            1 => (None, &mut mine),
+            2 => (Some("bbbb000000000002"), &mut theirs),
+            _ => (Some("cccc000000000003"), &mut theirs),
+        };
+        list.push(enqueue(&mut store, &with(fp, i % 3), T0 + i64::from(i)).id);
+    }
+    let other_name = enqueue(
+        &mut store,
+        &NewTask {
+            args_fingerprint: Some("bbbb000000000002"),
+            ..new_task("refund", b"x")
+        },
+        T0,
+    )
+    .id;
+    let q = TaskFilter {
+        args_fingerprints: vec![Some("aaaa000000000001".into()), None],
+        ..filter(&["charge", "refund"])
+    };
+    let first = claim(&mut store, &q, 3);
+    assert_eq!(first.len(), 3);
+    let rest = claim(&mut store, &q, 100);
+    let claimed: HashSet<Uuid> = first.iter().chain(&rest).map(|c| c.id).collect();
+    assert_eq!(claimed, mine.iter().copied().collect::<HashSet<_>>());
+    for id in theirs.iter().chain([&other_name]) {
+        assert_eq!(snapshot(&store, *id).state, TaskState::Available);
+    }
+    let ordered: Vec<(i32, i64)> = rest.iter().map(|c| (-c.priority, c.seq)).collect();
+    let mut sorted = ordered.clone();
+    sorted.sort_unstable();
+    assert_eq!(ordered, sorted, "claim order holds across fingerprints");
+
+    let mut counts = store.mismatched(&q).expect("count");
+    counts.sort_by(|a, b| (&a.task, &a.args_fingerprint).cmp(&(&b.task, &b.args_fingerprint)));
+    let counts: Vec<(&str, &str, u64)> = counts
+        .iter()
+        .map(|m| (m.task.as_str(), m.args_fingerprint.as_str(), m.count))
+        .collect();
+    assert_eq!(
+        counts,
+        vec![
+            ("charge", "bbbb000000000002", 10),
+            ("charge", "cccc000000000003", 10),
+            ("refund", "bbbb000000000002", 1),
+        ]
+    );
+
+    // The same filter with the other fingerprint takes the others.
+    let q2 = TaskFilter {
+        args_fingerprints: vec![Some("bbbb000000000002".into())],
+        ..filter(&["charge"])
+    };
+    assert_eq!(claim(&mut store, &q2, 100).len(), 10);
+
+    let done = &first[0];
+    let recorded = store
+        .write(|tx| {
+            tx.finish_if_running(
+                done.seq,
+                done.attempt,
+                &Finish::Completed {
+                    result: b"ok",
+                    result_fingerprint: Some("dddd000000000004"),
+                },
+                T0 + SECOND,
+            )
+        })
+        .expect("finish");
+    assert!(recorded);
+    let read = snapshot(&store, done.id);
+    assert_eq!(read.result_fingerprint.as_deref(), Some("dddd000000000004"));
+    assert!(matches!(
+        read.args_fingerprint.as_deref(),
+        None | Some("aaaa000000000001")
+    ));
+    let unknown = snapshot(&store, mine[1]);
+    assert_eq!(unknown.args_fingerprint, None);
+    assert_eq!(unknown.result_fingerprint, None);
+    assert_eq!(
+        snapshot(&store, theirs[0]).args_fingerprint.as_deref(),
+        Some("bbbb000000000002")
+    );
 }

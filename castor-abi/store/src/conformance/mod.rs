@@ -58,6 +58,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $fresh;
             // claims
             claim_takes_priority_then_age_and_only_known_tasks,
+            claims_match_argument_fingerprints,
             claims_follow_priority_then_dispatch_order,
             a_claim_returns_the_task_and_marks_it_running,
             concurrent_claimers_never_claim_a_task_twice,
@@ -132,6 +133,7 @@ pub fn new_task<'a>(task: &'a str, args: &'a [u8]) -> NewTask<'a> {
         backoff_cap_ms: 60_000,
         timeout_ms: None,
         schedule_id: None,
+        args_fingerprint: None,
     }
 }
 
@@ -140,6 +142,7 @@ pub fn filter(tasks: &[&str]) -> TaskFilter {
     TaskFilter {
         manager: MANAGER.into(),
         tasks: tasks.iter().map(|t| (*t).to_owned()).collect(),
+        args_fingerprints: Vec::new(),
     }
 }
 
@@ -195,7 +198,10 @@ pub fn complete(store: &mut Store, claimed: &Claimed, result: &[u8], now: i64) -
             tx.finish_if_running(
                 claimed.seq,
                 claimed.attempt,
-                &Finish::Completed { result },
+                &Finish::Completed {
+                    result,
+                    result_fingerprint: None,
+                },
                 now,
             )
         })

@@ -32,7 +32,17 @@ pub fn finishing_is_guarded_by_attempt(db: &dyn TestDatabase) {
     );
     // A stale attempt number cannot finish the row.
     let stale = store
-        .write(|tx| tx.finish_if_running(second.seq, 7, &Finish::Completed { result: b"no" }, T0))
+        .write(|tx| {
+            tx.finish_if_running(
+                second.seq,
+                7,
+                &Finish::Completed {
+                    result: b"no",
+                    result_fingerprint: None,
+                },
+                T0,
+            )
+        })
         .expect("finish");
     assert!(!stale);
     assert!(complete(&mut store, &second, b"ok", T0 + SECOND));
@@ -83,7 +93,10 @@ pub fn finish_and_release_need_the_running_attempt(db: &dyn TestDatabase) {
                         tx.finish_if_running(
                             seq,
                             attempt,
-                            &Finish::Completed { result: b"no" },
+                            &Finish::Completed {
+                                result: b"no",
+                                result_fingerprint: None,
+                            },
                             T0,
                         )?,
                         tx.finish_if_running(seq, attempt, &failed, T0)?,
@@ -581,7 +594,10 @@ pub fn finish_many_records_a_batch_and_knows_its_own_outcomes(db: &dyn TestDatab
             AttemptEnd {
                 seq: ca.seq,
                 attempt: ca.attempt,
-                finish: Finish::Completed { result: b"done" },
+                finish: Finish::Completed {
+                    result: b"done",
+                    result_fingerprint: None,
+                },
             },
             AttemptEnd {
                 seq: cb.seq,
@@ -598,7 +614,10 @@ pub fn finish_many_records_a_batch_and_knows_its_own_outcomes(db: &dyn TestDatab
             AttemptEnd {
                 seq: cc.seq,
                 attempt: cc.attempt + 1,
-                finish: Finish::Completed { result: b"stale" },
+                finish: Finish::Completed {
+                    result: b"stale",
+                    result_fingerprint: None,
+                },
             },
         ]
     };

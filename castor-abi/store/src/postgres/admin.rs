@@ -151,6 +151,46 @@ impl PostgresDriver {
         })
     }
 
+    /// See [`crate::Driver::mismatched`]: one statement, an index range per task name.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn mismatched(
+        &self,
+        filter: &crate::TaskFilter,
+    ) -> Result<Vec<crate::Mismatched>, StoreError> {
+        let own: Vec<String> = (0..filter.tasks.len())
+            .map(|i| {
+                filter
+                    .args_fingerprints
+                    .get(i)
+                    .cloned()
+                    .flatten()
+                    .unwrap_or_default()
+            })
+            .collect();
+        self.read("count tasks of another signature", |conn| {
+            conn.query(
+                "SELECT t.task, t.args_fingerprint, count(*) \
+                 FROM unnest($2::text[], $3::text[]) AS n(task, fp) \
+                 JOIN castor_tasks t ON t.manager = $1 AND t.task = n.task \
+                 AND t.state = 'available' AND t.args_fingerprint > '' \
+                 AND t.args_fingerprint <> n.fp \
+                 GROUP BY t.task, t.args_fingerprint ORDER BY t.task, t.args_fingerprint",
+                &[&filter.manager, &filter.tasks, &own],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(crate::Mismatched {
+                    task: row.try_get(0)?,
+                    args_fingerprint: row.try_get(1)?,
+                    count: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+                })
+            })
+            .collect()
+        })
+    }
+
     /// The stored (encoded) arguments of the task with this id.
     ///
     /// # Errors

@@ -69,6 +69,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "worker_host_id",
         sql: include_str!("migrations/0002_worker_host_id.sql"),
     },
+    Migration {
+        version: 3,
+        name: "fingerprints",
+        sql: include_str!("migrations/0003_fingerprints.sql"),
+    },
 ];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
@@ -836,6 +841,10 @@ impl Driver for PostgresDriver {
 
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
         PostgresDriver::waiting(self, manager, limit)
+    }
+
+    fn mismatched(&self, filter: &crate::TaskFilter) -> Result<Vec<crate::Mismatched>, StoreError> {
+        PostgresDriver::mismatched(self, filter)
     }
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {

@@ -21,15 +21,17 @@ pub(super) fn ms(v: i64) -> Duration {
     Duration::from_millis(u64::try_from(v).unwrap_or(0))
 }
 
-/// Takes up to `$6` available tasks of manager `$4` and the task names `$5` (the best of
-/// each name by an index scan, locked with `SKIP LOCKED` so concurrent claimers pass
+/// Takes up to `$6` available tasks of manager `$4` and the (task name, argument
+/// fingerprint) keys `$5`, `$7` (`TaskFilter::claim_keys`: the best of each key by an
+/// index scan on (manager, task, args_fingerprint), locked with `SKIP LOCKED` so concurrent claimers pass
 /// over each other's rows), highest priority first, then oldest, and makes them
 /// `running` for worker `$2` from `$1` until `$3`, with no progress reported yet.
 pub(super) const CLAIM_SQL: &str = "WITH picked AS ( \
-       SELECT c.seq FROM unnest($5::text[]) AS n(task) \
+       SELECT c.seq FROM unnest($5::text[], $7::text[]) AS n(task, fp) \
        CROSS JOIN LATERAL ( \
          SELECT seq, priority FROM castor_tasks \
          WHERE state = 'available' AND manager = $4 AND task = n.task \
+           AND args_fingerprint = n.fp \
          ORDER BY priority DESC, seq LIMIT $6 \
          FOR UPDATE SKIP LOCKED) c \
        ORDER BY c.priority DESC, c.seq LIMIT $6) \
@@ -60,7 +62,8 @@ pub(super) fn claimed_from(row: &Row) -> Result<Claimed, postgres::Error> {
 
 pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, attempt, \
      max_attempts, result, errors::text, created_at, scheduled_at, attempted_at, finalized_at, \
-     attempted_by, priority, progress_done, progress_total, progress_message \
+     attempted_by, priority, progress_done, progress_total, progress_message, \
+     args_fingerprint, result_fingerprint \
      FROM castor_tasks WHERE id = $1";
 
 /// Reads a row of [`SNAPSHOT_SQL`].
@@ -84,6 +87,8 @@ pub(super) fn task_row(row: &Row) -> Result<TaskRow<Uuid>, postgres::Error> {
         progress_done: row.try_get(15)?,
         progress_total: row.try_get(16)?,
         progress_message: row.try_get(17)?,
+        args_fingerprint: row.try_get(18)?,
+        result_fingerprint: row.try_get(19)?,
     })
 }
 

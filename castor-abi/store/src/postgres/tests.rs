@@ -117,7 +117,7 @@ fn migrations_are_numbered_and_recorded() {
     );
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
     let status = store.migration_status().expect("status");
-    assert_eq!(status.version, 2);
+    assert_eq!(status.version, 3);
     assert!(status.pending.is_empty());
     assert_eq!(
         status
@@ -125,7 +125,7 @@ fn migrations_are_numbered_and_recorded() {
             .iter()
             .map(|m| (m.version, m.name.as_str()))
             .collect::<Vec<_>>(),
-        [(1, "initial"), (2, "worker_host_id")]
+        [(1, "initial"), (2, "worker_host_id"), (3, "fingerprints")]
     );
     assert!(status.applied.iter().all(|m| m.applied_at.is_some()));
     assert!(store.missing_schema_objects().expect("schema").is_empty());
@@ -251,7 +251,10 @@ fn claims_and_lease_renewals_wake_nobody() {
             tx.finish_if_running(
                 c.seq,
                 c.attempt,
-                &Finish::Completed { result: b"" },
+                &Finish::Completed {
+                    result: b"",
+                    result_fingerprint: None,
+                },
                 now_us(),
             )
         })
@@ -443,7 +446,10 @@ fn a_finished_attempts_log_keeps_exactly_the_newest_lines() {
             tx.finish_if_running(
                 c.seq,
                 c.attempt,
-                &Finish::Completed { result: b"" },
+                &Finish::Completed {
+                    result: b"",
+                    result_fingerprint: None,
+                },
                 now_us(),
             )
         })
@@ -665,7 +671,10 @@ fn only_claims_renewals_and_heartbeats_commit_without_the_flush() {
     let end = crate::AttemptEnd {
         seq: claimed[0].seq,
         attempt: claimed[0].attempt,
-        finish: Finish::Completed { result: b"ok" },
+        finish: Finish::Completed {
+            result: b"ok",
+            result_fingerprint: None,
+        },
     };
     let recorded = crate::Tx::finish_many(&mut tx, "w1", &[end], now).expect("finish");
     assert_eq!(recorded, [true]);

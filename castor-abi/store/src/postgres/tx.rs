@@ -213,7 +213,8 @@ fn insert(
     let inserted = statements.execute(
         "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
          backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
-         scheduled_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         scheduled_at, args_fingerprint) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
          ON CONFLICT DO NOTHING",
         &[
             &id,
@@ -230,6 +231,7 @@ fn insert(
             &task.schedule_id,
             &now,
             &scheduled_at,
+            &task.args_fingerprint.unwrap_or(""),
         ],
     )?;
     if inserted == 1 {
@@ -498,6 +500,7 @@ impl PostgresTx<'_> {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (names, prints) = filter.claim_keys();
         let mut claimed = self
             .unflushed()
             .query(
@@ -507,8 +510,9 @@ impl PostgresTx<'_> {
                     &worker,
                     &lease_until,
                     &filter.manager,
-                    &filter.tasks,
+                    &names,
                     &limit,
+                    &prints,
                 ],
             )?
             .iter()
@@ -534,12 +538,21 @@ impl PostgresTx<'_> {
         now: i64,
     ) -> Result<bool, postgres::Error> {
         match finish {
-            Finish::Completed { result } => {
+            Finish::Completed {
+                result,
+                result_fingerprint,
+            } => {
                 let changed = self.conn().execute(
                     "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
-                     lease_expires_at = NULL \
+                     lease_expires_at = NULL, result_fingerprint = $5 \
                      WHERE seq = $1 AND attempt = $2 AND state = 'running'",
-                    &[&seq, &i64::from(attempt), result, &now],
+                    &[
+                        &seq,
+                        &i64::from(attempt),
+                        result,
+                        &now,
+                        &result_fingerprint.unwrap_or(""),
+                    ],
                 )?;
                 if changed == 1 {
                     self.trim_finished_log(seq)?;
@@ -571,19 +584,29 @@ impl PostgresTx<'_> {
         let results: Vec<&[u8]> = ended
             .iter()
             .map(|(_, end)| match &end.finish {
-                Finish::Completed { result } => *result,
+                Finish::Completed { result, .. } => *result,
                 Finish::Failed { .. } => &[],
+            })
+            .collect();
+        let prints: Vec<&str> = ended
+            .iter()
+            .map(|(_, end)| match &end.finish {
+                Finish::Completed {
+                    result_fingerprint, ..
+                } => result_fingerprint.unwrap_or(""),
+                Finish::Failed { .. } => "",
             })
             .collect();
         let written: HashSet<i64> = self
             .conn()
             .query(
                 "UPDATE castor_tasks t SET state = 'completed', result = d.result, \
-                 finalized_at = $4, lease_expires_at = NULL \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[]) AS d(seq, attempt, result) \
+                 finalized_at = $4, lease_expires_at = NULL, result_fingerprint = d.fp \
+                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $5::text[]) \
+                   AS d(seq, attempt, result, fp) \
                  WHERE t.seq = d.seq AND t.attempt = d.attempt AND t.state = 'running' \
                  RETURNING t.seq",
-                &[&seqs, &attempts, &results, &now],
+                &[&seqs, &attempts, &results, &now, &prints],
             )?
             .iter()
             .map(|row| row.try_get::<_, i64>(0))

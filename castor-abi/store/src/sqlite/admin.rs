@@ -166,6 +166,47 @@ impl SqliteDriver {
             .map_err(|e| self.error("list waiting tasks", e))
     }
 
+    /// See [`crate::Driver::mismatched`]: one index range per task name.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn mismatched(
+        &self,
+        filter: &crate::TaskFilter,
+    ) -> Result<Vec<crate::Mismatched>, StoreError> {
+        let mut out = Vec::new();
+        for (i, task) in filter.tasks.iter().enumerate() {
+            let own = filter
+                .args_fingerprints
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_default();
+            self.conn
+                .prepare_cached(
+                    "SELECT args_fingerprint, count(*) FROM castor_tasks \
+                     WHERE state = 'available' AND manager = ?1 AND task = ?2 \
+                     AND args_fingerprint > '' AND args_fingerprint <> ?3 \
+                     GROUP BY args_fingerprint ORDER BY args_fingerprint",
+                )
+                .and_then(|mut stmt| {
+                    let rows = stmt.query_map(params![filter.manager, task, own], |row| {
+                        Ok(crate::Mismatched {
+                            task: task.clone(),
+                            args_fingerprint: row.get(0)?,
+                            count: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                        })
+                    })?;
+                    for row in rows {
+                        out.push(row?);
+                    }
+                    Ok(())
+                })
+                .map_err(|e| self.error("count tasks of another signature", e))?;
+        }
+        Ok(out)
+    }
+
     /// The stored (encoded) arguments of the task with this id.
     ///
     /// # Errors

@@ -58,6 +58,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "worker_host_id",
         sql: include_str!("migrations/0003_worker_host_id.sql"),
     },
+    Migration {
+        version: 4,
+        name: "fingerprints",
+        sql: include_str!("migrations/0004_fingerprints.sql"),
+    },
 ];
 
 /// How long a connection waits for another writer before giving up on one try.
@@ -929,6 +934,10 @@ impl Driver for SqliteDriver {
 
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
         SqliteDriver::waiting(self, manager, limit)
+    }
+
+    fn mismatched(&self, filter: &crate::TaskFilter) -> Result<Vec<crate::Mismatched>, StoreError> {
+        SqliteDriver::mismatched(self, filter)
     }
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {

@@ -5,6 +5,8 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::model::Claimed;
+#[cfg(doc)]
+use crate::model::TaskFilter;
 use crate::row::TaskRow;
 use crate::state::{Backoff, TaskState};
 
@@ -22,8 +24,9 @@ pub(super) fn state_from(text: String, column: usize) -> rusqlite::Result<TaskSt
     })
 }
 
-/// The claim statements for a [`TaskFilter`] of some number of task names (the text
-/// depends only on that number, so the driver builds them once per count).
+/// The claim statements for a [`TaskFilter`] of some number of (task name, argument
+/// fingerprint) keys ([`TaskFilter::claim_keys`]; the text depends only on that number,
+/// so the driver builds them once per count).
 #[derive(Debug, Clone)]
 pub(super) struct ClaimSql {
     /// The rows to claim, in claim order: the best `limit` of each task name (one index
@@ -34,15 +37,18 @@ pub(super) struct ClaimSql {
 }
 
 impl ClaimSql {
-    /// Builds the claim statements for `names` task names.
-    pub(super) fn new(names: usize) -> ClaimSql {
-        let arms = (0..names)
+    /// Builds the claim statements for `keys` (name, fingerprint) keys: one index seek
+    /// each, on (manager, task, args_fingerprint), in claim order.
+    pub(super) fn new(keys: usize) -> ClaimSql {
+        let arms = (0..keys)
             .map(|i| {
                 format!(
                     "SELECT * FROM (SELECT seq, priority FROM castor_tasks \
                      WHERE state = 'available' AND manager = ?4 AND task = ?{} \
+                     AND args_fingerprint = ?{} \
                      ORDER BY priority DESC, seq LIMIT ?5)",
-                    i + 6
+                    2 * i + 6,
+                    2 * i + 7
                 )
             })
             .collect::<Vec<_>>()
@@ -92,7 +98,8 @@ pub(super) fn claimed_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed>
 
 pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, attempt, max_attempts, \
      result, errors, created_at, scheduled_at, attempted_at, finalized_at, attempted_by, \
-     priority, progress_done, progress_total, progress_message \
+     priority, progress_done, progress_total, progress_message, args_fingerprint, \
+     result_fingerprint \
      FROM castor_tasks WHERE id = ?1";
 
 /// Reads a row of [`SNAPSHOT_SQL`].
@@ -116,5 +123,7 @@ pub(super) fn task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow<Vec<
         progress_done: row.get(15)?,
         progress_total: row.get(16)?,
         progress_message: row.get(17)?,
+        args_fingerprint: row.get(18)?,
+        result_fingerprint: row.get(19)?,
     })
 }

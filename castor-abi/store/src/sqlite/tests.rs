@@ -42,6 +42,7 @@ fn new_task<'a>(task: &'a str, args: &'a [u8]) -> NewTask<'a> {
         backoff_cap_ms: 60_000,
         timeout_ms: None,
         schedule_id: None,
+        args_fingerprint: None,
     }
 }
 
@@ -367,16 +368,18 @@ fn claim_uses_the_available_index() {
         .prepare(&format!("EXPLAIN QUERY PLAN {}", sql.batch))
         .expect("plan");
     let plan: Vec<String> = stmt
-        .query_map(rusqlite::params![0, "w", 0, "manager", 10, "a", "b"], |r| {
-            r.get::<_, String>(3)
-        })
+        .query_map(
+            rusqlite::params![0, "w", 0, "manager", 10, "a", "", "a", "fp"],
+            |r| r.get::<_, String>(3),
+        )
         .expect("explain")
         .collect::<Result<_, _>>()
         .expect("rows");
     let plan = plan.join("\n");
-    // One index seek per task name; only the few rows they return are sorted.
+    // One index seek per (task name, argument fingerprint) key; only the few rows they
+    // return are sorted.
     assert_eq!(
-        plan.matches("castor_tasks_available (manager=? AND task=?)")
+        plan.matches("castor_tasks_available (manager=? AND task=? AND args_fingerprint=?)")
             .count(),
         2,
         "{plan}"

@@ -259,7 +259,8 @@ impl SqliteTx<'_> {
         let mut stmt = self.driver.conn.prepare_cached(
             "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
              backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
-             scheduled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+             scheduled_at, args_fingerprint) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15) \
              ON CONFLICT DO NOTHING",
         )?;
         let inserted = stmt.execute(params![
@@ -277,6 +278,7 @@ impl SqliteTx<'_> {
             task.schedule_id,
             now,
             scheduled_at,
+            task.args_fingerprint.unwrap_or(""),
         ])?;
         if inserted == 1 {
             return Ok((id, false));
@@ -326,9 +328,13 @@ impl SqliteTx<'_> {
             &filter.manager,
             &(limit as i64),
         ];
-        let sql = self.claim_sql(filter.tasks.len());
-        let names = filter.tasks.iter().map(|t| t as &dyn rusqlite::ToSql);
-        let params: Vec<&dyn rusqlite::ToSql> = fixed.into_iter().chain(names).collect();
+        let (names, prints) = filter.claim_keys();
+        let sql = self.claim_sql(names.len());
+        let keys = names
+            .iter()
+            .zip(&prints)
+            .flat_map(|(name, fp)| [name as &dyn rusqlite::ToSql, fp as &dyn rusqlite::ToSql]);
+        let params: Vec<&dyn rusqlite::ToSql> = fixed.into_iter().chain(keys).collect();
         let candidates: Vec<i64> = {
             let mut select = self.driver.conn.prepare_cached(&sql.select)?;
             // The select uses ?4 onwards; bind the same list so the numbers line up.
@@ -377,15 +383,24 @@ impl SqliteTx<'_> {
         now: i64,
     ) -> Result<bool, rusqlite::Error> {
         let changed = match finish {
-            Finish::Completed { result } => self
+            Finish::Completed {
+                result,
+                result_fingerprint,
+            } => self
                 .driver
                 .conn
                 .prepare_cached(
                     "UPDATE castor_tasks SET state = 'completed', result = ?3, finalized_at = ?4, \
-                     lease_expires_at = NULL \
+                     lease_expires_at = NULL, result_fingerprint = ?5 \
                      WHERE seq = ?1 AND attempt = ?2 AND state = 'running'",
                 )?
-                .execute(params![seq, attempt, result, now])?,
+                .execute(params![
+                    seq,
+                    attempt,
+                    result,
+                    now,
+                    result_fingerprint.unwrap_or("")
+                ])?,
             Finish::Failed { transition, error } => {
                 let error = serde_json::to_string(error)
                     .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
