@@ -268,6 +268,12 @@ pub struct CheckedTask {
     pub name: String,
     /// `thread` or `process`.
     pub mode: String,
+    /// The fingerprint of its arguments' types (empty from a library that declares none).
+    #[serde(default)]
+    pub args_fingerprint: String,
+    /// The fingerprint of its result's type.
+    #[serde(default)]
+    pub result_fingerprint: String,
 }
 
 /// What `castor __check-library` prints on success, as one JSON line.
@@ -284,6 +290,8 @@ pub fn checked_tasks(manager: &ManagerDecl) -> Vec<CheckedTask> {
         .map(|t| CheckedTask {
             name: t.name.to_string(),
             mode: t.mode.to_string(),
+            args_fingerprint: t.args_fingerprint.to_string(),
+            result_fingerprint: t.result_fingerprint.to_string(),
         })
         .collect()
 }
@@ -647,12 +655,29 @@ fn few(names: &[&str]) -> String {
     }
 }
 
-/// Where the comparison of the tasks' type fingerprints (issue 14, item 1) slots in: the
-/// tasks whose argument or result types changed between the running build and the new
-/// one, for the reload line. No fingerprints exist yet, so none is reported; the check
-/// child's [`CheckedTask`] is where each task's fingerprints would travel.
-fn signature_changes(_running: &[CheckedTask], _new: &[CheckedTask]) -> Vec<String> {
-    Vec::new()
+/// The tasks whose argument or result types changed between the running build and the
+/// new one, for the reload line: after the reload, tasks dispatched by apps built against
+/// the old types wait for a worker of the old build (their arguments' fingerprint no longer
+/// matches), and apps of the old build joining new results get `IncompatibleResult`.
+fn signature_changes(running: &[CheckedTask], new: &[CheckedTask]) -> Vec<String> {
+    let changed: Vec<&str> = new
+        .iter()
+        .filter(|task| {
+            running.iter().any(|old| {
+                old.name == task.name
+                    && (old.args_fingerprint != task.args_fingerprint
+                        || old.result_fingerprint != task.result_fingerprint)
+            })
+        })
+        .map(|task| task.name.as_str())
+        .collect();
+    if changed.is_empty() {
+        return Vec::new();
+    }
+    vec![format!(
+        "changes the types of {} (tasks queued with the old types wait for a worker of the old build)",
+        few(&changed)
+    )]
 }
 
 /// Re-executes castor (`/proc/self/exe`, same pid, same arguments) on the checked build.
@@ -764,6 +789,8 @@ mod tests {
         let t = |name: &str, mode: &str| CheckedTask {
             name: name.into(),
             mode: mode.into(),
+            args_fingerprint: String::new(),
+            result_fingerprint: String::new(),
         };
         let running = [t("a", "thread"), t("b", "thread"), t("c", "process")];
         let new = [t("a", "thread"), t("c", "thread"), t("d", "process")];
@@ -774,5 +801,33 @@ mod tests {
         assert!(task_changes(&running, &running).is_empty());
         let many: Vec<CheckedTask> = (0..9).map(|i| t(&format!("t{i}"), "thread")).collect();
         assert_eq!(task_changes(&many, &[]), ["drops t0, t1, t2 and 6 more"]);
+    }
+
+    #[test]
+    fn the_reload_line_names_the_tasks_whose_types_changed() {
+        let t = |name: &str, args: &str, result: &str| CheckedTask {
+            name: name.into(),
+            mode: "thread".into(),
+            args_fingerprint: args.into(),
+            result_fingerprint: result.into(),
+        };
+        let running = [
+            t("charge", "a1", "r1"),
+            t("label", "a2", "r2"),
+            t("old", "a3", "r3"),
+        ];
+        let new = [
+            t("charge", "a9", "r1"),
+            t("label", "a2", "r9"),
+            t("fresh", "a4", "r4"),
+        ];
+        assert_eq!(
+            signature_changes(&running, &new),
+            [
+                "changes the types of charge, label (tasks queued with the old types wait for a \
+              worker of the old build)"
+            ]
+        );
+        assert!(signature_changes(&running, &running).is_empty());
     }
 }
