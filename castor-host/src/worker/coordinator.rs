@@ -94,6 +94,12 @@ pub(super) struct Coordinator {
     clock: ClockWatch,
     /// When to count the tasks left for another version of the library next.
     mismatch_check_at: Instant,
+    /// Worth counting them: a claim came back short of its room (no more tasks of this
+    /// library's signatures) after the database changed. A worker draining its own
+    /// tasks, or idle with nothing new, never counts.
+    mismatch_due: bool,
+    /// The database changed since the last count.
+    mismatch_stale: bool,
     /// The counts said so far, by (task, fingerprint).
     mismatch_said: HashMap<(String, String), u64>,
     summary: Summary,
@@ -127,6 +133,8 @@ impl Coordinator {
             wal_check_at: None,
             clock: ClockWatch::new(now),
             mismatch_check_at: now,
+            mismatch_due: false,
+            mismatch_stale: true,
             mismatch_said: HashMap::new(),
             summary: Summary::default(),
         }
@@ -368,6 +376,7 @@ impl Coordinator {
     /// The database changed (or may have): claims may find more, due times and cancel
     /// requests may have moved.
     fn wake_claims(&mut self) {
+        self.mismatch_stale = true;
         self.producer.wake();
         self.stager.mark_stale();
         self.running.check_cancels();
@@ -504,18 +513,20 @@ impl Coordinator {
         }
     }
 
-    /// Every few seconds: counts the available tasks of the library's names dispatched
-    /// with another argument fingerprint, and says so once per name and fingerprint (and
-    /// again when the count halves or doubles). A failed read is not worth a message:
-    /// the next look tries again.
+    /// At most every few seconds, when a claim came back short after the database changed:
+    /// counts the available tasks of the library's names dispatched with another argument
+    /// fingerprint, and says so once per name and fingerprint (and again when the count
+    /// halves or doubles). A failed read is not worth a message: the next look tries again.
     fn say_mismatched(&mut self, reporter: &mut dyn Reporter) {
-        /// How often to look.
+        /// How often to look at most.
         const EVERY: Duration = Duration::from_secs(5);
         let now = Instant::now();
-        if now < self.mismatch_check_at {
+        if !self.mismatch_due || now < self.mismatch_check_at {
             return;
         }
         self.mismatch_check_at = now + EVERY;
+        self.mismatch_due = false;
+        self.mismatch_stale = false;
         let filters: Vec<TaskFilter> = [&self.ctx.claims.thread, &self.ctx.claims.process]
             .into_iter()
             .flatten()
@@ -694,7 +705,11 @@ impl Coordinator {
         self.stager.staged(plan.stage);
         for mode in MODES {
             let got = claimed.get(mode).len();
-            self.producer.claimed(mode, *plan.claims.get(mode), got);
+            let asked = *plan.claims.get(mode);
+            if got < asked && self.mismatch_stale {
+                self.mismatch_due = true;
+            }
+            self.producer.claimed(mode, asked, got);
         }
         let mut claimed_all = claimed.thread;
         claimed_all.extend(claimed.process);
