@@ -23,6 +23,7 @@ use castor_abi::{TaskMode, Uuid};
 use castor_store::{LogLevel, TaskState};
 
 use super::input::Action;
+use super::panels::panel;
 
 /// How many finished attempts the recent list keeps.
 pub const RECENT_CAPACITY: usize = 200;
@@ -300,10 +301,12 @@ pub enum Pane {
     Schedules,
     /// The log.
     Logs,
+    /// Tasks waiting for their start time: shown, never focused (nothing acts on them).
+    Waiting,
 }
 
 impl Pane {
-    /// Every pane, in Tab order.
+    /// Every pane that takes the focus, in Tab order.
     pub const ALL: [Pane; 6] = [
         Pane::Running,
         Pane::Recent,
@@ -332,6 +335,7 @@ impl Pane {
             Pane::Workers => "Workers",
             Pane::Schedules => "Schedules",
             Pane::Logs => "Log",
+            Pane::Waiting => "Waiting",
         }
     }
 
@@ -343,6 +347,8 @@ impl Pane {
             Pane::Workers => 3,
             Pane::Schedules => 4,
             Pane::Logs => 5,
+            // Not in Tab order: Tab from it goes on from Schedules, which shows it.
+            Pane::Waiting => 4,
         }
     }
 }
@@ -465,9 +471,9 @@ pub struct DashboardState {
     completed_this_second: u64,
     since_sample: Duration,
     /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
-    pending_removal: Option<i64>,
+    pub(super) pending_removal: Option<i64>,
     /// The running task a `c` asked to cancel, while its "y/n" flash shows.
-    pending_cancel: Option<Uuid>,
+    pub(super) pending_cancel: Option<Uuid>,
 }
 
 impl DashboardState {
@@ -768,10 +774,18 @@ impl DashboardState {
             Action::PageDown => self.move_selection(Move::Forward(PAGE)),
             Action::Top => self.move_selection(Move::First),
             Action::Bottom => self.move_selection(Move::Last),
-            Action::RetrySelected => return self.retry_selected(),
-            Action::CancelSelected => return self.cancel_selected(),
-            Action::TogglePauseSelected => return self.toggle_pause_selected(),
-            Action::RemoveSelected => return self.remove_selected(),
+            Action::RetrySelected
+            | Action::CancelSelected
+            | Action::TogglePauseSelected
+            | Action::RemoveSelected => {
+                return match panel(self.focus).handle(self, action) {
+                    Some(command) => command,
+                    None => {
+                        self.flash(Level::Warn, where_it_works(action));
+                        None
+                    }
+                };
+            }
             Action::Confirm => return self.confirm_cancel(),
             Action::Decline => {
                 if self.pending_cancel.take().is_some() {
@@ -810,6 +824,7 @@ impl DashboardState {
             Pane::Workers => s.workers,
             Pane::Schedules => s.schedules,
             Pane::Logs => s.log_back,
+            Pane::Waiting => 0,
         }
     }
 
@@ -843,6 +858,7 @@ impl DashboardState {
             Pane::Workers => self.workers.len(),
             Pane::Schedules => self.schedules.len(),
             Pane::Logs => self.logs.len(),
+            Pane::Waiting => self.scheduled.len(),
         }
     }
 
@@ -867,6 +883,7 @@ impl DashboardState {
             Pane::Workers => (&mut self.selection.workers, step),
             Pane::Schedules => (&mut self.selection.schedules, step),
             Pane::Logs => (&mut self.selection.log_back, step.reversed()),
+            Pane::Waiting => return,
         };
         *slot = match step {
             Move::Back(n) => slot.saturating_sub(n),
@@ -894,141 +911,22 @@ impl DashboardState {
         s.schedules = s.schedules.min(self.schedules.len().saturating_sub(1));
         s.log_back = s.log_back.min(self.logs.len().saturating_sub(1));
     }
+}
 
-    fn retry_selected(&mut self) -> Option<Command> {
-        let Some(task) = self
-            .selected_recent()
-            .filter(|_| self.focus == Pane::Recent)
-        else {
-            self.flash(
-                Level::Warn,
-                "r retries a discarded or cancelled task: select one in Recent",
-            );
-            return None;
-        };
-        let name = format!("{} {}", task.task, short_task_id(task.id));
-        if matches!(task.state, TaskState::Discarded | TaskState::Cancelled) {
-            let id = task.id;
-            self.flash(Level::Info, format!("retry requested for {name}"));
-            Some(Command::Retry { id })
-        } else {
-            let state = task.state;
-            self.flash(
-                Level::Warn,
-                format!("{name} is {state}: only discarded or cancelled tasks can be retried"),
-            );
-            None
+/// What the footer says when a selection key is pressed on a panel it does not act in.
+fn where_it_works(action: Action) -> &'static str {
+    match action {
+        Action::RetrySelected => "r retries a discarded or cancelled task: select one in Recent",
+        Action::CancelSelected => {
+            "c cancels a task: select one in Running (or a retryable one in Recent)"
         }
-    }
-
-    fn cancel_selected(&mut self) -> Option<Command> {
-        if self.focus == Pane::Running
-            && let Some(task) = self.selected_running()
-        {
-            let (id, name) = (task.id, format!("{} {}", task.task, short_task_id(task.id)));
-            let what = match task.phase {
-                Phase::Running => "running",
-                Phase::Waiting => "claimed and waiting for a slot",
-            };
-            self.flash(Level::Warn, format!("cancel {name} ({what})? y/n"));
-            self.pending_cancel = Some(id);
-            return None;
-        }
-        let target = match self.focus {
-            Pane::Recent => self
-                .selected_recent()
-                .map(|t| (t.id, t.task.clone(), t.state)),
-            _ => None,
-        };
-        match target {
-            Some((id, task, TaskState::Retryable)) => {
-                self.flash(
-                    Level::Info,
-                    format!("cancel requested for {task} {}", short_task_id(id)),
-                );
-                Some(Command::Cancel { id })
-            }
-            Some((id, task, state)) => {
-                let message = format!(
-                    "{task} {} is {state}: only running or retryable tasks can be cancelled",
-                    short_task_id(id)
-                );
-                self.flash(Level::Warn, message);
-                None
-            }
-            None => {
-                self.flash(
-                    Level::Warn,
-                    "c cancels a task: select one in Running (or a retryable one in Recent)",
-                );
-                None
-            }
-        }
-    }
-
-    /// `y` after a `c` on a running task: cancels the task the prompt named, if the prompt
-    /// is still showing.
-    fn confirm_cancel(&mut self) -> Option<Command> {
-        let id = self.pending_cancel.take()?;
-        let name = match self.running.iter().find(|t| t.id == id) {
-            Some(t) => format!("{} {}", t.task, short_task_id(t.id)),
-            None => short_task_id(id),
-        };
-        self.flash(Level::Info, format!("cancel requested for {name}"));
-        Some(Command::Cancel { id })
-    }
-
-    /// The selected schedule's id and how flash messages name it, if the Schedules pane
-    /// has the focus and a schedule is selected; otherwise flashes `why` and gives `None`.
-    fn focused_schedule(&mut self, why: &str) -> Option<(i64, String)> {
-        let target = self
-            .selected_schedule()
-            .filter(|_| self.focus == Pane::Schedules)
-            .map(|s| (s.id, schedule_label(s)));
-        if target.is_none() {
-            self.flash(Level::Warn, why);
-        }
-        target
-    }
-
-    fn toggle_pause_selected(&mut self) -> Option<Command> {
-        let (id, label) =
-            self.focused_schedule("p pauses or resumes a schedule: select one in Schedules")?;
-        let (paused, finished) = self
-            .selected_schedule()
-            .map_or((false, false), |s| (s.paused, s.next_run_in.is_none()));
-        if paused {
-            self.flash(Level::Info, format!("resume requested for {label}"));
-            Some(Command::ResumeSchedule { id })
-        } else if finished {
-            self.flash(
-                Level::Warn,
-                format!("{label} is finished: nothing to pause (x removes it)"),
-            );
-            None
-        } else {
-            self.flash(Level::Info, format!("pause requested for {label}"));
-            Some(Command::PauseSchedule { id })
-        }
-    }
-
-    fn remove_selected(&mut self) -> Option<Command> {
-        // Taken first: whatever this press does, it answers the pending removal.
-        let pending = self.pending_removal.take().filter(|_| self.flash.is_some());
-        let (id, label) = self.focused_schedule("x removes a schedule: select one in Schedules")?;
-        if pending == Some(id) {
-            self.flash(Level::Info, format!("removal requested for {label}"));
-            Some(Command::RemoveSchedule { id })
-        } else {
-            self.flash(Level::Warn, format!("press x again to remove {label}"));
-            self.pending_removal = Some(id);
-            None
-        }
+        Action::TogglePauseSelected => "p pauses or resumes a schedule: select one in Schedules",
+        _ => "x removes a schedule: select one in Schedules",
     }
 }
 
 /// How the recent list's selection names an attempt.
-fn key_of(task: &FinishedTask) -> AttemptKey {
+pub(crate) fn key_of(task: &FinishedTask) -> AttemptKey {
     AttemptKey {
         id: task.id,
         attempt: task.attempt,
@@ -1037,7 +935,7 @@ fn key_of(task: &FinishedTask) -> AttemptKey {
 
 /// How flash messages name a schedule: `schedule 3 (send_digest)`, with the periodic
 /// task's name if it has one, else the task's.
-fn schedule_label(s: &ScheduleRow) -> String {
+pub(crate) fn schedule_label(s: &ScheduleRow) -> String {
     format!(
         "schedule {} ({})",
         s.id,
