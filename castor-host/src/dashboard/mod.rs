@@ -17,6 +17,7 @@
 //! a panic and on SIGTERM.
 
 pub mod input;
+pub mod layout;
 pub mod panels;
 pub mod state;
 pub mod view;
@@ -345,6 +346,10 @@ impl Refresher {
                         .collect(),
                 );
                 changed = true;
+            }
+            if let Ok(oldest) = self.store.oldest_available(&self.manager) {
+                let age = |at: i64| Duration::from_micros(u64::try_from(now_us - at).unwrap_or(0));
+                state.set_oldest_available(oldest.map(age));
             }
             if let Ok(waiting) = self.store.waiting(&self.manager, state::SCHEDULED_CAPACITY) {
                 state.set_scheduled(

@@ -142,6 +142,8 @@ pub struct TaskStats {
     pub failures: u64,
     /// Mean duration over the latest [`STATS_SAMPLE`] attempts.
     pub mean: Duration,
+    /// Median duration over the same sample (nearest rank).
+    pub p50: Duration,
     /// 95th-percentile duration over the same sample (nearest rank).
     pub p95: Duration,
 }
@@ -335,7 +337,7 @@ impl Pane {
             Pane::Workers => "Workers",
             Pane::Schedules => "Schedules",
             Pane::Logs => "Log",
-            Pane::Waiting => "Waiting",
+            Pane::Waiting => "Waiting to start",
         }
     }
 
@@ -442,6 +444,13 @@ pub struct DashboardState {
     pub counts: [(TaskState, u64); TaskState::ALL.len()],
     /// Tasks this worker completed in each of the last seconds, oldest first.
     pub throughput: VecDeque<u64>,
+    /// Attempts of this worker that failed (retryable or discarded) in each of the same
+    /// seconds, oldest first: the failure sparkline.
+    pub failures: VecDeque<u64>,
+    /// How long the oldest `available` task of this manager has waited to be claimed, as
+    /// last read (aged by [`DashboardState::advance`] between reads); `None` when no task
+    /// is available.
+    pub oldest_available: Option<Duration>,
     /// Completed per second now: the mean of the last [`RATE_SECONDS`] samples.
     pub rate: f64,
     /// Attempts running on this worker, oldest start first.
@@ -469,6 +478,7 @@ pub struct DashboardState {
     /// Set while a graceful stop is under way: what the footer says about it.
     pub stopping: Option<String>,
     completed_this_second: u64,
+    failed_this_second: u64,
     since_sample: Duration,
     /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
     pub(super) pending_removal: Option<i64>,
@@ -483,6 +493,8 @@ impl DashboardState {
             header,
             counts: TaskState::ALL.map(|s| (s, 0)),
             throughput: VecDeque::with_capacity(THROUGHPUT_SECONDS),
+            failures: VecDeque::with_capacity(THROUGHPUT_SECONDS),
+            oldest_available: None,
             rate: 0.0,
             running: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_CAPACITY),
@@ -497,6 +509,7 @@ impl DashboardState {
             flash: None,
             stopping: None,
             completed_this_second: 0,
+            failed_this_second: 0,
             since_sample: Duration::ZERO,
             pending_removal: None,
             pending_cancel: None,
@@ -579,6 +592,9 @@ impl DashboardState {
             .record(&task.task, task.duration, counts_as_failure(task.state));
         if task.state == TaskState::Completed {
             self.completed_this_second += 1;
+        }
+        if counts_as_failure(task.state) {
+            self.failed_this_second += 1;
         }
         task.error = task.error.as_deref().map(clean);
         self.recent.push_front(task);
@@ -676,6 +692,12 @@ impl DashboardState {
         self.scheduled = tasks;
     }
 
+    /// How long the oldest available task has waited (`None`: none is available), as just
+    /// read.
+    pub fn set_oldest_available(&mut self, age: Option<Duration>) {
+        self.oldest_available = age;
+    }
+
     /// How many thread and process slots are busy now.
     pub fn set_pool_busy(&mut self, threads_busy: usize, processes_busy: usize) {
         self.header.threads_busy = threads_busy;
@@ -718,6 +740,9 @@ impl DashboardState {
         for task in &mut self.scheduled {
             task.runs_in = task.runs_in.saturating_sub(dt);
         }
+        if let Some(age) = &mut self.oldest_available {
+            *age = age.saturating_add(dt);
+        }
         if let Some(flash) = &mut self.flash {
             flash.remaining = flash.remaining.saturating_sub(dt);
             if flash.remaining.is_zero() {
@@ -734,7 +759,8 @@ impl DashboardState {
         while self.since_sample >= second && samples < THROUGHPUT_SECONDS {
             self.since_sample -= second;
             let completed = std::mem::take(&mut self.completed_this_second);
-            self.push_throughput(completed);
+            let failed = std::mem::take(&mut self.failed_this_second);
+            self.push_throughput(completed, failed);
             samples += 1;
         }
         if samples == THROUGHPUT_SECONDS {
@@ -862,10 +888,14 @@ impl DashboardState {
         }
     }
 
-    fn push_throughput(&mut self, completed: u64) {
+    fn push_throughput(&mut self, completed: u64, failed: u64) {
         self.throughput.push_back(completed);
+        self.failures.push_back(failed);
         while self.throughput.len() > THROUGHPUT_SECONDS {
             self.throughput.pop_front();
+        }
+        while self.failures.len() > THROUGHPUT_SECONDS {
+            self.failures.pop_front();
         }
         let latest = self.throughput.iter().rev().take(RATE_SECONDS);
         let n = latest.len().max(1);
@@ -1057,20 +1087,20 @@ impl TaskSamples {
             .ok()
             .filter(|&n| n > 0)
             .map_or(Duration::ZERO, |n| self.sum / n);
-        let p95 = if n == 0 {
-            Duration::ZERO
-        } else {
-            // Nearest rank: the smallest value with at least 95% of the sample at or below it.
-            let rank = (n * 95).div_ceil(100).max(1);
-            let mut sorted: Vec<Duration> = self.latest.iter().copied().collect();
-            let (_, p95, _) = sorted.select_nth_unstable(rank - 1);
-            *p95
+        let mut sorted: Vec<Duration> = self.latest.iter().copied().collect();
+        sorted.sort_unstable();
+        // Nearest rank: the smallest value with at least p% of the sample at or below it.
+        let percentile = |p: usize| -> Duration {
+            let rank = (n * p).div_ceil(100).max(1);
+            sorted.get(rank - 1).copied().unwrap_or_default()
         };
+        let (p50, p95) = (percentile(50), percentile(95));
         TaskStats {
             task: task.to_owned(),
             count: self.count,
             failures: self.failures,
             mean,
+            p50,
             p95,
         }
     }
@@ -1628,8 +1658,10 @@ mod tests {
         assert!(s.throughput.is_empty());
         s.advance(Duration::from_millis(600));
         assert_eq!(s.throughput, [6]);
+        assert_eq!(s.failures, [1]);
         s.advance(Duration::from_millis(1900));
         assert_eq!(s.throughput, [6, 0, 0]);
+        assert_eq!(s.failures, [1, 0, 0]);
         assert!((s.rate - 2.0).abs() < 1e-9, "{}", s.rate);
         s.advance(Duration::from_secs(10_000));
         assert_eq!(s.throughput.len(), THROUGHPUT_SECONDS);
@@ -1648,6 +1680,7 @@ mod tests {
         let a = &acc.rows()[0];
         assert_eq!((a.task.as_str(), a.count, a.failures), ("a", 100, 10));
         assert_eq!(a.mean, Duration::from_micros(50_500));
+        assert_eq!(a.p50, Duration::from_millis(50));
         assert_eq!(a.p95, Duration::from_millis(95));
         let b = &acc.rows()[1];
         assert_eq!(

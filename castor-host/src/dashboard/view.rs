@@ -20,6 +20,9 @@
 //! put until it leaves the page. The log wraps its lines and keeps the line the selection
 //! points at on its bottom row.
 
+use std::collections::VecDeque;
+use std::time::Duration;
+
 use castor_store::TaskState;
 use castor_store::format::format_duration;
 
@@ -34,8 +37,8 @@ use ratatui::widgets::{
 };
 
 use super::input::HELP;
-use super::panels::recent::RECENT_DETAIL_HEIGHT;
-use super::panels::{panel, schedules};
+use super::layout::{Size, arrange};
+use super::panels::panel;
 use super::state::{DashboardState, Pane, short_id};
 use super::widgets::*;
 
@@ -43,11 +46,6 @@ use super::widgets::*;
 const FULL_WIDTH: u16 = 60;
 /// See [`FULL_WIDTH`].
 const FULL_HEIGHT: u16 = 15;
-/// From this height on (and below [`SIDE_BY_SIDE_WIDTH`]) the tables are stacked, each as
-/// wide as the terminal.
-const STACK_HEIGHT: u16 = 30;
-/// From this width on, tables go two by two whatever the height.
-const SIDE_BY_SIDE_WIDTH: u16 = 160;
 /// Draws the whole dashboard over the frame.
 pub fn render(state: &DashboardState, frame: &mut Frame) {
     let area = frame.area();
@@ -76,74 +74,11 @@ fn full(state: &DashboardState, area: Rect, buf: &mut Buffer) {
             .spacing(3)
             .areas(band);
     counts(state, counts_area, buf, true);
-    throughput(state, spark_area, buf);
-    if area.height >= STACK_HEIGHT && area.width < SIDE_BY_SIDE_WIDTH {
-        stacked(state, middle, buf);
-    } else {
-        side_by_side(state, middle, buf);
+    sparklines(state, spark_area, buf);
+    for (which, rect) in arrange(state, middle, Size::of(area.width, area.height)) {
+        pane(state, which, rect, buf);
     }
     footer(state, footer_area, buf);
-}
-
-/// Short terminals: Running beside Recent, Tasks by name beside Workers, Schedules as
-/// tall as its rows (up to a quarter of the space, a third when focused), then the log.
-fn side_by_side(state: &DashboardState, area: Rect, buf: &mut Buffer) {
-    let share = if state.focus == Pane::Schedules { 3 } else { 4 };
-    let [top, mid, schedules_area, bottom] = Layout::vertical([
-        Constraint::Fill(3),
-        Constraint::Fill(2),
-        Constraint::Length(schedules::schedules_height(state, area.height / share)),
-        Constraint::Fill(3),
-    ])
-    .areas(area);
-    let halves = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)]).spacing(1);
-    let [running_area, recent_area] = halves.areas(top);
-    let [stats_area, workers_area] = halves.areas(mid);
-    pane(state, Pane::Running, running_area, buf);
-    pane(state, Pane::Recent, recent_area, buf);
-    pane(state, Pane::Stats, stats_area, buf);
-    pane(state, Pane::Workers, workers_area, buf);
-    pane(state, Pane::Schedules, schedules_area, buf);
-    pane(state, Pane::Logs, bottom, buf);
-}
-
-/// Tall terminals: each table gets the whole width. Running and the Tasks by name |
-/// Workers row are as tall as their rows (up to a quarter of the space each); Schedules
-/// too, taking up to a third of what is left (half when focused); Recent and the log
-/// share the rest, more of it to the one with the focus.
-fn stacked(state: &DashboardState, area: Rect, buf: &mut Buffer) {
-    let quarter = area.height / 4;
-    let fit = |rows: usize| -> u16 {
-        // A title rule, a column header, the rows (or the "empty" line).
-        room_u16(rows.max(1) + 2).min(quarter).max(3)
-    };
-    let running_h = fit(state.running.len());
-    let pair_h = fit(state.stats.rows().len().max(state.workers.len()));
-    let rest = area.height.saturating_sub(running_h + pair_h);
-    let share = if state.focus == Pane::Schedules { 2 } else { 3 };
-    let schedules_h = schedules::schedules_height(state, rest / share);
-    let rest = rest - schedules_h;
-    // Recent and the log share the rest; the focused one of them gets two thirds.
-    let recent_h = match state.focus {
-        // Focused, Recent gets room for the selected attempt's error if the log keeps a
-        // rule and two lines.
-        Pane::Recent => (rest * 2 / 3).max(RECENT_DETAIL_HEIGHT.min(rest.saturating_sub(3))),
-        Pane::Logs => rest / 3,
-        _ => rest.div_ceil(2),
-    };
-    let (running_area, below) = take_top(area, running_h);
-    let (recent_area, below) = take_top(below, recent_h);
-    let (pair, below) = take_top(below, pair_h);
-    let (schedules_area, logs_area) = take_top(below, schedules_h);
-    let [stats_area, workers_area] = Layout::horizontal([Constraint::Fill(1), Constraint::Fill(1)])
-        .spacing(1)
-        .areas(pair);
-    pane(state, Pane::Running, running_area, buf);
-    pane(state, Pane::Recent, recent_area, buf);
-    pane(state, Pane::Stats, stats_area, buf);
-    pane(state, Pane::Workers, workers_area, buf);
-    pane(state, Pane::Schedules, schedules_area, buf);
-    pane(state, Pane::Logs, logs_area, buf);
 }
 
 fn compact(state: &DashboardState, area: Rect, buf: &mut Buffer) {
@@ -269,7 +204,15 @@ fn counts_width(state: &DashboardState) -> u16 {
 
 fn counts(state: &DashboardState, area: Rect, buf: &mut Buffer, titled: bool) {
     let inner = if titled {
-        let block = rule(Line::from(" Tasks by state ".bold()), false);
+        let mut title = vec![" Tasks by state ".bold()];
+        if let Some(age) = state.oldest_available {
+            title.push(Span::styled("· oldest waiting ", LABEL));
+            title.push(Span::styled(
+                format!("{} ", format_duration(age)),
+                Style::new().fg(Color::Yellow).bold(),
+            ));
+        }
+        let block = rule(Line::from(title), false);
         let inner = block.inner(area);
         block.render(area, buf);
         inner
@@ -307,33 +250,77 @@ fn counts(state: &DashboardState, area: Rect, buf: &mut Buffer, titled: bool) {
     Paragraph::new(lines).render(inner, buf);
 }
 
+/// From this width of the band's right side on, failures get a sparkline of their own
+/// beside the throughput's.
+const FAILURES_BESIDE_WIDTH: u16 = 44;
+
+/// The band's right side: the throughput sparkline and, where there is room, the
+/// failures' beside it. Both are one sample a second, over the same minutes.
+fn sparklines(state: &DashboardState, area: Rect, buf: &mut Buffer) {
+    if area.width >= FAILURES_BESIDE_WIDTH {
+        let [left, right] = Layout::horizontal([Constraint::Fill(3), Constraint::Fill(2)])
+            .spacing(2)
+            .areas(area);
+        throughput(state, left, buf);
+        failures(state, right, buf);
+    } else {
+        throughput(state, area, buf);
+    }
+}
+
 fn throughput(state: &DashboardState, area: Rect, buf: &mut Buffer) {
     let peak = state.throughput.iter().copied().max().unwrap_or(0);
-    let peak_text = format!(", peak {peak}/s ");
-    let mut title = vec![
+    let title = vec![
         " Throughput ".bold(),
         Span::styled(
             format_rate(state.rate),
             Style::new().fg(Color::Green).bold(),
         ),
     ];
-    let full_title = Line::from(title.clone()).width() + peak_text.len() + 2;
+    let detail = format!(", peak {peak}/s ");
+    spark(area, buf, title, &detail, &state.throughput, Color::Green);
+}
+
+/// Failed attempts a second: red while any failed in the window, dim otherwise.
+fn failures(state: &DashboardState, area: Rect, buf: &mut Buffer) {
+    let total: u64 = state.failures.iter().sum();
+    let window = Duration::from_secs(u64::try_from(state.failures.len()).unwrap_or(u64::MAX));
+    let style = if total > 0 {
+        Style::new().fg(Color::Red).bold()
+    } else {
+        DIM
+    };
+    let title = vec![" Failed ".bold(), Span::styled(thousands(total), style)];
+    let detail = format!(" in {} ", format_duration(window));
+    spark(area, buf, title, &detail, &state.failures, Color::Red);
+}
+
+/// A titled sparkline of one-second samples, newest at the right edge; `detail` follows
+/// the title where it fits.
+fn spark(
+    area: Rect,
+    buf: &mut Buffer,
+    mut title: Vec<Span<'static>>,
+    detail: &str,
+    samples: &VecDeque<u64>,
+    color: Color,
+) {
+    let full_title = Line::from(title.clone()).width() + detail.len() + 2;
     if full_title <= usize::from(area.width) {
-        title.push(Span::styled(peak_text, LABEL));
+        title.push(Span::styled(detail.to_owned(), LABEL));
     } else {
         title.push(Span::raw(" "));
     }
-    let title = Line::from(title);
-    let block = rule(title, false);
+    let block = rule(Line::from(title), false);
     let inner = block.inner(area);
     block.render(area, buf);
-    if state.throughput.is_empty() {
+    if samples.is_empty() {
         Paragraph::new(Span::styled("no samples yet", DIM)).render(inner, buf);
         return;
     }
+    let peak = samples.iter().copied().max().unwrap_or(0);
     // Newest first, drawn from the right edge, so the newest sample is always visible.
-    let data: Vec<u64> = state
-        .throughput
+    let data: Vec<u64> = samples
         .iter()
         .rev()
         .take(usize::from(inner.width))
@@ -343,7 +330,7 @@ fn throughput(state: &DashboardState, area: Rect, buf: &mut Buffer) {
         .data(&data)
         .max(peak.max(1))
         .direction(RenderDirection::RightToLeft)
-        .style(Style::new().fg(Color::Green))
+        .style(Style::new().fg(color))
         .render(inner, buf);
 }
 

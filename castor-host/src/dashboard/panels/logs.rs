@@ -127,10 +127,6 @@ pub(crate) fn source_label(source: &Source) -> Cow<'static, str> {
 pub struct Logs;
 
 impl Panel for Logs {
-    fn pane(&self) -> Pane {
-        Pane::Logs
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         logs(state, area, buf, focused);
     }

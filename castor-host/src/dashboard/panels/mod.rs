@@ -26,9 +26,6 @@ use super::state::{Command, DashboardState, Pane};
 /// [`DashboardState`] (updated from the worker's events and the store's reads in one
 /// place), and a panel reads the part it shows.
 pub trait Panel: Sync {
-    /// Which pane this is: its title and its place in Tab order.
-    fn pane(&self) -> Pane;
-
     /// Draws the panel over `area`, its title rule included; thick and coloured when
     /// `focused`.
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool);
@@ -36,6 +33,12 @@ pub trait Panel: Sync {
     /// How many rows of content it has (lines, for the log): the layout gives a panel at
     /// most this many, plus its rule and column header.
     fn rows(&self, state: &DashboardState) -> usize;
+
+    /// Whether, with no rows, it is drawn as its rule alone (saying "none") rather than
+    /// with a line saying it is empty: for panels that are often empty.
+    fn collapses(&self) -> bool {
+        false
+    }
 
     /// The keys that act on its selection, as the footer hints them (`("r", "retry")`);
     /// the keys that work everywhere are the frame's.

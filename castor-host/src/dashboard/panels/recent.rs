@@ -101,10 +101,6 @@ pub(crate) fn recent_cells(t: &FinishedTask, widths: &[u16]) -> Vec<Cell<'static
 pub struct Recent;
 
 impl Panel for Recent {
-    fn pane(&self) -> Pane {
-        Pane::Recent
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         recent(state, area, buf, focused);
     }

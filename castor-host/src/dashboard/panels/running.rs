@@ -126,10 +126,6 @@ pub(crate) fn bar(eighths: usize, cells: usize) -> String {
 pub struct Running;
 
 impl Panel for Running {
-    fn pane(&self) -> Pane {
-        Pane::Running
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         running(state, area, buf, focused);
     }

@@ -3,28 +3,14 @@
 
 use crate::dashboard::input::Action;
 use crate::dashboard::panels::Panel;
-use crate::dashboard::panels::waiting::{starts_in, waiting};
+use crate::dashboard::panels::waiting::starts_in;
 use crate::dashboard::state::*;
 use crate::dashboard::widgets::*;
 use ratatui::buffer::Buffer;
-use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
-use ratatui::symbols::border;
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Block, Borders, Cell, Paragraph, Widget};
-
-/// How tall the Schedules pane is, in at most `cap` rows: a title rule, a column header
-/// and a row per schedule or waiting task (the longer list of the two, as they are side
-/// by side on a full-width pane). Just the rule, which gives the count, when both lists
-/// are empty (it then says so) or `cap` has no room for a row.
-pub(crate) fn schedules_height(state: &DashboardState, cap: u16) -> u16 {
-    let rows = state.schedules.len().max(state.scheduled.len());
-    if rows == 0 || cap < 3 {
-        1
-    } else {
-        room_u16(rows + 2).min(cap)
-    }
-}
+use ratatui::widgets::{Cell, Widget};
 
 pub(crate) const SCHEDULE_COLS: [Col; 5] = [
     right("id", 4, 6),
@@ -34,17 +20,12 @@ pub(crate) const SCHEDULE_COLS: [Col; 5] = [
     right("next run", 10, 8),
 ];
 
-/// From this inner width on, the waiting tasks go beside the schedules rather than under
-/// them: the schedules' columns and the waiting tasks' names and start times fit whole,
-/// with the separator and the gap.
-pub(crate) const WAITING_BESIDE_WIDTH: u16 = 70;
-
-/// Schedules, and beside them (on a wide pane) or under them the tasks waiting for their
-/// start time. Only the schedules take a selection; the waiting tasks are for looking at.
+/// The schedules, a selectable table; when there are none and the layout gave the pane
+/// one row, its rule says "none".
 pub(crate) fn schedules(state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
     let len = state.schedules.len();
-    let empty = len == 0 && state.scheduled.is_empty();
-    // Empty, the pane is just its rule (see `schedules_height`), so the title says it.
+    let empty = len == 0;
+    // Empty, the pane is just its rule (see `layout::fitted`), so the title says it.
     let detail = if empty && area.height == 1 {
         "none".to_owned()
     } else {
@@ -72,60 +53,7 @@ pub(crate) fn schedules(state: &DashboardState, area: Rect, buf: &mut Buffer, fo
                 .unwrap_or_default()
         },
     };
-    let waiting_title = Line::from(Span::styled(
-        format!(" waiting to start {} ", state.scheduled.len()),
-        LABEL,
-    ));
-    if inner.width >= WAITING_BESIDE_WIDTH {
-        // The waiting tasks' ids come and go with the width: 24 cells hold the names and
-        // start times, 32 the ids too.
-        let waiting_width = (inner.width * 3 / 10).clamp(24, 48);
-        let [left, right] =
-            Layout::horizontal([Constraint::Fill(1), Constraint::Length(waiting_width)])
-                .spacing(1)
-                .areas(inner);
-        table_rows(left, buf, focused, &view);
-        // The waiting list's title sits on the pane's rule, over a separator joined to it.
-        let junction = if focused { "┯" } else { "┬" };
-        let (rule_style, _) = rule_styles(focused);
-        buf.set_string(right.x, area.y, junction, rule_style);
-        let title_area = Rect {
-            x: right.x + 1,
-            y: area.y,
-            width: right.width.saturating_sub(1),
-            height: 1,
-        };
-        Paragraph::new(waiting_title).render(title_area, buf);
-        let separator = Block::new().borders(Borders::LEFT).border_style(DIM);
-        let list_area = separator.inner(right);
-        separator.render(right, buf);
-        waiting(state, list_area, buf);
-        return;
-    }
-    // Narrow: the waiting tasks under the schedules, if there are any and there is room
-    // for a title, a column header and one of them; the schedules come first.
-    let schedules_need = room_u16(len.max(1) + 1);
-    let waiting_need = room_u16(state.scheduled.len() + 2);
-    let mut schedules_h = inner
-        .height
-        .saturating_sub(waiting_need)
-        .max(inner.height / 2)
-        .min(schedules_need);
-    if state.scheduled.is_empty() || inner.height - schedules_h < 3 {
-        schedules_h = inner.height;
-    }
-    let (schedules_area, below) = take_top(inner, schedules_h);
-    table_rows(schedules_area, buf, focused, &view);
-    if !below.is_empty() {
-        let sub = Block::new()
-            .borders(Borders::TOP)
-            .border_set(border::PLAIN)
-            .border_style(DIM)
-            .title(waiting_title);
-        let list_area = sub.inner(below);
-        sub.render(below, buf);
-        waiting(state, list_area, buf);
-    }
+    table_rows(inner, buf, focused, &view);
 }
 
 pub(crate) fn schedule_cells(s: &ScheduleRow, widths: &[u16]) -> Vec<Cell<'static>> {
@@ -169,16 +97,16 @@ pub(crate) fn task_and_name(task: &str, name: Option<&str>, width: u16) -> Line<
 pub struct Schedules;
 
 impl Panel for Schedules {
-    fn pane(&self) -> Pane {
-        Pane::Schedules
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         schedules(state, area, buf, focused);
     }
 
+    fn collapses(&self) -> bool {
+        true
+    }
+
     fn rows(&self, state: &DashboardState) -> usize {
-        state.schedules.len().max(state.scheduled.len())
+        state.schedules.len()
     }
 
     fn keys(&self, state: &DashboardState) -> Vec<(&'static str, &'static str)> {

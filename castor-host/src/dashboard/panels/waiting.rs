@@ -79,19 +79,22 @@ pub(crate) fn starts_in(d: Duration) -> String {
 pub struct Waiting;
 
 impl Panel for Waiting {
-    fn pane(&self) -> Pane {
-        Pane::Waiting
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
-        let title = Line::from(Span::styled(
-            format!(" waiting to start {} ", state.scheduled.len()),
-            LABEL,
-        ));
+        let len = state.scheduled.len();
+        let detail = if len == 0 && area.height == 1 {
+            "none".to_owned()
+        } else {
+            len.to_string()
+        };
+        let title = pane_title(Pane::Waiting, detail, focused);
         let block = rule(title, focused);
         let inner = block.inner(area);
         block.render(area, buf);
         waiting(state, inner, buf);
+    }
+
+    fn collapses(&self) -> bool {
+        true
     }
 
     fn rows(&self, state: &DashboardState) -> usize {

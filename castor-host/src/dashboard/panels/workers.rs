@@ -70,10 +70,6 @@ pub(crate) fn worker_cells(w: &WorkerInfo, this: bool, widths: &[u16]) -> Vec<Ce
 pub struct Workers;
 
 impl Panel for Workers {
-    fn pane(&self) -> Pane {
-        Pane::Workers
-    }
-
     fn render(&self, state: &DashboardState, area: Rect, buf: &mut Buffer, focused: bool) {
         workers(state, area, buf, focused);
     }
