@@ -2,15 +2,15 @@
 //!
 //! The worker owns a [`DashboardState`] and feeds it what happens (`task_started`,
 //! `task_progress`, `task_finished`, `log`), what it reads from the database now and
-//! then (`set_counts`, `set_workers`, `set_schedules`, `set_scheduled`, `set_pool_busy`)
-//! and the passing of time (`advance`). Keys arrive as [`Action`]s (see `input`) and
+//! then (`set_counts`, `set_workers`, `set_schedules`, `set_scheduled`,
+//! `set_oldest_available`, `set_pool_busy`) and the passing of time (`advance`). Keys arrive as [`Action`]s (see `input`) and
 //! [`DashboardState::apply`] turns them into UI changes, or into a [`Command`] the worker
 //! carries out. Nothing here reads a clock, the terminal or the database, so each method
 //! is a plain function of its inputs (tested below) and the view can be snapshot-tested
 //! over hand-built values.
 //!
 //! Everything that grows is bounded: [`RECENT_CAPACITY`] finished attempts,
-//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput samples,
+//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput and failure samples,
 //! [`STATS_SAMPLE`] durations per task name and [`SCHEDULED_CAPACITY`] waiting tasks. Text
 //! from tasks (log lines, errors, names) is cleaned of terminal escapes and control
 //! characters on the way in: a plugin that prints colour codes must not be able to
@@ -31,7 +31,7 @@ pub const RECENT_CAPACITY: usize = 200;
 pub const LOG_CAPACITY: usize = 2000;
 /// How many one-second throughput samples the sparkline keeps.
 pub const THROUGHPUT_SECONDS: usize = 120;
-/// How many of the latest durations per task name the mean and p95 are computed over.
+/// How many of the latest durations per task name the mean, p50 and p95 are computed over.
 pub const STATS_SAMPLE: usize = 1000;
 /// The current rate is the mean of this many latest one-second samples.
 pub const RATE_SECONDS: usize = 5;

@@ -2,17 +2,13 @@
 //! mutation, so the same state always gives the same screen (`view_tests.rs` snapshots
 //! it).
 //!
-//! From 60x15 up, top to bottom: a two-line header; task counts by state beside a
-//! throughput sparkline; the six panes; a footer with key hints (those of the focused
-//! pane), or the flash message and the stopping notice. The panes go two by two (Running |
-//! Recent, Tasks by name | Workers, then Schedules and the log across) on short
-//! terminals, and one under the other, each as wide as the screen, from 30 rows up (below
-//! 160 columns). Schedules is as tall as its rows within a share of the space, and a
-//! single "none" rule when there is nothing scheduled; on a wide pane the tasks waiting
-//! for their start time are listed beside the schedules, else under them. Smaller than
-//! 60x15, only the header, the counts and the focused pane are drawn (Tab still cycles).
-//! Whatever does not fit is cut, never a panic, and narrow tables drop their least useful
-//! columns first.
+//! From 60x15 up, top to bottom: a two-line header; task counts by state (with the age
+//! of the oldest task waiting to be claimed) beside the throughput sparkline and, where
+//! there is room, the failures' one; the panels, where `layout` puts them for the
+//! terminal's size; a footer with key hints (the focused panel's `keys`), or the flash
+//! message and the stopping notice. Smaller than 60x15, only the header, the counts and
+//! the focused panel are drawn (Tab still cycles). Whatever does not fit is cut, never a
+//! panic, and narrow tables drop their least useful columns first.
 //!
 //! The focused pane has a thick, coloured top rule and its selected row a `▶` and a
 //! highlight, so focus shows without colour too. Tables page rather than scroll: the
