@@ -16,7 +16,7 @@ use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{
     CancelOutcome, Database, ListFilter, OpenOptions, RetryOutcome, Store, StoreError,
-    TaskSnapshot, TaskSummary, Tx, WorkerRow, duration_us, now_us,
+    TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
 };
 use serde::Serialize;
 
@@ -461,40 +461,94 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What became of one id, as the user reads it.
-enum Verdict {
+/// What became of one id, as the user reads it: `castor retry` and `castor cancel` print
+/// it, the dashboard shows it in its footer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
     /// The operation was carried out (or its goal already held).
     Done(String),
     /// Nothing was done, and why.
     Refused(String),
 }
 
-/// Runs `act` on each id in its own transaction and prints what it did (or JSON). Fails
-/// if any id was refused or unknown: with that refusal as the error for a single id,
-/// else with each refusal on stderr and a count (`verb` says what was not done).
+/// What a retry or a cancel of one task did: the store's outcome (`None`: no such task)
+/// and how to say it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acted<T> {
+    /// What the store did, for `--json`; `None` if the id is unknown.
+    pub outcome: Option<T>,
+    /// The sentence for the user.
+    pub verdict: Verdict,
+}
+
+/// Makes a discarded or cancelled task `available` again, with one more attempt, in one
+/// transaction; the code behind `castor retry` and the dashboard's `r`.
+///
+/// # Errors
+/// The database cannot be written.
+pub fn retry_task(store: &mut Store, id: Uuid) -> Result<Acted<RetryOutcome>, StoreError> {
+    let now = now_us();
+    let outcome = store.write(|tx| tx.retry(id, now))?;
+    let verdict = match &outcome {
+        None => Verdict::Refused(unknown_task(id)),
+        Some(RetryOutcome::Retried) => Verdict::Done(format!(
+            "retrying {id}: available again, with one more attempt"
+        )),
+        Some(RetryOutcome::NotRetryable(state)) => Verdict::Refused(format!(
+            "task {id} is {state}: only discarded or cancelled tasks can be retried"
+        )),
+    };
+    Ok(Acted { outcome, verdict })
+}
+
+/// Cancels a task that has not finished, in one transaction (a running one is stopped by
+/// its worker); the code behind `castor cancel` and the dashboard's `c`.
+///
+/// # Errors
+/// The database cannot be written.
+pub fn cancel_task(store: &mut Store, id: Uuid) -> Result<Acted<CancelOutcome>, StoreError> {
+    let now = now_us();
+    let outcome = store.write(|tx| tx.cancel(id, now))?;
+    let verdict = match &outcome {
+        None => Verdict::Refused(unknown_task(id)),
+        Some(CancelOutcome::Cancelled) => Verdict::Done(format!("cancelled {id}")),
+        Some(CancelOutcome::Requested) => Verdict::Done(format!(
+            "cancel requested for {id}: it is running; its worker stops it"
+        )),
+        Some(CancelOutcome::AlreadyFinished(TaskState::Cancelled)) => {
+            Verdict::Done(format!("{id} was already cancelled"))
+        }
+        Some(CancelOutcome::AlreadyFinished(state)) => Verdict::Refused(format!(
+            "task {id} already finished ({state}): there is nothing to cancel"
+        )),
+    };
+    Ok(Acted { outcome, verdict })
+}
+
+fn unknown_task(id: Uuid) -> String {
+    format!("no task {id} in the database (unknown id, or finished and pruned)")
+}
+
+/// Runs `act` on each id and prints what it did (or JSON). Fails if any id was refused
+/// or unknown: with that refusal as the error for a single id, else with each refusal on
+/// stderr and a count (`verb` says what was not done).
 fn for_each_id<T: Serialize>(
     args: &IdsArgs,
     verb: &str,
-    act: impl Fn(&mut dyn Tx, Uuid, i64) -> Result<Option<T>, StoreError>,
-    judge: impl Fn(Uuid, &T) -> Verdict,
+    act: impl Fn(&mut Store, Uuid) -> Result<Acted<T>, StoreError>,
 ) -> anyhow::Result<()> {
     let (mut store, _) = open(&args.db)?;
     let mut refused = Vec::new();
     let mut results = Vec::new();
     for &id in &args.ids {
-        let now = now_us();
-        match store.write(|tx| act(tx, id, now))? {
-            None => refused.push(format!(
-                "no task {id} in the database (unknown id, or finished and pruned)"
-            )),
-            Some(outcome) => {
-                match judge(id, &outcome) {
-                    Verdict::Done(text) if !args.db.json => println!("{text}"),
-                    Verdict::Done(_) => {}
-                    Verdict::Refused(text) => refused.push(text),
-                }
-                results.push((id, outcome));
-            }
+        let Acted { outcome, verdict } = act(&mut store, id)?;
+        match verdict {
+            Verdict::Done(text) if !args.db.json => println!("{text}"),
+            Verdict::Done(_) => {}
+            Verdict::Refused(text) => refused.push(text),
+        }
+        if let Some(outcome) = outcome {
+            results.push((id, outcome));
         }
     }
     if args.db.json {
@@ -517,39 +571,11 @@ fn for_each_id<T: Serialize>(
 }
 
 fn retry(args: &IdsArgs) -> anyhow::Result<()> {
-    for_each_id(
-        args,
-        "retried",
-        |tx, id, now| tx.retry(id, now),
-        |id, outcome| match outcome {
-            RetryOutcome::Retried => Verdict::Done(format!(
-                "retrying {id}: available again, with one more attempt"
-            )),
-            RetryOutcome::NotRetryable(state) => Verdict::Refused(format!(
-                "task {id} is {state}: only discarded or cancelled tasks can be retried"
-            )),
-        },
-    )
+    for_each_id(args, "retried", retry_task)
 }
 
 fn cancel(args: &IdsArgs) -> anyhow::Result<()> {
-    for_each_id(
-        args,
-        "cancelled",
-        |tx, id, now| tx.cancel(id, now),
-        |id, outcome| match outcome {
-            CancelOutcome::Cancelled => Verdict::Done(format!("cancelled {id}")),
-            CancelOutcome::Requested => Verdict::Done(format!(
-                "cancel requested for {id}: it is running; its worker stops it"
-            )),
-            CancelOutcome::AlreadyFinished(TaskState::Cancelled) => {
-                Verdict::Done(format!("{id} was already cancelled"))
-            }
-            CancelOutcome::AlreadyFinished(state) => Verdict::Refused(format!(
-                "task {id} already finished ({state}): there is nothing to cancel"
-            )),
-        },
-    )
+    for_each_id(args, "cancelled", cancel_task)
 }
 
 fn purge(args: &PurgeArgs) -> anyhow::Result<()> {

@@ -106,6 +106,16 @@ fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
     for name in ["add", "noisy", "panics"] {
         assert!(screen.contains(name), "{name} is not on screen:\n{screen}");
     }
+    // The failure sparkline beside the throughput's, and the per-task p50, p95 and
+    // failure rate (panics failed its one attempt: 100%).
+    let screen = tmux.wait_for(&["Throughput", "Failed 1 in", "p50", "p95", "fail%", "100%"]);
+    let panics_row = screen
+        .lines()
+        .find(|l| l.trim_start().starts_with("panics") && l.contains('%'));
+    assert!(
+        panics_row.is_some_and(|l| l.contains("100%")),
+        "the panics row of Tasks by name: {panics_row:?}\n{screen}"
+    );
     // A process task's prints are its log, on the screen, not scribbled over it.
     assert!(screen.contains("stdout line 2"), "{screen}");
 
@@ -119,7 +129,7 @@ fn the_dashboard_shows_tasks_and_quits_cleanly_on_q() {
     )
     .expect("schedule");
     fx::add::delay_with(&client, &later, 2, 2).expect("delay");
-    tmux.wait_for(&["Schedules 1", "every 2h 0m", "waiting to start", "in 59m"]);
+    tmux.wait_for(&["Schedules 1", "every 2h 0m", "Waiting to start", "in 59m"]);
 
     // `?` opens the key help; Esc closes it.
     tmux.run(&["send-keys", "-t", "castor", "?"]);

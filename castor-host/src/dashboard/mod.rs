@@ -17,8 +17,11 @@
 //! a panic and on SIGTERM.
 
 pub mod input;
+pub mod layout;
+pub mod panels;
 pub mod state;
 pub mod view;
+pub mod widgets;
 
 #[cfg(test)]
 mod view_tests;
@@ -34,7 +37,9 @@ use anyhow::Context;
 use castor_abi::{TaskMode, Uuid};
 use castor_store::TaskState;
 use castor_store::format::format_duration;
-use castor_store::{CancelOutcome, Database, OpenOptions, RetryOutcome, Store, now_us};
+use castor_store::{Database, OpenOptions, Store, now_us};
+
+use crate::commands::Verdict;
 use crossbeam_channel::{Receiver, Sender};
 use ratatui::Terminal;
 use ratatui::backend::CrosstermBackend;
@@ -219,19 +224,10 @@ fn carry_out(
                     Some("stopping: waiting for running tasks; q again stops now".into());
             }
         }
-        Command::Retry { id } => {
-            let now = now_us();
-            match store.write(|tx| tx.retry(id, now)) {
-                Ok(Some(RetryOutcome::Retried)) => {
-                    state.flash(Level::Info, format!("retrying {id}: available again"));
-                }
-                Ok(Some(RetryOutcome::NotRetryable(s))) => {
-                    state.flash(Level::Warn, format!("{id} is {s}: nothing to retry"));
-                }
-                Ok(None) => state.flash(Level::Warn, format!("no task {id}")),
-                Err(e) => state.flash(Level::Error, format!("retry failed: {e}")),
-            }
-        }
+        Command::Retry { id } => match crate::commands::retry_task(store, id) {
+            Ok(acted) => say(state, acted.verdict),
+            Err(e) => state.flash(Level::Error, format!("retry failed: {e}")),
+        },
         Command::PauseSchedule { id } | Command::ResumeSchedule { id } => {
             let paused = matches!(command, Command::PauseSchedule { .. });
             let done = if paused { "paused" } else { "resumed" };
@@ -250,22 +246,18 @@ fn carry_out(
             }
             *refresh_now = true;
         }
-        Command::Cancel { id } => {
-            let now = now_us();
-            match store.write(|tx| tx.cancel(id, now)) {
-                Ok(Some(CancelOutcome::Cancelled)) => {
-                    state.flash(Level::Info, format!("cancelled {id}"));
-                }
-                Ok(Some(CancelOutcome::Requested)) => {
-                    state.flash(Level::Info, format!("cancel requested for {id}"));
-                }
-                Ok(Some(CancelOutcome::AlreadyFinished(s))) => {
-                    state.flash(Level::Warn, format!("{id} already {s}"));
-                }
-                Ok(None) => state.flash(Level::Warn, format!("no task {id}")),
-                Err(e) => state.flash(Level::Error, format!("cancel failed: {e}")),
-            }
-        }
+        Command::Cancel { id } => match crate::commands::cancel_task(store, id) {
+            Ok(acted) => say(state, acted.verdict),
+            Err(e) => state.flash(Level::Error, format!("cancel failed: {e}")),
+        },
+    }
+}
+
+/// Shows what `castor retry`/`castor cancel` would have printed, in the footer.
+fn say(state: &mut DashboardState, verdict: Verdict) {
+    match verdict {
+        Verdict::Done(text) => state.flash(Level::Info, text),
+        Verdict::Refused(text) => state.flash(Level::Warn, text),
     }
 }
 
@@ -354,6 +346,10 @@ impl Refresher {
                         .collect(),
                 );
                 changed = true;
+            }
+            if let Ok(oldest) = self.store.oldest_available(&self.manager) {
+                let age = |at: i64| Duration::from_micros(u64::try_from(now_us - at).unwrap_or(0));
+                state.set_oldest_available(oldest.map(age));
             }
             if let Ok(waiting) = self.store.waiting(&self.manager, state::SCHEDULED_CAPACITY) {
                 state.set_scheduled(

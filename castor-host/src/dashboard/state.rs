@@ -2,15 +2,15 @@
 //!
 //! The worker owns a [`DashboardState`] and feeds it what happens (`task_started`,
 //! `task_progress`, `task_finished`, `log`), what it reads from the database now and
-//! then (`set_counts`, `set_workers`, `set_schedules`, `set_scheduled`, `set_pool_busy`)
-//! and the passing of time (`advance`). Keys arrive as [`Action`]s (see `input`) and
+//! then (`set_counts`, `set_workers`, `set_schedules`, `set_scheduled`,
+//! `set_oldest_available`, `set_pool_busy`) and the passing of time (`advance`). Keys arrive as [`Action`]s (see `input`) and
 //! [`DashboardState::apply`] turns them into UI changes, or into a [`Command`] the worker
 //! carries out. Nothing here reads a clock, the terminal or the database, so each method
 //! is a plain function of its inputs (tested below) and the view can be snapshot-tested
 //! over hand-built values.
 //!
 //! Everything that grows is bounded: [`RECENT_CAPACITY`] finished attempts,
-//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput samples,
+//! [`LOG_CAPACITY`] log lines, [`THROUGHPUT_SECONDS`] throughput and failure samples,
 //! [`STATS_SAMPLE`] durations per task name and [`SCHEDULED_CAPACITY`] waiting tasks. Text
 //! from tasks (log lines, errors, names) is cleaned of terminal escapes and control
 //! characters on the way in: a plugin that prints colour codes must not be able to
@@ -23,6 +23,7 @@ use castor_abi::{TaskMode, Uuid};
 use castor_store::{LogLevel, TaskState};
 
 use super::input::Action;
+use super::panels::panel;
 
 /// How many finished attempts the recent list keeps.
 pub const RECENT_CAPACITY: usize = 200;
@@ -30,7 +31,7 @@ pub const RECENT_CAPACITY: usize = 200;
 pub const LOG_CAPACITY: usize = 2000;
 /// How many one-second throughput samples the sparkline keeps.
 pub const THROUGHPUT_SECONDS: usize = 120;
-/// How many of the latest durations per task name the mean and p95 are computed over.
+/// How many of the latest durations per task name the mean, p50 and p95 are computed over.
 pub const STATS_SAMPLE: usize = 1000;
 /// The current rate is the mean of this many latest one-second samples.
 pub const RATE_SECONDS: usize = 5;
@@ -141,6 +142,8 @@ pub struct TaskStats {
     pub failures: u64,
     /// Mean duration over the latest [`STATS_SAMPLE`] attempts.
     pub mean: Duration,
+    /// Median duration over the same sample (nearest rank).
+    pub p50: Duration,
     /// 95th-percentile duration over the same sample (nearest rank).
     pub p95: Duration,
 }
@@ -300,10 +303,12 @@ pub enum Pane {
     Schedules,
     /// The log.
     Logs,
+    /// Tasks waiting for their start time: shown, never focused (nothing acts on them).
+    Waiting,
 }
 
 impl Pane {
-    /// Every pane, in Tab order.
+    /// Every pane that takes the focus, in Tab order.
     pub const ALL: [Pane; 6] = [
         Pane::Running,
         Pane::Recent,
@@ -332,6 +337,7 @@ impl Pane {
             Pane::Workers => "Workers",
             Pane::Schedules => "Schedules",
             Pane::Logs => "Log",
+            Pane::Waiting => "Waiting to start",
         }
     }
 
@@ -343,6 +349,8 @@ impl Pane {
             Pane::Workers => 3,
             Pane::Schedules => 4,
             Pane::Logs => 5,
+            // Not in Tab order: Tab from it goes on from Schedules, which shows it.
+            Pane::Waiting => 4,
         }
     }
 }
@@ -436,6 +444,13 @@ pub struct DashboardState {
     pub counts: [(TaskState, u64); TaskState::ALL.len()],
     /// Tasks this worker completed in each of the last seconds, oldest first.
     pub throughput: VecDeque<u64>,
+    /// Attempts of this worker that failed (retryable or discarded) in each of the same
+    /// seconds, oldest first: the failure sparkline.
+    pub failures: VecDeque<u64>,
+    /// How long the oldest `available` task of this manager has waited to be claimed, as
+    /// last read (aged by [`DashboardState::advance`] between reads); `None` when no task
+    /// is available.
+    pub oldest_available: Option<Duration>,
     /// Completed per second now: the mean of the last [`RATE_SECONDS`] samples.
     pub rate: f64,
     /// Attempts running on this worker, oldest start first.
@@ -463,11 +478,12 @@ pub struct DashboardState {
     /// Set while a graceful stop is under way: what the footer says about it.
     pub stopping: Option<String>,
     completed_this_second: u64,
+    failed_this_second: u64,
     since_sample: Duration,
     /// The schedule a first `x` asked to remove, while its "press x again" flash shows.
-    pending_removal: Option<i64>,
+    pub(super) pending_removal: Option<i64>,
     /// The running task a `c` asked to cancel, while its "y/n" flash shows.
-    pending_cancel: Option<Uuid>,
+    pub(super) pending_cancel: Option<Uuid>,
 }
 
 impl DashboardState {
@@ -477,6 +493,8 @@ impl DashboardState {
             header,
             counts: TaskState::ALL.map(|s| (s, 0)),
             throughput: VecDeque::with_capacity(THROUGHPUT_SECONDS),
+            failures: VecDeque::with_capacity(THROUGHPUT_SECONDS),
+            oldest_available: None,
             rate: 0.0,
             running: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_CAPACITY),
@@ -491,6 +509,7 @@ impl DashboardState {
             flash: None,
             stopping: None,
             completed_this_second: 0,
+            failed_this_second: 0,
             since_sample: Duration::ZERO,
             pending_removal: None,
             pending_cancel: None,
@@ -573,6 +592,9 @@ impl DashboardState {
             .record(&task.task, task.duration, counts_as_failure(task.state));
         if task.state == TaskState::Completed {
             self.completed_this_second += 1;
+        }
+        if counts_as_failure(task.state) {
+            self.failed_this_second += 1;
         }
         task.error = task.error.as_deref().map(clean);
         self.recent.push_front(task);
@@ -670,6 +692,12 @@ impl DashboardState {
         self.scheduled = tasks;
     }
 
+    /// How long the oldest available task has waited (`None`: none is available), as just
+    /// read.
+    pub fn set_oldest_available(&mut self, age: Option<Duration>) {
+        self.oldest_available = age;
+    }
+
     /// How many thread and process slots are busy now.
     pub fn set_pool_busy(&mut self, threads_busy: usize, processes_busy: usize) {
         self.header.threads_busy = threads_busy;
@@ -712,6 +740,9 @@ impl DashboardState {
         for task in &mut self.scheduled {
             task.runs_in = task.runs_in.saturating_sub(dt);
         }
+        if let Some(age) = &mut self.oldest_available {
+            *age = age.saturating_add(dt);
+        }
         if let Some(flash) = &mut self.flash {
             flash.remaining = flash.remaining.saturating_sub(dt);
             if flash.remaining.is_zero() {
@@ -728,7 +759,8 @@ impl DashboardState {
         while self.since_sample >= second && samples < THROUGHPUT_SECONDS {
             self.since_sample -= second;
             let completed = std::mem::take(&mut self.completed_this_second);
-            self.push_throughput(completed);
+            let failed = std::mem::take(&mut self.failed_this_second);
+            self.push_throughput(completed, failed);
             samples += 1;
         }
         if samples == THROUGHPUT_SECONDS {
@@ -768,10 +800,18 @@ impl DashboardState {
             Action::PageDown => self.move_selection(Move::Forward(PAGE)),
             Action::Top => self.move_selection(Move::First),
             Action::Bottom => self.move_selection(Move::Last),
-            Action::RetrySelected => return self.retry_selected(),
-            Action::CancelSelected => return self.cancel_selected(),
-            Action::TogglePauseSelected => return self.toggle_pause_selected(),
-            Action::RemoveSelected => return self.remove_selected(),
+            Action::RetrySelected
+            | Action::CancelSelected
+            | Action::TogglePauseSelected
+            | Action::RemoveSelected => {
+                return match panel(self.focus).handle(self, action) {
+                    Some(command) => command,
+                    None => {
+                        self.flash(Level::Warn, where_it_works(action));
+                        None
+                    }
+                };
+            }
             Action::Confirm => return self.confirm_cancel(),
             Action::Decline => {
                 if self.pending_cancel.take().is_some() {
@@ -810,6 +850,7 @@ impl DashboardState {
             Pane::Workers => s.workers,
             Pane::Schedules => s.schedules,
             Pane::Logs => s.log_back,
+            Pane::Waiting => 0,
         }
     }
 
@@ -843,13 +884,18 @@ impl DashboardState {
             Pane::Workers => self.workers.len(),
             Pane::Schedules => self.schedules.len(),
             Pane::Logs => self.logs.len(),
+            Pane::Waiting => self.scheduled.len(),
         }
     }
 
-    fn push_throughput(&mut self, completed: u64) {
+    fn push_throughput(&mut self, completed: u64, failed: u64) {
         self.throughput.push_back(completed);
+        self.failures.push_back(failed);
         while self.throughput.len() > THROUGHPUT_SECONDS {
             self.throughput.pop_front();
+        }
+        while self.failures.len() > THROUGHPUT_SECONDS {
+            self.failures.pop_front();
         }
         let latest = self.throughput.iter().rev().take(RATE_SECONDS);
         let n = latest.len().max(1);
@@ -867,6 +913,7 @@ impl DashboardState {
             Pane::Workers => (&mut self.selection.workers, step),
             Pane::Schedules => (&mut self.selection.schedules, step),
             Pane::Logs => (&mut self.selection.log_back, step.reversed()),
+            Pane::Waiting => return,
         };
         *slot = match step {
             Move::Back(n) => slot.saturating_sub(n),
@@ -894,141 +941,22 @@ impl DashboardState {
         s.schedules = s.schedules.min(self.schedules.len().saturating_sub(1));
         s.log_back = s.log_back.min(self.logs.len().saturating_sub(1));
     }
+}
 
-    fn retry_selected(&mut self) -> Option<Command> {
-        let Some(task) = self
-            .selected_recent()
-            .filter(|_| self.focus == Pane::Recent)
-        else {
-            self.flash(
-                Level::Warn,
-                "r retries a discarded or cancelled task: select one in Recent",
-            );
-            return None;
-        };
-        let name = format!("{} {}", task.task, short_task_id(task.id));
-        if matches!(task.state, TaskState::Discarded | TaskState::Cancelled) {
-            let id = task.id;
-            self.flash(Level::Info, format!("retry requested for {name}"));
-            Some(Command::Retry { id })
-        } else {
-            let state = task.state;
-            self.flash(
-                Level::Warn,
-                format!("{name} is {state}: only discarded or cancelled tasks can be retried"),
-            );
-            None
+/// What the footer says when a selection key is pressed on a panel it does not act in.
+fn where_it_works(action: Action) -> &'static str {
+    match action {
+        Action::RetrySelected => "r retries a discarded or cancelled task: select one in Recent",
+        Action::CancelSelected => {
+            "c cancels a task: select one in Running (or a retryable one in Recent)"
         }
-    }
-
-    fn cancel_selected(&mut self) -> Option<Command> {
-        if self.focus == Pane::Running
-            && let Some(task) = self.selected_running()
-        {
-            let (id, name) = (task.id, format!("{} {}", task.task, short_task_id(task.id)));
-            let what = match task.phase {
-                Phase::Running => "running",
-                Phase::Waiting => "claimed and waiting for a slot",
-            };
-            self.flash(Level::Warn, format!("cancel {name} ({what})? y/n"));
-            self.pending_cancel = Some(id);
-            return None;
-        }
-        let target = match self.focus {
-            Pane::Recent => self
-                .selected_recent()
-                .map(|t| (t.id, t.task.clone(), t.state)),
-            _ => None,
-        };
-        match target {
-            Some((id, task, TaskState::Retryable)) => {
-                self.flash(
-                    Level::Info,
-                    format!("cancel requested for {task} {}", short_task_id(id)),
-                );
-                Some(Command::Cancel { id })
-            }
-            Some((id, task, state)) => {
-                let message = format!(
-                    "{task} {} is {state}: only running or retryable tasks can be cancelled",
-                    short_task_id(id)
-                );
-                self.flash(Level::Warn, message);
-                None
-            }
-            None => {
-                self.flash(
-                    Level::Warn,
-                    "c cancels a task: select one in Running (or a retryable one in Recent)",
-                );
-                None
-            }
-        }
-    }
-
-    /// `y` after a `c` on a running task: cancels the task the prompt named, if the prompt
-    /// is still showing.
-    fn confirm_cancel(&mut self) -> Option<Command> {
-        let id = self.pending_cancel.take()?;
-        let name = match self.running.iter().find(|t| t.id == id) {
-            Some(t) => format!("{} {}", t.task, short_task_id(t.id)),
-            None => short_task_id(id),
-        };
-        self.flash(Level::Info, format!("cancel requested for {name}"));
-        Some(Command::Cancel { id })
-    }
-
-    /// The selected schedule's id and how flash messages name it, if the Schedules pane
-    /// has the focus and a schedule is selected; otherwise flashes `why` and gives `None`.
-    fn focused_schedule(&mut self, why: &str) -> Option<(i64, String)> {
-        let target = self
-            .selected_schedule()
-            .filter(|_| self.focus == Pane::Schedules)
-            .map(|s| (s.id, schedule_label(s)));
-        if target.is_none() {
-            self.flash(Level::Warn, why);
-        }
-        target
-    }
-
-    fn toggle_pause_selected(&mut self) -> Option<Command> {
-        let (id, label) =
-            self.focused_schedule("p pauses or resumes a schedule: select one in Schedules")?;
-        let (paused, finished) = self
-            .selected_schedule()
-            .map_or((false, false), |s| (s.paused, s.next_run_in.is_none()));
-        if paused {
-            self.flash(Level::Info, format!("resume requested for {label}"));
-            Some(Command::ResumeSchedule { id })
-        } else if finished {
-            self.flash(
-                Level::Warn,
-                format!("{label} is finished: nothing to pause (x removes it)"),
-            );
-            None
-        } else {
-            self.flash(Level::Info, format!("pause requested for {label}"));
-            Some(Command::PauseSchedule { id })
-        }
-    }
-
-    fn remove_selected(&mut self) -> Option<Command> {
-        // Taken first: whatever this press does, it answers the pending removal.
-        let pending = self.pending_removal.take().filter(|_| self.flash.is_some());
-        let (id, label) = self.focused_schedule("x removes a schedule: select one in Schedules")?;
-        if pending == Some(id) {
-            self.flash(Level::Info, format!("removal requested for {label}"));
-            Some(Command::RemoveSchedule { id })
-        } else {
-            self.flash(Level::Warn, format!("press x again to remove {label}"));
-            self.pending_removal = Some(id);
-            None
-        }
+        Action::TogglePauseSelected => "p pauses or resumes a schedule: select one in Schedules",
+        _ => "x removes a schedule: select one in Schedules",
     }
 }
 
 /// How the recent list's selection names an attempt.
-fn key_of(task: &FinishedTask) -> AttemptKey {
+pub(crate) fn key_of(task: &FinishedTask) -> AttemptKey {
     AttemptKey {
         id: task.id,
         attempt: task.attempt,
@@ -1037,7 +965,7 @@ fn key_of(task: &FinishedTask) -> AttemptKey {
 
 /// How flash messages name a schedule: `schedule 3 (send_digest)`, with the periodic
 /// task's name if it has one, else the task's.
-fn schedule_label(s: &ScheduleRow) -> String {
+pub(crate) fn schedule_label(s: &ScheduleRow) -> String {
     format!(
         "schedule {} ({})",
         s.id,
@@ -1159,20 +1087,20 @@ impl TaskSamples {
             .ok()
             .filter(|&n| n > 0)
             .map_or(Duration::ZERO, |n| self.sum / n);
-        let p95 = if n == 0 {
-            Duration::ZERO
-        } else {
-            // Nearest rank: the smallest value with at least 95% of the sample at or below it.
-            let rank = (n * 95).div_ceil(100).max(1);
-            let mut sorted: Vec<Duration> = self.latest.iter().copied().collect();
-            let (_, p95, _) = sorted.select_nth_unstable(rank - 1);
-            *p95
+        let mut sorted: Vec<Duration> = self.latest.iter().copied().collect();
+        sorted.sort_unstable();
+        // Nearest rank: the smallest value with at least p% of the sample at or below it.
+        let percentile = |p: usize| -> Duration {
+            let rank = (n * p).div_ceil(100).max(1);
+            sorted.get(rank - 1).copied().unwrap_or_default()
         };
+        let (p50, p95) = (percentile(50), percentile(95));
         TaskStats {
             task: task.to_owned(),
             count: self.count,
             failures: self.failures,
             mean,
+            p50,
             p95,
         }
     }
@@ -1730,8 +1658,10 @@ mod tests {
         assert!(s.throughput.is_empty());
         s.advance(Duration::from_millis(600));
         assert_eq!(s.throughput, [6]);
+        assert_eq!(s.failures, [1]);
         s.advance(Duration::from_millis(1900));
         assert_eq!(s.throughput, [6, 0, 0]);
+        assert_eq!(s.failures, [1, 0, 0]);
         assert!((s.rate - 2.0).abs() < 1e-9, "{}", s.rate);
         s.advance(Duration::from_secs(10_000));
         assert_eq!(s.throughput.len(), THROUGHPUT_SECONDS);
@@ -1750,6 +1680,7 @@ mod tests {
         let a = &acc.rows()[0];
         assert_eq!((a.task.as_str(), a.count, a.failures), ("a", 100, 10));
         assert_eq!(a.mean, Duration::from_micros(50_500));
+        assert_eq!(a.p50, Duration::from_millis(50));
         assert_eq!(a.p95, Duration::from_millis(95));
         let b = &acc.rows()[1];
         assert_eq!(

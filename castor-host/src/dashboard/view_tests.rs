@@ -199,7 +199,11 @@ fn busy() -> DashboardState {
     s.throughput = (0..120u64)
         .map(|i| (i * 2).min(90) + i * 7919 % 23)
         .collect();
+    s.failures = (0..120u64)
+        .map(|i| u64::from(i % 17 == 3) * (i % 3 + 1))
+        .collect();
     s.rate = 64.2;
+    s.oldest_available = Some(Duration::from_millis(12_400));
     log(
         &mut s,
         "14:19:12",
@@ -598,8 +602,43 @@ fn waiting_tasks_show_without_schedules() {
     let Some(top) = lines.iter().position(|l| l.contains("Schedules 0")) else {
         panic!("no Schedules pane: {screen}");
     };
-    assert!(lines[top].contains("waiting to start 2"), "{screen}");
+    assert!(lines[top].contains("Waiting to start 2"), "{screen}");
     assert!(lines[top + 1].contains("no schedules"), "{screen}");
     assert!(lines[top + 2].contains("resize_image"), "{screen}");
     assert!(lines[top + 3].contains("in 4.2s"), "{screen}");
+}
+
+#[test]
+fn wide_180x45_puts_the_panels_in_two_columns() {
+    check("wide_180x45", &scheduling(), 180, 45);
+}
+
+/// Each panel alone, focused, over a 90x12 area: what the panel draws, whatever the
+/// layout gives it.
+#[test]
+fn each_panel_alone_90x12() {
+    let panes = [
+        (Pane::Running, "running"),
+        (Pane::Recent, "recent"),
+        (Pane::Stats, "stats"),
+        (Pane::Workers, "workers"),
+        (Pane::Schedules, "schedules"),
+        (Pane::Waiting, "waiting"),
+        (Pane::Logs, "logs"),
+    ];
+    let mut s = scheduling();
+    for (pane, name) in panes {
+        s.focus = pane;
+        let mut terminal =
+            Terminal::new(TestBackend::new(90, 12)).expect("a TestBackend cannot fail");
+        terminal
+            .draw(|frame| {
+                let area = frame.area();
+                super::panels::panel(pane).render(&s, area, frame.buffer_mut(), true);
+            })
+            .expect("a TestBackend cannot fail");
+        let mut settings = insta::Settings::clone_current();
+        settings.set_prepend_module_to_snapshot(false);
+        settings.bind(|| insta::assert_snapshot!(format!("panel_{name}"), terminal.backend()));
+    }
 }
