@@ -120,6 +120,14 @@ pub trait Driver: Send {
     /// The database cannot be read.
     fn unfinished(&self, manager: &str) -> Result<u64, StoreError>;
 
+    /// When the longest-waiting `available` task of `manager` became available (its due
+    /// time, microseconds since the epoch); `None` when none is available. Reads the
+    /// available rows only (the claim index): a metric's backlog age.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn oldest_available(&self, manager: &str) -> Result<Option<i64>, StoreError>;
+
     /// Tasks matching `filter`, newest first.
     ///
     /// # Errors

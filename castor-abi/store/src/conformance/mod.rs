@@ -12,7 +12,7 @@
 //! - `schedules`: missed ticks, one run per tick with two workers ticking at once,
 //!   periodic declarations (kept or restarted), pausing, limits and removal;
 //! - `records`: retention (`prune`), logs, progress, multi-MiB payloads, and the reads
-//!   (`stage_due`, `next_due`, `unfinished`, `waiting`, `list`, `counts`,
+//!   (`stage_due`, `next_due`, `unfinished`, `waiting`, `oldest_available`, `list`, `counts`,
 //!   `completed_since`, `state_of`, `change_counter`).
 //!
 //! **The contract.** A driver instantiates the suite in its tests with
@@ -94,6 +94,7 @@ macro_rules! conformance_tests {
             large_payloads_round_trip_byte_for_byte,
             stage_due_moves_due_tasks_of_its_manager_only,
             next_due_unfinished_and_waiting_read_the_waiting_tasks,
+            oldest_available_reads_the_available_tasks_only,
             list_counts_and_completed_since_read_every_task,
             state_of_and_the_change_counter,
         );

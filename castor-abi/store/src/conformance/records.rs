@@ -531,6 +531,40 @@ pub fn next_due_unfinished_and_waiting_read_the_waiting_tasks(db: &dyn TestDatab
     assert_eq!(store.unfinished("other").expect("count"), 1);
 }
 
+/// `oldest_available` is the earliest due time among a manager's `available` tasks: not
+/// running, waiting or other managers' tasks; `None` once none is available.
+pub fn oldest_available_reads_the_available_tasks_only(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    assert_eq!(store.oldest_available(MANAGER).expect("oldest"), None);
+    enqueue(&mut store, &new_task("a", b"x"), T0 + 5 * SECOND);
+    enqueue(&mut store, &new_task("b", b"x"), T0 + 2 * SECOND);
+    // Older, but running, waiting or another manager's.
+    add(&mut store, "c");
+    claim_one(&mut store, "c");
+    let delayed = NewTask {
+        run_at_us: Some(T0 + SECOND),
+        ..new_task("d", b"x")
+    };
+    enqueue(&mut store, &delayed, T0);
+    let other = NewTask {
+        manager: "other",
+        ..new_task("a", b"x")
+    };
+    enqueue(&mut store, &other, T0);
+    assert_eq!(
+        store.oldest_available(MANAGER).expect("oldest"),
+        Some(T0 + 2 * SECOND)
+    );
+    assert_eq!(store.oldest_available("other").expect("oldest"), Some(T0));
+    claim_one(&mut store, "b");
+    assert_eq!(
+        store.oldest_available(MANAGER).expect("oldest"),
+        Some(T0 + 5 * SECOND)
+    );
+    claim_one(&mut store, "a");
+    assert_eq!(store.oldest_available(MANAGER).expect("oldest"), None);
+}
+
 /// `list` filters by state, name and manager, newest first, with the last error;
 /// `counts` groups every task by manager, name and state; `completed_since` counts the
 /// tasks completed from a time on.

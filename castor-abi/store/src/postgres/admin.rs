@@ -73,6 +73,21 @@ impl PostgresDriver {
         })
     }
 
+    /// When the longest-waiting available task of `manager` became available.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn oldest_available(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        self.read("read the oldest available task", |conn| {
+            conn.query_one(
+                "SELECT min(scheduled_at) FROM castor_tasks \
+                 WHERE state = 'available' AND manager = $1",
+                &[&manager],
+            )?
+            .try_get::<_, Option<i64>>(0)
+        })
+    }
+
     /// How many tasks completed since `since` (microseconds since the epoch).
     ///
     /// # Errors

@@ -826,6 +826,10 @@ impl Driver for PostgresDriver {
         PostgresDriver::counts(self)
     }
 
+    fn oldest_available(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        PostgresDriver::oldest_available(self, manager)
+    }
+
     fn completed_since(&self, since: i64) -> Result<u64, StoreError> {
         PostgresDriver::completed_since(self, since)
     }

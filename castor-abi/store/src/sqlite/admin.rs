@@ -85,6 +85,20 @@ impl SqliteDriver {
             .map_err(|e| self.error("count tasks", e))
     }
 
+    /// When the longest-waiting available task of `manager` became available.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn oldest_available(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT min(scheduled_at) FROM castor_tasks \
+                 WHERE state = 'available' AND manager = ?1",
+            )
+            .and_then(|mut stmt| stmt.query_row([manager], |row| row.get::<_, Option<i64>>(0)))
+            .map_err(|e| self.error("read the oldest available task", e))
+    }
+
     /// How many tasks completed since `since` (microseconds since the epoch).
     ///
     /// # Errors

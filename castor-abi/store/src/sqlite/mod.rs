@@ -919,6 +919,10 @@ impl Driver for SqliteDriver {
         SqliteDriver::counts(self)
     }
 
+    fn oldest_available(&self, manager: &str) -> Result<Option<i64>, StoreError> {
+        SqliteDriver::oldest_available(self, manager)
+    }
+
     fn completed_since(&self, since: i64) -> Result<u64, StoreError> {
         SqliteDriver::completed_since(self, since)
     }
