@@ -10,6 +10,7 @@ mod commands;
 mod dashboard;
 mod host;
 mod logging;
+mod metrics;
 mod migrate;
 mod plugin;
 mod protocol;
@@ -100,6 +101,9 @@ fn run_logged(
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or(cores, usize::from);
     let processes = args.processes.map_or(cores, usize::from);
+    // Bound before anything runs: an address in use is an error at start.
+    let metrics = args.metrics.map(metrics::Endpoint::bind).transpose()?;
+    let metrics_addr = metrics.as_ref().and_then(metrics::Endpoint::local_addr);
     let tasks = plugin::describe_tasks(&manager.tasks);
     let manager_name = manager.name.to_string();
     let worker = Worker::new(WorkerConfig {
@@ -118,6 +122,7 @@ fn run_logged(
         retention: args.retention,
         attach,
         log_filter: logging.task_filter().to_owned(),
+        metrics,
     })?;
     let check = worker.start_check();
     let database_line = if check.whole {
@@ -145,6 +150,13 @@ fn run_logged(
         env!("CARGO_PKG_VERSION"),
         worker.id()
     );
+    if let Some(addr) = metrics_addr {
+        tracing::info!(
+            target: logging::BANNER,
+            metrics = %addr,
+            "metrics on http://{addr}/metrics"
+        );
+    }
     // Handlers first: "Ctrl+C to stop" is a promise.
     let controller = worker.controller();
     forward_signals(controller.clone())?;
