@@ -115,8 +115,7 @@ pub struct WorkerArgs {
     pub log_format: LogFormat,
 
     /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, e.g.
-    /// 127.0.0.1:9464 (port 9464 is the Prometheus exporters' default for such a worker;
-    /// use 0.0.0.0:9464 to be scraped from other hosts).
+    /// 127.0.0.1:9464 (0.0.0.0:9464 to be scraped from other hosts).
     #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
     pub metrics: Option<std::net::SocketAddr>,
 }

@@ -119,15 +119,24 @@ fn check_known_work(s: &HashMap<String, f64>, worker_id: &str) {
     assert_eq!(value(s, "castor_tasks_claimed_total{task=\"fail\"}"), 1.0);
     assert_eq!(value(s, "castor_tasks_completed_total{task=\"fail\"}"), 0.0);
     assert_eq!(
-        value(s, "castor_attempts_failed_total{task=\"fail\",outcome=\"error\"}"),
+        value(
+            s,
+            "castor_attempts_failed_total{task=\"fail\",outcome=\"error\"}"
+        ),
         1.0
     );
     assert_eq!(
-        value(s, "castor_attempts_failed_total{task=\"panics\",outcome=\"panic\"}"),
+        value(
+            s,
+            "castor_attempts_failed_total{task=\"panics\",outcome=\"panic\"}"
+        ),
         1.0
     );
     assert_eq!(
-        value(s, "castor_attempts_failed_total{task=\"add\",outcome=\"error\"}"),
+        value(
+            s,
+            "castor_attempts_failed_total{task=\"add\",outcome=\"error\"}"
+        ),
         0.0
     );
     assert_eq!(value(s, "castor_tasks_cancelled_total{task=\"add\"}"), 0.0);
@@ -150,7 +159,10 @@ fn check_known_work(s: &HashMap<String, f64>, worker_id: &str) {
         value(s, "castor_attempt_duration_seconds_count{task=\"panics\"}"),
         1.0
     );
-    assert_eq!(value(s, "castor_attempt_wait_seconds_count{task=\"add\"}"), 5.0);
+    assert_eq!(
+        value(s, "castor_attempt_wait_seconds_count{task=\"add\"}"),
+        5.0
+    );
     assert_eq!(
         value(s, "castor_attempt_wait_seconds_count{task=\"sleep_ms\"}"),
         0.0
@@ -170,7 +182,10 @@ fn check_known_work(s: &HashMap<String, f64>, worker_id: &str) {
         value(s, "castor_tasks{task=\"panics\",state=\"discarded\"}"),
         1.0
     );
-    assert_eq!(value(s, "castor_tasks{task=\"add\",state=\"running\"}"), 0.0);
+    assert_eq!(
+        value(s, "castor_tasks{task=\"add\",state=\"running\"}"),
+        0.0
+    );
     assert_eq!(
         value(s, &format!("castor_worker_up{{worker_id=\"{worker_id}\"}}")),
         1.0
@@ -194,11 +209,7 @@ fn worker_id(worker: &Worker) -> String {
         .split("worker ")
         .nth(1)
         .expect("the start-up line names the worker");
-    after
-        .split_whitespace()
-        .next()
-        .expect("an id")
-        .to_owned()
+    after.split_whitespace().next().expect("an id").to_owned()
 }
 
 #[test]
@@ -208,7 +219,14 @@ fn a_scrape_after_known_work_shows_its_counts() {
     let worker = Worker::start(
         &dir,
         &tasks_target("manager"),
-        &["--threads", "2", "--processes", "1", "--metrics", "127.0.0.1:0"],
+        &[
+            "--threads",
+            "2",
+            "--processes",
+            "1",
+            "--metrics",
+            "127.0.0.1:0",
+        ],
     );
     let addr = metrics_addr(&worker);
     let id = worker_id(&worker);
@@ -249,7 +267,10 @@ fn a_scrape_after_known_work_shows_its_counts() {
         1.0
     );
     let age = value(&s, "castor_oldest_available_age_seconds");
-    assert!((60.0..60.0 + PATIENCE.as_secs_f64()).contains(&age), "{age}");
+    assert!(
+        (60.0..60.0 + PATIENCE.as_secs_f64()).contains(&age),
+        "{age}"
+    );
     assert_eq!(value(&s, "castor_pool_slots{pool=\"thread\"}"), 2.0);
     assert_eq!(value(&s, "castor_pool_slots{pool=\"process\"}"), 1.0);
 

@@ -249,9 +249,7 @@ impl Reporter for PlainReporter {
         let line = match event {
             // Starts and progress are shown live by the dashboard; logs are kept with the
             // task (`castor show`) and printed at debug.
-            WorkerEvent::Started { .. }
-            | WorkerEvent::Progress { .. }
-            | WorkerEvent::Committed => {
+            WorkerEvent::Started { .. } | WorkerEvent::Progress { .. } | WorkerEvent::Committed => {
                 return;
             }
             WorkerEvent::TaskLog {
