@@ -121,6 +121,21 @@ pub struct WorkerArgs {
     /// duration_ms, outcome, ..). Filter them with RUST_LOG (default info).
     #[arg(long, value_name = "FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Serve Prometheus metrics (OpenMetrics text) on http://ADDR/metrics, e.g.
+    /// 127.0.0.1:9464 (0.0.0.0:9464 to be scraped from other hosts).
+    #[arg(long, value_name = "ADDR", value_parser = parse_listen_address)]
+    pub metrics: Option<std::net::SocketAddr>,
+}
+
+/// `127.0.0.1:9464`, `[::1]:9464` or `localhost:9464`: an address to listen on.
+fn parse_listen_address(s: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let expected = "expected HOST:PORT, e.g. 127.0.0.1:9464";
+    s.to_socket_addrs()
+        .map_err(|e| format!("{e} ({expected})"))?
+        .next()
+        .ok_or_else(|| format!("`{s}` names no address ({expected})"))
 }
 
 /// Subcommands (besides running a worker).

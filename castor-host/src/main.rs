@@ -10,6 +10,7 @@ mod commands;
 mod dashboard;
 mod host;
 mod logging;
+mod metrics;
 mod migrate;
 mod plugin;
 mod protocol;
@@ -131,6 +132,9 @@ fn run_logged(
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let threads = args.threads.map_or(cores, usize::from);
     let processes = args.processes.map_or(cores, usize::from);
+    // Bound before anything runs: an address in use is an error at start.
+    let metrics = args.metrics.map(metrics::Endpoint::bind).transpose()?;
+    let metrics_addr = metrics.as_ref().and_then(metrics::Endpoint::local_addr);
     let tasks = plugin::describe_tasks(&manager.tasks);
     let checked_tasks = reload::checked_tasks(&manager);
     let manager_name = manager.name.to_string();
@@ -151,6 +155,7 @@ fn run_logged(
         retention: args.retention,
         attach,
         log_filter: logging.task_filter().to_owned(),
+        metrics,
     })?;
     let check = worker.start_check();
     let database_line = if check.whole {
@@ -184,6 +189,13 @@ fn run_logged(
             "castor: reloaded {} ({} after the old build stopped claiming)",
             shown_library.display(),
             castor_store::format::format_duration(after)
+        );
+    }
+    if let Some(addr) = metrics_addr {
+        tracing::info!(
+            target: logging::BANNER,
+            metrics = %addr,
+            "metrics on http://{addr}/metrics"
         );
     }
     // Handlers first: "Ctrl+C to stop" is a promise.

@@ -28,6 +28,8 @@ mod limits;
 mod scheduling;
 // Task logs from `tracing` and `log`; the worker's own log lines (text, JSON, RUST_LOG).
 mod logging;
+// Prometheus metrics: the real endpoint scraped after known work (SQLite, PostgreSQL).
+mod metrics;
 // Idle workers sleep: CPU per library shape, after a burst, with tasks far ahead.
 mod idle;
 // A real full disk (a tmpfs the test mounts): the worker sleeps, then recovers alone.

@@ -551,6 +551,8 @@ impl Reporter for ChannelReporter {
                     summary.completed, summary.failed, summary.abandoned
                 ),
             ))),
+            // The metrics count commits; the dashboard reads its own figures.
+            WorkerEvent::Committed => {}
         }
     }
 }

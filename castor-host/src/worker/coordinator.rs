@@ -667,6 +667,7 @@ impl Coordinator {
             cancel_requests,
             claimed,
         } = written;
+        reporter.event(WorkerEvent::Committed);
         let now = Instant::now();
         self.wal_check_at = Some(now + IDLE_CHECKPOINT_AFTER);
         let mut ended = 0;

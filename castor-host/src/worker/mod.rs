@@ -105,6 +105,8 @@ pub struct WorkerConfig {
     pub attach: AttachFn,
     /// What the library forwards to task logs (see [`crate::logging`]).
     pub log_filter: String,
+    /// Serve Prometheus metrics here (`--metrics`; see [`crate::metrics`]).
+    pub metrics: Option<crate::metrics::Endpoint>,
 }
 
 /// Messages to the coordinator.
@@ -276,6 +278,9 @@ pub enum WorkerError {
     /// The rayon pool could not start.
     #[error("cannot start the thread pool: {0}")]
     Pool(String),
+    /// The metrics endpoint's thread could not start.
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     /// The database failed before the worker ran anything.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -498,7 +503,19 @@ impl Worker {
     /// # Errors
     /// The thread pool cannot start, or the database fails in a way retrying cannot fix
     /// (it became corrupt or read-only).
-    pub fn run(self, reporter: &mut dyn Reporter) -> Result<Summary, WorkerError> {
+    pub fn run(mut self, reporter: &mut dyn Reporter) -> Result<Summary, WorkerError> {
+        let mut recorder = match self.config.metrics.take() {
+            Some(endpoint) => Some(crate::metrics::start(endpoint, self.metrics_setup())?),
+            None => None,
+        };
+        let mut tee;
+        let reporter: &mut dyn Reporter = match &mut recorder {
+            Some(recorder) => {
+                tee = crate::metrics::Tee::new(recorder, reporter);
+                &mut tee
+            }
+            None => reporter,
+        };
         let threads = rayon::ThreadPoolBuilder::new()
             .num_threads(self.config.threads)
             .thread_name(|i| format!("castor-thread-{i}"))
@@ -535,6 +552,28 @@ impl Worker {
         reporter.event(WorkerEvent::Stopped { summary: &summary });
         reporter.flush();
         Ok(summary)
+    }
+
+    /// What the metrics describe (see [`crate::metrics`]).
+    fn metrics_setup(&self) -> crate::metrics::Setup {
+        let mut tasks: Vec<(String, TaskMode)> = self
+            .tasks
+            .iter()
+            .map(|(name, info)| (name.clone(), info.mode))
+            .collect();
+        tasks.sort_by(|a, b| a.0.cmp(&b.0));
+        crate::metrics::Setup {
+            worker_id: self.id.clone(),
+            manager: self.config.manager.name.to_string(),
+            database: self.config.database.clone(),
+            tasks,
+            threads: if self.thread_claim.is_some() {
+                self.config.threads
+            } else {
+                0
+            },
+            processes: self.processes(),
+        }
     }
 
     /// Hands the worker over to its coordinator: what it needs to know ([`Context`]), its

@@ -91,6 +91,9 @@ pub enum WorkerEvent<'a> {
     },
     /// An attempt ended.
     Finished(&'a Finished<'a>),
+    /// A turn's write transaction committed (its outcomes, claims and maintenance), just
+    /// before its outcomes and claims are reported.
+    Committed,
     /// The worker's stop could not be recorded (at the end of a stop; nothing else is
     /// lost: other workers see it gone by its process or its heartbeat).
     StopNotRecorded {
@@ -271,7 +274,7 @@ impl Reporter for PlainReporter {
         let line = match event {
             // Starts and progress are shown live by the dashboard; logs are kept with the
             // task (`castor show`) and printed at debug.
-            WorkerEvent::Started { .. } | WorkerEvent::Progress { .. } => {
+            WorkerEvent::Started { .. } | WorkerEvent::Progress { .. } | WorkerEvent::Committed => {
                 return;
             }
             WorkerEvent::TaskLog {

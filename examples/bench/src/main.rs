@@ -115,6 +115,9 @@ const USAGE: &str = "usage: castor-bench [--quick] [--runs N] [--only NAME,..] [
                  always run) on a throwaway local cluster, or on CASTOR_BENCH_POSTGRES
   --json PATH    where the results go (default TARGET_DIR/castor-bench/results.json)
 
+  CASTOR_BENCH_WORKER_ARGS  words added to every worker's arguments, e.g.
+                 `--metrics 127.0.0.1:9464` to measure what serving metrics costs
+
   castor-bench fill DB N   queues N no-op tasks on DB and exits (a backlog to profile
                            a worker on by hand)";
 

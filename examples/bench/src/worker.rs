@@ -16,6 +16,17 @@ pub struct Worker {
     child: Child,
 }
 
+/// The variable whose words are added to every worker's arguments (e.g. `--metrics
+/// 127.0.0.1:9464`, to measure what serving metrics costs).
+pub const WORKER_ARGS_ENV: &str = "CASTOR_BENCH_WORKER_ARGS";
+
+/// The words of [`WORKER_ARGS_ENV`].
+fn extra_args() -> Vec<String> {
+    std::env::var(WORKER_ARGS_ENV)
+        .map(|v| v.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 impl Worker {
     /// Starts `castor LIB:bench --db DB --quiet ARGS..` and waits until it is ready (`DB`
     /// a SQLite file's path or a `postgres://` URL).
@@ -41,6 +52,7 @@ impl Worker {
             .arg(db)
             .arg("--quiet")
             .args(args)
+            .args(extra_args())
             // `--quiet` decides what it prints (and the start-up line waited for below),
             // not the shell's RUST_LOG.
             .env_remove("RUST_LOG")
