@@ -440,6 +440,7 @@ impl Backend for ClientInner {
             backoff_base_ms: ms(o.backoff_base_ms),
             backoff_cap_ms: ms(o.backoff_cap_ms),
             timeout_ms: o.timeout_ms.into_option().map(ms),
+            args_fingerprint: Some(o.args_fingerprint.as_str()).filter(|fp| !fp.is_empty()),
         };
         let now = castor_store::now_us();
         Ok(self.store().write(|tx| tx.create_schedule(&new, now))?)

@@ -15,8 +15,8 @@ use castor_abi::abi::ManagerDecl;
 use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{
-    CancelOutcome, Database, ListFilter, OpenOptions, RetryOutcome, Store, StoreError,
-    TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
+    CancelOutcome, Database, ListFilter, OpenOptions, RetryOutcome, SignatureCount, Signatures,
+    Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
 };
 use serde::Serialize;
 
@@ -125,6 +125,37 @@ pub(crate) fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// One task of `list --json`: the row, and whether it waits for a worker of its signature.
+#[derive(Serialize)]
+struct Listed<'a> {
+    #[serde(flatten)]
+    task: &'a TaskSummary,
+    /// Available with an argument fingerprint no live worker of its name runs.
+    waiting_for_signature: bool,
+}
+
+/// The signatures the live workers run (those whose heartbeat is recent).
+fn live_signatures(store: &Store, now: i64) -> Result<Signatures, StoreError> {
+    store.signatures(now - duration_us(ALIVE_WITHIN))
+}
+
+/// A task's state as `list` and `show` print it: `available (waiting for a worker of its
+/// signature 3f2a..)` when live workers run its name, none with its signature.
+fn state_shown(
+    signatures: &Signatures,
+    manager: &str,
+    task: &str,
+    state: TaskState,
+    fp: Option<&str>,
+) -> String {
+    match fp {
+        Some(fp) if signatures.waits(manager, task, state, Some(fp)) => {
+            format!("{state} (waiting for a worker of its signature {fp})")
+        }
+        _ => state.to_string(),
+    }
+}
+
 fn list(args: &ListArgs) -> anyhow::Result<()> {
     let (store, _) = open(&args.db)?;
     let tasks = store.list(&ListFilter {
@@ -133,14 +164,28 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         manager: args.manager.clone(),
         limit: args.limit,
     })?;
+    let now = now_us();
+    // One read of the live workers for the whole list, not one per row.
+    let signatures = live_signatures(&store, now)?;
     if args.db.json {
-        return print_json(&tasks);
+        let listed: Vec<Listed<'_>> = tasks
+            .iter()
+            .map(|task| Listed {
+                task,
+                waiting_for_signature: signatures.waits(
+                    &task.manager,
+                    &task.task,
+                    task.state,
+                    task.args_fingerprint.as_deref(),
+                ),
+            })
+            .collect();
+        return print_json(&listed);
     }
     if tasks.is_empty() {
         println!("no tasks");
         return Ok(());
     }
-    let now = now_us();
     let rows: Vec<Vec<String>> = tasks
         .iter()
         .map(|t: &TaskSummary| {
@@ -151,7 +196,13 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
             vec![
                 t.id.to_string(),
                 t.task.clone(),
-                t.state.to_string(),
+                state_shown(
+                    &signatures,
+                    &t.manager,
+                    &t.task,
+                    t.state,
+                    t.args_fingerprint.as_deref(),
+                ),
                 format!("{}/{}", t.attempt, t.max_attempts),
                 ago(t.created_at, now),
                 if t.state == TaskState::Scheduled || t.state == TaskState::Retryable {
@@ -273,6 +324,8 @@ struct Shown<'a> {
     finalized_at: Option<i64>,
     args_fingerprint: Option<&'a str>,
     result_fingerprint: Option<&'a str>,
+    /// Available with an argument fingerprint no live worker of its name runs.
+    waiting_for_signature: bool,
     args: Decoded,
     result: Option<Decoded>,
     errors: &'a [castor_abi::AttemptError],
@@ -365,6 +418,13 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         )
     });
     let logs = store.logs(args.id)?;
+    let signatures = live_signatures(&store, now_us())?;
+    let waiting = signatures.waits(
+        &task.manager,
+        &task.task,
+        task.state,
+        task.args_fingerprint.as_deref(),
+    );
     if args.db.json {
         return print_json(&Shown {
             id: task.id,
@@ -381,6 +441,7 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             finalized_at: task.finalized_at,
             args_fingerprint: task.args_fingerprint.as_deref(),
             result_fingerprint: task.result_fingerprint.as_deref(),
+            waiting_for_signature: waiting,
             args: decoded_args,
             result: decoded_result,
             errors: &task.errors,
@@ -403,8 +464,24 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
     println!("id         {}", task.id);
     println!(
         "state      {} (attempt {} of {})",
-        task.state, task.attempt, task.max_attempts
+        state_shown(
+            &signatures,
+            &task.manager,
+            &task.task,
+            task.state,
+            task.args_fingerprint.as_deref()
+        ),
+        task.attempt,
+        task.max_attempts
     );
+    if waiting {
+        println!(
+            "           live workers of `{}` run args fingerprint {}; a worker built from \
+             the library version it was dispatched with will run it",
+            task.task,
+            signatures.declared(&task.manager, &task.task).join(", ")
+        );
+    }
     println!("priority   {}", task.priority);
     println!(
         "signature  args {}, result {}",
@@ -601,6 +678,8 @@ struct Stats {
     workers_alive: Vec<WorkerRow>,
     /// Waiting tasks whose name no live worker of their manager runs.
     unknown: Vec<Unknown>,
+    /// Available tasks whose name live workers run, none with their argument fingerprint.
+    waiting_for_signature: Vec<SignatureCount>,
 }
 
 #[derive(Serialize)]
@@ -622,6 +701,8 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
         .into_iter()
         .filter(|w| now - w.heartbeat_at < duration_us(ALIVE_WITHIN))
         .collect();
+    let live = Signatures::of_workers(&workers);
+    let waiting_for_signature = store.waiting_for_signature(&live)?;
     let known: HashSet<(&str, &str)> = workers
         .iter()
         .flat_map(|w| {
@@ -662,6 +743,7 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
                 waiting,
             })
             .collect(),
+        waiting_for_signature,
     };
     if args.json {
         return print_json(&stats);
@@ -729,6 +811,22 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
         );
         for u in &stats.unknown {
             println!("  {} / {}: {} waiting", u.manager, u.task, u.waiting);
+        }
+    }
+    if !stats.waiting_for_signature.is_empty() {
+        println!(
+            "\navailable tasks waiting for a worker of their signature (live workers run \
+             another version of the task):"
+        );
+        for w in &stats.waiting_for_signature {
+            println!(
+                "  {} / {}: {} waiting, args fingerprint {} (live workers run {})",
+                w.manager,
+                w.task,
+                w.count,
+                w.args_fingerprint,
+                live.declared(&w.manager, &w.task).join(", ")
+            );
         }
     }
     Ok(())

@@ -196,6 +196,7 @@ fn twins_are_judged_by_heartbeat(dir: &TestDir, database: &str) {
         threads: 1,
         processes: 0,
         tasks: vec!["record".to_owned()],
+        args_fingerprints: Default::default(),
         started_at: heartbeat_at,
         heartbeat_at,
         stopped_at: None,

@@ -19,7 +19,8 @@ use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
     AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
     ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
-    StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    SignatureCount, Signatures, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary,
+    Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -165,6 +166,52 @@ pub trait Driver: Send {
     /// # Errors
     /// The database cannot be read.
     fn mismatched(&self, filter: &TaskFilter) -> Result<Vec<Mismatched>, StoreError>;
+
+    /// The available tasks dispatched with a known argument fingerprint, counted by
+    /// manager, name and fingerprint (the claim index's prefix: cheap), ordered so.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn available_signatures(&self) -> Result<Vec<SignatureCount>, StoreError>;
+
+    /// The signatures the workers not stopped whose heartbeat is at or after
+    /// `alive_since` declare: one read of the workers table, for telling which available
+    /// tasks wait for a worker of their signature ([`Signatures::waits`]).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn signatures(&self, alive_since: i64) -> Result<Signatures, StoreError> {
+        let live: Vec<WorkerRow> = self
+            .workers(true)?
+            .into_iter()
+            .filter(|w| w.heartbeat_at >= alive_since)
+            .collect();
+        Ok(Signatures::of_workers(&live))
+    }
+
+    /// The available tasks that wait for a worker of their signature
+    /// ([`Driver::available_signatures`] whose [`Signatures::waits`] holds against
+    /// `signatures`), counted by manager, name and fingerprint.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn waiting_for_signature(
+        &self,
+        signatures: &Signatures,
+    ) -> Result<Vec<SignatureCount>, StoreError> {
+        Ok(self
+            .available_signatures()?
+            .into_iter()
+            .filter(|c| {
+                signatures.waits(
+                    &c.manager,
+                    &c.task,
+                    TaskState::Available,
+                    Some(&c.args_fingerprint),
+                )
+            })
+            .collect())
+    }
 
     /// The earliest tick among the schedules `filter` selects.
     ///

@@ -46,8 +46,8 @@ pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
     ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,
-    NewTask, Progress, RetryOutcome, ScheduleFilter, StateCount, TaskFilter, TaskLog, TaskSnapshot,
-    TaskSummary, Waiting, WorkerRow,
+    NewTask, Progress, RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount,
+    TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
 pub use crate::schedule::{

@@ -1,6 +1,7 @@
 //! The values that go into and come out of the driver's operations: one typed struct per
 //! row shape, the same for every engine.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
@@ -89,6 +90,88 @@ impl TaskFilter {
 /// fingerprint than its library's: left for a worker of the matching version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mismatched {
+    /// The task's name.
+    pub task: String,
+    /// The fingerprint they were dispatched with.
+    pub args_fingerprint: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// The argument fingerprints live workers declare, per (manager, task name): what tells
+/// an available task that no running worker will claim, because every worker declaring
+/// its name runs another signature of it ([`crate::Driver::signatures`]). Read once from
+/// the workers table, then asked per task row in memory.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Signatures {
+    /// (manager, task) -> the fingerprints declared for it; `None` when a worker
+    /// declaring the name recorded none (an older castor's row): unknown, so no task of
+    /// that name is said to wait.
+    declared: HashMap<(String, String), Option<HashSet<String>>>,
+}
+
+impl Signatures {
+    /// The signatures `workers` (the live ones) declare.
+    pub fn of_workers(workers: &[WorkerRow]) -> Signatures {
+        let mut declared: HashMap<(String, String), Option<HashSet<String>>> = HashMap::new();
+        for w in workers {
+            for task in &w.tasks {
+                let entry = declared
+                    .entry((w.manager.clone(), task.clone()))
+                    .or_insert_with(|| Some(HashSet::new()));
+                match w.args_fingerprints.get(task).filter(|fp| !fp.is_empty()) {
+                    Some(fp) => {
+                        if let Some(set) = entry {
+                            set.insert(fp.clone());
+                        }
+                    }
+                    None => *entry = None,
+                }
+            }
+        }
+        Signatures { declared }
+    }
+
+    /// The argument fingerprints live workers declare for `manager`'s `task`, sorted
+    /// (empty if none declares it, or only with an unknown one).
+    pub fn declared(&self, manager: &str, task: &str) -> Vec<&str> {
+        let mut fps: Vec<&str> = match self.declared.get(&(manager.to_owned(), task.to_owned())) {
+            Some(Some(fps)) => fps.iter().map(String::as_str).collect(),
+            _ => Vec::new(),
+        };
+        fps.sort_unstable();
+        fps
+    }
+
+    /// Whether a task of `manager`'s `task` in `state`, dispatched with `args_fingerprint`,
+    /// waits for a worker of its signature: it is `available` with a known fingerprint,
+    /// and live workers declare its name, every one with another fingerprint. (With no
+    /// live worker of its name it waits for any worker, which `castor stats` says apart.)
+    pub fn waits(
+        &self,
+        manager: &str,
+        task: &str,
+        state: crate::TaskState,
+        args_fingerprint: Option<&str>,
+    ) -> bool {
+        let Some(fp) = args_fingerprint.filter(|fp| !fp.is_empty()) else {
+            return false;
+        };
+        if state != crate::TaskState::Available {
+            return false;
+        }
+        match self.declared.get(&(manager.to_owned(), task.to_owned())) {
+            Some(Some(fps)) => !fps.contains(fp),
+            Some(None) | None => false,
+        }
+    }
+}
+
+/// Available tasks of one name and argument fingerprint (a known one), counted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignatureCount {
+    /// The manager.
+    pub manager: String,
     /// The task's name.
     pub task: String,
     /// The fingerprint they were dispatched with.
@@ -394,6 +477,8 @@ pub struct TaskSummary {
     pub attempted_by: Option<String>,
     /// The last attempt's error.
     pub last_error: Option<String>,
+    /// The fingerprint of the argument tuple it was dispatched with; `None`: unknown.
+    pub args_fingerprint: Option<String>,
 }
 
 /// How many tasks of one name are in one state.
@@ -484,6 +569,9 @@ pub struct WorkerRow {
     pub processes: u32,
     /// The task names it runs.
     pub tasks: Vec<String>,
+    /// The argument fingerprint of each task it runs, by name (the signatures it claims
+    /// besides unknown ones); empty in a row an older castor wrote (unknown).
+    pub args_fingerprints: BTreeMap<String, String>,
     /// When it started (microseconds since the epoch).
     pub started_at: i64,
     /// Its last heartbeat.
@@ -591,6 +679,10 @@ pub struct NewSchedule<'a> {
     pub backoff_cap_ms: i64,
     /// Each run's timeout, in milliseconds.
     pub timeout_ms: Option<i64>,
+    /// The fingerprint of the arguments' type, copied into every run: the creating app's,
+    /// or for a periodic schedule the declaring library's; `None`: unknown (any worker
+    /// declaring the task runs them).
+    pub args_fingerprint: Option<&'a str>,
 }
 
 /// A schedule whose tick has come, as a worker reads it to create the run.
@@ -624,4 +716,6 @@ pub struct DueSchedule {
     pub backoff_cap_ms: i64,
     /// Each run's timeout, in milliseconds.
     pub timeout_ms: Option<i64>,
+    /// The fingerprint of the arguments' type, copied into the run; `None`: unknown.
+    pub args_fingerprint: Option<String>,
 }

@@ -103,6 +103,8 @@ pub struct ScheduleInfo {
     pub paused: bool,
     /// What happens to missed ticks.
     pub missed: Missed,
+    /// The fingerprint of its arguments' type, which its runs carry; `None`: unknown.
+    pub args_fingerprint: Option<String>,
 }
 
 impl Missed {
@@ -222,7 +224,7 @@ pub fn run_due_schedules(
                 backoff_cap_ms: s.backoff_cap_ms,
                 timeout_ms: s.timeout_ms,
                 schedule_id: Some(s.id),
-                args_fingerprint: None,
+                args_fingerprint: s.args_fingerprint.as_deref(),
             };
             created.push(tx.enqueue(&task, now)?.id);
         }

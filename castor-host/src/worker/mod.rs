@@ -590,6 +590,14 @@ impl Worker {
         let schedules = self.schedule_filter();
         let mut task_names: Vec<String> = self.tasks.keys().cloned().collect();
         task_names.sort();
+        // The signature of each task it runs, so `castor list` can tell the tasks no live
+        // worker claims (dispatched with another one).
+        let args_fingerprints = self
+            .tasks
+            .iter()
+            .filter(|(_, info)| !info.args_fingerprint.is_empty())
+            .map(|(name, info)| (name.clone(), info.args_fingerprint.to_owned()))
+            .collect();
         let row = WorkerRow {
             id: self.id.clone(),
             manager: self.config.manager.name.to_string(),
@@ -600,6 +608,7 @@ impl Worker {
             threads: u32::try_from(self.config.threads).unwrap_or(u32::MAX),
             processes: u32::try_from(slots.process).unwrap_or(u32::MAX),
             tasks: task_names,
+            args_fingerprints,
             // Stamped when written.
             started_at: 0,
             heartbeat_at: 0,
@@ -718,6 +727,8 @@ impl Registration {
                         backoff_base_ms: ms(task.backoff_base_ms),
                         backoff_cap_ms: ms(task.backoff_cap_ms),
                         timeout_ms: (task.timeout_ms > 0).then(|| ms(task.timeout_ms)),
+                        args_fingerprint: Some(task.args_fingerprint.as_str())
+                            .filter(|fp| !fp.is_empty()),
                     },
                     now,
                 )?;

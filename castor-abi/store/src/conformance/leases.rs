@@ -4,7 +4,10 @@ use super::{
     MANAGER, SECOND, T0, TestDatabase, add, attempt_error, claim_as, claim_one, complete, filter,
     snapshot,
 };
-use crate::{ErrorKind, Finish, TaskState, Transition, WorkerRow};
+use crate::{ErrorKind, Finish, SignatureCount, TaskState, Transition, WorkerRow};
+
+/// The argument fingerprint [`worker_row`] declares for task `a` (it declares none for `b`).
+pub const FP_A: &str = "00000000000000aa";
 
 /// A worker run as registered at `started_at`.
 pub fn worker_row(id: &str, started_at: i64) -> WorkerRow {
@@ -18,6 +21,7 @@ pub fn worker_row(id: &str, started_at: i64) -> WorkerRow {
         threads: 4,
         processes: 2,
         tasks: vec!["a".to_owned(), "b".to_owned()],
+        args_fingerprints: [("a".to_owned(), FP_A.to_owned())].into(),
         started_at,
         heartbeat_at: started_at,
         stopped_at: None,
@@ -119,9 +123,10 @@ pub fn leases_expire_and_renew(db: &dyn TestDatabase) {
 pub fn workers_register_beat_and_stop(db: &dyn TestDatabase) {
     let mut store = db.connect();
     let old = worker_row("w-old", T0);
-    // A row as an older castor wrote it: no host identity.
+    // A row as an older castor wrote it: no host identity, no signatures.
     let new = WorkerRow {
         host_id: None,
+        args_fingerprints: Default::default(),
         ..worker_row("w-new", T0 + SECOND)
     };
     store
@@ -281,4 +286,104 @@ pub fn a_rescued_attempt_cannot_finish(db: &dyn TestDatabase) {
     );
     assert!(complete(&mut store, &next, b"ok", now + 3));
     assert_eq!(snapshot(&store, id).result.as_deref(), Some(&b"ok"[..]));
+}
+
+/// The signatures live workers declare tell the available tasks no live worker claims:
+/// those of a name live workers declare, dispatched with a known fingerprint none of them
+/// has. Unknown fingerprints (the task's, or a worker's) never count; nor do stopped
+/// workers, or workers whose heartbeat is older than asked.
+pub fn signatures_tell_tasks_waiting_for_a_worker_of_theirs(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let other = "00000000000000bb";
+    let dispatch = |store: &mut crate::Store, name: &str, fp: Option<&str>| {
+        super::enqueue(
+            store,
+            &crate::NewTask {
+                args_fingerprint: fp,
+                ..super::new_task(name, b"x")
+            },
+            T0,
+        )
+        .id
+    };
+    let theirs = dispatch(&mut store, "a", Some(other));
+    dispatch(&mut store, "a", Some(other));
+    dispatch(&mut store, "a", Some(FP_A));
+    dispatch(&mut store, "a", None);
+    dispatch(&mut store, "b", Some(other));
+    dispatch(&mut store, "c", Some(other));
+    assert_eq!(
+        store.available_signatures().expect("count"),
+        [
+            ("a", FP_A, 1),
+            ("a", other, 2),
+            ("b", other, 1),
+            ("c", other, 1)
+        ]
+        .map(|(task, fp, count)| SignatureCount {
+            manager: MANAGER.to_owned(),
+            task: task.to_owned(),
+            args_fingerprint: fp.to_owned(),
+            count,
+        })
+        .to_vec()
+    );
+    // No worker: nothing waits for a signature (everything waits for a worker).
+    let none = store.signatures(T0).expect("signatures");
+    assert!(store.waiting_for_signature(&none).expect("read").is_empty());
+
+    store
+        .write(|tx| tx.register_worker(&worker_row("w1", T0)))
+        .expect("register");
+    let live = store.signatures(T0).expect("signatures");
+    assert!(live.waits(MANAGER, "a", TaskState::Available, Some(other)));
+    assert!(!live.waits(MANAGER, "a", TaskState::Available, Some(FP_A)));
+    assert!(!live.waits(MANAGER, "a", TaskState::Available, None));
+    assert!(!live.waits(MANAGER, "a", TaskState::Scheduled, Some(other)));
+    assert!(!live.waits("other", "a", TaskState::Available, Some(other)));
+    assert!(
+        !live.waits(MANAGER, "b", TaskState::Available, Some(other)),
+        "the worker's fingerprint of `b` is unknown"
+    );
+    assert_eq!(
+        store.waiting_for_signature(&live).expect("read"),
+        vec![SignatureCount {
+            manager: MANAGER.to_owned(),
+            task: "a".to_owned(),
+            args_fingerprint: other.to_owned(),
+            count: 2,
+        }]
+    );
+    let listed = store
+        .list(&crate::ListFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .expect("list");
+    let row = listed.iter().find(|t| t.id == theirs).expect("listed");
+    assert_eq!(row.args_fingerprint.as_deref(), Some(other));
+
+    // A worker of the other signature: nothing of `a` waits.
+    let second = WorkerRow {
+        args_fingerprints: [("a".to_owned(), other.to_owned())].into(),
+        ..worker_row("w2", T0 + SECOND)
+    };
+    store
+        .write(|tx| tx.register_worker(&second))
+        .expect("register");
+    let both = store.signatures(T0).expect("signatures");
+    assert!(!both.waits(MANAGER, "a", TaskState::Available, Some(other)));
+    // Its heartbeat too old, or stopped, it no longer counts.
+    let recent = store.signatures(T0 + 2 * SECOND).expect("signatures");
+    assert!(!recent.waits(MANAGER, "a", TaskState::Available, Some(other)));
+    store
+        .write(|tx| tx.heartbeat("w1", T0 + 2 * SECOND, 0, 0))
+        .expect("heartbeat");
+    let recent = store.signatures(T0 + 2 * SECOND).expect("signatures");
+    assert!(recent.waits(MANAGER, "a", TaskState::Available, Some(other)));
+    store
+        .write(|tx| tx.stop_worker("w2", T0 + 3 * SECOND))
+        .expect("stop");
+    let stopped = store.signatures(T0).expect("signatures");
+    assert!(stopped.waits(MANAGER, "a", TaskState::Available, Some(other)));
 }

@@ -78,12 +78,14 @@ macro_rules! conformance_tests {
             // leases
             leases_expire_and_renew,
             workers_register_beat_and_stop,
+            signatures_tell_tasks_waiting_for_a_worker_of_theirs,
             burying_a_worker_ends_its_leases,
             a_rescued_attempt_cannot_finish,
             // schedules
             missed_ticks_are_skipped_or_run_once,
             a_tick_runs_once_with_two_workers_ticking,
             periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one,
+            a_run_carries_its_schedules_fingerprint,
             paused_finished_and_removed_schedules_do_not_tick,
             // records
             prune_deletes_finished_tasks_with_their_logs_and_stopped_workers,

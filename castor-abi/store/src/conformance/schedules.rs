@@ -26,6 +26,7 @@ pub fn schedule_at(cadence: &Cadence, first_run_at: i64, missed: Missed) -> NewS
         backoff_base_ms: 1000,
         backoff_cap_ms: 1000,
         timeout_ms: None,
+        args_fingerprint: None,
     }
 }
 
@@ -157,10 +158,15 @@ pub fn declared(cadence: &Cadence, first_run_at: i64) -> NewSchedule<'_> {
     }
 }
 
-/// Claims the one available run, which must be `run`.
-fn claim_run(store: &mut crate::Store, run: Uuid, at: i64) -> crate::Claimed {
+/// Claims the one available run, which must be `run`, as a worker whose task `a` has
+/// argument fingerprint `fp`.
+fn claim_run(store: &mut crate::Store, run: Uuid, at: i64, fp: Option<&str>) -> crate::Claimed {
+    let filter = crate::TaskFilter {
+        args_fingerprints: vec![fp.map(str::to_owned)],
+        ..super::filter(&["a"])
+    };
     let claimed = store
-        .write(|tx| tx.claim(&super::filter(&["a"]), "w1", 1, at, at + 30 * SECOND))
+        .write(|tx| tx.claim(&filter, "w1", 1, at, at + 30 * SECOND))
         .expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].id, run);
@@ -203,13 +209,13 @@ pub fn periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one(
     assert_eq!(store.schedules(Some(MANAGER)).expect("list").len(), 1);
     let runs = tick(&mut store, &filter, T0 + 60 * SECOND);
     assert_eq!(runs.len(), 1);
-    claim_run(&mut store, runs[0], T0 + 60 * SECOND);
+    claim_run(&mut store, runs[0], T0 + 60 * SECOND, None);
 
     // One change at a time, each kept in the next declaration.
     let hourly = Cadence::Every(Duration::from_secs(3600));
     let mut change = declared(&hourly, 0);
     type Change = fn(&mut NewSchedule<'_>);
-    let steps: [(&str, Change); 6] = [
+    let steps: [(&str, Change); 8] = [
         ("cadence", |_| {}),
         ("arguments", |s| s.args = b"other"),
         ("priority", |s| s.priority = 9),
@@ -219,6 +225,13 @@ pub fn periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one(
             s.backoff_cap_ms = 500;
         }),
         ("timeout", |s| s.timeout_ms = Some(2_000)),
+        // A new version of the library declares it: its runs take the new signature.
+        ("fingerprint", |s| {
+            s.args_fingerprint = Some("00000000000000f1")
+        }),
+        ("fingerprint", |s| {
+            s.args_fingerprint = Some("00000000000000f2")
+        }),
     ];
     let mut at = T0 + 1000 * SECOND;
     for (what, step) in steps {
@@ -238,7 +251,22 @@ pub fn periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one(
             Some(change.args),
             "{what}: the run's arguments"
         );
-        let run = claim_run(&mut store, runs[0], at);
+        assert_eq!(
+            store
+                .schedule(id)
+                .expect("read")
+                .expect("exists")
+                .args_fingerprint
+                .as_deref(),
+            change.args_fingerprint,
+            "{what}: the schedule's fingerprint"
+        );
+        assert_eq!(
+            snapshot(&store, runs[0]).args_fingerprint.as_deref(),
+            change.args_fingerprint,
+            "{what}: the run's fingerprint"
+        );
+        let run = claim_run(&mut store, runs[0], at, change.args_fingerprint);
         let ms = |ms: i64| Duration::from_millis(u64::try_from(ms).unwrap_or(0));
         assert_eq!(run.priority, change.priority, "{what}: the run's priority");
         assert_eq!(
@@ -270,6 +298,48 @@ pub fn periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one(
         .write(|tx| tx.upsert_periodic(&elsewhere, T0))
         .expect("declare");
     assert_ne!(other, id);
+}
+
+/// A schedule an app created with an argument fingerprint keeps it, and each run carries
+/// it: a worker of another signature of the task does not claim the run, one of its
+/// signature does. A schedule without one makes runs of unknown signature, as before.
+pub fn a_run_carries_its_schedules_fingerprint(db: &dyn TestDatabase) {
+    let mut store = db.connect();
+    let every = Cadence::Every(Duration::from_secs(10));
+    let fp = "00000000000000f1";
+    let typed = NewSchedule {
+        args_fingerprint: Some(fp),
+        ..schedule_at(&every, T0, Missed::RunOnce)
+    };
+    let id = store
+        .write(|tx| tx.create_schedule(&typed, T0))
+        .expect("create");
+    let untyped = store
+        .write(|tx| tx.create_schedule(&schedule_at(&every, T0, Missed::RunOnce), T0))
+        .expect("create");
+    let info = store.schedule(id).expect("read").expect("exists");
+    assert_eq!(info.args_fingerprint.as_deref(), Some(fp));
+    let runs = tick(&mut store, &schedules(&["a"]), T0);
+    assert_eq!(runs.len(), 2);
+    let by_schedule = |store: &crate::Store, schedule: i64| {
+        let ids = store.schedule_runs(schedule).expect("runs");
+        assert_eq!(ids.len(), 1);
+        snapshot(store, ids[0])
+    };
+    let run = by_schedule(&store, id);
+    assert_eq!(run.args_fingerprint.as_deref(), Some(fp));
+    let plain = by_schedule(&store, untyped);
+    assert_eq!(plain.args_fingerprint, None);
+    // A worker of another signature of `a` takes only the run of unknown signature.
+    let other = crate::TaskFilter {
+        args_fingerprints: vec![Some("00000000000000f2".to_owned())],
+        ..super::filter(&["a"])
+    };
+    let claimed = store
+        .write(|tx| tx.claim(&other, "w1", 10, T0, T0 + 30 * SECOND))
+        .expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [plain.id]);
+    claim_run(&mut store, run.id, T0, Some(fp));
 }
 
 /// A paused schedule does not tick until resumed; one past its run limit or its end

@@ -23,8 +23,8 @@ impl PostgresDriver {
         self.read("list tasks", |conn| {
             conn.query(
                 "SELECT id, manager, task, state, attempt, max_attempts, created_at, \
-                 scheduled_at, finalized_at, attempted_by, errors -> -1 ->> 'error' \
-                 FROM castor_tasks WHERE ($1::text[] IS NULL OR state = ANY($1)) \
+                 scheduled_at, finalized_at, attempted_by, errors -> -1 ->> 'error', \
+                 args_fingerprint FROM castor_tasks WHERE ($1::text[] IS NULL OR state = ANY($1)) \
                  AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR manager = $3) \
                  ORDER BY seq DESC LIMIT $4",
                 &[&states, &filter.task, &filter.manager, &limit],
@@ -43,6 +43,8 @@ impl PostgresDriver {
                     finalized_at: row.try_get(8)?,
                     attempted_by: row.try_get(9)?,
                     last_error: row.try_get(10)?,
+                    args_fingerprint: Some(row.try_get::<_, String>(11)?)
+                        .filter(|fp| !fp.is_empty()),
                 })
             })
             .collect()
@@ -113,13 +115,14 @@ impl PostgresDriver {
         self.read("list workers", |conn| {
             conn.query(
                 "SELECT id, manager, library, hostname, pid, threads, processes, tasks, \
-                 started_at, heartbeat_at, stopped_at, completed, failed, host_id \
-                 FROM castor_workers WHERE NOT $1 OR stopped_at IS NULL ORDER BY started_at DESC",
+                 started_at, heartbeat_at, stopped_at, completed, failed, host_id, \
+                 args_fingerprints FROM castor_workers WHERE NOT $1 OR stopped_at IS NULL ORDER BY started_at DESC",
                 &[&live_only],
             )?
             .iter()
             .map(|row| {
                 let tasks: String = row.try_get(7)?;
+                let prints: String = row.try_get(14)?;
                 Ok(WorkerRow {
                     id: row.try_get(0)?,
                     manager: row.try_get(1)?,
@@ -130,6 +133,7 @@ impl PostgresDriver {
                     threads: u32_from(row.try_get(5)?),
                     processes: u32_from(row.try_get(6)?),
                     tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+                    args_fingerprints: serde_json::from_str(&prints).unwrap_or_default(),
                     started_at: row.try_get(8)?,
                     heartbeat_at: row.try_get(9)?,
                     stopped_at: row.try_get(10)?,
@@ -200,6 +204,33 @@ impl PostgresDriver {
                     task: row.try_get(0)?,
                     args_fingerprint: row.try_get(1)?,
                     count: u64::try_from(row.try_get::<_, i64>(2)?).unwrap_or(0),
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// The available tasks dispatched with a known argument fingerprint, counted by
+    /// manager, name and fingerprint.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn available_signatures(&self) -> Result<Vec<crate::SignatureCount>, StoreError> {
+        self.read("count available tasks by signature", |conn| {
+            conn.query(
+                "SELECT manager, task, args_fingerprint, count(*) FROM castor_tasks \
+                 WHERE state = 'available' AND args_fingerprint > '' \
+                 GROUP BY manager, task, args_fingerprint \
+                 ORDER BY manager, task, args_fingerprint",
+                &[],
+            )?
+            .iter()
+            .map(|row| {
+                Ok(crate::SignatureCount {
+                    manager: row.try_get(0)?,
+                    task: row.try_get(1)?,
+                    args_fingerprint: row.try_get(2)?,
+                    count: u64::try_from(row.try_get::<_, i64>(3)?).unwrap_or(0),
                 })
             })
             .collect()

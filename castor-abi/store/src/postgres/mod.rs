@@ -74,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fingerprints",
         sql: include_str!("migrations/0003_fingerprints.sql"),
     },
+    Migration {
+        version: 4,
+        name: "signatures",
+        sql: include_str!("migrations/0004_signatures.sql"),
+    },
 ];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
@@ -849,6 +854,10 @@ impl Driver for PostgresDriver {
 
     fn mismatched(&self, filter: &crate::TaskFilter) -> Result<Vec<crate::Mismatched>, StoreError> {
         PostgresDriver::mismatched(self, filter)
+    }
+
+    fn available_signatures(&self) -> Result<Vec<crate::SignatureCount>, StoreError> {
+        PostgresDriver::available_signatures(self)
     }
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {

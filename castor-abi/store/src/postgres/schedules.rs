@@ -31,6 +31,7 @@ fn info_from(row: &Row) -> Result<ScheduleInfo, postgres::Error> {
         next_run_at: row.try_get(9)?,
         paused: row.try_get(10)?,
         missed: Missed::from_stored(&missed),
+        args_fingerprint: Some(row.try_get::<_, String>(12)?).filter(|fp| !fp.is_empty()),
     })
 }
 
@@ -49,9 +50,9 @@ impl PostgresTx<'_> {
             .query_one(
                 "INSERT INTO castor_schedules (manager, task, name, args, every_ms, cron, times, \
                  until_at, next_run_at, missed, priority, max_attempts, backoff_base_ms, \
-                 backoff_cap_ms, timeout_ms, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-                 RETURNING id",
+                 backoff_cap_ms, timeout_ms, created_at, args_fingerprint) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+                 $17) RETURNING id",
                 &[
                     &s.manager,
                     &s.task,
@@ -69,14 +70,16 @@ impl PostgresTx<'_> {
                     &s.backoff_cap_ms,
                     &s.timeout_ms,
                     &now,
+                    &s.args_fingerprint.unwrap_or(""),
                 ],
             )?
             .try_get(0)
     }
 
     /// Makes a declared periodic task's schedule match its declaration: created if new,
-    /// kept (with its next tick) if unchanged, restarted if its cadence, arguments or
-    /// policy (missed ticks, priority, attempts, backoff, timeout) changed. Returns its id.
+    /// kept (with its next tick) if unchanged, restarted if its cadence, arguments (or
+    /// their fingerprint) or policy (missed ticks, priority, attempts, backoff, timeout)
+    /// changed. Returns its id.
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -90,7 +93,7 @@ impl PostgresTx<'_> {
             "SELECT id, (task = $3 AND args = $4 AND every_ms IS NOT DISTINCT FROM $5 \
              AND cron IS NOT DISTINCT FROM $6 AND missed = $7 AND max_attempts = $8 \
              AND timeout_ms IS NOT DISTINCT FROM $9 AND priority = $10 \
-             AND backoff_base_ms = $11 AND backoff_cap_ms = $12) \
+             AND backoff_base_ms = $11 AND backoff_cap_ms = $12 AND args_fingerprint = $13) \
              FROM castor_schedules WHERE manager = $1 AND name = $2 FOR UPDATE",
             &[
                 &s.manager,
@@ -105,6 +108,7 @@ impl PostgresTx<'_> {
                 &s.priority,
                 &s.backoff_base_ms,
                 &s.backoff_cap_ms,
+                &s.args_fingerprint.unwrap_or(""),
             ],
         )?;
         let existing: Option<(i64, bool)> = existing
@@ -117,7 +121,7 @@ impl PostgresTx<'_> {
                     "UPDATE castor_schedules SET task = $2, args = $3, every_ms = $4, \
                      cron = $5, missed = $6, priority = $7, max_attempts = $8, \
                      backoff_base_ms = $9, backoff_cap_ms = $10, timeout_ms = $11, \
-                     next_run_at = $12 WHERE id = $1",
+                     next_run_at = $12, args_fingerprint = $13 WHERE id = $1",
                     &[
                         &id,
                         &s.task,
@@ -131,6 +135,7 @@ impl PostgresTx<'_> {
                         &s.backoff_cap_ms,
                         &s.timeout_ms,
                         &s.first_run_at,
+                        &s.args_fingerprint.unwrap_or(""),
                     ],
                 )?;
                 Ok(id)
@@ -155,8 +160,8 @@ impl PostgresTx<'_> {
         self.conn()
             .query(
                 "SELECT id, task, args, every_ms, cron, times, until_at, runs, next_run_at, \
-                 missed, priority, max_attempts, backoff_base_ms, backoff_cap_ms, timeout_ms \
-                 FROM castor_schedules WHERE manager = $1 AND NOT paused \
+                 missed, priority, max_attempts, backoff_base_ms, backoff_cap_ms, timeout_ms, \
+                 args_fingerprint FROM castor_schedules WHERE manager = $1 AND NOT paused \
                  AND next_run_at IS NOT NULL \
                  AND ((name IS NULL AND task = ANY($2)) OR name = ANY($3)) \
                  AND next_run_at <= $4 \
@@ -188,6 +193,8 @@ impl PostgresTx<'_> {
                     backoff_base_ms: row.try_get(12)?,
                     backoff_cap_ms: row.try_get(13)?,
                     timeout_ms: row.try_get(14)?,
+                    args_fingerprint: Some(row.try_get::<_, String>(15)?)
+                        .filter(|fp| !fp.is_empty()),
                 })
             })
             .collect()
@@ -261,7 +268,7 @@ impl PostgresDriver {
         self.read("list schedules", |conn| {
             conn.query(
                 "SELECT id, manager, task, name, every_ms, cron, times, until_at, runs, \
-                 next_run_at, paused, missed FROM castor_schedules \
+                 next_run_at, paused, missed, args_fingerprint FROM castor_schedules \
                  WHERE $1::text IS NULL OR manager = $1 ORDER BY id",
                 &[&manager],
             )?
@@ -279,7 +286,7 @@ impl PostgresDriver {
         self.read("read a schedule", |conn| {
             conn.query_opt(
                 "SELECT id, manager, task, name, every_ms, cron, times, until_at, runs, \
-                 next_run_at, paused, missed FROM castor_schedules WHERE id = $1",
+                 next_run_at, paused, missed, args_fingerprint FROM castor_schedules WHERE id = $1",
                 &[&id],
             )?
             .map(|row| info_from(&row))

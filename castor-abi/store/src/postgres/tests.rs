@@ -117,7 +117,7 @@ fn migrations_are_numbered_and_recorded() {
     );
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
     let status = store.migration_status().expect("status");
-    assert_eq!(status.version, 3);
+    assert_eq!(status.version, 4);
     assert!(status.pending.is_empty());
     assert_eq!(
         status
@@ -125,7 +125,12 @@ fn migrations_are_numbered_and_recorded() {
             .iter()
             .map(|m| (m.version, m.name.as_str()))
             .collect::<Vec<_>>(),
-        [(1, "initial"), (2, "worker_host_id"), (3, "fingerprints")]
+        [
+            (1, "initial"),
+            (2, "worker_host_id"),
+            (3, "fingerprints"),
+            (4, "signatures")
+        ]
     );
     assert!(status.applied.iter().all(|m| m.applied_at.is_some()));
     assert!(store.missing_schema_objects().expect("schema").is_empty());
@@ -486,6 +491,7 @@ fn a_periodic_schedule_restarts_when_its_priority_or_backoff_changes() {
         backoff_base_ms: 1000,
         backoff_cap_ms: 1000,
         timeout_ms: None,
+        args_fingerprint: None,
     };
     let id = store
         .write(|tx| tx.upsert_periodic(&declared, now))

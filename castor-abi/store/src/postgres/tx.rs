@@ -396,7 +396,14 @@ impl Tx for PostgresTx<'_> {
             operation: "register the worker",
             detail: format!("its task names cannot be encoded: {e}"),
         })?;
-        PostgresTx::register_worker(self, worker, &tasks).map_err(self.fail("register the worker"))
+        let prints =
+            serde_json::to_string(&worker.args_fingerprints).map_err(|e| StoreError::Query {
+                database: self.driver.database.clone(),
+                operation: "register the worker",
+                detail: format!("its tasks' fingerprints cannot be encoded: {e}"),
+            })?;
+        PostgresTx::register_worker(self, worker, &tasks, &prints)
+            .map_err(self.fail("register the worker"))
     }
 
     fn heartbeat(

@@ -8,7 +8,8 @@ use super::rows::u32_from;
 use crate::model::{LiveWorker, WorkerRow};
 
 impl PostgresTx<'_> {
-    /// Records a new worker run (`tasks`: its task names as a JSON array).
+    /// Records a new worker run (`tasks`: its task names as a JSON array; `prints`: their
+    /// argument fingerprints as a JSON object).
     ///
     /// # Errors
     /// Fails if the statement fails.
@@ -16,12 +17,13 @@ impl PostgresTx<'_> {
         &mut self,
         worker: &WorkerRow,
         tasks: &str,
+        prints: &str,
     ) -> Result<(), postgres::Error> {
         let clock = self.conn().query_clock(
             concat!(
                 "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
-                 processes, tasks, started_at, heartbeat_at, host_id) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING ",
+                 processes, tasks, started_at, heartbeat_at, host_id, args_fingerprints) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING ",
                 server_clock_us!()
             ),
             &[
@@ -36,6 +38,7 @@ impl PostgresTx<'_> {
                 &worker.started_at,
                 &worker.heartbeat_at,
                 &worker.host_id,
+                &prints,
             ],
         )?;
         self.driver.clock.set(clock);

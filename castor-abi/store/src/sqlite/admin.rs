@@ -20,8 +20,8 @@ impl SqliteDriver {
     pub fn list(&self, filter: &ListFilter) -> Result<Vec<TaskSummary>, StoreError> {
         let mut sql = String::from(
             "SELECT id, manager, task, state, attempt, max_attempts, created_at, scheduled_at, \
-             finalized_at, attempted_by, json_extract(errors, '$[#-1].error') \
-             FROM castor_tasks WHERE 1 = 1",
+             finalized_at, attempted_by, json_extract(errors, '$[#-1].error'), \
+             args_fingerprint FROM castor_tasks WHERE 1 = 1",
         );
         let mut values: Vec<String> = Vec::new();
         if !filter.states.is_empty() {
@@ -54,6 +54,8 @@ impl SqliteDriver {
                         finalized_at: row.get(8)?,
                         attempted_by: row.get(9)?,
                         last_error: row.get(10)?,
+                        args_fingerprint: Some(row.get::<_, String>(11)?)
+                            .filter(|fp| !fp.is_empty()),
                     })
                 })?
                 .collect()
@@ -121,18 +123,19 @@ impl SqliteDriver {
     pub fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         let sql = if live_only {
             "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
-             heartbeat_at, stopped_at, completed, failed, host_id FROM castor_workers \
-             WHERE stopped_at IS NULL ORDER BY started_at DESC"
+             heartbeat_at, stopped_at, completed, failed, host_id, args_fingerprints \
+             FROM castor_workers WHERE stopped_at IS NULL ORDER BY started_at DESC"
         } else {
             "SELECT id, manager, library, hostname, pid, threads, processes, tasks, started_at, \
-             heartbeat_at, stopped_at, completed, failed, host_id FROM castor_workers \
-             ORDER BY started_at DESC"
+             heartbeat_at, stopped_at, completed, failed, host_id, args_fingerprints \
+             FROM castor_workers ORDER BY started_at DESC"
         };
         self.conn
             .prepare_cached(sql)
             .and_then(|mut stmt| {
                 stmt.query_map([], |row| {
                     let tasks: String = row.get(7)?;
+                    let prints: String = row.get(14)?;
                     Ok(WorkerRow {
                         id: row.get(0)?,
                         manager: row.get(1)?,
@@ -143,6 +146,7 @@ impl SqliteDriver {
                         threads: row.get(5)?,
                         processes: row.get(6)?,
                         tasks: serde_json::from_str(&tasks).unwrap_or_default(),
+                        args_fingerprints: serde_json::from_str(&prints).unwrap_or_default(),
                         started_at: row.get(8)?,
                         heartbeat_at: row.get(9)?,
                         stopped_at: row.get(10)?,
@@ -219,6 +223,33 @@ impl SqliteDriver {
                 .map_err(|e| self.error("count tasks of another signature", e))?;
         }
         Ok(out)
+    }
+
+    /// The available tasks dispatched with a known argument fingerprint, counted by
+    /// manager, name and fingerprint.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn available_signatures(&self) -> Result<Vec<crate::SignatureCount>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT manager, task, args_fingerprint, count(*) FROM castor_tasks \
+                 WHERE state = 'available' AND args_fingerprint > '' \
+                 GROUP BY manager, task, args_fingerprint \
+                 ORDER BY manager, task, args_fingerprint",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| {
+                    Ok(crate::SignatureCount {
+                        manager: row.get(0)?,
+                        task: row.get(1)?,
+                        args_fingerprint: row.get(2)?,
+                        count: u64::try_from(row.get::<_, i64>(3)?).unwrap_or(0),
+                    })
+                })?
+                .collect()
+            })
+            .map_err(|e| self.error("count available tasks by signature", e))
     }
 
     /// The stored (encoded) arguments of the task with this id.

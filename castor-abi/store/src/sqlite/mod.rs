@@ -63,6 +63,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "fingerprints",
         sql: include_str!("migrations/0004_fingerprints.sql"),
     },
+    Migration {
+        version: 5,
+        name: "signatures",
+        sql: include_str!("migrations/0005_signatures.sql"),
+    },
 ];
 
 /// How long a connection waits for another writer before giving up on one try.
@@ -942,6 +947,10 @@ impl Driver for SqliteDriver {
 
     fn mismatched(&self, filter: &crate::TaskFilter) -> Result<Vec<crate::Mismatched>, StoreError> {
         SqliteDriver::mismatched(self, filter)
+    }
+
+    fn available_signatures(&self) -> Result<Vec<crate::SignatureCount>, StoreError> {
+        SqliteDriver::available_signatures(self)
     }
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {

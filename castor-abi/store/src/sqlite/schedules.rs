@@ -25,7 +25,7 @@ const ELIGIBLE: &str = "manager = ?1 AND paused = 0 AND next_run_at IS NOT NULL 
       OR name IN (SELECT value FROM json_each(?3)))";
 
 const INFO_COLUMNS: &str = "id, manager, task, name, every_ms, cron, times, until_at, runs, \
-     next_run_at, paused, missed";
+     next_run_at, paused, missed, args_fingerprint";
 
 fn info_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleInfo> {
     let every_ms: Option<i64> = row.get(4)?;
@@ -47,6 +47,7 @@ fn info_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<ScheduleInfo> {
         next_run_at: row.get(9)?,
         paused: row.get::<_, i64>(10)? != 0,
         missed: Missed::from_stored(&missed),
+        args_fingerprint: Some(row.get::<_, String>(12)?).filter(|fp| !fp.is_empty()),
     })
 }
 
@@ -62,8 +63,9 @@ impl SqliteTx<'_> {
             .prepare_cached(
                 "INSERT INTO castor_schedules (manager, task, name, args, every_ms, cron, times, \
                  until_at, next_run_at, missed, priority, max_attempts, backoff_base_ms, \
-                 backoff_cap_ms, timeout_ms, created_at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                 backoff_cap_ms, timeout_ms, created_at, args_fingerprint) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
+                 ?17)",
             )?
             .insert(params![
                 s.manager,
@@ -82,12 +84,14 @@ impl SqliteTx<'_> {
                 s.backoff_cap_ms,
                 s.timeout_ms,
                 now,
+                s.args_fingerprint.unwrap_or(""),
             ])
     }
 
     /// Makes a declared periodic task's schedule match its declaration: created if new,
-    /// kept (with its next tick) if unchanged, restarted if its cadence, arguments or
-    /// policy (missed ticks, priority, attempts, backoff, timeout) changed. Returns its id.
+    /// kept (with its next tick) if unchanged, restarted if its cadence, arguments (or
+    /// their fingerprint) or policy (missed ticks, priority, attempts, backoff, timeout)
+    /// changed. Returns its id.
     ///
     /// # Errors
     /// Fails if a statement fails.
@@ -99,7 +103,8 @@ impl SqliteTx<'_> {
             .prepare_cached(
                 "SELECT id, (task = ?3 AND args = ?4 AND every_ms IS ?5 AND cron IS ?6 \
                  AND missed = ?7 AND max_attempts = ?8 AND timeout_ms IS ?9 \
-                 AND priority = ?10 AND backoff_base_ms = ?11 AND backoff_cap_ms = ?12) \
+                 AND priority = ?10 AND backoff_base_ms = ?11 AND backoff_cap_ms = ?12 \
+                 AND args_fingerprint = ?13) \
                  FROM castor_schedules WHERE manager = ?1 AND name = ?2",
             )?
             .query_row(
@@ -115,7 +120,8 @@ impl SqliteTx<'_> {
                     s.timeout_ms,
                     s.priority,
                     s.backoff_base_ms,
-                    s.backoff_cap_ms
+                    s.backoff_cap_ms,
+                    s.args_fingerprint.unwrap_or(""),
                 ],
                 |row| Ok((row.get(0)?, row.get(1)?)),
             )
@@ -129,7 +135,7 @@ impl SqliteTx<'_> {
                         "UPDATE castor_schedules SET task = ?2, args = ?3, every_ms = ?4, \
                          cron = ?5, missed = ?6, priority = ?7, max_attempts = ?8, \
                          backoff_base_ms = ?9, backoff_cap_ms = ?10, timeout_ms = ?11, \
-                         next_run_at = ?12 WHERE id = ?1",
+                         next_run_at = ?12, args_fingerprint = ?13 WHERE id = ?1",
                     )?
                     .execute(params![
                         id,
@@ -144,6 +150,7 @@ impl SqliteTx<'_> {
                         s.backoff_cap_ms,
                         s.timeout_ms,
                         s.first_run_at,
+                        s.args_fingerprint.unwrap_or(""),
                     ])?;
                 Ok(id)
             }
@@ -166,8 +173,8 @@ impl SqliteTx<'_> {
             .conn
             .prepare_cached(&format!(
                 "SELECT id, task, args, every_ms, cron, times, until_at, runs, next_run_at, \
-                 missed, priority, max_attempts, backoff_base_ms, backoff_cap_ms, timeout_ms \
-                 FROM castor_schedules WHERE {ELIGIBLE} AND next_run_at <= ?4 \
+                 missed, priority, max_attempts, backoff_base_ms, backoff_cap_ms, timeout_ms, \
+                 args_fingerprint FROM castor_schedules WHERE {ELIGIBLE} AND next_run_at <= ?4 \
                  ORDER BY next_run_at LIMIT ?5"
             ))?
             .query_map(
@@ -190,6 +197,8 @@ impl SqliteTx<'_> {
                         backoff_base_ms: row.get(12)?,
                         backoff_cap_ms: row.get(13)?,
                         timeout_ms: row.get(14)?,
+                        args_fingerprint: Some(row.get::<_, String>(15)?)
+                            .filter(|fp| !fp.is_empty()),
                     })
                 },
             )?

@@ -13,12 +13,14 @@ impl SqliteTx<'_> {
     pub fn register_worker(&self, worker: &WorkerRow) -> Result<(), rusqlite::Error> {
         let tasks = serde_json::to_string(&worker.tasks)
             .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let prints = serde_json::to_string(&worker.args_fingerprints)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
         self.driver
             .conn
             .prepare_cached(
                 "INSERT INTO castor_workers (id, manager, library, hostname, pid, threads, \
-                 processes, tasks, started_at, heartbeat_at, host_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 processes, tasks, started_at, heartbeat_at, host_id, args_fingerprints) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?
             .execute(params![
                 worker.id,
@@ -32,6 +34,7 @@ impl SqliteTx<'_> {
                 worker.started_at,
                 worker.heartbeat_at,
                 worker.host_id,
+                prints,
             ])?;
         Ok(())
     }
