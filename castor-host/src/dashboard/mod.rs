@@ -37,7 +37,7 @@ use anyhow::Context;
 use castor_abi::{TaskMode, Uuid};
 use castor_store::TaskState;
 use castor_store::format::format_duration;
-use castor_store::{Database, OpenOptions, Store, now_us};
+use castor_store::{Database, OpenOptions, Signatures, Store, duration_us, now_us};
 
 use crate::commands::Verdict;
 use crossbeam_channel::{Receiver, Sender};
@@ -306,6 +306,24 @@ impl Refresher {
         if now >= self.next_workers {
             if let Ok(workers) = self.store.workers(true) {
                 let now_us = now_us();
+                // Tasks no live worker runs for want of their signature (type fingerprint).
+                let live: Vec<_> = workers
+                    .iter()
+                    .filter(|w| now_us - w.heartbeat_at < duration_us(ALIVE_WITHIN))
+                    .cloned()
+                    .collect();
+                if let Ok(waiting) = self
+                    .store
+                    .waiting_for_signature(&Signatures::of_workers(&live))
+                {
+                    state.set_waiting_for_signature(
+                        waiting
+                            .into_iter()
+                            .filter(|w| w.manager == self.manager)
+                            .map(|w| (w.task, w.count))
+                            .collect(),
+                    );
+                }
                 let infos = workers
                     .into_iter()
                     .map(|w| {

@@ -451,6 +451,9 @@ pub struct DashboardState {
     /// last read (aged by [`DashboardState::advance`] between reads); `None` when no task
     /// is available.
     pub oldest_available: Option<Duration>,
+    /// Available tasks that live workers leave for a worker of their signature (their
+    /// arguments' type fingerprint), per task name: (name, count).
+    pub waiting_for_signature: Vec<(String, u64)>,
     /// Completed per second now: the mean of the last [`RATE_SECONDS`] samples.
     pub rate: f64,
     /// Attempts running on this worker, oldest start first.
@@ -495,6 +498,7 @@ impl DashboardState {
             throughput: VecDeque::with_capacity(THROUGHPUT_SECONDS),
             failures: VecDeque::with_capacity(THROUGHPUT_SECONDS),
             oldest_available: None,
+            waiting_for_signature: Vec::new(),
             rate: 0.0,
             running: Vec::new(),
             recent: VecDeque::with_capacity(RECENT_CAPACITY),
@@ -694,6 +698,12 @@ impl DashboardState {
 
     /// How long the oldest available task has waited (`None`: none is available), as just
     /// read.
+    /// Sets the tasks waiting for a worker of their signature, (name, count).
+    pub fn set_waiting_for_signature(&mut self, mut waiting: Vec<(String, u64)>) {
+        waiting.sort();
+        self.waiting_for_signature = waiting;
+    }
+
     pub fn set_oldest_available(&mut self, age: Option<Duration>) {
         self.oldest_available = age;
     }

@@ -201,6 +201,15 @@ fn counts_width(state: &DashboardState) -> u16 {
 fn counts(state: &DashboardState, area: Rect, buf: &mut Buffer, titled: bool) {
     let inner = if titled {
         let mut title = vec![" Tasks by state ".bold()];
+        // Available tasks the live workers leave for a worker of their signature (type
+        // fingerprint): the worker's log line names them.
+        let other_build: u64 = state.waiting_for_signature.iter().map(|(_, n)| n).sum();
+        if other_build > 0 {
+            title.push(Span::styled(
+                format!("· {other_build} for another build "),
+                Style::new().fg(Color::Yellow).bold(),
+            ));
+        }
         if let Some(age) = state.oldest_available {
             title.push(Span::styled("· oldest waiting ", LABEL));
             title.push(Span::styled(
