@@ -7,25 +7,9 @@ use castor_abi::DelayOptions;
 use castor_fixture_tasks as fx;
 use castor_store::TaskState;
 
-use crate::support::{PATIENCE, TestDir, Worker, fixture_path, run_castor, tasks_target};
-
-fn castor_ok(dir: &TestDir, args: &[&str]) -> String {
-    let out = run_castor(dir, args);
-    assert!(
-        out.status.success(),
-        "castor {args:?} failed:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
-}
-
-fn json(dir: &TestDir, args: &[&str]) -> serde_json::Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let stdout = castor_ok(dir, &args);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
-}
+use crate::support::{
+    PATIENCE, TestDir, Worker, castor_json, castor_ok, fixture_path, run_castor, tasks_target,
+};
 
 #[test]
 fn list_and_show_a_failed_task_with_decoded_arguments() {
@@ -49,7 +33,7 @@ fn list_and_show_a_failed_task_with_decoded_arguments() {
     assert!(table.contains("discarded"), "{table}");
     assert!(table.contains("mail server said no"), "{table}");
 
-    let only_failed = json(&dir, &["list", "--db", &db, "--state", "discarded"]);
+    let only_failed = castor_json(&dir, &["list", "--db", &db, "--state", "discarded"]);
     let rows = only_failed.as_array().expect("an array");
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["task"], "fail");
@@ -78,7 +62,7 @@ fn list_and_show_a_failed_task_with_decoded_arguments() {
     let raw = castor_ok(&dir, &["show", &invoice.id().to_string(), "--db", &db]);
     assert!(raw.contains("pass --lib LIB[:MANAGER] to decode"), "{raw}");
 
-    let shown = json(&dir, &["show", &failed.id().to_string(), "--db", &db]);
+    let shown = castor_json(&dir, &["show", &failed.id().to_string(), "--db", &db]);
     assert_eq!(shown["state"], "discarded");
     assert_eq!(shown["errors"][0]["error"], "mail server said no");
     assert_eq!(shown["errors"][0]["kind"], "error");
@@ -204,7 +188,7 @@ fn purge_deletes_finished_tasks_only() {
     }
     let later = DelayOptions::new().after(Duration::from_secs(3600));
     let waiting = fx::add::delay_with(&client, &later, 9, 9).expect("delay");
-    let out = json(&dir, &["purge", "--state", "finished", "--db", &db]);
+    let out = castor_json(&dir, &["purge", "--state", "finished", "--db", &db]);
     assert_eq!(out["purged"], 3);
     assert!(done.iter().all(|h| h.status().is_err()));
     assert_eq!(waiting.status().expect("status"), TaskState::Scheduled);
@@ -225,7 +209,7 @@ fn stats_count_states_and_list_live_workers() {
             .join(PATIENCE)
             .expect("join");
     }
-    let stats = json(&dir, &["stats", "--db", &db]);
+    let stats = castor_json(&dir, &["stats", "--db", &db]);
     assert_eq!(stats["counts"]["manager"]["add"]["completed"], 4);
     assert_eq!(stats["completed_last_minute"], 4);
     let workers = stats["workers_alive"].as_array().expect("workers");

@@ -11,7 +11,7 @@ use castor_fixture_shop_v1 as v1;
 use castor_fixture_shop_v2 as v2;
 use castor_store::TaskState;
 
-use crate::support::{PATIENCE, TestDir, Worker, fixture_path, run_castor, wait_until};
+use crate::support::{self, PATIENCE, TestDir, Worker, fixture_path, wait_until};
 
 fn target(version: &str) -> String {
     format!(
@@ -171,26 +171,15 @@ fn renamed_fields_wider_integers_and_added_variants_wait_and_a_declared_version_
 }
 
 /// `castor ARGS --db <dir's database>`, which must succeed; its stdout.
-fn castor_ok(dir: &TestDir, args: &[&str]) -> String {
+fn castor_on_db(dir: &TestDir, args: &[&str]) -> String {
     let db = dir.db().display().to_string();
-    let mut args = args.to_vec();
-    args.extend(["--db", db.as_str()]);
-    let out = run_castor(dir, &args);
-    assert!(
-        out.status.success(),
-        "castor {args:?} failed:\n{}\n{}",
-        out.stdout,
-        out.stderr
-    );
-    out.stdout
+    support::castor_ok(dir, &[args, &["--db", &db]].concat())
 }
 
-/// [`castor_ok`] with `--json`, parsed.
-fn castor_json(dir: &TestDir, args: &[&str]) -> serde_json::Value {
-    let mut args = args.to_vec();
-    args.push("--json");
-    let stdout = castor_ok(dir, &args);
-    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+/// [`castor_on_db`] with `--json`, parsed.
+fn castor_json_on_db(dir: &TestDir, args: &[&str]) -> serde_json::Value {
+    let db = dir.db().display().to_string();
+    support::castor_json(dir, &[args, &["--db", &db]].concat())
 }
 
 #[test]
@@ -211,7 +200,7 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
     let marked = format!("available (waiting for a worker of its signature {new_fp})");
 
     // No worker yet: the task waits for any worker, not for a signature.
-    let table = castor_ok(&dir, &["list"]);
+    let table = castor_on_db(&dir, &["list"]);
     assert!(
         table.contains(&id) && !table.contains("waiting for"),
         "{table}"
@@ -230,7 +219,7 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
     .expect("delay v1");
     ran.join(PATIENCE).expect("join v1");
 
-    let table = castor_ok(&dir, &["list"]);
+    let table = castor_on_db(&dir, &["list"]);
     let line = table
         .lines()
         .find(|l| l.contains(&id))
@@ -245,7 +234,7 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
         "{table}"
     );
 
-    let rows = castor_json(&dir, &["list"]);
+    let rows = castor_json_on_db(&dir, &["list"]);
     let rows = rows.as_array().expect("an array");
     let row = |id: &str| {
         rows.iter()
@@ -256,7 +245,7 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
     assert_eq!(row(&id)["args_fingerprint"], new_fp.as_str());
     assert_eq!(row(&ran.id().to_string())["waiting_for_signature"], false);
 
-    let shown = castor_ok(&dir, &["show", &id]);
+    let shown = castor_on_db(&dir, &["show", &id]);
     assert!(shown.contains(&format!("state      {marked}")), "{shown}");
     assert!(
         shown.contains(&format!(
@@ -264,10 +253,10 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
         )),
         "{shown}"
     );
-    let shown = castor_json(&dir, &["show", &id]);
+    let shown = castor_json_on_db(&dir, &["show", &id]);
     assert_eq!(shown["waiting_for_signature"], true);
 
-    let stats = castor_json(&dir, &["stats"]);
+    let stats = castor_json_on_db(&dir, &["stats"]);
     assert_eq!(
         stats["waiting_for_signature"],
         serde_json::json!([{
@@ -278,7 +267,7 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
         }]),
         "{stats}"
     );
-    let stats = castor_ok(&dir, &["stats"]);
+    let stats = castor_on_db(&dir, &["stats"]);
     assert!(
         stats.contains(&format!(
             "shop / charge: 1 waiting, args fingerprint {new_fp} (live workers run {old_fp})"
@@ -288,9 +277,9 @@ fn list_show_and_stats_say_which_tasks_wait_for_a_worker_of_their_signature() {
     worker.stop();
 
     // The v1 worker stopped: no live worker of `charge`, nothing waits for a signature.
-    let table = castor_ok(&dir, &["list"]);
+    let table = castor_on_db(&dir, &["list"]);
     assert!(!table.contains("waiting for"), "{table}");
-    let stats = castor_json(&dir, &["stats"]);
+    let stats = castor_json_on_db(&dir, &["stats"]);
     assert_eq!(stats["waiting_for_signature"], serde_json::json!([]));
 
     let worker = Worker::start(&dir, &target("shop_v2"), &[]);
@@ -338,7 +327,7 @@ fn a_schedule_created_by_a_v2_app_is_run_only_by_a_v2_worker() {
     .expect("delay v1");
     ran.join(PATIENCE).expect("join v1");
     assert_eq!(run.status().expect("status"), TaskState::Available);
-    let shown = castor_json(&dir, &["show", &run.id().to_string()]);
+    let shown = castor_json_on_db(&dir, &["show", &run.id().to_string()]);
     assert_eq!(shown["args_fingerprint"], new_fp.as_str(), "{shown}");
     worker.stop();
 

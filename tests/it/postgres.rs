@@ -9,8 +9,8 @@ use castor_fixture_tasks as fx;
 use castor_store::{ListFilter, OpenOptions, Store, TaskState};
 
 use crate::support::{
-    PATIENCE, PgDatabase, TestDir, Worker, admin, block_on, castor_bin, fixture_app, recorded,
-    tasks_target, wait_for_state, wait_until, wait_until_begun,
+    PATIENCE, PgDatabase, TestDir, Worker, admin, block_on, castor_bin, castor_ok, fixture_app,
+    recorded, tasks_target, wait_for_state, wait_until, wait_until_begun,
 };
 
 /// Starts `castor TARGET --db URL ARGS..` in `dir`, for the fixture's `manager`.
@@ -644,22 +644,6 @@ fn a_worker_whose_clock_is_off_says_so_once_and_again_when_back_in_line() {
         skewed.stdout,
         in_line.stdout
     );
-}
-
-/// Runs `castor ARGS` in `dir`; returns its stdout, after checking it succeeded.
-fn castor_ok(dir: &TestDir, args: &[&str]) -> String {
-    let out = Command::new(castor_bin())
-        .args(args)
-        .current_dir(dir.path())
-        .output()
-        .expect("run castor");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "castor {args:?} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
 }
 
 /// The app's whole API and the CLI work on PostgreSQL as on SQLite: `delay_with` (a

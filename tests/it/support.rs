@@ -271,6 +271,26 @@ pub fn run_castor(dir: &TestDir, args: &[&str]) -> Stopped {
     Worker::spawn(command).wait()
 }
 
+/// Runs `castor ARGS..` in `dir`, which must succeed; its stdout.
+pub fn castor_ok(dir: &TestDir, args: &[&str]) -> String {
+    let out = run_castor(dir, args);
+    assert!(
+        out.status.success(),
+        "castor {args:?} failed:\n{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    out.stdout
+}
+
+/// [`castor_ok`] with `--json`, parsed.
+pub fn castor_json(dir: &TestDir, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let stdout = castor_ok(dir, &args);
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
+}
+
 /// CPU time (user + system) the process `pid` has used so far, from `/proc/PID/stat`
 /// (clock ticks, 10 ms each: coarse, which is why tests only assert loose bounds).
 pub fn cpu_time(pid: i32) -> Duration {

@@ -377,7 +377,7 @@ pub trait Tx {
     ) -> Result<bool, StoreError>;
 
     /// Records how each attempt of `ends` ended, as [`Tx::finish_if_running`] does, in
-    /// as few statements as the driver can; returns, per end, whether it was recorded.
+    /// as few statements as the engine makes cheap; returns, per end, whether it was recorded.
     /// An end whose row already holds this very outcome (written by `worker` in a
     /// transaction whose commit went through although its reply was lost) counts as
     /// recorded. The worker writes a turn's outcomes through this.
@@ -389,12 +389,7 @@ pub trait Tx {
         worker: &str,
         ends: &[AttemptEnd<'_>],
         now: i64,
-    ) -> Result<Vec<bool>, StoreError> {
-        let _ = worker;
-        ends.iter()
-            .map(|end| self.finish_if_running(end.seq, end.attempt, &end.finish, now))
-            .collect()
-    }
+    ) -> Result<Vec<bool>, StoreError>;
 
     /// Gives a claimed task that never started back: `available` again, the claim's
     /// attempt undone, if it is still running that attempt.

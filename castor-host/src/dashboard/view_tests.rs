@@ -643,33 +643,29 @@ fn each_panel_alone_90x12() {
     }
 }
 
+/// The screen's text, row after row (no line breaks: a substring may not span rows).
+fn text(terminal: &Terminal<TestBackend>) -> String {
+    terminal
+        .backend()
+        .buffer()
+        .content()
+        .iter()
+        .map(ratatui::buffer::Cell::symbol)
+        .collect()
+}
+
 /// Tasks that live workers leave for a worker of their signature (type fingerprint) are
-/// counted in the title of the counts, with their names.
+/// counted in the title of the counts.
 #[test]
 fn tasks_waiting_for_a_worker_of_their_signature_are_counted_in_the_title() {
     let mut s = busy();
     s.set_waiting_for_signature(vec![("charge".into(), 3), ("label".into(), 2)]);
-    let terminal = draw(&s, 180, 45);
-    let screen: String = terminal
-        .backend()
-        .buffer()
-        .content()
-        .iter()
-        .map(ratatui::buffer::Cell::symbol)
-        .collect();
+    let screen = text(&draw(&s, 180, 45));
     assert!(
         screen.contains("Tasks by state · 5 for another build"),
         "{screen}"
     );
-    let mut none = busy();
-    none.set_waiting_for_signature(Vec::new());
-    let terminal = draw(&none, 180, 45);
-    let screen: String = terminal
-        .backend()
-        .buffer()
-        .content()
-        .iter()
-        .map(ratatui::buffer::Cell::symbol)
-        .collect();
+    s.set_waiting_for_signature(Vec::new());
+    let screen = text(&draw(&s, 180, 45));
     assert!(!screen.contains("another build"), "{screen}");
 }
