@@ -483,7 +483,7 @@ impl Coordinator {
             None => self.commit(reporter),
         };
         let registering = self.registration.is_some();
-        let refreshed = written.map(|claimed| {
+        let turned = written.and_then(|claimed| {
             self.registration = None;
             if registering {
                 // The worker's start: its registration read the server's clock.
@@ -502,7 +502,7 @@ impl Coordinator {
             // for, and a new scheduled task is never due at once.
             self.refresh_due()
         });
-        match refreshed.and_then(|refreshed| refreshed) {
+        match turned {
             Ok(()) => Ok(()),
             Err(e) => {
                 if !e.is_fatal() {

@@ -311,7 +311,8 @@ impl Tx for PostgresTx<'_> {
             .filter(|(_, end)| matches!(end.finish, Finish::Completed { .. }))
             .collect();
         if !completed.is_empty() {
-            let flags = PostgresTx::complete_many(self, worker, &completed, now)
+            let ends: Vec<&AttemptEnd<'_>> = completed.iter().map(|&(_, end)| end).collect();
+            let flags = PostgresTx::complete_many(self, worker, &ends, now)
                 .map_err(self.fail("record attempts' outcomes"))?;
             for ((i, _), flag) in completed.iter().zip(flags) {
                 recorded[*i] = flag;
@@ -570,8 +571,8 @@ impl PostgresTx<'_> {
         }
     }
 
-    /// Records the completions `ended` (each `(index, end)`, every one
-    /// [`Finish::Completed`]) in one statement; returns, per end, whether it is recorded:
+    /// Records the completions `ended` (every one [`Finish::Completed`]) in one
+    /// statement; returns, per end, whether it is recorded:
     /// written now, or found already written by `worker` for that attempt (a retried
     /// commit whose reply was lost; only the worker holding an attempt completes it).
     ///
@@ -580,24 +581,21 @@ impl PostgresTx<'_> {
     pub fn complete_many(
         &mut self,
         worker: &str,
-        ended: &[(usize, &AttemptEnd<'_>)],
+        ended: &[&AttemptEnd<'_>],
         now: i64,
     ) -> Result<Vec<bool>, postgres::Error> {
-        let seqs: Vec<i64> = ended.iter().map(|(_, end)| end.seq).collect();
-        let attempts: Vec<i64> = ended
-            .iter()
-            .map(|(_, end)| i64::from(end.attempt))
-            .collect();
+        let seqs: Vec<i64> = ended.iter().map(|end| end.seq).collect();
+        let attempts: Vec<i64> = ended.iter().map(|end| i64::from(end.attempt)).collect();
         let results: Vec<&[u8]> = ended
             .iter()
-            .map(|(_, end)| match &end.finish {
+            .map(|end| match &end.finish {
                 Finish::Completed { result, .. } => *result,
                 Finish::Failed { .. } => &[],
             })
             .collect();
         let prints: Vec<&str> = ended
             .iter()
-            .map(|(_, end)| match &end.finish {
+            .map(|end| match &end.finish {
                 Finish::Completed {
                     result_fingerprint, ..
                 } => result_fingerprint.unwrap_or(""),
