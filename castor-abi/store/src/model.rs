@@ -67,19 +67,26 @@ pub struct TaskFilter {
 }
 
 impl TaskFilter {
-    /// The (name, fingerprint) pairs the claim takes: each name with no fingerprint
-    /// (stored as the empty string), and with its own when it has one.
-    pub fn claim_keys(&self) -> (Vec<&str>, Vec<&str>) {
+    /// The (name, fingerprint) pairs the claim takes: each name with its own fingerprint
+    /// when it has one, and with none (stored as the empty string) when it has none or
+    /// when `unsigned`: the caller knows that the manager may have available tasks
+    /// dispatched without one (rows written before fingerprints existed).
+    pub fn claim_keys(&self, unsigned: bool) -> (Vec<&str>, Vec<&str>) {
         let mut names = Vec::with_capacity(self.tasks.len() * 2);
         let mut prints = Vec::with_capacity(self.tasks.len() * 2);
         for (i, name) in self.tasks.iter().enumerate() {
-            names.push(name.as_str());
-            prints.push("");
-            if let Some(Some(fp)) = self.args_fingerprints.get(i)
-                && !fp.is_empty()
-            {
+            let own = self
+                .args_fingerprints
+                .get(i)
+                .and_then(Option::as_deref)
+                .filter(|fp| !fp.is_empty());
+            if unsigned || own.is_none() {
                 names.push(name.as_str());
-                prints.push(fp.as_str());
+                prints.push("");
+            }
+            if let Some(fp) = own {
+                names.push(name.as_str());
+                prints.push(fp);
             }
         }
         (names, prints)

@@ -508,7 +508,9 @@ impl PostgresTx<'_> {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (names, prints) = filter.claim_keys();
+        // Always with the unknown-fingerprint arms: here they cost a seek each inside the
+        // one statement, where knowing whether they can match would cost a round trip.
+        let (names, prints) = filter.claim_keys(true);
         let mut claimed = self
             .unflushed()
             .query(

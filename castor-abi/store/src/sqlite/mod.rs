@@ -68,6 +68,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "signatures",
         sql: include_str!("migrations/0005_signatures.sql"),
     },
+    Migration {
+        version: 6,
+        name: "unsigned",
+        sql: include_str!("migrations/0006_unsigned.sql"),
+    },
 ];
 
 /// How long a connection waits for another writer before giving up on one try.

@@ -63,6 +63,12 @@ impl ClaimSql {
     }
 }
 
+/// Whether a manager has an available task dispatched without an argument fingerprint
+/// (through the `castor_tasks_unsigned` index, empty once such rows have run).
+pub(super) const UNSIGNED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM castor_tasks \
+     INDEXED BY castor_tasks_unsigned \
+     WHERE manager = ?1 AND state = 'available' AND args_fingerprint = '')";
+
 /// A new attempt starts without the last one's progress.
 const NO_PROGRESS: &str = "progress_done = NULL, progress_total = NULL, progress_message = NULL";
 
