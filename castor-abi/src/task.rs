@@ -439,6 +439,7 @@ impl NewTaskFromAbi for DispatchOptionsAbi {
             timeout_ms: self.timeout_ms.into_option().map(ms),
             schedule_id: None,
             args_fingerprint: Some(self.args_fingerprint.as_str()).filter(|fp| !fp.is_empty()),
+            concurrency_key: None,
         }
     }
 }

@@ -39,6 +39,9 @@ pub struct NewTask<'a> {
     /// The dispatching side's fingerprint of the argument tuple's type; `None`: unknown
     /// (any worker that declares the name may claim it).
     pub args_fingerprint: Option<&'a str>,
+    /// The partition of the task's keyed concurrency limit (the declared argument's
+    /// value, computed by the dispatching side); `None`: no partition.
+    pub concurrency_key: Option<&'a str>,
 }
 
 /// What an insert did.
