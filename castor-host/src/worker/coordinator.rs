@@ -203,6 +203,7 @@ impl Coordinator {
         for event in first.into_iter().chain(events.try_iter()) {
             self.on_event(event, pending, reporter);
         }
+        self.producer.slot_due(Instant::now());
     }
 
     fn on_event(&mut self, event: Event, pending: &AtomicBool, reporter: &mut dyn Reporter) {
@@ -393,6 +394,19 @@ impl Coordinator {
         });
     }
 
+    /// Reads whether some task of the worker has a limit in force (at start, and with
+    /// each heartbeat: an override set by `castor limit` on a task declared without
+    /// limits takes effect within a third of a lease; one on a limited task, at the
+    /// next claim). A failed read keeps what was known.
+    fn refresh_limits(&mut self) {
+        if let Ok(rows) = self.store.limits(Some(&self.ctx.manager)) {
+            let limited = rows
+                .iter()
+                .any(|r| !r.effective().is_none() && self.ctx.tasks.contains_key(&r.task));
+            self.producer.set_limited(limited);
+        }
+    }
+
     /// When the wait ends at the latest: the next timer the next turn moves forward.
     fn next_timer(&self) -> Instant {
         let now = Instant::now();
@@ -422,6 +436,9 @@ impl Coordinator {
         if let Some(at) = self.running.next_deadline() {
             next = next.min(at);
         }
+        if let Some(at) = self.producer.next_slot() {
+            next = next.min(at);
+        }
         next
     }
 
@@ -429,6 +446,7 @@ impl Coordinator {
         let Some(task) = self.running.answered(done.seq, done.attempt) else {
             return;
         };
+        self.producer.attempt_ended(task.mode);
         let Some(attempt) = done.outcome else {
             // Never started: the worker is stopping. Give the claim back.
             self.completer.release(task.claim.seq, task.claim.attempt);
@@ -488,6 +506,7 @@ impl Coordinator {
             if registering {
                 // The worker's start: its registration read the server's clock.
                 self.check_clock(reporter);
+                self.refresh_limits();
             }
             // This connection's own commits need no wake-up (after a reconnection,
             // the new session's).
@@ -666,6 +685,8 @@ impl Coordinator {
             pruned,
             cancel_requests,
             claimed,
+            held,
+            next_slot_at,
         } = written;
         reporter.event(WorkerEvent::Committed);
         let now = Instant::now();
@@ -682,6 +703,7 @@ impl Coordinator {
         }
         if plan.renew {
             self.producer.renewed(now);
+            self.refresh_limits();
             if self.clock.due(now) {
                 // The heartbeat just written read the server's clock.
                 self.check_clock(reporter);
@@ -711,6 +733,15 @@ impl Coordinator {
                 self.mismatch_due = true;
             }
             self.producer.claimed(mode, asked, got);
+            if plan.limited && asked > 0 {
+                let next_slot = next_slot_at.map(|at| {
+                    // A millisecond late rather than early: an early claim finds the
+                    // window still full.
+                    now + Duration::from_micros(u64::try_from(at - now_us()).unwrap_or(0))
+                        + Duration::from_millis(1)
+                });
+                self.producer.limits_held(mode, *held.get(mode), next_slot);
+            }
         }
         let mut claimed_all = claimed.thread;
         claimed_all.extend(claimed.process);

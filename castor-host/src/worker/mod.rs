@@ -35,8 +35,8 @@ use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_store::{
-    CheckReach, Database, NewSchedule, Notifier, OpenOptions, ScheduleFilter, Store, TaskFilter,
-    WorkerRow, now_us,
+    CheckReach, Database, DeclaredLimits, Limits, NewSchedule, Notifier, OpenOptions, Rate,
+    ScheduleFilter, Store, TaskFilter, WorkerRow, now_us,
 };
 use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};
@@ -682,7 +682,27 @@ impl Registration {
             heartbeat_at: now,
             ..self.row.clone()
         };
-        store.write(|tx| tx.register_worker(&row))
+        let manager = self.manager.name.as_str();
+        let declared: Vec<DeclaredLimits<'_>> = self
+            .manager
+            .tasks
+            .iter()
+            .map(|t| DeclaredLimits {
+                task: t.name.as_str(),
+                limits: Limits {
+                    concurrency: (t.concurrency > 0).then_some(t.concurrency),
+                    rate: (t.rate_count > 0 && t.rate_per_ms > 0).then(|| Rate {
+                        count: t.rate_count,
+                        per: Duration::from_millis(t.rate_per_ms),
+                    }),
+                },
+                key: Some(t.concurrency_key.as_str()).filter(|k| !k.is_empty()),
+            })
+            .collect();
+        store.write(|tx| {
+            tx.declare_limits(manager, &declared, now)?;
+            tx.register_worker(&row)
+        })
     }
 
     /// Makes the database's periodic schedules match this library's declarations.
