@@ -68,6 +68,25 @@ pub trait Payload: Serialize + DeserializeOwned {}
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> Payload for T {}
 
+/// What a `concurrency_key` argument must be: its text is the partition's key.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task's concurrency key",
+    label = "this type must implement `Display`: the key is the argument's text",
+    note = "implement `std::fmt::Display` for `{Self}`, or name an argument that does \
+            (an id, a name)"
+)]
+pub trait PartitionKey {
+    /// The key as stored on the task's row.
+    fn partition_key(&self) -> String;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: std::fmt::Display + ?Sized> PartitionKey for T {
+    fn partition_key(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// The codec of a payload type: the one place its serde bounds are checked.
 pub const fn codec<T: Payload>() -> Codec<T> {
     Codec {

@@ -378,7 +378,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
         arg_types.push((*typed.ty).clone());
     }
 
-    // The partition key: the named argument's `to_string()`, spanned at its type so a
+    // The partition key: the named argument's text (`Display`), spanned at its type so a
     // type without `Display` is reported there.
     let key_fn = match &attr.concurrency_key {
         Some(key) => {
@@ -399,7 +399,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             let index = syn::Index::from(index);
             let ty = &arg_types[index.index as usize];
             let to_string =
-                quote::quote_spanned!(ty.span()=> ::std::string::ToString::to_string(&args.#index));
+                quote::quote_spanned!(ty.span()=> ::castor_abi::__private::PartitionKey::partition_key(&args.#index));
             quote!(::core::option::Option::Some(#to_string))
         }
         None => quote!({

@@ -354,6 +354,7 @@ mod tests {
             prune: false,
             cancels: false,
             claims: PerMode::default(),
+            limited: false,
         }
     }
 
