@@ -398,8 +398,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             };
             let index = syn::Index::from(index);
             let ty = &arg_types[index.index as usize];
-            let to_string =
-                quote::quote_spanned!(ty.span()=> ::castor_abi::__private::PartitionKey::partition_key(&args.#index));
+            let to_string = quote::quote_spanned!(ty.span()=> ::castor_abi::__private::PartitionKey::partition_key(&args.#index));
             quote!(::core::option::Option::Some(#to_string))
         }
         None => quote!({
