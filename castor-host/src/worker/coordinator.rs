@@ -783,6 +783,11 @@ impl Coordinator {
         if !rescued.rescued.is_empty() {
             // Rescued tasks are retryable (or available again soon).
             self.stager.mark_stale();
+            // Their attempts no longer count against a concurrency limit: a lane it held
+            // back may claim (this worker's own commit wakes nobody).
+            for mode in MODES {
+                self.producer.attempt_ended(mode);
+            }
         }
     }
 

@@ -543,6 +543,45 @@ mod tests {
     }
 
     #[test]
+    fn limits_wake_a_lane_when_an_attempt_ends_or_a_rate_slot_opens() {
+        let now = Instant::now();
+        let running = Running::default();
+        let mut producer = Producer::new(
+            PerMode {
+                thread: 4,
+                process: 2,
+            },
+            Duration::from_secs(30),
+            now,
+        );
+        assert!(!producer.limited(), "no limits until the worker reads some");
+        // A claim that came back short because a concurrency limit held tasks back.
+        producer.claimed(TaskMode::Thread, 24, 2);
+        producer.limits_held(TaskMode::Thread, true, None);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        producer.attempt_ended(TaskMode::Process);
+        assert_eq!(
+            producer.room(TaskMode::Thread, &running, true),
+            0,
+            "another lane's end frees nothing here"
+        );
+        producer.attempt_ended(TaskMode::Thread);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 24);
+        // Short for a rate: nothing until the next slot, however many attempts end.
+        producer.claimed(TaskMode::Thread, 24, 0);
+        let slot = now + Duration::from_millis(300);
+        producer.limits_held(TaskMode::Thread, false, Some(slot));
+        producer.attempt_ended(TaskMode::Thread);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        assert_eq!(producer.next_slot(), Some(slot), "the coordinator sleeps until then");
+        producer.slot_due(slot - Duration::from_millis(1));
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        producer.slot_due(slot);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 24);
+        assert_eq!(producer.next_slot(), None);
+    }
+
+    #[test]
     fn leases_are_renewed_every_third_of_a_lease() {
         let t0 = Instant::now();
         let mut producer = Producer::new(PerMode::default(), Duration::from_secs(30), t0);
