@@ -471,6 +471,14 @@ pub trait Tx {
         lease_until: i64,
     ) -> Result<LimitedClaim, StoreError>;
 
+    /// The limit rows of `manager`, read in this transaction without a lock: a worker
+    /// reads them with its registration and its heartbeats, so that knowing whether
+    /// its tasks have limits costs an idle worker no statement of its own.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn limits_of(&mut self, manager: &str) -> Result<Vec<LimitRow>, StoreError>;
+
     /// The limit rows of `manager`'s `tasks`, locked against other claimers until the
     /// transaction ends where the engine locks rows (PostgreSQL: `FOR UPDATE`, in task
     /// order).

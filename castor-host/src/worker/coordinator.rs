@@ -394,17 +394,15 @@ impl Coordinator {
         });
     }
 
-    /// Reads whether some task of the worker has a limit in force (at start, and with
-    /// each heartbeat: an override set by `castor limit` on a task declared without
-    /// limits takes effect within a third of a lease; one on a limited task, at the
-    /// next claim). A failed read keeps what was known.
-    fn refresh_limits(&mut self) {
-        if let Ok(rows) = self.store.limits(Some(&self.ctx.manager)) {
-            let limited = rows
-                .iter()
-                .any(|r| !r.effective().is_none() && self.ctx.tasks.contains_key(&r.task));
-            self.producer.set_limited(limited);
-        }
+    /// Whether some task of the worker has a limit in force, from the limit rows its
+    /// registration and each heartbeat read: an override set by `castor limits` on a
+    /// task declared without limits takes effect within a third of a lease; one on a
+    /// limited task, at the next claim.
+    fn limits_read(&mut self, rows: &[castor_store::LimitRow]) {
+        let limited = rows
+            .iter()
+            .any(|r| !r.effective().is_none() && self.ctx.tasks.contains_key(&r.task));
+        self.producer.set_limited(limited);
     }
 
     /// When the wait ends at the latest: the next timer the next turn moves forward.
@@ -497,7 +495,10 @@ impl Coordinator {
             return Ok(());
         }
         let written = match &self.registration {
-            Some(registration) => registration.write(&mut self.store).map(|()| Vec::new()),
+            Some(registration) => registration.write(&mut self.store).map(|limits| {
+                self.limits_read(&limits);
+                Vec::new()
+            }),
             None => self.commit(reporter),
         };
         let registering = self.registration.is_some();
@@ -506,7 +507,6 @@ impl Coordinator {
             if registering {
                 // The worker's start: its registration read the server's clock.
                 self.check_clock(reporter);
-                self.refresh_limits();
             }
             // This connection's own commits need no wake-up (after a reconnection,
             // the new session's).
@@ -687,6 +687,7 @@ impl Coordinator {
             claimed,
             held,
             next_slot_at,
+            limits,
         } = written;
         reporter.event(WorkerEvent::Committed);
         let now = Instant::now();
@@ -703,7 +704,6 @@ impl Coordinator {
         }
         if plan.renew {
             self.producer.renewed(now);
-            self.refresh_limits();
             if self.clock.due(now) {
                 // The heartbeat just written read the server's clock.
                 self.check_clock(reporter);
@@ -721,6 +721,9 @@ impl Coordinator {
         }
         if plan.cancels {
             self.running.cancel(&cancel_requests);
+        }
+        if let Some(rows) = limits {
+            self.limits_read(&rows);
         }
         if staged.tasks + staged.runs > 0 {
             self.wake_claims();

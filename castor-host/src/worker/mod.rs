@@ -35,7 +35,7 @@ use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_store::{
-    CheckReach, Database, DeclaredLimits, Limits, NewSchedule, Notifier, OpenOptions, Rate,
+    CheckReach, Database, DeclaredLimits, LimitRow, Limits, NewSchedule, Notifier, OpenOptions, Rate,
     ScheduleFilter, Store, TaskFilter, WorkerRow, now_us,
 };
 use castor_store::{LogLevel, StoreError};
@@ -674,7 +674,9 @@ struct Registration {
 }
 
 impl Registration {
-    fn write(&self, store: &mut Store) -> Result<(), StoreError> {
+    /// Writes the registration; returns the manager's limit rows, read in the same
+    /// transaction.
+    fn write(&self, store: &mut Store) -> Result<Vec<LimitRow>, StoreError> {
         let now = now_us();
         self.declare_periodic(store, now)?;
         let row = WorkerRow {
@@ -701,7 +703,8 @@ impl Registration {
             .collect();
         store.write(|tx| {
             tx.declare_limits(manager, &declared, now)?;
-            tx.register_worker(&row)
+            tx.register_worker(&row)?;
+            tx.limits_of(manager)
         })
     }
 

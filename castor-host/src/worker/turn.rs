@@ -156,10 +156,13 @@ impl TurnPlan {
         let applied = completer.write(tx, &self.completion, &ctx.id, now, &ctx.tasks)?;
         let staged =
             super::stager::Stager::write(tx, self.stage, &ctx.manager, &ctx.schedules, now)?;
-        if self.renew {
+        let limits = if self.renew {
             tx.renew_leases(&ctx.id, &self.held, lease_until)?;
             tx.heartbeat(&ctx.id, now, summary.completed, summary.failed)?;
-        }
+            Some(tx.limits_of(&ctx.manager)?)
+        } else {
+            None
+        };
         let rescued = if self.rescue {
             rescuer::rescue(
                 tx,
@@ -219,6 +222,7 @@ impl TurnPlan {
             claimed,
             held,
             next_slot_at,
+            limits,
         })
     }
 }
@@ -240,6 +244,8 @@ pub(super) struct Written {
     pub(super) held: PerMode<bool>,
     /// When a rate limit next allows a start (microseconds since the epoch).
     pub(super) next_slot_at: Option<i64>,
+    /// With the heartbeat: the manager's limit rows, read in the same transaction.
+    pub(super) limits: Option<Vec<castor_store::LimitRow>>,
 }
 
 #[cfg(test)]

@@ -181,6 +181,15 @@ impl PostgresTx<'_> {
             .collect()
     }
 
+    pub(super) fn read_limit_rows(&mut self, manager: &str) -> Result<Vec<LimitRow>, postgres::Error> {
+        let manager = Some(manager);
+        self.unflushed()
+            .query(READ_SQL, &[&manager])?
+            .iter()
+            .map(limit_row)
+            .collect()
+    }
+
     pub(super) fn count_running_limited(
         &mut self,
         manager: &str,

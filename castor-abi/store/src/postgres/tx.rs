@@ -321,6 +321,11 @@ impl Tx for PostgresTx<'_> {
             .map_err(self.fail("read tasks' limits"))
     }
 
+    fn limits_of(&mut self, manager: &str) -> Result<Vec<LimitRow>, StoreError> {
+        self.read_limit_rows(manager)
+            .map_err(self.fail("read tasks' limits"))
+    }
+
     fn running_limited(&mut self, manager: &str, task: &str) -> Result<u64, StoreError> {
         self.count_running_limited(manager, task)
             .map_err(self.fail("count a limited task's attempts"))

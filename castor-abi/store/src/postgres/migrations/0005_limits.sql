@@ -13,7 +13,7 @@
 -- at the claim's time), pruned past the window by the claim itself. Not attempted_at,
 -- which the next attempt overwrites.
 
-CREATE TABLE IF NOT EXISTS castor_limits (
+CREATE TABLE castor_limits (
     manager text NOT NULL,
     task text NOT NULL,
     declared_concurrency bigint CHECK (declared_concurrency > 0),
@@ -28,13 +28,13 @@ CREATE TABLE IF NOT EXISTS castor_limits (
 );
 
 ALTER TABLE castor_tasks ADD COLUMN concurrency_key text;
-CREATE INDEX IF NOT EXISTS castor_tasks_limited
+CREATE INDEX castor_tasks_limited
     ON castor_tasks (manager, task, concurrency_key)
     WHERE state = 'running' AND concurrency_key IS NOT NULL;
 
-CREATE TABLE IF NOT EXISTS castor_starts (
+CREATE TABLE castor_starts (
     manager text NOT NULL,
     task text NOT NULL,
     at bigint NOT NULL
 );
-CREATE INDEX IF NOT EXISTS castor_starts_task ON castor_starts (manager, task, at);
+CREATE INDEX castor_starts_task ON castor_starts (manager, task, at);
