@@ -592,25 +592,41 @@ pub(crate) fn claim_limited(
             _ => vec![""],
         };
         let mut room = room as u64;
+        let per_key = limits.concurrency.filter(|_| keyed);
+        // The first page before any count: a limited task with nothing to claim costs one
+        // statement. (Under a keyed limit an empty page may mean every key is full.)
+        let first = tx.limited_candidates(
+            &filter.manager,
+            task,
+            &prints,
+            per_key,
+            usize::try_from(room).unwrap_or(usize::MAX),
+        )?;
+        if first.is_empty() {
+            out.held |= per_key.is_some();
+            continue;
+        }
         let mut started = 0;
         if let Some(rate) = limits.rate {
             started = tx.starts_in_window(&filter.manager, task, now - rate.per_us())?;
             room = room.min(rate_allowance(rate, started));
         }
-        let per_key = limits.concurrency.filter(|_| keyed);
         if let (Some(c), false) = (limits.concurrency, keyed) {
             let running = tx.running_limited(&filter.manager, task)?;
             let left = u64::from(c).saturating_sub(running);
-            if left < room {
+            if left < first.len() as u64 {
                 out.held = true;
             }
             room = room.min(left);
         }
         let mut got = Vec::new();
+        let mut page = Some(first);
         while (got.len() as u64) < room {
             let want = usize::try_from(room).unwrap_or(usize::MAX) - got.len();
-            let candidates =
-                tx.limited_candidates(&filter.manager, task, &prints, per_key, want)?;
+            let candidates = match page.take() {
+                Some(first) => first,
+                None => tx.limited_candidates(&filter.manager, task, &prints, per_key, want)?,
+            };
             let take = match per_key {
                 Some(c) => {
                     let keys: Vec<(String, u64)> = candidates
@@ -619,7 +635,7 @@ pub(crate) fn claim_limited(
                         .collect();
                     take_per_key(&keys, c, want)
                 }
-                None => (0..candidates.len()).collect(),
+                None => (0..candidates.len().min(want)).collect(),
             };
             let seqs: Vec<i64> = take.iter().map(|&i| candidates[i].seq).collect();
             if seqs.is_empty() {

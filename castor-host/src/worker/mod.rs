@@ -35,8 +35,8 @@ use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_store::{
-    CheckReach, Database, DeclaredLimits, LimitRow, Limits, NewSchedule, Notifier, OpenOptions, Rate,
-    ScheduleFilter, Store, TaskFilter, WorkerRow, now_us,
+    CheckReach, Database, DeclaredLimits, LimitRow, Limits, NewSchedule, Notifier, OpenOptions,
+    Rate, ScheduleFilter, Store, TaskFilter, WorkerRow, now_us,
 };
 use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};

@@ -573,7 +573,11 @@ mod tests {
         producer.limits_held(TaskMode::Thread, false, Some(slot));
         producer.attempt_ended(TaskMode::Thread);
         assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
-        assert_eq!(producer.next_slot(), Some(slot), "the coordinator sleeps until then");
+        assert_eq!(
+            producer.next_slot(),
+            Some(slot),
+            "the coordinator sleeps until then"
+        );
         producer.slot_due(slot - Duration::from_millis(1));
         assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
         producer.slot_due(slot);

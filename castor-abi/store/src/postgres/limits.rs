@@ -181,7 +181,10 @@ impl PostgresTx<'_> {
             .collect()
     }
 
-    pub(super) fn read_limit_rows(&mut self, manager: &str) -> Result<Vec<LimitRow>, postgres::Error> {
+    pub(super) fn read_limit_rows(
+        &mut self,
+        manager: &str,
+    ) -> Result<Vec<LimitRow>, postgres::Error> {
         let manager = Some(manager);
         self.unflushed()
             .query(READ_SQL, &[&manager])?
