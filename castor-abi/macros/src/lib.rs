@@ -18,7 +18,12 @@ use syn::{
 /// #[castor_abi::task(thread)]
 /// #[castor_abi::task(process, timeout = "30s", max_attempts = 3, backoff = "2s", backoff_cap = "10m")]
 /// #[castor_abi::task(thread, name = "emails.send")]
+/// #[castor_abi::task(thread, rate = "10/s")]                      // at most 10 starts a second
+/// #[castor_abi::task(thread, concurrency = 1, concurrency_key = customer_id)]
 /// ```
+///
+/// `concurrency` and `rate` hold across every worker on the database (see the README's
+/// "Concurrency and rate limits").
 ///
 /// The function is kept as written. Next to it, a module of the same name holds `NAME`,
 /// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`
