@@ -68,6 +68,25 @@ pub trait Payload: Serialize + DeserializeOwned {}
 #[diagnostic::do_not_recommend]
 impl<T: Serialize + DeserializeOwned> Payload for T {}
 
+/// What a `concurrency_key` argument must be: its text is the partition's key.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be a task's concurrency key",
+    label = "this type must implement `Display`: the key is the argument's text",
+    note = "implement `std::fmt::Display` for `{Self}`, or name an argument that does \
+            (an id, a name)"
+)]
+pub trait PartitionKey {
+    /// The key as stored on the task's row.
+    fn partition_key(&self) -> String;
+}
+
+#[diagnostic::do_not_recommend]
+impl<T: std::fmt::Display + ?Sized> PartitionKey for T {
+    fn partition_key(&self) -> String {
+        self.to_string()
+    }
+}
+
 /// The codec of a payload type: the one place its serde bounds are checked.
 pub const fn codec<T: Payload>() -> Codec<T> {
     Codec {
@@ -335,6 +354,10 @@ fn encode_args<A>(spec: &TaskSpec, args: &A, codec: Codec<A>) -> Result<Vec<u8>,
     })
 }
 
+/// The partition key of a task's keyed concurrency limit, from its arguments (generated
+/// glue: the declared argument's `to_string()`, or `None`).
+pub type KeyFn<A> = fn(&A) -> Option<String>;
+
 /// `my_task::delay_with(to, options, args..)`.
 pub fn delay<A, R>(
     to: &impl Dispatch,
@@ -342,8 +365,10 @@ pub fn delay<A, R>(
     options: &DelayOptions,
     args: &A,
     codec: Codec<A>,
+    key: KeyFn<A>,
 ) -> Result<TaskHandle<R>, DispatchError> {
-    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let mut resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    resolved.concurrency_key = key(args).map(Into::into).into();
     let bytes = encode_args(&spec, args, codec)?;
     let backend = to.dispatcher().0;
     let id = backend.dispatch(spec.name, &bytes, &resolved)?;
@@ -360,8 +385,10 @@ pub fn delay_in<A, R>(
     options: &DelayOptions,
     args: &A,
     codec: Codec<A>,
+    key: KeyFn<A>,
 ) -> Result<TaskHandle<R>, DispatchError> {
-    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let mut resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    resolved.concurrency_key = key(args).map(Into::into).into();
     let bytes = encode_args(&spec, args, codec)?;
     let id = to.dispatch_in(tx, spec.name, &bytes, &resolved)?;
     Ok(TaskHandle::dispatched(id, spec.name, to.dispatcher().0).expecting(&spec))
@@ -374,14 +401,21 @@ pub fn delay_many<A, R>(
     options: &DelayOptions,
     args: impl IntoIterator<Item = A>,
     codec: Codec<A>,
+    key: KeyFn<A>,
 ) -> Result<Vec<TaskHandle<R>>, DispatchError> {
     let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let mut keys = Vec::new();
     let encoded = args
         .into_iter()
-        .map(|args| encode_args(&spec, &args, codec))
+        .map(|args| {
+            if spec.limits.concurrency_key.is_some() {
+                keys.push(key(&args));
+            }
+            encode_args(&spec, &args, codec)
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let backend = to.dispatcher().0;
-    let ids = backend.dispatch_many(spec.name, &encoded, &resolved)?;
+    let ids = backend.dispatch_many(spec.name, &encoded, &keys, &resolved)?;
     Ok(ids
         .into_iter()
         .map(|id| {

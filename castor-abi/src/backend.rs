@@ -37,14 +37,24 @@ pub(crate) trait Backend: Send + Sync {
     ) -> Result<Uuid, DispatchError>;
 
     /// Dispatches many tasks of one name, all or nothing where the backend allows.
+    /// `keys` holds each task's concurrency partition key, by position (empty: none).
     fn dispatch_many(
         &self,
         task: &str,
         args: &[Vec<u8>],
+        keys: &[Option<String>],
         options: &DispatchOptionsAbi,
     ) -> Result<Vec<Uuid>, DispatchError> {
         args.iter()
-            .map(|args| self.dispatch(task, args, options))
+            .enumerate()
+            .map(|(i, args)| match keys.get(i) {
+                Some(key) => {
+                    let mut options = options.clone();
+                    options.concurrency_key = key.clone().map(Into::into).into();
+                    self.dispatch(task, args, &options)
+                }
+                None => self.dispatch(task, args, options),
+            })
             .collect()
     }
 

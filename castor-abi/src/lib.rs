@@ -89,10 +89,10 @@ pub use crate::fingerprint::{FingerprintSource, Fingerprints};
 pub use crate::handle::{Resolve, TaskHandle, TaskInfo};
 pub use crate::manager::{Client, Dispatch, Manager, OpenError, is_valid_manager_name};
 pub use crate::schedule::{Periodic, PeriodicSpec, Schedule, ScheduleHandle};
-pub use crate::task::{DelayOptions, TaskContext, TaskError, TaskSpec};
+pub use crate::task::{DelayOptions, TaskContext, TaskError, TaskLimits, TaskSpec};
 pub use castor_store::{
     AttemptError, Backoff, Cadence, CancelOutcome, CertificateFault, Database, ErrorKind, LogLevel,
-    Missed, Progress, ScheduleInfo, SslMode, StoreError, TaskLog, TaskState, TlsProblem,
+    Missed, Progress, Rate, ScheduleInfo, SslMode, StoreError, TaskLog, TaskState, TlsProblem,
 };
 pub use uuid::Uuid;
 

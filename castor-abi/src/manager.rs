@@ -390,12 +390,20 @@ impl Backend for ClientInner {
         &self,
         task: &str,
         args: &[Vec<u8>],
+        keys: &[Option<String>],
         options: &DispatchOptionsAbi,
     ) -> Result<Vec<Uuid>, DispatchError> {
         self.check_task(task)?;
         let tasks: Vec<castor_store::NewTask<'_>> = args
             .iter()
-            .map(|args| options.new_task(&self.manager, task, args))
+            .enumerate()
+            .map(|(i, args)| {
+                let mut new = options.new_task(&self.manager, task, args);
+                if let Some(key) = keys.get(i) {
+                    new.concurrency_key = key.as_deref();
+                }
+                new
+            })
             .collect();
         Ok(self.store().enqueue_many(&tasks)?)
     }

@@ -36,6 +36,31 @@ pub struct TaskSpec {
     pub describe: DescribeFn,
     /// The task's type fingerprints (generated glue: computed once per process).
     pub fingerprints: fn() -> &'static crate::Fingerprints,
+    /// The task's global flow-control limits (`concurrency`, `rate`, `concurrency_key`).
+    pub limits: TaskLimits,
+}
+
+/// A task's declared flow control, enforced by every worker on the database in its claim
+/// (`#[task(thread, concurrency = 4, rate = "10/s", concurrency_key = customer)]`); a
+/// run-time override (`castor limit`) wins over it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskLimits {
+    /// At most this many attempts running at once across every worker (per key, with
+    /// `concurrency_key`).
+    pub concurrency: Option<u32>,
+    /// At most this many starts in any window of the rate's length.
+    pub rate: Option<crate::Rate>,
+    /// The argument whose value partitions the concurrency limit.
+    pub concurrency_key: Option<&'static str>,
+}
+
+impl TaskLimits {
+    /// No limits.
+    pub const NONE: TaskLimits = TaskLimits {
+        concurrency: None,
+        rate: None,
+        concurrency_key: None,
+    };
 }
 
 impl TaskSpec {
@@ -51,6 +76,10 @@ impl TaskSpec {
             describe: self.describe,
             args_fingerprint: (self.fingerprints)().args.as_str().into(),
             result_fingerprint: (self.fingerprints)().result.as_str().into(),
+            concurrency: self.limits.concurrency.unwrap_or(0),
+            concurrency_key: self.limits.concurrency_key.unwrap_or("").into(),
+            rate_count: self.limits.rate.map_or(0, |r| r.count),
+            rate_per_ms: self.limits.rate.map_or(0, |r| millis(r.per)),
         }
     }
 }
@@ -181,6 +210,7 @@ impl DelayOptions {
             backoff_base_ms: millis(backoff.base),
             backoff_cap_ms: millis(backoff.cap),
             args_fingerprint: (spec.fingerprints)().args.as_str().into(),
+            concurrency_key: abi_stable::std_types::ROption::RNone,
         })
     }
 }
@@ -439,6 +469,11 @@ impl NewTaskFromAbi for DispatchOptionsAbi {
             timeout_ms: self.timeout_ms.into_option().map(ms),
             schedule_id: None,
             args_fingerprint: Some(self.args_fingerprint.as_str()).filter(|fp| !fp.is_empty()),
+            concurrency_key: self
+                .concurrency_key
+                .as_ref()
+                .map(|k| k.as_str())
+                .into_option(),
         }
     }
 }

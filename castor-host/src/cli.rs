@@ -156,6 +156,9 @@ pub enum Command {
     /// List repeating and periodic schedules with their next run; pause, resume or
     /// remove one.
     Schedules(SchedulesArgs),
+    /// Global concurrency and rate limits: those in force (declared or overridden), what
+    /// runs and what they hold back; `set` or `clear` a run-time override.
+    Limits(LimitsArgs),
     /// Check a database for damage (PRAGMA integrity_check) and show its schema version
     /// and task counts; exits 1 on a problem.
     Check(CheckArgs),
@@ -278,6 +281,44 @@ pub struct SchedulesArgs {
 
     #[command(flatten)]
     pub db: DbArgs,
+}
+
+/// `castor limits`.
+#[derive(Debug, Args)]
+pub struct LimitsArgs {
+    #[command(subcommand)]
+    pub action: Option<LimitAction>,
+
+    /// The manager whose tasks' limits to show or change (default: --lib's manager; when
+    /// showing, every manager's).
+    #[arg(long, value_name = "NAME", global = true)]
+    pub manager: Option<String>,
+
+    #[command(flatten)]
+    pub db: DbArgs,
+}
+
+/// What `castor limits` changes.
+#[derive(Debug, Subcommand)]
+pub enum LimitAction {
+    /// Override a task's declared limits for every worker on the database (a flag not
+    /// given keeps the override's value for it).
+    Set {
+        /// The task's name.
+        task: String,
+        /// At most this many attempts running at once across all workers (per key, if
+        /// the task declares a concurrency key).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        concurrency: Option<u32>,
+        /// At most this many starts per second, minute or hour (`20/s`, `600/m`, `5/h`).
+        #[arg(long, value_name = "N/UNIT")]
+        rate: Option<castor_store::Rate>,
+    },
+    /// Remove a task's override: its declared limits apply again.
+    Clear {
+        /// The task's name.
+        task: String,
+    },
 }
 
 /// What `castor schedules` does to one schedule.

@@ -15,8 +15,8 @@ use castor_abi::abi::ManagerDecl;
 use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{
-    CancelOutcome, Database, ListFilter, OpenOptions, RetryOutcome, SignatureCount, Signatures,
-    Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
+    CancelOutcome, Database, Held, ListFilter, OpenOptions, RetryOutcome, SignatureCount,
+    Signatures, Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
 };
 use serde::Serialize;
 
@@ -40,6 +40,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Purge(args) => purge(&args),
         Command::Stats(args) => stats(&args),
         Command::Schedules(args) => schedules(&args),
+        Command::Limits(args) => crate::limits::run(&args),
         Command::Check(_) | Command::Migrate(_) | Command::Child(_) | Command::CheckLibrary(_) => {
             bail!("castor's main dispatches this subcommand itself")
         }
@@ -47,7 +48,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
 }
 
 /// The database a subcommand works on, and the manager declaration if `--lib` was given.
-fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
+pub(crate) fn open(args: &DbArgs) -> anyhow::Result<(Store, Option<ManagerDecl>)> {
     let (database, manager) = database(args.db.as_ref(), args.lib.as_ref())?;
     let options = OpenOptions {
         migrate: !args.no_migrate,
@@ -132,6 +133,8 @@ struct Listed<'a> {
     task: &'a TaskSummary,
     /// Available with an argument fingerprint no live worker of its name runs.
     waiting_for_signature: bool,
+    /// Available, and held back by a concurrency or rate limit: why.
+    held: Option<String>,
 }
 
 /// The signatures the live workers run (those whose heartbeat is recent).
@@ -140,18 +143,21 @@ fn live_signatures(store: &Store, now: i64) -> Result<Signatures, StoreError> {
 }
 
 /// A task's state as `list` and `show` print it: `available (waiting for a worker of its
-/// signature 3f2a..)` when live workers run its name, none with its signature.
+/// signature 3f2a..)` when live workers run its name, none with its signature;
+/// `available (held: concurrency 2/2 running)` when a limit holds it back.
 fn state_shown(
     signatures: &Signatures,
     manager: &str,
     task: &str,
     state: TaskState,
     fp: Option<&str>,
+    held: Option<&Held>,
 ) -> String {
-    match fp {
-        Some(fp) if signatures.waits(manager, task, state, Some(fp)) => {
+    match (fp, held) {
+        (Some(fp), _) if signatures.waits(manager, task, state, Some(fp)) => {
             format!("{state} (waiting for a worker of its signature {fp})")
         }
+        (_, Some(held)) if state == TaskState::Available => format!("{state} ({held})"),
         _ => state.to_string(),
     }
 }
@@ -165,8 +171,16 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
         limit: args.limit,
     })?;
     let now = now_us();
-    // One read of the live workers for the whole list, not one per row.
+    // One read of the live workers and of the limits for the whole list, not one per row.
     let signatures = live_signatures(&store, now)?;
+    let limits = store.limit_status(args.manager.as_deref(), now)?;
+    let held = |t: &TaskSummary| {
+        (t.state == TaskState::Available)
+            .then(|| {
+                crate::limits::held(&limits, &t.manager, &t.task, t.concurrency_key.as_deref())
+            })
+            .flatten()
+    };
     if args.db.json {
         let listed: Vec<Listed<'_>> = tasks
             .iter()
@@ -178,6 +192,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
                     task.state,
                     task.args_fingerprint.as_deref(),
                 ),
+                held: held(task).map(|h| h.to_string()),
             })
             .collect();
         return print_json(&listed);
@@ -202,6 +217,7 @@ fn list(args: &ListArgs) -> anyhow::Result<()> {
                     &t.task,
                     t.state,
                     t.args_fingerprint.as_deref(),
+                    held(t).as_ref(),
                 ),
                 format!("{}/{}", t.attempt, t.max_attempts),
                 ago(t.created_at, now),
@@ -326,6 +342,12 @@ struct Shown<'a> {
     result_fingerprint: Option<&'a str>,
     /// Available with an argument fingerprint no live worker of its name runs.
     waiting_for_signature: bool,
+    /// The partition of its task's keyed concurrency limit.
+    concurrency_key: Option<&'a str>,
+    /// Its task's limits in force, if any (`concurrency 2 (declared)`, ...).
+    limits: Option<String>,
+    /// Available, and held back by a concurrency or rate limit: why.
+    held: Option<String>,
     args: Decoded,
     result: Option<Decoded>,
     errors: &'a [castor_abi::AttemptError],
@@ -425,6 +447,12 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         task.state,
         task.args_fingerprint.as_deref(),
     );
+    let limits = store.limit_status(Some(&task.manager), now_us())?;
+    let limit = limits.iter().find(|s| s.row.task == task.task);
+    let held = limit
+        .filter(|_| task.state == TaskState::Available)
+        .and_then(|s| s.held(task.concurrency_key.as_deref()));
+    let limits_shown = limit.map(|s| crate::limits::in_force(&s.row));
     if args.db.json {
         return print_json(&Shown {
             id: task.id,
@@ -442,6 +470,9 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             args_fingerprint: task.args_fingerprint.as_deref(),
             result_fingerprint: task.result_fingerprint.as_deref(),
             waiting_for_signature: waiting,
+            concurrency_key: task.concurrency_key.as_deref(),
+            limits: limits_shown,
+            held: held.as_ref().map(ToString::to_string),
             args: decoded_args,
             result: decoded_result,
             errors: &task.errors,
@@ -469,7 +500,8 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             &task.manager,
             &task.task,
             task.state,
-            task.args_fingerprint.as_deref()
+            task.args_fingerprint.as_deref(),
+            held.as_ref(),
         ),
         task.attempt,
         task.max_attempts
@@ -483,6 +515,15 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         );
     }
     println!("priority   {}", task.priority);
+    if let Some(limits) = &limits_shown {
+        let key = task
+            .concurrency_key
+            .as_deref()
+            .filter(|k| !k.is_empty())
+            .map(|k| format!(" (its key: {k})"))
+            .unwrap_or_default();
+        println!("limits     {limits}{key}");
+    }
     println!(
         "signature  args {}, result {}",
         task.args_fingerprint.as_deref().unwrap_or("unknown"),
@@ -680,6 +721,21 @@ struct Stats {
     unknown: Vec<Unknown>,
     /// Available tasks whose name live workers run, none with their argument fingerprint.
     waiting_for_signature: Vec<SignatureCount>,
+    /// Tasks with a concurrency or rate limit in force.
+    limits: Vec<LimitShown>,
+}
+
+/// A limited task in `stats`.
+#[derive(Serialize)]
+struct LimitShown {
+    manager: String,
+    task: String,
+    /// The limits in force and where they come from.
+    limits: String,
+    running: u64,
+    available: u64,
+    /// Why its available tasks wait, if a limit holds them all.
+    held: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -744,6 +800,18 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
             })
             .collect(),
         waiting_for_signature,
+        limits: store
+            .limit_status(None, now)?
+            .iter()
+            .map(|s| LimitShown {
+                manager: s.row.manager.clone(),
+                task: s.row.task.clone(),
+                limits: crate::limits::in_force(&s.row),
+                running: s.running,
+                available: s.available,
+                held: s.held_task().map(|h| h.to_string()),
+            })
+            .collect(),
     };
     if args.json {
         return print_json(&stats);
@@ -811,6 +879,23 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
         );
         for u in &stats.unknown {
             println!("  {} / {}: {} waiting", u.manager, u.task, u.waiting);
+        }
+    }
+    if !stats.limits.is_empty() {
+        println!("\nlimits in force (castor limits set/clear overrides them):");
+        for l in &stats.limits {
+            println!(
+                "  {} / {}: {}; {} running, {} available{}",
+                l.manager,
+                l.task,
+                l.limits,
+                l.running,
+                l.available,
+                l.held
+                    .as_ref()
+                    .map(|h| format!(", {h}"))
+                    .unwrap_or_default()
+            );
         }
     }
     if !stats.waiting_for_signature.is_empty() {

@@ -9,6 +9,7 @@ mod cli;
 mod commands;
 mod dashboard;
 mod host;
+mod limits;
 mod logging;
 mod metrics;
 mod migrate;

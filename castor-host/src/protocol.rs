@@ -216,6 +216,7 @@ pub struct DispatchOptions {
     backoff_base_ms: u64,
     backoff_cap_ms: u64,
     args_fingerprint: String,
+    concurrency_key: Option<String>,
 }
 
 impl From<&DispatchOptionsAbi> for DispatchOptions {
@@ -229,6 +230,11 @@ impl From<&DispatchOptionsAbi> for DispatchOptions {
             backoff_base_ms: o.backoff_base_ms,
             backoff_cap_ms: o.backoff_cap_ms,
             args_fingerprint: o.args_fingerprint.to_string(),
+            concurrency_key: o
+                .concurrency_key
+                .as_ref()
+                .map(|k| k.to_string())
+                .into_option(),
         }
     }
 }
@@ -244,6 +250,7 @@ impl From<DispatchOptions> for DispatchOptionsAbi {
             backoff_base_ms: o.backoff_base_ms,
             backoff_cap_ms: o.backoff_cap_ms,
             args_fingerprint: o.args_fingerprint.into(),
+            concurrency_key: o.concurrency_key.map(Into::into).into(),
         }
     }
 }

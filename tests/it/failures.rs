@@ -125,6 +125,7 @@ fn arguments_that_do_not_decode_fail_the_task_with_a_clear_error() {
             timeout_ms: None,
             schedule_id: None,
             args_fingerprint: None,
+            concurrency_key: None,
         })
         .expect("enqueue")
         .id;

@@ -187,6 +187,7 @@ fn values_stored_past_the_limit_are_named_as_such_not_as_a_version_mismatch() {
             timeout_ms: None,
             schedule_id: None,
             args_fingerprint: None,
+            concurrency_key: None,
         };
         ids.push(store.enqueue(&new).expect("enqueue").id);
     }

@@ -229,6 +229,7 @@ fn a_library_built_against_an_older_release_with_the_same_plugin_abi_runs_its_ta
                 timeout_ms: None,
                 schedule_id: None,
                 args_fingerprint: None,
+                concurrency_key: None,
             })
             .expect("enqueue")
             .id

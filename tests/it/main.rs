@@ -24,6 +24,9 @@ mod migrations;
 mod damage;
 // Arguments and results past the 64 MiB limit: refused, never stored.
 mod limits;
+// Flow control: concurrency and rate limits across real workers (killed and restarted),
+// per-key limits, `castor limits` overrides and held tasks, on SQLite and PostgreSQL.
+mod flow_limits;
 // Delayed, repeating and periodic tasks; priorities; unique keys.
 mod scheduling;
 // Task logs from `tracing` and `log`; the worker's own log lines (text, JSON, RUST_LOG).

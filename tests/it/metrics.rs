@@ -253,6 +253,7 @@ fn a_scrape_after_known_work_shows_its_counts() {
                     timeout_ms: None,
                     schedule_id: None,
                     args_fingerprint: None,
+                    concurrency_key: None,
                 },
                 minute_ago,
             )

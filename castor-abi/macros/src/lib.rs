@@ -18,7 +18,12 @@ use syn::{
 /// #[castor_abi::task(thread)]
 /// #[castor_abi::task(process, timeout = "30s", max_attempts = 3, backoff = "2s", backoff_cap = "10m")]
 /// #[castor_abi::task(thread, name = "emails.send")]
+/// #[castor_abi::task(thread, rate = "10/s")]                      // at most 10 starts a second
+/// #[castor_abi::task(thread, concurrency = 1, concurrency_key = customer_id)]
 /// ```
+///
+/// `concurrency` and `rate` hold across every worker on the database (see the README's
+/// "Concurrency and rate limits").
 ///
 /// The function is kept as written. Next to it, a module of the same name holds `NAME`,
 /// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`
@@ -57,6 +62,10 @@ struct TaskAttr {
     backoff_ms: u64,
     backoff_cap_ms: u64,
     version: Option<u32>,
+    concurrency: Option<u32>,
+    /// (count, window in milliseconds).
+    rate: Option<(u32, u64)>,
+    concurrency_key: Option<Ident>,
 }
 
 fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
@@ -70,6 +79,9 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
         backoff_ms: 1_000,
         backoff_cap_ms: 3_600_000,
         version: None,
+        concurrency: None,
+        rate: None,
+        concurrency_key: None,
     };
     for meta in metas {
         match &meta {
@@ -105,10 +117,34 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
                     "backoff" => out.backoff_ms = duration_ms(&nv.value)?,
                     "backoff_cap" => out.backoff_cap_ms = duration_ms(&nv.value)?,
                     "version" => out.version = Some(lit_int(&nv.value)?),
+                    "concurrency" => {
+                        let n = lit_int(&nv.value)?;
+                        if n == 0 {
+                            return Err(syn::Error::new(
+                                nv.value.span(),
+                                "concurrency must be at least 1 (it is how many attempts of \
+                                 the task may run at once across all workers)",
+                            ));
+                        }
+                        out.concurrency = Some(n);
+                    }
+                    "rate" => out.rate = Some(rate(&nv.value)?),
+                    "concurrency_key" => match &nv.value {
+                        Expr::Path(path) if path.path.get_ident().is_some() => {
+                            out.concurrency_key = path.path.get_ident().cloned();
+                        }
+                        other => {
+                            return Err(syn::Error::new(
+                                other.span(),
+                                "concurrency_key names one of the task's arguments, e.g. \
+                                 `concurrency_key = customer_id`",
+                            ));
+                        }
+                    },
                     _ => {
                         return Err(syn::Error::new(
                             nv.path.span(),
-                            "unknown option; expected one of: name, timeout, max_attempts, backoff, backoff_cap, version",
+                            "unknown option; expected one of: name, timeout, max_attempts, backoff, backoff_cap, version, concurrency, rate, concurrency_key",
                         ));
                     }
                 }
@@ -128,6 +164,13 @@ fn parse_attr(attr: TokenStream2) -> syn::Result<TaskAttr> {
              thread pool, #[task(process)] for CPU-bound or crash-prone work in a child process",
         )
     })?;
+    if let (Some(key), None) = (&out.concurrency_key, out.concurrency) {
+        return Err(syn::Error::new(
+            key.span(),
+            "concurrency_key partitions a concurrency limit: declare one too, e.g. \
+             `concurrency = 1, concurrency_key = customer_id`",
+        ));
+    }
     if out.backoff_ms > out.backoff_cap_ms {
         return Err(syn::Error::new(
             attr.span(),
@@ -185,6 +228,34 @@ fn duration_ms(expr: &Expr) -> syn::Result<u64> {
         ));
     }
     Ok(ms)
+}
+
+/// "10/s", "600/m", "1000/h" -> (count, window in milliseconds).
+fn rate(expr: &Expr) -> syn::Result<(u32, u64)> {
+    let text = lit_str(expr)?;
+    let bad = || {
+        syn::Error::new(
+            expr.span(),
+            format!(
+                "invalid rate {text:?}: write a count and a unit, e.g. \"10/s\", \"600/m\", \"1000/h\""
+            ),
+        )
+    };
+    let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+    let count: u32 = count.trim().parse().map_err(|_| bad())?;
+    let per_ms = match unit.trim() {
+        "s" | "sec" | "second" => 1_000,
+        "m" | "min" | "minute" => 60_000,
+        "h" | "hour" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    if count == 0 {
+        return Err(syn::Error::new(
+            expr.span(),
+            format!("invalid rate {text:?}: the count must be at least 1"),
+        ));
+    }
+    Ok((count, per_ms))
 }
 
 fn is_context(ty: &Type) -> bool {
@@ -312,6 +383,60 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
         arg_types.push((*typed.ty).clone());
     }
 
+    // The partition key: the named argument's text (`Display`), spanned at its type so a
+    // type without `Display` is reported there.
+    let key_fn = match &attr.concurrency_key {
+        Some(key) => {
+            let Some(index) = arg_names.iter().position(|n| n == key) else {
+                let names: Vec<String> = arg_names.iter().map(ToString::to_string).collect();
+                return Err(syn::Error::new(
+                    key.span(),
+                    format!(
+                        "concurrency_key = {key} names no argument of the task; its arguments: {}",
+                        if names.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            names.join(", ")
+                        }
+                    ),
+                ));
+            };
+            let index = syn::Index::from(index);
+            let ty = &arg_types[index.index as usize];
+            let to_string = quote::quote_spanned!(ty.span()=> ::castor_abi::__private::PartitionKey::partition_key(&args.#index));
+            quote!(::core::option::Option::Some(#to_string))
+        }
+        None => quote!({
+            let _ = args;
+            ::core::option::Option::None
+        }),
+    };
+    let limits = {
+        let concurrency = match attr.concurrency {
+            Some(n) => quote!(::core::option::Option::Some(#n)),
+            None => quote!(::core::option::Option::None),
+        };
+        let rate = match attr.rate {
+            Some((count, per_ms)) => quote!(::core::option::Option::Some(::castor_abi::Rate {
+                count: #count,
+                per: ::core::time::Duration::from_millis(#per_ms),
+            })),
+            None => quote!(::core::option::Option::None),
+        };
+        let key = match &attr.concurrency_key {
+            Some(key) => {
+                let key = key.to_string();
+                quote!(::core::option::Option::Some(#key))
+            }
+            None => quote!(::core::option::Option::None),
+        };
+        quote!(::castor_abi::TaskLimits {
+            concurrency: #concurrency,
+            rate: #rate,
+            concurrency_key: #key,
+        })
+    };
+
     if let ReturnType::Type(_, ty) = &sig.output
         && let Some((reference, owned)) = borrowed(result_ok_type(ty).as_ref().unwrap_or(ty))
     {
@@ -420,7 +545,14 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 run: __castor_run,
                 describe: __castor_describe,
                 fingerprints: __castor_fingerprints,
+                limits: #limits,
             };
+
+            /// The partition key of the task's keyed concurrency limit, from its arguments.
+            #[allow(unused_variables)]
+            fn __castor_key(args: &Args) -> ::core::option::Option<::std::string::String> {
+                #key_fn
+            }
 
             /// The task's type fingerprints, computed on first use (once per process).
             fn __castor_fingerprints() -> &'static ::castor_abi::Fingerprints {
@@ -472,7 +604,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 to: &impl ::castor_abi::Dispatch,
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay(to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args)
+                ::castor_abi::__private::delay(to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args, __castor_key)
             }
 
             /// Dispatches the task with options (a start time, a priority, a unique key,
@@ -485,7 +617,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 options: &::castor_abi::DelayOptions,
                 #(#arg_names: #arg_types),*
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args)
+                ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args, __castor_key)
             }
 
             ::castor_abi::__if_postgres! {
@@ -503,7 +635,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                     to: &::castor_abi::Client,
                     #(#arg_names: #arg_types),*
                 ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                    ::castor_abi::__private::delay_in(tx, to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args)
+                    ::castor_abi::__private::delay_in(tx, to, SPEC, &::castor_abi::DelayOptions::new(), &(#(#arg_names,)*), __castor_codecs().args, __castor_key)
                 }
 
                 /// As `delay_in`, with options (as `delay_with`).
@@ -516,7 +648,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                     options: &::castor_abi::DelayOptions,
                     #(#arg_names: #arg_types),*
                 ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
-                    ::castor_abi::__private::delay_in(tx, to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args)
+                    ::castor_abi::__private::delay_in(tx, to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args, __castor_key)
                 }
             }
 
@@ -528,7 +660,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
                 to: &impl ::castor_abi::Dispatch,
                 args: impl ::core::iter::IntoIterator<Item = Args>,
             ) -> ::core::result::Result<::std::vec::Vec<::castor_abi::TaskHandle<Output>>, ::castor_abi::DispatchError> {
-                ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args, __castor_codecs().args)
+                ::castor_abi::__private::delay_many(to, SPEC, &::castor_abi::DelayOptions::new(), args, __castor_codecs().args, __castor_key)
             }
 
             /// Dispatches a run every interval (optionally a number of times, or until a

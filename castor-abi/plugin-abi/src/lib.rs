@@ -159,6 +159,17 @@ pub struct TaskDecl {
     /// produces, so that an app expecting another type refuses to decode it. Added in
     /// plugin ABI 0.2.
     pub result_fingerprint: RString,
+    /// The global concurrency limit: at most this many attempts running at once across
+    /// every worker on the database (per partition key, with `concurrency_key`); 0: none.
+    /// Added in plugin ABI 0.3, as are the next three.
+    pub concurrency: u32,
+    /// The name of the argument whose value partitions the concurrency limit (computed
+    /// by the dispatching side, stored on the row); empty: one partition.
+    pub concurrency_key: RString,
+    /// The rate limit: at most this many starts in any window of `rate_per_ms`; 0: none.
+    pub rate_count: u32,
+    /// The rate limit's window in milliseconds (1 s, 1 min or 1 h).
+    pub rate_per_ms: u64,
 }
 
 /// Why an attempt did not produce a result, as reported by the library.
@@ -229,6 +240,9 @@ pub struct DispatchOptionsAbi {
     /// The dispatching side's fingerprint of the task's argument tuple (empty: unknown),
     /// stored on the row. Added in plugin ABI 0.2.
     pub args_fingerprint: RString,
+    /// The partition of the task's keyed concurrency limit (the declared argument's
+    /// value, as text); `None`: none. Added in plugin ABI 0.3.
+    pub concurrency_key: ROption<RString>,
 }
 
 /// A task's state and outcome as read through the worker.

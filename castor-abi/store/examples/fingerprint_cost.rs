@@ -150,5 +150,6 @@ fn task<'a>(name: &'a str, fingerprint: Option<&'a str>) -> NewTask<'a> {
         timeout_ms: None,
         schedule_id: None,
         args_fingerprint: fingerprint,
+        concurrency_key: None,
     }
 }

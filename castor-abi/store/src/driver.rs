@@ -15,6 +15,7 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::error::StoreError;
+use crate::limits::{Candidate, DeclaredLimits, LimitRow, LimitStatus, LimitedClaim, Limits, Rate};
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
     AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
@@ -34,6 +35,19 @@ pub enum CheckReach {
     /// The time ran out first; what was checked by then was sound (damage elsewhere shows
     /// when a statement reads it).
     OutOfTime,
+}
+
+/// What counts against a task's limits at one time ([`Driver::limit_usage`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitUsage {
+    /// Running attempts counting against a limit, by partition key (`''`: none).
+    pub running_by_key: std::collections::BTreeMap<String, u64>,
+    /// Starts within the rate's window.
+    pub started: u64,
+    /// When the rate allows the next start, if it allows none now.
+    pub next_slot_at: Option<i64>,
+    /// Available tasks.
+    pub available: u64,
 }
 
 /// A connection to a Castor database (River's `Executor`): reads outside a transaction,
@@ -237,6 +251,60 @@ pub trait Driver: Send {
     /// The database cannot be read.
     fn schedule_runs(&self, id: i64) -> Result<Vec<Uuid>, StoreError>;
 
+    /// The limit rows (of `manager`, if given), by manager and task: declarations and
+    /// overrides, with or without a limit in force.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn limits(&self, manager: Option<&str>) -> Result<Vec<LimitRow>, StoreError>;
+
+    /// What counts against the limits of `manager`'s task `task` at `now`: its running
+    /// attempts that count against a limit, by partition key (`''` for none); with
+    /// `rate`, its starts in the window before `now` and when the next start is allowed
+    /// if none is; and its available tasks.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn limit_usage(
+        &self,
+        manager: &str,
+        task: &str,
+        rate: Option<Rate>,
+        now: i64,
+    ) -> Result<LimitUsage, StoreError>;
+
+    /// Every task with a limit in force (of `manager`, if given), with what counts
+    /// against it at `now`: what `castor limit`, `list`, `show`, `stats` and the
+    /// dashboard show, and what tells why an available task is held back
+    /// ([`LimitStatus::held`]). Nothing when no limit is set (one read of a small table).
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn limit_status(
+        &self,
+        manager: Option<&str>,
+        now: i64,
+    ) -> Result<Vec<LimitStatus>, StoreError> {
+        let mut out = Vec::new();
+        for row in self.limits(manager)? {
+            let limits = row.effective();
+            if limits.is_none() {
+                continue;
+            }
+            let usage = self.limit_usage(&row.manager, &row.task, limits.rate, now)?;
+            out.push(LimitStatus {
+                running: usage.running_by_key.values().sum(),
+                running_by_key: usage.running_by_key,
+                started: usage.started,
+                next_slot_at: usage.next_slot_at,
+                available: usage.available,
+                read_at: now,
+                row,
+            });
+        }
+        Ok(out)
+    }
+
     // Health and space.
 
     /// The database's size in bytes.
@@ -359,6 +427,146 @@ pub trait Tx {
         now: i64,
         lease_until: i64,
     ) -> Result<Vec<Claimed>, StoreError>;
+
+    // Flow control (see [`crate::limits`]).
+
+    /// Writes the limits `manager`'s library declares for each of `declared` (a task
+    /// declared without limits has its declared limits cleared; its override stays).
+    /// Each worker calls it at start: the newest declaration wins.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn declare_limits(
+        &mut self,
+        manager: &str,
+        declared: &[DeclaredLimits<'_>],
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// Sets (or, with no field set, clears) the run-time override of a task's limits;
+    /// returns the row as it now is.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn set_limit_override(
+        &mut self,
+        manager: &str,
+        task: &str,
+        overridden: &Limits,
+        now: i64,
+    ) -> Result<LimitRow, StoreError>;
+
+    /// As [`Tx::claim`], within the limits in force of the filter's tasks (every
+    /// driver's is [`crate::limits::claim_limited`] over the primitives below); also says
+    /// whether a limit held tasks back and when a rate allows the next start.
+    ///
+    /// # Errors
+    /// A statement failed.
+    fn claim_limited(
+        &mut self,
+        filter: &TaskFilter,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<LimitedClaim, StoreError>;
+
+    /// The limit rows of `manager`, read in this transaction without a lock: a worker
+    /// reads them with its registration and its heartbeats, so that knowing whether
+    /// its tasks have limits costs an idle worker no statement of its own.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn limits_of(&mut self, manager: &str) -> Result<Vec<LimitRow>, StoreError>;
+
+    /// The limit rows of `manager`'s `tasks`, locked against other claimers until the
+    /// transaction ends where the engine locks rows (PostgreSQL: `FOR UPDATE`, in task
+    /// order).
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn lock_limits(&mut self, manager: &str, tasks: &[String])
+    -> Result<Vec<LimitRow>, StoreError>;
+
+    /// How many attempts of the task run under a limit (claimed by
+    /// [`Tx::claim_candidates`]), all keys together.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn running_limited(&mut self, manager: &str, task: &str) -> Result<u64, StoreError>;
+
+    /// Deletes the task's recorded starts at or before `since`; returns how many remain.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn starts_in_window(
+        &mut self,
+        manager: &str,
+        task: &str,
+        since: i64,
+    ) -> Result<u64, StoreError>;
+
+    /// Up to `limit` available tasks of the task dispatched with one of `prints`, in
+    /// claim order; with `per_key`, only those whose key runs fewer attempts than it,
+    /// each with its key's running count.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn limited_candidates(
+        &mut self,
+        manager: &str,
+        task: &str,
+        prints: &[&str],
+        per_key: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError>;
+
+    /// Claims these rows, if still available, as [`Tx::claim`] does, and marks them as
+    /// counting against their task's concurrency limit (key `''` when none).
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn claim_candidates(
+        &mut self,
+        seqs: &[i64],
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, StoreError>;
+
+    /// Records `count` starts of the task at `now` in the rate ledger.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn record_starts(
+        &mut self,
+        manager: &str,
+        task: &str,
+        count: usize,
+        now: i64,
+    ) -> Result<(), StoreError>;
+
+    /// The time of the task's recorded start at `offset`, oldest first.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn start_at(
+        &mut self,
+        manager: &str,
+        task: &str,
+        offset: u64,
+    ) -> Result<Option<i64>, StoreError>;
+
+    /// True if the task has an available task dispatched with one of `prints`.
+    ///
+    /// # Errors
+    /// The statement failed.
+    fn has_available(
+        &mut self,
+        manager: &str,
+        task: &str,
+        prints: &[&str],
+    ) -> Result<bool, StoreError>;
 
     // The completer.
 

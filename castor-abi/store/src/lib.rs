@@ -18,6 +18,7 @@ pub mod cron;
 pub mod driver;
 mod error;
 pub mod format;
+pub mod limits;
 mod log_trim;
 pub mod migrate;
 mod model;
@@ -41,8 +42,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use uuid::Uuid;
 
-pub use crate::driver::{CheckReach, Driver, Tx};
+pub use crate::driver::{CheckReach, Driver, LimitUsage, Tx};
 pub use crate::error::{CertificateFault, StoreError, TlsProblem};
+pub use crate::limits::{
+    DeclaredLimits, Held, LimitRow, LimitStatus, LimitedClaim, Limits, Rate, RateError,
+};
 pub use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
     ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,

@@ -39,6 +39,9 @@ pub struct NewTask<'a> {
     /// The dispatching side's fingerprint of the argument tuple's type; `None`: unknown
     /// (any worker that declares the name may claim it).
     pub args_fingerprint: Option<&'a str>,
+    /// The partition of the task's keyed concurrency limit (the declared argument's
+    /// value, computed by the dispatching side); `None`: no partition.
+    pub concurrency_key: Option<&'a str>,
 }
 
 /// What an insert did.
@@ -444,6 +447,9 @@ pub struct TaskSnapshot {
     /// The fingerprint of the result's type in the library that produced the result;
     /// `None`: unknown (or no result).
     pub result_fingerprint: Option<String>,
+    /// The partition of its task's keyed concurrency limit, as dispatched (`''` once a
+    /// claim under a limit took it without one); `None`: none.
+    pub concurrency_key: Option<String>,
 }
 
 /// Which tasks `list` returns.
@@ -486,6 +492,8 @@ pub struct TaskSummary {
     pub last_error: Option<String>,
     /// The fingerprint of the argument tuple it was dispatched with; `None`: unknown.
     pub args_fingerprint: Option<String>,
+    /// The partition of its task's keyed concurrency limit; `None`: none.
+    pub concurrency_key: Option<String>,
 }
 
 /// How many tasks of one name are in one state.

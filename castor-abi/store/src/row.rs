@@ -32,6 +32,7 @@ pub(crate) struct TaskRow<Id> {
     pub(crate) progress_message: Option<String>,
     pub(crate) args_fingerprint: String,
     pub(crate) result_fingerprint: String,
+    pub(crate) concurrency_key: Option<String>,
 }
 
 impl<Id> TaskRow<Id> {
@@ -71,6 +72,7 @@ impl<Id> TaskRow<Id> {
         Ok(TaskSnapshot {
             args_fingerprint: known(self.args_fingerprint),
             result_fingerprint: known(self.result_fingerprint),
+            concurrency_key: self.concurrency_key,
             seq: self.seq,
             id,
             manager: self.manager,

@@ -225,6 +225,7 @@ pub fn run_due_schedules(
                 timeout_ms: s.timeout_ms,
                 schedule_id: Some(s.id),
                 args_fingerprint: s.args_fingerprint.as_deref(),
+                concurrency_key: None,
             };
             created.push(tx.enqueue(&task, now)?.id);
         }

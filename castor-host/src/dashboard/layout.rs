@@ -12,6 +12,8 @@
 //!   beside Workers, Schedules beside Waiting as tall as their rows (one rule each when
 //!   empty), then the log.
 //!
+//! The Limits panel's slot is optional: left out while no task has a limit.
+//!
 //! Below 60x15 the frame shows only the focused panel (see `view`), and Tab reaches the
 //! others. A new panel goes into each plan's list; nothing else here changes.
 
@@ -63,12 +65,25 @@ enum Height {
 struct Slot {
     panes: &'static [Pane],
     height: Height,
+    /// Left out, rule and all, while its panels have no rows (the Limits panel of a
+    /// manager without limits: most dashboards never show it).
+    optional: bool,
 }
 
 const fn fit(panes: &'static [Pane], share: u16) -> Slot {
     Slot {
         panes,
         height: Height::Fit(share),
+        optional: false,
+    }
+}
+
+/// A fitted slot left out while empty.
+const fn optional(panes: &'static [Pane], share: u16) -> Slot {
+    Slot {
+        panes,
+        height: Height::Fit(share),
+        optional: true,
     }
 }
 
@@ -76,6 +91,7 @@ const fn grow(panes: &'static [Pane], weight: u16) -> Slot {
     Slot {
         panes,
         height: Height::Grow(weight),
+        optional: false,
     }
 }
 
@@ -89,6 +105,7 @@ const WIDE: [&[Slot]; 2] = [
         fit(&[Pane::Workers], 4),
         fit(&[Pane::Schedules], 4),
         fit(&[Pane::Waiting], 4),
+        optional(&[Pane::Limits], 4),
         grow(&[Pane::Logs], 1),
     ],
 ];
@@ -98,6 +115,7 @@ const NORMAL: [&[Slot]; 1] = [&[
     grow(&[Pane::Recent], 1),
     fit(&[Pane::Stats, Pane::Workers], 4),
     fit(&[Pane::Schedules, Pane::Waiting], 5),
+    optional(&[Pane::Limits], 5),
     grow(&[Pane::Logs], 1),
 ]];
 
@@ -105,6 +123,7 @@ const SHORT: [&[Slot]; 1] = [&[
     grow(&[Pane::Running, Pane::Recent], 3),
     grow(&[Pane::Stats, Pane::Workers], 2),
     fit(&[Pane::Schedules, Pane::Waiting], 4),
+    optional(&[Pane::Limits], 5),
     grow(&[Pane::Logs], 3),
 ]];
 
@@ -133,6 +152,9 @@ pub fn arrange(state: &DashboardState, area: Rect, size: Size) -> Vec<(Pane, Rec
                 ..column
             };
             y += h;
+            if h == 0 && slot.optional {
+                continue;
+            }
             let cells = Layout::horizontal(slot.panes.iter().map(|_| Constraint::Fill(1)))
                 .spacing(1)
                 .split(row);
@@ -148,6 +170,7 @@ fn heights(state: &DashboardState, slots: &[Slot], total: u16) -> Vec<u16> {
     let mut heights: Vec<u16> = slots
         .iter()
         .map(|slot| match slot.height {
+            Height::Fit(_) if slot.optional && empty(state, slot.panes) => 0,
             Height::Fit(share) => {
                 let share = if slot.panes.contains(&state.focus) {
                     share.saturating_sub(1).max(2)
@@ -190,6 +213,11 @@ fn heights(state: &DashboardState, slots: &[Slot], total: u16) -> Vec<u16> {
         *last += rest;
     }
     heights
+}
+
+/// True if none of `panes` has a row to show.
+fn empty(state: &DashboardState, panes: &[Pane]) -> bool {
+    panes.iter().all(|&p| panel(p).rows(state) == 0)
 }
 
 /// A fitted slot's height within `cap`: its rule, its column header and its longest
@@ -235,6 +263,7 @@ mod tests {
             Pane::Workers,
             Pane::Schedules,
             Pane::Waiting,
+            Pane::Limits,
             Pane::Logs,
         ];
         for size in [Size::Wide, Size::Normal, Size::Short] {
@@ -253,7 +282,7 @@ mod tests {
         for (w, h) in [(80, 24), (120, 40), (200, 60), (160, 15), (60, 15)] {
             let area = Rect::new(0, 0, w, h);
             let placed = arrange(&state, area, Size::of(w, h));
-            assert_eq!(placed.len(), 7);
+            assert_eq!(placed.len(), 7, "the Limits panel is left out while empty");
             for (pane, rect) in &placed {
                 assert!(rect.bottom() <= h && rect.right() <= w, "{pane:?} {rect:?}");
             }

@@ -365,6 +365,21 @@ impl Refresher {
                 );
                 changed = true;
             }
+            // One read of the limits table (nothing more without limits in force).
+            if let Ok(limits) = self.store.limit_status(Some(&self.manager), now_us) {
+                state.set_limits(
+                    limits
+                        .iter()
+                        .map(|s| state::LimitLine {
+                            task: s.row.task.clone(),
+                            limits: crate::limits::in_force(&s.row),
+                            running: s.running,
+                            available: s.available,
+                            held: s.held_task().map(|h| h.to_string()),
+                        })
+                        .collect(),
+                );
+            }
             if let Ok(oldest) = self.store.oldest_available(&self.manager) {
                 let age = |at: i64| Duration::from_micros(u64::try_from(now_us - at).unwrap_or(0));
                 state.set_oldest_available(oldest.map(age));

@@ -305,6 +305,9 @@ pub enum Pane {
     Logs,
     /// Tasks waiting for their start time: shown, never focused (nothing acts on them).
     Waiting,
+    /// The concurrency and rate limits in force and what they hold back: shown when some
+    /// task has one, never focused.
+    Limits,
 }
 
 impl Pane {
@@ -338,6 +341,7 @@ impl Pane {
             Pane::Schedules => "Schedules",
             Pane::Logs => "Log",
             Pane::Waiting => "Waiting to start",
+            Pane::Limits => "Limits",
         }
     }
 
@@ -350,9 +354,25 @@ impl Pane {
             Pane::Schedules => 4,
             Pane::Logs => 5,
             // Not in Tab order: Tab from it goes on from Schedules, which shows it.
-            Pane::Waiting => 4,
+            Pane::Waiting | Pane::Limits => 4,
         }
     }
+}
+
+/// A task with a limit in force, as the Limits panel shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitLine {
+    /// The task's name.
+    pub task: String,
+    /// The limits in force and where they come from (`concurrency 2 (declared)`, ...).
+    pub limits: String,
+    /// Attempts running that count against it, across all workers.
+    pub running: u64,
+    /// Its available tasks.
+    pub available: u64,
+    /// Why its available tasks wait (`held: rate 20/s, next slot in 0.3 s`), if a limit
+    /// holds them.
+    pub held: Option<String>,
 }
 
 /// A finished attempt in [`DashboardState::recent`]: a task may appear there once per
@@ -470,6 +490,8 @@ pub struct DashboardState {
     pub schedules: Vec<ScheduleRow>,
     /// Tasks waiting for their start time, soonest first, at most [`SCHEDULED_CAPACITY`].
     pub scheduled: Vec<ScheduledTask>,
+    /// The manager's tasks with a concurrency or rate limit in force, by name.
+    pub limits: Vec<LimitLine>,
     /// The pane the keys act on.
     pub focus: Pane,
     /// Each pane's selection.
@@ -507,6 +529,7 @@ impl DashboardState {
             workers: Vec::new(),
             schedules: Vec::new(),
             scheduled: Vec::new(),
+            limits: Vec::new(),
             focus: Pane::default(),
             selection: Selection::default(),
             show_help: false,
@@ -687,6 +710,12 @@ impl DashboardState {
     /// Replaces the tasks waiting for their start time. They are sorted soonest first and
     /// only the first [`SCHEDULED_CAPACITY`] are kept, so passing more than that costs
     /// nothing but the sort.
+    /// Sets the tasks with a limit in force, as just read (sorted by name).
+    pub fn set_limits(&mut self, mut limits: Vec<LimitLine>) {
+        limits.sort_by(|a, b| a.task.cmp(&b.task));
+        self.limits = limits;
+    }
+
     pub fn set_scheduled(&mut self, mut tasks: Vec<ScheduledTask>) {
         tasks.sort_by_key(|t| t.runs_in);
         tasks.truncate(SCHEDULED_CAPACITY);
@@ -860,7 +889,7 @@ impl DashboardState {
             Pane::Workers => s.workers,
             Pane::Schedules => s.schedules,
             Pane::Logs => s.log_back,
-            Pane::Waiting => 0,
+            Pane::Waiting | Pane::Limits => 0,
         }
     }
 
@@ -895,6 +924,7 @@ impl DashboardState {
             Pane::Schedules => self.schedules.len(),
             Pane::Logs => self.logs.len(),
             Pane::Waiting => self.scheduled.len(),
+            Pane::Limits => self.limits.len(),
         }
     }
 
@@ -923,7 +953,7 @@ impl DashboardState {
             Pane::Workers => (&mut self.selection.workers, step),
             Pane::Schedules => (&mut self.selection.schedules, step),
             Pane::Logs => (&mut self.selection.log_back, step.reversed()),
-            Pane::Waiting => return,
+            Pane::Waiting | Pane::Limits => return,
         };
         *slot = match step {
             Move::Back(n) => slot.saturating_sub(n),

@@ -669,3 +669,54 @@ fn tasks_waiting_for_a_worker_of_their_signature_are_counted_in_the_title() {
     let screen = text(&draw(&s, 180, 45));
     assert!(!screen.contains("another build"), "{screen}");
 }
+
+fn limited() -> DashboardState {
+    let mut s = busy();
+    s.set_limits(vec![
+        super::state::LimitLine {
+            task: "send_email".into(),
+            limits: "rate 20/s (declared)".into(),
+            running: 1,
+            available: 340,
+            held: Some("held: rate 20/s, next slot in 0.3 s".into()),
+        },
+        super::state::LimitLine {
+            task: "charge".into(),
+            limits: "concurrency 2 (override; declared 4)".into(),
+            running: 2,
+            available: 12,
+            held: Some("held: concurrency 2/2 running".into()),
+        },
+        super::state::LimitLine {
+            task: "report".into(),
+            limits: "concurrency 1 per customer (declared)".into(),
+            running: 0,
+            available: 0,
+            held: None,
+        },
+    ]);
+    s
+}
+
+/// With limits in force the Limits panel appears (left out otherwise): each task's
+/// limits, where they come from, and why its tasks wait.
+#[test]
+fn the_limits_panel_shows_limits_in_force_and_what_they_hold() {
+    let s = limited();
+    let terminal = draw(&s, 180, 45);
+    let screen = terminal.backend().to_string();
+    assert!(screen.contains("Limits 3 · 2 held"), "{screen}");
+    assert!(screen.contains("concurrency 2 (override"), "{screen}");
+    assert!(screen.contains("concurrency 2/2 running"), "{screen}");
+    assert!(screen.contains("rate 20/s, next slot in"), "{screen}");
+    let without = draw(&busy(), 180, 45).backend().to_string();
+    assert!(!without.contains("Limits"), "{without}");
+    let mut terminal = Terminal::new(TestBackend::new(110, 6)).expect("a TestBackend cannot fail");
+    terminal
+        .draw(|frame| {
+            let area = frame.area();
+            super::panels::panel(Pane::Limits).render(&s, area, frame.buffer_mut(), false);
+        })
+        .expect("a TestBackend cannot fail");
+    insta::assert_snapshot!("panel_limits", terminal.backend());
+}

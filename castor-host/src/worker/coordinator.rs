@@ -203,6 +203,7 @@ impl Coordinator {
         for event in first.into_iter().chain(events.try_iter()) {
             self.on_event(event, pending, reporter);
         }
+        self.producer.slot_due(Instant::now());
     }
 
     fn on_event(&mut self, event: Event, pending: &AtomicBool, reporter: &mut dyn Reporter) {
@@ -393,6 +394,17 @@ impl Coordinator {
         });
     }
 
+    /// Whether some task of the worker has a limit in force, from the limit rows its
+    /// registration and each heartbeat read: an override set by `castor limits` on a
+    /// task declared without limits takes effect within a third of a lease; one on a
+    /// limited task, at the next claim.
+    fn limits_read(&mut self, rows: &[castor_store::LimitRow]) {
+        let limited = rows
+            .iter()
+            .any(|r| !r.effective().is_none() && self.ctx.tasks.contains_key(&r.task));
+        self.producer.set_limited(limited);
+    }
+
     /// When the wait ends at the latest: the next timer the next turn moves forward.
     fn next_timer(&self) -> Instant {
         let now = Instant::now();
@@ -422,6 +434,9 @@ impl Coordinator {
         if let Some(at) = self.running.next_deadline() {
             next = next.min(at);
         }
+        if let Some(at) = self.producer.next_slot() {
+            next = next.min(at);
+        }
         next
     }
 
@@ -429,6 +444,7 @@ impl Coordinator {
         let Some(task) = self.running.answered(done.seq, done.attempt) else {
             return;
         };
+        self.producer.attempt_ended(task.mode);
         let Some(attempt) = done.outcome else {
             // Never started: the worker is stopping. Give the claim back.
             self.completer.release(task.claim.seq, task.claim.attempt);
@@ -479,7 +495,10 @@ impl Coordinator {
             return Ok(());
         }
         let written = match &self.registration {
-            Some(registration) => registration.write(&mut self.store).map(|()| Vec::new()),
+            Some(registration) => registration.write(&mut self.store).map(|limits| {
+                self.limits_read(&limits);
+                Vec::new()
+            }),
             None => self.commit(reporter),
         };
         let registering = self.registration.is_some();
@@ -666,6 +685,9 @@ impl Coordinator {
             pruned,
             cancel_requests,
             claimed,
+            held,
+            next_slot_at,
+            limits,
         } = written;
         reporter.event(WorkerEvent::Committed);
         let now = Instant::now();
@@ -700,6 +722,9 @@ impl Coordinator {
         if plan.cancels {
             self.running.cancel(&cancel_requests);
         }
+        if let Some(rows) = limits {
+            self.limits_read(&rows);
+        }
         if staged.tasks + staged.runs > 0 {
             self.wake_claims();
         }
@@ -711,6 +736,15 @@ impl Coordinator {
                 self.mismatch_due = true;
             }
             self.producer.claimed(mode, asked, got);
+            if plan.limited && asked > 0 {
+                let next_slot = next_slot_at.map(|at| {
+                    // A millisecond late rather than early: an early claim finds the
+                    // window still full.
+                    now + Duration::from_micros(u64::try_from(at - now_us()).unwrap_or(0))
+                        + Duration::from_millis(1)
+                });
+                self.producer.limits_held(mode, *held.get(mode), next_slot);
+            }
         }
         let mut claimed_all = claimed.thread;
         claimed_all.extend(claimed.process);
@@ -752,6 +786,11 @@ impl Coordinator {
         if !rescued.rescued.is_empty() {
             // Rescued tasks are retryable (or available again soon).
             self.stager.mark_stale();
+            // Their attempts no longer count against a concurrency limit: a lane it held
+            // back may claim (this worker's own commit wakes nobody).
+            for mode in MODES {
+                self.producer.attempt_ended(mode);
+            }
         }
     }
 

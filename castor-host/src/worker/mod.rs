@@ -35,8 +35,8 @@ use castor_abi::Uuid;
 use castor_abi::abi::{AttachFn, HostServices, ManagerDecl, RunFn, TaskMode};
 use castor_abi::schedule::{Cadence, Missed};
 use castor_store::{
-    CheckReach, Database, NewSchedule, Notifier, OpenOptions, ScheduleFilter, Store, TaskFilter,
-    WorkerRow, now_us,
+    CheckReach, Database, DeclaredLimits, LimitRow, Limits, NewSchedule, Notifier, OpenOptions,
+    Rate, ScheduleFilter, Store, TaskFilter, WorkerRow, now_us,
 };
 use castor_store::{LogLevel, StoreError};
 use crossbeam_channel::{Receiver, Sender};
@@ -674,7 +674,9 @@ struct Registration {
 }
 
 impl Registration {
-    fn write(&self, store: &mut Store) -> Result<(), StoreError> {
+    /// Writes the registration; returns the manager's limit rows, read in the same
+    /// transaction.
+    fn write(&self, store: &mut Store) -> Result<Vec<LimitRow>, StoreError> {
         let now = now_us();
         self.declare_periodic(store, now)?;
         let row = WorkerRow {
@@ -682,7 +684,28 @@ impl Registration {
             heartbeat_at: now,
             ..self.row.clone()
         };
-        store.write(|tx| tx.register_worker(&row))
+        let manager = self.manager.name.as_str();
+        let declared: Vec<DeclaredLimits<'_>> = self
+            .manager
+            .tasks
+            .iter()
+            .map(|t| DeclaredLimits {
+                task: t.name.as_str(),
+                limits: Limits {
+                    concurrency: (t.concurrency > 0).then_some(t.concurrency),
+                    rate: (t.rate_count > 0 && t.rate_per_ms > 0).then(|| Rate {
+                        count: t.rate_count,
+                        per: Duration::from_millis(t.rate_per_ms),
+                    }),
+                },
+                key: Some(t.concurrency_key.as_str()).filter(|k| !k.is_empty()),
+            })
+            .collect();
+        store.write(|tx| {
+            tx.declare_limits(manager, &declared, now)?;
+            tx.register_worker(&row)?;
+            tx.limits_of(manager)
+        })
     }
 
     /// Makes the database's periodic schedules match this library's declarations.

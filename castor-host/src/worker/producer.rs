@@ -179,12 +179,21 @@ impl Lane {
     }
 }
 
-/// The producer's state: the lanes and the lease renewal's timer.
+/// The producer's state: the lanes, the lease renewal's timer, and flow control.
 #[derive(Debug)]
 pub(super) struct Producer {
     lanes: PerMode<Lane>,
     renew_every: Duration,
     next_renewal: Instant,
+    /// Some task of the worker has a limit in force (read at start and with each
+    /// heartbeat): claims go through `Tx::claim_limited`. Otherwise the claim is the plain
+    /// one, and limits cost nothing.
+    limited: bool,
+    /// Per mode: a concurrency limit held tasks back at the last claim. An attempt's end
+    /// may free a slot, this worker's own too, which no change notification reports.
+    held: PerMode<bool>,
+    /// When a rate limit next allows a start: the worker sleeps until then, not polling.
+    next_slot: Option<Instant>,
 }
 
 impl Producer {
@@ -198,6 +207,50 @@ impl Producer {
             },
             renew_every,
             next_renewal: now + renew_every,
+            limited: false,
+            held: PerMode::default(),
+            next_slot: None,
+        }
+    }
+
+    /// Whether some task of the worker has a limit in force.
+    pub(super) fn limited(&self) -> bool {
+        self.limited
+    }
+
+    /// Some task of the worker has a limit in force, or none has.
+    pub(super) fn set_limited(&mut self, limited: bool) {
+        self.limited = limited;
+    }
+
+    /// A limited claim of `mode` said whether a concurrency limit held tasks back, and
+    /// when a rate next allows a start.
+    pub(super) fn limits_held(&mut self, mode: TaskMode, held: bool, next_slot: Option<Instant>) {
+        *self.held.get_mut(mode) = held;
+        if let Some(at) = next_slot {
+            self.next_slot = Some(self.next_slot.map_or(at, |n| n.min(at)));
+        }
+    }
+
+    /// An attempt of `mode` ended: under a concurrency limit that held tasks back, a
+    /// claim may find a free slot.
+    pub(super) fn attempt_ended(&mut self, mode: TaskMode) {
+        if *self.held.get(mode) {
+            let lane = self.lanes.get_mut(mode);
+            lane.want = lane.slots > 0;
+        }
+    }
+
+    /// When a rate limit next allows a start, if one held tasks back.
+    pub(super) fn next_slot(&self) -> Option<Instant> {
+        self.next_slot
+    }
+
+    /// At `now`, past the rate's next slot: claims may find more.
+    pub(super) fn slot_due(&mut self, now: Instant) {
+        if self.next_slot.is_some_and(|at| now >= at) {
+            self.next_slot = None;
+            self.wake();
         }
     }
 
@@ -487,6 +540,49 @@ mod tests {
         assert_eq!(producer.room(TaskMode::Thread, &running, true), 21);
         producer.pause();
         assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+    }
+
+    #[test]
+    fn limits_wake_a_lane_when_an_attempt_ends_or_a_rate_slot_opens() {
+        let now = Instant::now();
+        let running = Running::default();
+        let mut producer = Producer::new(
+            PerMode {
+                thread: 4,
+                process: 2,
+            },
+            Duration::from_secs(30),
+            now,
+        );
+        assert!(!producer.limited(), "no limits until the worker reads some");
+        // A claim that came back short because a concurrency limit held tasks back.
+        producer.claimed(TaskMode::Thread, 24, 2);
+        producer.limits_held(TaskMode::Thread, true, None);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        producer.attempt_ended(TaskMode::Process);
+        assert_eq!(
+            producer.room(TaskMode::Thread, &running, true),
+            0,
+            "another lane's end frees nothing here"
+        );
+        producer.attempt_ended(TaskMode::Thread);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 24);
+        // Short for a rate: nothing until the next slot, however many attempts end.
+        producer.claimed(TaskMode::Thread, 24, 0);
+        let slot = now + Duration::from_millis(300);
+        producer.limits_held(TaskMode::Thread, false, Some(slot));
+        producer.attempt_ended(TaskMode::Thread);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        assert_eq!(
+            producer.next_slot(),
+            Some(slot),
+            "the coordinator sleeps until then"
+        );
+        producer.slot_due(slot - Duration::from_millis(1));
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 0);
+        producer.slot_due(slot);
+        assert_eq!(producer.room(TaskMode::Thread, &running, true), 24);
+        assert_eq!(producer.next_slot(), None);
     }
 
     #[test]

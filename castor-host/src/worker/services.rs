@@ -159,6 +159,7 @@ mod tests {
             backoff_base_ms: 10,
             backoff_cap_ms: 10,
             args_fingerprint: "".into(),
+            concurrency_key: ROption::RNone,
         };
         let over = vec![0u8; codec::MAX_PAYLOAD + 1];
         let refused = services

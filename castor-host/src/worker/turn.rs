@@ -92,6 +92,8 @@ pub(super) struct TurnPlan {
     pub(super) cancels: bool,
     /// How many tasks to claim, per mode.
     pub(super) claims: PerMode<usize>,
+    /// Claim within the limits in force (some task of the worker has one).
+    pub(super) limited: bool,
 }
 
 impl TurnPlan {
@@ -119,6 +121,7 @@ impl TurnPlan {
                 thread: input.room(TaskMode::Thread),
                 process: input.room(TaskMode::Process),
             },
+            limited: input.producer.limited(),
         }
     }
 
@@ -153,10 +156,13 @@ impl TurnPlan {
         let applied = completer.write(tx, &self.completion, &ctx.id, now, &ctx.tasks)?;
         let staged =
             super::stager::Stager::write(tx, self.stage, &ctx.manager, &ctx.schedules, now)?;
-        if self.renew {
+        let limits = if self.renew {
             tx.renew_leases(&ctx.id, &self.held, lease_until)?;
             tx.heartbeat(&ctx.id, now, summary.completed, summary.failed)?;
-        }
+            Some(tx.limits_of(&ctx.manager)?)
+        } else {
+            None
+        };
         let rescued = if self.rescue {
             rescuer::rescue(
                 tx,
@@ -180,13 +186,30 @@ impl TurnPlan {
             Vec::new()
         };
         let mut claimed = PerMode::<Vec<Claimed>>::default();
+        let mut held = PerMode::<bool>::default();
+        let mut next_slot_at = None;
         for mode in MODES {
             let limit = *self.claims.get(mode);
             if let (Some(filter), true) = (ctx.claims.get(mode), limit > 0) {
-                let got = tx.claim(filter, &ctx.id, limit, now, lease_until)?;
+                let (got, mode_held) = if self.limited {
+                    let limited = tx.claim_limited(filter, &ctx.id, limit, now, lease_until)?;
+                    next_slot_at = match (next_slot_at, limited.next_slot_at) {
+                        (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                        (a, b) => a.or(b),
+                    };
+                    (limited.claimed, limited.held)
+                } else {
+                    (tx.claim(filter, &ctx.id, limit, now, lease_until)?, false)
+                };
                 match mode {
-                    TaskMode::Thread => claimed.thread = got,
-                    TaskMode::Process => claimed.process = got,
+                    TaskMode::Thread => {
+                        claimed.thread = got;
+                        held.thread = mode_held;
+                    }
+                    TaskMode::Process => {
+                        claimed.process = got;
+                        held.process = mode_held;
+                    }
                 }
             }
         }
@@ -197,6 +220,9 @@ impl TurnPlan {
             pruned,
             cancel_requests,
             claimed,
+            held,
+            next_slot_at,
+            limits,
         })
     }
 }
@@ -214,6 +240,12 @@ pub(super) struct Written {
     pub(super) cancel_requests: Vec<i64>,
     /// The tasks claimed, per mode.
     pub(super) claimed: PerMode<Vec<Claimed>>,
+    /// Per mode: a concurrency limit held tasks back.
+    pub(super) held: PerMode<bool>,
+    /// When a rate limit next allows a start (microseconds since the epoch).
+    pub(super) next_slot_at: Option<i64>,
+    /// With the heartbeat: the manager's limit rows, read in the same transaction.
+    pub(super) limits: Option<Vec<castor_store::LimitRow>>,
 }
 
 #[cfg(test)]
@@ -328,6 +360,7 @@ mod tests {
             prune: false,
             cancels: false,
             claims: PerMode::default(),
+            limited: false,
         }
     }
 

@@ -9,6 +9,8 @@
 //!   unique keys (held while unfinished, free after), and a failed write rolled back whole;
 //! - `leases`: lease expiry and renewal, worker rows and heartbeats, a dead worker
 //!   buried, a rescued attempt that can no longer finish;
+//! - `limits`: concurrency limits (whole task, per key) and rate limits in a sliding
+//!   window held in the claim, overrides, and four concurrent claimers under a limit;
 //! - `schedules`: missed ticks, one run per tick with two workers ticking at once,
 //!   periodic declarations (kept or restarted), pausing, limits and removal;
 //! - `records`: retention (`prune`), logs, progress, multi-MiB payloads, and the reads
@@ -26,12 +28,14 @@
 
 mod claims;
 mod leases;
+mod limits;
 mod records;
 mod schedules;
 mod states;
 
 pub use self::claims::*;
 pub use self::leases::*;
+pub use self::limits::*;
 pub use self::records::*;
 pub use self::schedules::*;
 pub use self::states::*;
@@ -81,6 +85,12 @@ macro_rules! conformance_tests {
             signatures_tell_tasks_waiting_for_a_worker_of_theirs,
             burying_a_worker_ends_its_leases,
             a_rescued_attempt_cannot_finish,
+            // limits
+            a_concurrency_limit_holds_across_claimers,
+            a_keyed_concurrency_limit_holds_per_key,
+            a_rate_limit_holds_in_a_sliding_window,
+            a_limit_override_wins_until_cleared,
+            concurrent_limited_claimers_never_over_claim,
             // schedules
             missed_ticks_are_skipped_or_run_once,
             a_tick_runs_once_with_two_workers_ticking,
@@ -137,6 +147,7 @@ pub fn new_task<'a>(task: &'a str, args: &'a [u8]) -> NewTask<'a> {
         timeout_ms: None,
         schedule_id: None,
         args_fingerprint: None,
+        concurrency_key: None,
     }
 }
 

@@ -24,7 +24,7 @@ impl PostgresDriver {
             conn.query(
                 "SELECT id, manager, task, state, attempt, max_attempts, created_at, \
                  scheduled_at, finalized_at, attempted_by, errors -> -1 ->> 'error', \
-                 args_fingerprint FROM castor_tasks WHERE ($1::text[] IS NULL OR state = ANY($1)) \
+                 args_fingerprint, concurrency_key FROM castor_tasks WHERE ($1::text[] IS NULL OR state = ANY($1)) \
                  AND ($2::text IS NULL OR task = $2) AND ($3::text IS NULL OR manager = $3) \
                  ORDER BY seq DESC LIMIT $4",
                 &[&states, &filter.task, &filter.manager, &limit],
@@ -45,6 +45,7 @@ impl PostgresDriver {
                     last_error: row.try_get(10)?,
                     args_fingerprint: Some(row.try_get::<_, String>(11)?)
                         .filter(|fp| !fp.is_empty()),
+                    concurrency_key: row.try_get(12)?,
                 })
             })
             .collect()

@@ -24,6 +24,7 @@ macro_rules! server_clock_us {
 }
 
 mod admin;
+mod limits;
 mod rescue;
 mod rows;
 mod schedules;
@@ -44,8 +45,9 @@ use uuid::Uuid;
 use self::tls::{ParseError, Target};
 pub use self::tx::{PostgresTx, enqueue_in};
 pub(crate) use self::watch::notifier;
-use crate::driver::{CheckReach, Driver, Tx};
+use crate::driver::{CheckReach, Driver, LimitUsage, Tx};
 use crate::error::StoreError;
+use crate::limits::{LimitRow, Rate};
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
     ClockOffset, ListFilter, LogLevel, ScheduleFilter, StateCount, TaskLog, TaskSnapshot,
@@ -78,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 4,
         name: "signatures",
         sql: include_str!("migrations/0004_signatures.sql"),
+    },
+    Migration {
+        version: 5,
+        name: "limits",
+        sql: include_str!("migrations/0005_limits.sql"),
     },
 ];
 
@@ -862,6 +869,20 @@ impl Driver for PostgresDriver {
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {
         PostgresDriver::next_schedule_due(self, filter)
+    }
+
+    fn limits(&self, manager: Option<&str>) -> Result<Vec<LimitRow>, StoreError> {
+        self.read_limits(manager)
+    }
+
+    fn limit_usage(
+        &self,
+        manager: &str,
+        task: &str,
+        rate: Option<Rate>,
+        now: i64,
+    ) -> Result<LimitUsage, StoreError> {
+        self.read_limit_usage(manager, task, rate, now)
     }
 
     fn schedules(&self, manager: Option<&str>) -> Result<Vec<ScheduleInfo>, StoreError> {

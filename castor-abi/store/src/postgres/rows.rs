@@ -63,7 +63,7 @@ pub(super) fn claimed_from(row: &Row) -> Result<Claimed, postgres::Error> {
 pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, attempt, \
      max_attempts, result, errors::text, created_at, scheduled_at, attempted_at, finalized_at, \
      attempted_by, priority, progress_done, progress_total, progress_message, \
-     args_fingerprint, result_fingerprint \
+     args_fingerprint, result_fingerprint, concurrency_key \
      FROM castor_tasks WHERE id = $1";
 
 /// Reads a row of [`SNAPSHOT_SQL`].
@@ -89,6 +89,7 @@ pub(super) fn task_row(row: &Row) -> Result<TaskRow<Uuid>, postgres::Error> {
         progress_message: row.try_get(17)?,
         args_fingerprint: row.try_get(18)?,
         result_fingerprint: row.try_get(19)?,
+        concurrency_key: row.try_get(20)?,
     })
 }
 

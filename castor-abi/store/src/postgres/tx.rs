@@ -14,6 +14,7 @@ use super::{Conn, Params, PostgresDriver, classify};
 use crate::LOG_LINES_KEPT;
 use crate::driver::Tx;
 use crate::error::StoreError;
+use crate::limits::{Candidate, DeclaredLimits, LimitRow, LimitedClaim, Limits};
 use crate::model::{
     AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish,
     LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter,
@@ -213,8 +214,8 @@ fn insert(
     let inserted = statements.execute(
         "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
          backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
-         scheduled_at, args_fingerprint) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+         scheduled_at, args_fingerprint, concurrency_key) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
          ON CONFLICT DO NOTHING",
         &[
             &id,
@@ -232,6 +233,7 @@ fn insert(
             &now,
             &scheduled_at,
             &task.args_fingerprint.unwrap_or(""),
+            &task.concurrency_key,
         ],
     )?;
     if inserted == 1 {
@@ -276,6 +278,121 @@ impl Tx for PostgresTx<'_> {
     ) -> Result<Vec<Claimed>, StoreError> {
         PostgresTx::claim(self, filter, worker, limit, now, lease_until)
             .map_err(self.fail("claim tasks"))
+    }
+
+    fn declare_limits(
+        &mut self,
+        manager: &str,
+        declared: &[DeclaredLimits<'_>],
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.declare_limits_rows(manager, declared, now)
+            .map_err(self.fail("declare tasks' limits"))
+    }
+
+    fn set_limit_override(
+        &mut self,
+        manager: &str,
+        task: &str,
+        overridden: &Limits,
+        now: i64,
+    ) -> Result<LimitRow, StoreError> {
+        self.set_override(manager, task, overridden, now)
+            .map_err(self.fail("set a task's limits"))
+    }
+
+    fn claim_limited(
+        &mut self,
+        filter: &TaskFilter,
+        worker: &str,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<LimitedClaim, StoreError> {
+        crate::limits::claim_limited(self, filter, worker, limit, now, lease_until)
+    }
+
+    fn lock_limits(
+        &mut self,
+        manager: &str,
+        tasks: &[String],
+    ) -> Result<Vec<LimitRow>, StoreError> {
+        self.lock_limit_rows(manager, tasks)
+            .map_err(self.fail("read tasks' limits"))
+    }
+
+    fn limits_of(&mut self, manager: &str) -> Result<Vec<LimitRow>, StoreError> {
+        self.read_limit_rows(manager)
+            .map_err(self.fail("read tasks' limits"))
+    }
+
+    fn running_limited(&mut self, manager: &str, task: &str) -> Result<u64, StoreError> {
+        self.count_running_limited(manager, task)
+            .map_err(self.fail("count a limited task's attempts"))
+    }
+
+    fn starts_in_window(
+        &mut self,
+        manager: &str,
+        task: &str,
+        since: i64,
+    ) -> Result<u64, StoreError> {
+        self.prune_starts(manager, task, since)
+            .map_err(self.fail("count a task's recent starts"))
+    }
+
+    fn limited_candidates(
+        &mut self,
+        manager: &str,
+        task: &str,
+        prints: &[&str],
+        per_key: Option<u32>,
+        limit: usize,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        self.candidates(manager, task, prints, per_key, limit)
+            .map_err(self.fail("find tasks to claim"))
+    }
+
+    fn claim_candidates(
+        &mut self,
+        seqs: &[i64],
+        worker: &str,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<Claimed>, StoreError> {
+        self.claim_rows(seqs, worker, now, lease_until)
+            .map_err(self.fail("claim tasks"))
+    }
+
+    fn record_starts(
+        &mut self,
+        manager: &str,
+        task: &str,
+        count: usize,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        self.insert_starts(manager, task, count, now)
+            .map_err(self.fail("record a task's starts"))
+    }
+
+    fn start_at(
+        &mut self,
+        manager: &str,
+        task: &str,
+        offset: u64,
+    ) -> Result<Option<i64>, StoreError> {
+        self.nth_start(manager, task, offset)
+            .map_err(self.fail("read a task's starts"))
+    }
+
+    fn has_available(
+        &mut self,
+        manager: &str,
+        task: &str,
+        prints: &[&str],
+    ) -> Result<bool, StoreError> {
+        self.any_available(manager, task, prints)
+            .map_err(self.fail("look for available tasks"))
     }
 
     fn finish_if_running(

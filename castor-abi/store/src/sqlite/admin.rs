@@ -21,7 +21,7 @@ impl SqliteDriver {
         let mut sql = String::from(
             "SELECT id, manager, task, state, attempt, max_attempts, created_at, scheduled_at, \
              finalized_at, attempted_by, json_extract(errors, '$[#-1].error'), \
-             args_fingerprint FROM castor_tasks WHERE 1 = 1",
+             args_fingerprint, concurrency_key FROM castor_tasks WHERE 1 = 1",
         );
         let mut values: Vec<String> = Vec::new();
         if !filter.states.is_empty() {
@@ -56,6 +56,7 @@ impl SqliteDriver {
                         last_error: row.get(10)?,
                         args_fingerprint: Some(row.get::<_, String>(11)?)
                             .filter(|fp| !fp.is_empty()),
+                        concurrency_key: row.get(12)?,
                     })
                 })?
                 .collect()

@@ -8,6 +8,7 @@
 //! retries a transaction that stayed busy past [`BUSY_TIMEOUT`].
 
 mod admin;
+mod limits;
 mod rescue;
 mod rows;
 mod schedules;
@@ -27,8 +28,9 @@ use uuid::Uuid;
 
 pub use self::tx::SqliteTx;
 pub(crate) use self::watch::notifier;
-use crate::driver::{CheckReach, Driver, Tx};
+use crate::driver::{CheckReach, Driver, LimitUsage, Tx};
 use crate::error::StoreError;
+use crate::limits::{LimitRow, Rate};
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
     ListFilter, LogLevel, ScheduleFilter, StateCount, TaskLog, TaskSnapshot, TaskSummary, Waiting,
@@ -72,6 +74,11 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 6,
         name: "unsigned",
         sql: include_str!("migrations/0006_unsigned.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "limits",
+        sql: include_str!("migrations/0007_limits.sql"),
     },
 ];
 
@@ -960,6 +967,22 @@ impl Driver for SqliteDriver {
 
     fn next_schedule_due(&self, filter: &ScheduleFilter) -> Result<Option<i64>, StoreError> {
         SqliteDriver::next_schedule_due(self, filter)
+    }
+
+    fn limits(&self, manager: Option<&str>) -> Result<Vec<LimitRow>, StoreError> {
+        self.read_limits(manager)
+            .map_err(|e| self.error("read tasks' limits", e))
+    }
+
+    fn limit_usage(
+        &self,
+        manager: &str,
+        task: &str,
+        rate: Option<Rate>,
+        now: i64,
+    ) -> Result<LimitUsage, StoreError> {
+        self.read_limit_usage(manager, task, rate, now)
+            .map_err(|e| self.error("read a task's limit usage", e))
     }
 
     fn schedules(&self, manager: Option<&str>) -> Result<Vec<ScheduleInfo>, StoreError> {

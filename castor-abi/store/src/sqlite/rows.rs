@@ -105,7 +105,7 @@ pub(super) fn claimed_from(row: &rusqlite::Row<'_>) -> rusqlite::Result<Claimed>
 pub(super) const SNAPSHOT_SQL: &str = "SELECT seq, id, manager, task, state, attempt, max_attempts, \
      result, errors, created_at, scheduled_at, attempted_at, finalized_at, attempted_by, \
      priority, progress_done, progress_total, progress_message, args_fingerprint, \
-     result_fingerprint \
+     result_fingerprint, concurrency_key \
      FROM castor_tasks WHERE id = ?1";
 
 /// Reads a row of [`SNAPSHOT_SQL`].
@@ -131,5 +131,6 @@ pub(super) fn task_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow<Vec<
         progress_message: row.get(17)?,
         args_fingerprint: row.get(18)?,
         result_fingerprint: row.get(19)?,
+        concurrency_key: row.get(20)?,
     })
 }

@@ -43,6 +43,7 @@ fn new_task<'a>(task: &'a str, args: &'a [u8]) -> NewTask<'a> {
         timeout_ms: None,
         schedule_id: None,
         args_fingerprint: None,
+        concurrency_key: None,
     }
 }
 

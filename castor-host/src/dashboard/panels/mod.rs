@@ -8,6 +8,7 @@
 //! [`Pane`] (its place in Tab order), its entry in [`panel`], and its place in the
 //! `layout` plans.
 
+pub mod limits;
 pub mod logs;
 pub mod recent;
 pub mod running;
@@ -64,6 +65,7 @@ pub fn panel(pane: Pane) -> &'static dyn Panel {
         Pane::Workers => &workers::Workers,
         Pane::Schedules => &schedules::Schedules,
         Pane::Waiting => &waiting::Waiting,
+        Pane::Limits => &limits::Limits,
         Pane::Logs => &logs::Logs,
     }
 }
