@@ -244,7 +244,7 @@ fn drain_small(
 
 /// Tasks in the file whose opening is timed: as many as stay under the size up to which
 /// an app's `open` checks the file.
-const OPEN_TASKS: usize = 6_000;
+const OPEN_TASKS: usize = 5_000;
 
 /// The median time of opening a file of [`OPEN_TASKS`] tasks as an app does (which runs
 /// `PRAGMA quick_check` on a file this small), and with the check skipped, in ms.
