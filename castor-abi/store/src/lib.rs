@@ -14,6 +14,7 @@
 //! a schedule's tick and its run are one write; times come from the caller.
 #![deny(missing_docs)]
 
+pub mod chain;
 pub mod cron;
 pub mod driver;
 mod error;
@@ -44,9 +45,9 @@ use uuid::Uuid;
 pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
-    AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
+    After, AfterParents, AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
     ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,
-    NewTask, Progress, RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount,
+    NewTask, ParentInfo, ParentRef, Progress, RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount,
     TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;

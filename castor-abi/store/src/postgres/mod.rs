@@ -79,6 +79,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "signatures",
         sql: include_str!("migrations/0004_signatures.sql"),
     },
+    Migration {
+        version: 5,
+        name: "chains",
+        sql: include_str!("migrations/0005_chains.sql"),
+    },
 ];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
@@ -589,7 +594,9 @@ impl PostgresDriver {
                           + (SELECT count(*) FROM castor_tasks \
                              WHERE state = 'running' AND manager = $1) \
                           + (SELECT count(*) FROM castor_tasks \
-                             WHERE state IN ('scheduled', 'retryable') AND manager = $1)",
+                             WHERE state IN ('scheduled', 'retryable') AND manager = $1) \
+                          + (SELECT count(*) FROM castor_tasks \
+                             WHERE state = 'waiting' AND manager = $1)",
                     &[&manager],
                 )?
                 .try_get(0)?;
@@ -846,6 +853,18 @@ impl Driver for PostgresDriver {
 
     fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         PostgresDriver::workers(self, live_only)
+    }
+
+    fn parents(&self, id: Uuid) -> Result<Vec<crate::ParentInfo>, StoreError> {
+        PostgresDriver::parents(self, id)
+    }
+
+    fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::AfterParents>, StoreError> {
+        PostgresDriver::waiting_on_parents(self, manager, limit)
     }
 
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {
