@@ -370,3 +370,42 @@ fn chains_and_fan_ins_run_on_postgres() {
     );
     drop(workers);
 }
+
+/// A worker that completes a parent claims its dependent at once: its own commit wakes
+/// none of its claims (the change counter says the write was its own), so it counts the
+/// dependents its transaction released ([`castor_store::Tx::released`]). Without that,
+/// an idle lone worker never claimed the second link (the join timed out). Twenty links
+/// take about 0.1 s; the bound, 6 s, is there only to say so if they ever wait for ticks.
+#[test]
+fn one_worker_runs_a_chain_without_waiting_for_a_tick() {
+    const LINKS: usize = 20;
+    let dir = TestDir::new();
+    let c = client(&dir);
+    let worker = Worker::start(&dir, &tasks_target("chains"), &[]);
+    let first = start::delay(&c, "0".into()).expect("dispatch");
+    assert_eq!(first.join(PATIENCE).expect("completes"), "0");
+    let began = std::time::Instant::now();
+    let mut last = step::delay_after(&c, &first, "1".into()).expect("dispatch after");
+    let mut links = vec![last.id()];
+    for i in 2..=LINKS {
+        last = step::delay_after(&c, &last, i.to_string()).expect("dispatch after");
+        links.push(last.id());
+    }
+    let result = last.join(PATIENCE).expect("the chain completes");
+    let took = began.elapsed();
+    assert_eq!(result.matches('>').count(), LINKS);
+    let store = Store::open(dir.db().as_path(), OpenOptions::inspect()).expect("open");
+    let gaps: Vec<i64> = links
+        .windows(2)
+        .map(|pair| {
+            let parent = snapshot(&store, pair[0]).finalized_at.expect("finished");
+            snapshot(&store, pair[1]).attempted_at.expect("ran") - parent
+        })
+        .collect();
+    assert!(
+        took < Duration::from_secs(6),
+        "{LINKS} links took {took:?}; gaps between a parent's end and its dependent's start \
+         (us): {gaps:?}"
+    );
+    drop(worker);
+}

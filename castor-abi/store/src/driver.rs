@@ -593,6 +593,14 @@ pub trait Tx {
     /// The statement failed.
     fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError>;
 
+    /// How many waiting dependents this transaction made `available` (or `scheduled`),
+    /// their parents having all completed (see [`crate::chain`]): a worker that wrote the
+    /// completions claims again, rather than waiting for a wake-up its own commit does not
+    /// give it.
+    fn released(&self) -> usize {
+        0
+    }
+
     /// Commits the transaction.
     ///
     /// # Errors

@@ -33,6 +33,8 @@ pub struct PostgresTx<'a> {
     pub(super) driver: &'a mut PostgresDriver,
     /// Committed (or failed to): nothing for `drop` to undo.
     done: bool,
+    /// Waiting dependents released so far ([`Tx::released`]).
+    released: usize,
     /// The connection's statement count once `BEGIN` ran.
     begun_at: u64,
     /// How many statements ran through [`PostgresTx::unflushed`]: if every statement
@@ -64,6 +66,7 @@ impl<'a> PostgresTx<'a> {
         Ok(PostgresTx {
             driver,
             done: false,
+            released: 0,
             begun_at,
             unflushed: 0,
         })
@@ -518,6 +521,10 @@ impl Tx for PostgresTx<'_> {
 
     fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError> {
         PostgresTx::remove_schedule(self, id).map_err(self.fail("remove a schedule"))
+    }
+
+    fn released(&self) -> usize {
+        self.released
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
@@ -1091,7 +1098,9 @@ impl ChainStatements for PostgresTx<'_> {
              WHERE seq = $1 AND state = 'waiting'",
             &[&seq, &args, &now],
         );
-        released.map(drop).map_err(self.chain_error())
+        let released = released.map_err(self.chain_error())?;
+        self.released += usize::try_from(released).unwrap_or(0);
+        Ok(())
     }
 
     fn end_waiting(

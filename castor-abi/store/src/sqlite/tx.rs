@@ -24,6 +24,8 @@ pub struct SqliteTx<'a> {
     pub(super) driver: &'a mut SqliteDriver,
     /// Committed (or rolled back by a failed commit): nothing for `drop` to undo.
     done: bool,
+    /// Waiting dependents released so far ([`Tx::released`]).
+    released: usize,
 }
 
 impl<'a> SqliteTx<'a> {
@@ -34,6 +36,7 @@ impl<'a> SqliteTx<'a> {
         Ok(SqliteTx {
             driver,
             done: false,
+            released: 0,
         })
     }
 
@@ -271,6 +274,10 @@ impl Tx for SqliteTx<'_> {
 
     fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError> {
         SqliteTx::remove_schedule(self, id).map_err(self.fail("remove a schedule"))
+    }
+
+    fn released(&self) -> usize {
+        self.released
     }
 
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
@@ -794,7 +801,8 @@ impl ChainStatements for SqliteTx<'_> {
     }
 
     fn release(&mut self, seq: i64, args: &[u8], now: i64) -> Result<(), StoreError> {
-        self.driver
+        let released = self
+            .driver
             .conn
             .prepare_cached(
                 "UPDATE castor_tasks SET \
@@ -803,8 +811,9 @@ impl ChainStatements for SqliteTx<'_> {
                  WHERE seq = ?1 AND state = 'waiting'",
             )
             .and_then(|mut stmt| stmt.execute(params![seq, args, now]))
-            .map(drop)
-            .map_err(self.chain_error())
+            .map_err(self.chain_error())?;
+        self.released += released;
+        Ok(())
     }
 
     fn end_waiting(
