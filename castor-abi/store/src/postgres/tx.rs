@@ -624,7 +624,7 @@ impl PostgresTx<'_> {
                     "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
                      lease_expires_at = NULL, result_fingerprint = $5 \
                      WHERE seq = $1 AND attempt = $2 AND state = 'running' \
-                     RETURNING id, has_dependents",
+                     RETURNING CASE WHEN has_dependents THEN id END",
                     &[
                         &seq,
                         &i64::from(attempt),
@@ -637,12 +637,7 @@ impl PostgresTx<'_> {
                     return Ok((false, None));
                 };
                 self.trim_finished_log(seq)?;
-                let parent = if row.try_get::<_, bool>(1)? {
-                    Some(row.try_get(0)?)
-                } else {
-                    None
-                };
-                Ok((true, parent))
+                Ok((true, row.try_get(0)?))
             }
             Finish::Failed { .. } => self.fail_attempt(seq, attempt, finish, error, now, false),
         }
@@ -685,15 +680,15 @@ impl PostgresTx<'_> {
              FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $5::text[]) \
                AS d(seq, attempt, result, fp) \
              WHERE t.seq = d.seq AND t.attempt = d.attempt AND t.state = 'running' \
-             RETURNING t.seq, t.id, t.has_dependents",
+             RETURNING t.seq, CASE WHEN t.has_dependents THEN t.id END",
             &[&seqs, &attempts, &results, &now, &prints],
         )?;
         let mut written: HashSet<i64> = HashSet::with_capacity(rows.len());
         let mut parents = Vec::new();
         for row in &rows {
             written.insert(row.try_get(0)?);
-            if row.try_get::<_, bool>(2)? {
-                parents.push(row.try_get(1)?);
+            if let Some(parent) = row.try_get::<_, Option<Uuid>>(1)? {
+                parents.push(parent);
             }
         }
         for &seq in &written {
@@ -758,7 +753,8 @@ impl PostgresTx<'_> {
              lease_expires_at = NULL, \
              errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($6::text::jsonb) \
              WHERE seq = $1 AND attempt = $2 AND state = 'running' \
-             RETURNING id, has_dependents, state",
+             RETURNING CASE WHEN has_dependents AND state IN ('discarded', 'cancelled') \
+               THEN id END",
             &[
                 &seq,
                 &attempt,
@@ -770,13 +766,7 @@ impl PostgresTx<'_> {
         )?;
         if let Some(row) = ended {
             self.trim_finished_log(seq)?;
-            let state: rows::StateColumn = row.try_get(2)?;
-            let parent = if row.try_get::<_, bool>(1)? && state.0.is_terminal() {
-                Some(row.try_get(0)?)
-            } else {
-                None
-            };
-            return Ok((true, parent));
+            return Ok((true, row.try_get(0)?));
         }
         if !seen_as_written {
             return Ok((false, None));

@@ -490,9 +490,10 @@ impl SqliteTx<'_> {
         finish: &Finish<'_>,
         now: i64,
     ) -> Result<(bool, Option<Uuid>), rusqlite::Error> {
-        // `RETURNING` what the chain rules need: no statement more for a task without
-        // dependents (`has_dependents` is 0 unless a dependent was dispatched after it).
-        let ended: Option<(Vec<u8>, bool, String)> = match finish {
+        // `RETURNING` what the chain rules need: the id of a task that ended and has
+        // dependents, else NULL. No statement more (and nothing read) for a task without
+        // any: `has_dependents` is 0 unless a dependent was dispatched after it.
+        let ended: Option<Option<Vec<u8>>> = match finish {
             Finish::Completed {
                 result,
                 result_fingerprint,
@@ -503,11 +504,11 @@ impl SqliteTx<'_> {
                     "UPDATE castor_tasks SET state = 'completed', result = ?3, finalized_at = ?4, \
                      lease_expires_at = NULL, result_fingerprint = ?5 \
                      WHERE seq = ?1 AND attempt = ?2 AND state = 'running' \
-                     RETURNING id, has_dependents, state",
+                     RETURNING CASE WHEN has_dependents THEN id END",
                 )?
                 .query_row(
                     params![seq, attempt, result, now, result_fingerprint.unwrap_or("")],
-                    |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                    |row| row.get(0),
                 )
                 .optional()?,
             Finish::Failed { transition, error } => {
@@ -524,7 +525,8 @@ impl SqliteTx<'_> {
                          lease_expires_at = NULL, \
                          errors = json_insert(coalesce(errors, '[]'), '$[#]', json(?6)) \
                          WHERE seq = ?1 AND attempt = ?2 AND state = 'running' \
-                         RETURNING id, has_dependents, state",
+                         RETURNING CASE WHEN has_dependents \
+                           AND (state = 'discarded' OR state = 'cancelled') THEN id END",
                     )?
                     .query_row(
                         params![
@@ -535,24 +537,16 @@ impl SqliteTx<'_> {
                             now,
                             error
                         ],
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)),
+                        |row| row.get(0),
                     )
                     .optional()?
             }
         };
-        let Some((id, has_dependents, state)) = ended else {
+        let Some(parent) = ended else {
             return Ok((false, None));
         };
         self.trim_finished_log(seq)?;
-        let terminal = state
-            .parse::<TaskState>()
-            .is_ok_and(TaskState::is_terminal);
-        let parent = if has_dependents && terminal {
-            Some(rows::id_from(id, 0)?)
-        } else {
-            None
-        };
-        Ok((true, parent))
+        Ok((true, parent.map(|id| rows::id_from(id, 0)).transpose()?))
     }
 
     /// Whether the row of `end` already holds that very outcome, written by `worker`:
