@@ -606,10 +606,14 @@ pub fn retry_task(store: &mut Store, id: Uuid) -> Result<Acted<RetryOutcome>, St
         Some(RetryOutcome::Rewaited(TaskState::Waiting)) => Verdict::Done(format!(
             "retrying {id}: waiting on its parents again"
         )),
-        Some(RetryOutcome::Rewaited(TaskState::Cancelled | TaskState::Discarded)) => {
+        Some(RetryOutcome::Rewaited(state @ (TaskState::Cancelled | TaskState::Discarded))) => {
+            let why = store
+                .snapshot(id)?
+                .and_then(|t| t.errors.last().map(|e| e.error.clone()))
+                .unwrap_or_default();
             Verdict::Refused(format!(
-                "task {id} waits on its parents, and one still cannot complete: retry the \
-                 parent first (`castor show {id}` names it)"
+                "task {id} waits on its parents and is {state} again at once: {why}; retry \
+                 the parent first, or dispatch the task again"
             ))
         }
         Some(RetryOutcome::Rewaited(state)) => Verdict::Done(format!(

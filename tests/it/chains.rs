@@ -195,7 +195,11 @@ fn a_failed_parent_cancels_its_dependents_naming_it() {
     let refused = run_castor(&dir, &["retry", &child.id().to_string(), "--db", &db]);
     assert!(!refused.status.success());
     assert!(
-        refused.stderr.contains("retry the parent first"),
+        refused.stderr.contains(&format!(
+            "is cancelled again at once: its parent task {} (`explode`) was discarded; retry \
+             the parent first",
+            parent.id()
+        )),
         "{}",
         refused.stderr
     );

@@ -485,7 +485,13 @@ impl PostgresDriver {
                     .or_else(|| rest.strip_prefix("INDEX "))?;
                 rest.split([' ', '(']).next()
             })
-            .collect()
+            // Migration 5 dropped and made the unique index again: named once.
+            .fold(Vec::new(), |mut names, name| {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                names
+            })
     }
 
     fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
