@@ -142,6 +142,7 @@ fn busy() -> DashboardState {
     s.header.uptime = Duration::from_secs(3725);
     s.set_pool_busy(3, 2);
     s.set_counts([
+        (TaskState::Waiting, 2),
         (TaskState::Scheduled, 12),
         (TaskState::Available, 340),
         (TaskState::Running, 5),
