@@ -15,8 +15,8 @@ use castor_abi::abi::ManagerDecl;
 use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{
-    CancelOutcome, Database, ErrorKind, ListFilter, OpenOptions, RetryOutcome, SignatureCount, Signatures,
-    Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
+    CancelOutcome, Database, ErrorKind, ListFilter, OpenOptions, RetryOutcome, SignatureCount,
+    Signatures, Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
 };
 use serde::Serialize;
 
@@ -603,9 +603,9 @@ pub fn retry_task(store: &mut Store, id: Uuid) -> Result<Acted<RetryOutcome>, St
         Some(RetryOutcome::Retried) => Verdict::Done(format!(
             "retrying {id}: available again, with one more attempt"
         )),
-        Some(RetryOutcome::Rewaited(TaskState::Waiting)) => Verdict::Done(format!(
-            "retrying {id}: waiting on its parents again"
-        )),
+        Some(RetryOutcome::Rewaited(TaskState::Waiting)) => {
+            Verdict::Done(format!("retrying {id}: waiting on its parents again"))
+        }
         Some(RetryOutcome::Rewaited(state @ (TaskState::Cancelled | TaskState::Discarded))) => {
             let why = store
                 .snapshot(id)?
@@ -770,10 +770,7 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
             .insert(c.state.to_string(), c.count);
         let waiting = matches!(
             c.state,
-            TaskState::Available
-                | TaskState::Scheduled
-                | TaskState::Retryable
-                | TaskState::Waiting
+            TaskState::Available | TaskState::Scheduled | TaskState::Retryable | TaskState::Waiting
         );
         if waiting && !known.contains(&(c.manager.as_str(), c.task.as_str())) {
             *unknown

@@ -303,8 +303,10 @@ fn bad_parents_are_refused_with_a_clear_error() {
     }
     let said = refused.to_string();
     assert!(
-        said.contains(&format!("cannot dispatch `step` after task {}", stranger.id()))
-            && said.contains("no such task")
+        said.contains(&format!(
+            "cannot dispatch `step` after task {}",
+            stranger.id()
+        )) && said.contains("no such task")
             && said.contains("nothing was dispatched"),
         "{said}"
     );

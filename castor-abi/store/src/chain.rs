@@ -165,7 +165,9 @@ pub fn decide(child: &WaitingChild) -> Decision {
     for link in &child.links {
         let named = format!("{} (`{}`)", link.parent_id, link.parent_task);
         let ended = match link.state {
-            None => Some(format!("its parent task {named} was purged before it completed")),
+            None => Some(format!(
+                "its parent task {named} was purged before it completed"
+            )),
             Some(TaskState::Discarded) => Some(format!("its parent task {named} was discarded")),
             Some(TaskState::Cancelled) => Some(format!("its parent task {named} was cancelled")),
             _ => None,
@@ -290,13 +292,23 @@ mod tests {
     #[test]
     fn a_fan_in_composes_a_vec_with_its_length_for_every_size() {
         for n in [0_usize, 1, 3, 250, 251, 300, 65_535, 65_536, 70_000] {
-            let results: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2_654_435_761)).collect();
+            let results: Vec<u32> = (0..n as u32)
+                .map(|i| i.wrapping_mul(2_654_435_761))
+                .collect();
             let encoded: Vec<Vec<u8>> = results.iter().map(encode).collect();
             let parts: Vec<&[u8]> = encoded.iter().map(Vec::as_slice).collect();
             let composed = compose(&parts, &encode(&("x".to_owned(),)), true).expect("fits");
             assert_eq!(composed, encode(&(results, "x".to_owned())), "{n} results");
         }
-        for n in [0_u64, 250, 251, 65_535, 65_536, u64::from(u32::MAX), u64::from(u32::MAX) + 1] {
+        for n in [
+            0_u64,
+            250,
+            251,
+            65_535,
+            65_536,
+            u64::from(u32::MAX),
+            u64::from(u32::MAX) + 1,
+        ] {
             assert_eq!(varint(n), encode(&n), "{n}");
         }
     }
@@ -375,14 +387,14 @@ mod tests {
             panic!("ends");
         };
         assert_eq!(state, TaskState::Discarded);
-        assert!(message.contains("1111") && message.contains("2222"), "{message}");
+        assert!(
+            message.contains("1111") && message.contains("2222"),
+            "{message}"
+        );
         // Unknown on either side is not checked (a result from before fingerprints).
         for (found, expected) in [("", "2222"), ("1111", "")] {
             let links = vec![link(Some(TaskState::Completed), &[1], found, expected)];
-            assert_eq!(
-                decide(&child(links, false)),
-                Decision::Release(vec![1, 9])
-            );
+            assert_eq!(decide(&child(links, false)), Decision::Release(vec![1, 9]));
         }
     }
 }

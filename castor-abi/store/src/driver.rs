@@ -17,10 +17,10 @@ use uuid::Uuid;
 use crate::error::StoreError;
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
-    After, AfterParents, AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
-    ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
-    ParentInfo, SignatureCount, Signatures, StateCount, TaskFilter, TaskLog, TaskSnapshot,
-    TaskSummary, Waiting, WorkerRow,
+    After, AfterParents, AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
+    Expired, Finish, ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, ParentInfo,
+    RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount, TaskFilter, TaskLog,
+    TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;

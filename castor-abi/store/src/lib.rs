@@ -45,10 +45,11 @@ use uuid::Uuid;
 pub use crate::driver::{CheckReach, Driver, Tx};
 pub use crate::error::{CertificateFault, StoreError, TlsProblem};
 pub use crate::model::{
-    After, AfterParents, AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
-    ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,
-    NewTask, ParentInfo, ParentRef, Progress, RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount,
-    TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    After, AfterParents, AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset,
+    DueSchedule, Enqueued, ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel,
+    Mismatched, NewLog, NewSchedule, NewTask, ParentInfo, ParentRef, Progress, RetryOutcome,
+    ScheduleFilter, SignatureCount, Signatures, StateCount, TaskFilter, TaskLog, TaskSnapshot,
+    TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
 pub use crate::schedule::{

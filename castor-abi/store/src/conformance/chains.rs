@@ -69,10 +69,19 @@ fn chain_error(store: &Store, id: Uuid) -> String {
 pub fn a_chain_waits_then_runs_with_its_parents_result(db: &dyn TestDatabase) {
     let mut store = db.connect();
     let render = add(&mut store, "render");
-    let send = after(&mut store, &new_task("send", b"EXTRA"), &[render], false, T0)
-        .expect("dispatch after");
+    let send = after(
+        &mut store,
+        &new_task("send", b"EXTRA"),
+        &[render],
+        false,
+        T0,
+    )
+    .expect("dispatch after");
     assert_eq!(state(&store, send), TaskState::Waiting);
-    assert!(claim(&mut store, &filter(&["send"]), 10).is_empty(), "waits");
+    assert!(
+        claim(&mut store, &filter(&["send"]), 10).is_empty(),
+        "waits"
+    );
     let read = store.parents(send).expect("read parents");
     assert_eq!(read.len(), 1);
     assert_eq!(
@@ -83,18 +92,28 @@ pub fn a_chain_waits_then_runs_with_its_parents_result(db: &dyn TestDatabase) {
     let waiting = store.waiting_on_parents(MANAGER, 10).expect("read waiting");
     assert_eq!(waiting.len(), 1);
     assert_eq!((waiting[0].id, waiting[0].parents.len()), (send, 1));
-    assert!(store.parents(render).expect("read").is_empty(), "no parents");
+    assert!(
+        store.parents(render).expect("read").is_empty(),
+        "no parents"
+    );
 
     run(&mut store, "render", b"RESULT", T0 + SECOND);
     assert_eq!(state(&store, send), TaskState::Available);
     assert_eq!(args(&store, send), b"RESULTEXTRA");
-    assert_eq!(snapshot(&store, send).scheduled_at, T0 + SECOND, "available since");
+    assert_eq!(
+        snapshot(&store, send).scheduled_at,
+        T0 + SECOND,
+        "available since"
+    );
     assert_eq!(
         store.parents(send).expect("read")[0].state,
         Some(TaskState::Completed)
     );
     let claimed = claim_one(&mut store, "send");
-    assert_eq!((claimed.id, claimed.args.as_slice()), (send, &b"RESULTEXTRA"[..]));
+    assert_eq!(
+        (claimed.id, claimed.args.as_slice()),
+        (send, &b"RESULTEXTRA"[..])
+    );
     // A chain of three: each link released by the one before.
     let a = add(&mut store, "a");
     let b = after(&mut store, &new_task("b", b"-b"), &[a], false, T0).expect("b");
@@ -110,7 +129,11 @@ pub fn a_chain_waits_then_runs_with_its_parents_result(db: &dyn TestDatabase) {
 /// results in the order given, as a sequence (its length first), then its own arguments.
 pub fn a_fan_in_gets_every_result_in_order(db: &dyn TestDatabase) {
     let mut store = db.connect();
-    let ids = [add(&mut store, "p1"), add(&mut store, "p2"), add(&mut store, "p3")];
+    let ids = [
+        add(&mut store, "p1"),
+        add(&mut store, "p2"),
+        add(&mut store, "p3"),
+    ];
     let sum = after(&mut store, &new_task("sum", b"!"), &ids, true, T0).expect("fan-in");
     run(&mut store, "p3", b"C", T0 + SECOND);
     run(&mut store, "p1", b"A", T0 + SECOND);
@@ -138,20 +161,35 @@ pub fn a_parent_that_cannot_complete_cancels_its_dependents(db: &dyn TestDatabas
     let b = after(&mut store, &new_task("b", b""), &[a], false, T0).expect("b");
     let c = after(&mut store, &new_task("c", b""), &[b], false, T0).expect("c");
     let claimed = claim_one(&mut store, "a");
-    assert!(fail(&mut store, &claimed, TaskState::Discarded, None, later));
+    assert!(fail(
+        &mut store,
+        &claimed,
+        TaskState::Discarded,
+        None,
+        later
+    ));
     assert_eq!(state(&store, b), TaskState::Cancelled);
     assert_eq!(state(&store, c), TaskState::Cancelled);
     let why = chain_error(&store, b);
     assert!(why.contains(&a.to_string()) && why.contains("`a`"), "{why}");
     assert!(why.contains("was discarded"), "{why}");
     let why = chain_error(&store, c);
-    assert!(why.contains(&b.to_string()) && why.contains("was cancelled"), "{why}");
+    assert!(
+        why.contains(&b.to_string()) && why.contains("was cancelled"),
+        "{why}"
+    );
     assert_eq!(snapshot(&store, b).finalized_at, Some(later));
     // A retryable failure is not the end: the dependent still waits.
     let r = add(&mut store, "r");
     let after_r = after(&mut store, &new_task("after-r", b""), &[r], false, T0).expect("d");
     let claimed = claim_one(&mut store, "r");
-    assert!(fail(&mut store, &claimed, TaskState::Retryable, Some(later), later));
+    assert!(fail(
+        &mut store,
+        &claimed,
+        TaskState::Retryable,
+        Some(later),
+        later
+    ));
     assert_eq!(state(&store, after_r), TaskState::Waiting);
 
     // Cancelled by a user before it ran: a fan-in on it ends, although another parent
@@ -163,16 +201,23 @@ pub fn a_parent_that_cannot_complete_cancels_its_dependents(db: &dyn TestDatabas
     store.write(|tx| tx.cancel(x, later)).expect("cancel");
     assert_eq!(state(&store, fan), TaskState::Cancelled);
     let why = chain_error(&store, fan);
-    assert!(why.contains(&x.to_string()) && why.contains("was cancelled"), "{why}");
+    assert!(
+        why.contains(&x.to_string()) && why.contains("was cancelled"),
+        "{why}"
+    );
 
     // A running parent asked to cancel, whose attempt then fails: cancelled, and so is
     // the dependent.
     let slow = add(&mut store, "slow");
     let attempt = claim_one(&mut store, "slow");
-    let after_slow = after(&mut store, &new_task("after-slow", b""), &[slow], false, T0)
-        .expect("dependent");
+    let after_slow =
+        after(&mut store, &new_task("after-slow", b""), &[slow], false, T0).expect("dependent");
     store.write(|tx| tx.cancel(slow, later)).expect("cancel");
-    assert_eq!(state(&store, after_slow), TaskState::Waiting, "still running");
+    assert_eq!(
+        state(&store, after_slow),
+        TaskState::Waiting,
+        "still running"
+    );
     let finish = Finish::Failed {
         transition: crate::Transition {
             state: TaskState::Retryable,
@@ -195,7 +240,10 @@ pub fn a_parent_that_cannot_complete_cancels_its_dependents(db: &dyn TestDatabas
     assert!(purged >= 1);
     assert_eq!(state(&store, orphan), TaskState::Cancelled);
     let why = chain_error(&store, orphan);
-    assert!(why.contains(&gone.to_string()) && why.contains("purged"), "{why}");
+    assert!(
+        why.contains(&gone.to_string()) && why.contains("purged"),
+        "{why}"
+    );
     // The purged parent still has a name where the dependent shows it.
     let read = store.parents(orphan).expect("read");
     assert_eq!((read[0].task.as_str(), read[0].state), ("gone", None));
@@ -208,28 +256,55 @@ pub fn a_dependent_of_a_finished_parent_is_settled_at_dispatch(db: &dyn TestData
     let mut store = db.connect();
     let done = add(&mut store, "done");
     run(&mut store, "done", b"D", T0 + SECOND);
-    let next = after(&mut store, &new_task("next", b"+"), &[done], false, T0 + 2 * SECOND)
-        .expect("dispatch");
+    let next = after(
+        &mut store,
+        &new_task("next", b"+"),
+        &[done],
+        false,
+        T0 + 2 * SECOND,
+    )
+    .expect("dispatch");
     assert_eq!(state(&store, next), TaskState::Available);
     assert_eq!(args(&store, next), b"D+");
     let failed = add(&mut store, "failed");
     let claimed = claim_one(&mut store, "failed");
-    assert!(fail(&mut store, &claimed, TaskState::Discarded, None, T0 + SECOND));
-    let never = after(&mut store, &new_task("never", b""), &[failed], false, T0 + 2 * SECOND)
-        .expect("dispatch");
+    assert!(fail(
+        &mut store,
+        &claimed,
+        TaskState::Discarded,
+        None,
+        T0 + SECOND
+    ));
+    let never = after(
+        &mut store,
+        &new_task("never", b""),
+        &[failed],
+        false,
+        T0 + 2 * SECOND,
+    )
+    .expect("dispatch");
     assert_eq!(state(&store, never), TaskState::Cancelled);
     assert!(chain_error(&store, never).contains("was discarded"));
     let before = store.counts().expect("count");
     let unknown = Uuid::now_v7();
-    let refused = after(&mut store, &new_task("lost", b""), &[done, unknown], true, T0)
-        .expect_err("an unknown parent");
+    let refused = after(
+        &mut store,
+        &new_task("lost", b""),
+        &[done, unknown],
+        true,
+        T0,
+    )
+    .expect_err("an unknown parent");
     match &refused {
         StoreError::UnknownParent { parent, task, .. } => {
             assert_eq!((*parent, task.as_str()), (unknown, "lost"));
         }
         other => panic!("expected UnknownParent, got {other}"),
     }
-    assert!(refused.to_string().contains(&unknown.to_string()), "{refused}");
+    assert!(
+        refused.to_string().contains(&unknown.to_string()),
+        "{refused}"
+    );
     assert_eq!(store.counts().expect("count"), before, "nothing written");
     // A unique key held by a waiting dependent returns it.
     let keyed = NewTask {
@@ -251,7 +326,10 @@ pub fn a_dependent_of_a_finished_parent_is_settled_at_dispatch(db: &dyn TestData
         })
         .expect("again");
     assert_eq!((again.id, again.existing), (first, true));
-    assert!(enqueue(&mut store, &keyed, T0).existing, "held while waiting");
+    assert!(
+        enqueue(&mut store, &keyed, T0).existing,
+        "held while waiting"
+    );
 }
 
 /// A parent's result recorded with another fingerprint than the dependent's app expected
@@ -308,7 +386,13 @@ pub fn a_retried_dependent_waits_on_its_parents_again(db: &dyn TestDatabase) {
     let a = add(&mut store, "a");
     let b = after(&mut store, &new_task("b", b"+"), &[a], false, T0).expect("b");
     let claimed = claim_one(&mut store, "a");
-    assert!(fail(&mut store, &claimed, TaskState::Discarded, None, later));
+    assert!(fail(
+        &mut store,
+        &claimed,
+        TaskState::Discarded,
+        None,
+        later
+    ));
     assert_eq!(state(&store, b), TaskState::Cancelled);
     // Its parent still discarded: it ends again at once.
     let outcome = store.write(|tx| tx.retry(b, later)).expect("retry");
@@ -326,7 +410,10 @@ pub fn a_retried_dependent_waits_on_its_parents_again(db: &dyn TestDatabase) {
     let p = add(&mut store, "p");
     let q = after(&mut store, &new_task("q", b"+"), &[p], false, T0).expect("q");
     store.write(|tx| tx.cancel(q, later)).expect("cancel");
-    assert_eq!(chain_error(&store, q), "cancelled while it waited on its parents");
+    assert_eq!(
+        chain_error(&store, q),
+        "cancelled while it waited on its parents"
+    );
     let outcome = store.write(|tx| tx.retry(q, later)).expect("retry");
     assert_eq!(outcome, Some(RetryOutcome::Rewaited(TaskState::Waiting)));
 }

@@ -575,7 +575,13 @@ pub fn list_counts_and_completed_since_read_every_task(db: &dyn TestDatabase) {
         let id = task_in(&mut store, &format!("t-{target}"), target).0;
         if target == TaskState::Waiting {
             // Its parent, dispatched just before it.
-            ids.extend(store.parents(id).expect("read parents").iter().map(|p| p.id));
+            ids.extend(
+                store
+                    .parents(id)
+                    .expect("read parents")
+                    .iter()
+                    .map(|p| p.id),
+            );
         }
         ids.push(id);
     }

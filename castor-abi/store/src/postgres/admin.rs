@@ -7,7 +7,8 @@ use super::rows::{StateColumn, u32_from};
 use super::{PostgresDriver, PostgresTx};
 use crate::error::StoreError;
 use crate::model::{
-    AfterParents, CancelOutcome, ListFilter, ParentInfo, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+    AfterParents, CancelOutcome, ListFilter, ParentInfo, RetryOutcome, StateCount, TaskSummary,
+    Waiting, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -354,7 +355,10 @@ impl PostgresTx<'_> {
         if flagged == 1 {
             return Ok((Some(CancelOutcome::Requested), false));
         }
-        Ok((self.state_of(id)?.map(CancelOutcome::AlreadyFinished), false))
+        Ok((
+            self.state_of(id)?.map(CancelOutcome::AlreadyFinished),
+            false,
+        ))
     }
 
     /// Puts a dependent that ended while it waited on its parents (its last error is of

@@ -12,13 +12,13 @@ use uuid::Uuid;
 use super::rows::{self, CLAIM_SQL};
 use super::{Conn, Params, PostgresDriver, classify};
 use crate::LOG_LINES_KEPT;
+use crate::chain::{self, ChainStatements, Link, WaitingChild};
 use crate::driver::Tx;
 use crate::error::StoreError;
-use crate::chain::{self, ChainStatements, Link, WaitingChild};
 use crate::model::{
-    After, AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish,
-    LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter,
-    WorkerRow,
+    After, AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired,
+    Finish, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
+    TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
 use crate::target::Database;
@@ -1019,7 +1019,10 @@ impl PostgresTx<'_> {
     }
 
     fn chain_error(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
-        move |e| self.driver.error("settle the tasks waiting on their parents", e)
+        move |e| {
+            self.driver
+                .error("settle the tasks waiting on their parents", e)
+        }
     }
 }
 

@@ -8,7 +8,8 @@ use super::rows::{id_from, state_from};
 use super::{SqliteDriver, SqliteTx};
 use crate::error::StoreError;
 use crate::model::{
-    AfterParents, CancelOutcome, ParentInfo, ListFilter, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+    AfterParents, CancelOutcome, ListFilter, ParentInfo, RetryOutcome, StateCount, TaskSummary,
+    Waiting, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -387,7 +388,10 @@ impl SqliteTx<'_> {
         if flagged == 1 {
             return Ok((Some(CancelOutcome::Requested), false));
         }
-        Ok((self.state_of(id)?.map(CancelOutcome::AlreadyFinished), false))
+        Ok((
+            self.state_of(id)?.map(CancelOutcome::AlreadyFinished),
+            false,
+        ))
     }
 
     /// Puts a dependent that ended while it waited on its parents (its last error is of

@@ -9,12 +9,13 @@ use uuid::Uuid;
 use super::SqliteDriver;
 use super::rows::{self, ClaimSql};
 use crate::LOG_LINES_KEPT;
+use crate::chain::{self, ChainStatements, Link, WaitingChild};
 use crate::driver::Tx;
 use crate::error::StoreError;
-use crate::chain::{self, ChainStatements, Link, WaitingChild};
 use crate::model::{
-    After, AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish, LiveWorker,
-    LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter, WorkerRow,
+    After, AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired,
+    Finish, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
+    TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -87,7 +88,8 @@ impl Tx for SqliteTx<'_> {
     }
 
     fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, StoreError> {
-        let (outcome, settle) = SqliteTx::cancel(self, id, now).map_err(self.fail("cancel a task"))?;
+        let (outcome, settle) =
+            SqliteTx::cancel(self, id, now).map_err(self.fail("cancel a task"))?;
         if settle {
             chain::settle_parents(self, [id], now)?;
         }
@@ -739,7 +741,10 @@ impl SqliteTx<'_> {
 
 impl SqliteTx<'_> {
     fn chain_error(&self) -> impl Fn(rusqlite::Error) -> StoreError + '_ {
-        move |e| self.driver.error("settle the tasks waiting on their parents", e)
+        move |e| {
+            self.driver
+                .error("settle the tasks waiting on their parents", e)
+        }
     }
 }
 
@@ -765,7 +770,9 @@ impl ChainStatements for SqliteTx<'_> {
             let args: Option<Vec<u8>> = self
                 .driver
                 .conn
-                .prepare_cached("SELECT args FROM castor_tasks WHERE seq = ?1 AND state = 'waiting'")?
+                .prepare_cached(
+                    "SELECT args FROM castor_tasks WHERE seq = ?1 AND state = 'waiting'",
+                )?
                 .query_row([seq], |row| row.get(0))
                 .optional()?;
             let Some(extra_args) = args else {
@@ -854,9 +861,7 @@ impl ChainStatements for SqliteTx<'_> {
             })
             .map_err(self.chain_error())?;
         match ended {
-            Some((id, true)) => rows::id_from(id, 0)
-                .map(Some)
-                .map_err(self.chain_error()),
+            Some((id, true)) => rows::id_from(id, 0).map(Some).map_err(self.chain_error()),
             _ => Ok(None),
         }
     }
