@@ -156,7 +156,8 @@ fn a_failed_parent_cancels_its_dependents_naming_it() {
     let parent = explode::delay(&c, "boom".into()).expect("dispatch");
     let child = step::delay_after(&c, &parent, "never".into()).expect("dispatch after");
     let grandchild = step::delay_after(&c, &child, "never".into()).expect("dispatch after");
-    let fan = summarize::delay_after_all(&c, &[child.clone()], ",".into()).expect("fan-in");
+    let fan =
+        summarize::delay_after_all(&c, std::slice::from_ref(&child), ",".into()).expect("fan-in");
     match parent.join(PATIENCE) {
         Err(JoinError::Failed { message, .. }) => assert_eq!(message, "boom"),
         other => panic!("the parent fails: {other:?}"),
