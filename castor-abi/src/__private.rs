@@ -424,6 +424,37 @@ pub fn delay_many<A, R>(
         .collect())
 }
 
+/// `my_task::delay_after_with(to, options, parent, args..)` (`parents` of one) and
+/// `my_task::delay_after_all_with(to, options, parents, args..)` (`fan_in`): `extra` is
+/// the tuple of the task's arguments after the first, which the parents' results make.
+/// The handles' expected result fingerprints go with the dispatch, so a parent's result
+/// of another type is never passed on.
+pub fn delay_after<P, E, R>(
+    to: &impl Dispatch,
+    spec: TaskSpec,
+    options: &DelayOptions,
+    parents: &[&TaskHandle<P>],
+    fan_in: bool,
+    extra: &E,
+    codec: Codec<E>,
+) -> Result<TaskHandle<R>, DispatchError> {
+    if parents.is_empty() {
+        return Err(invalid(
+            &spec,
+            "`delay_after_all` needs at least one parent task".into(),
+        ));
+    }
+    let resolved = options.resolve(&spec).map_err(|r| invalid(&spec, r))?;
+    let bytes = encode_args(&spec, extra, codec)?;
+    let links: Vec<(uuid::Uuid, Option<&'static str>)> = parents
+        .iter()
+        .map(|p| (p.id_unchecked(), p.expected_fingerprint()))
+        .collect();
+    let backend = to.dispatcher().0;
+    let id = backend.dispatch_after(spec.name, &bytes, &resolved, &links, fan_in)?;
+    Ok(TaskHandle::dispatched(id, spec.name, backend).expecting(&spec))
+}
+
 /// `my_task::schedule(to, schedule, args..)`.
 pub fn schedule<A, R>(
     to: &impl Dispatch,

@@ -58,6 +58,25 @@ pub(crate) trait Backend: Send + Sync {
             .collect()
     }
 
+    /// Dispatches one task to run after `parents` (id, the result fingerprint expected
+    /// of it) complete; `args` are its arguments after the first, which the parents'
+    /// results make (`fan_in`: as a sequence).
+    fn dispatch_after(
+        &self,
+        task: &str,
+        _args: &[u8],
+        _options: &DispatchOptionsAbi,
+        _parents: &[(Uuid, Option<&'static str>)],
+        _fan_in: bool,
+    ) -> Result<Uuid, DispatchError> {
+        Err(DispatchError::Host {
+            task: task.to_owned(),
+            message: "tasks are dispatched after others (`delay_after`, `delay_after_all`) \
+                      from an app, not from inside a task"
+                .into(),
+        })
+    }
+
     fn view(&self, id: Uuid) -> Result<Option<View>, StatusError>;
 
     /// Creates a repeating schedule of `task`.

@@ -160,12 +160,17 @@ pub enum JoinError {
         expected: String,
     },
     /// The task was cancelled.
-    #[error("task {id} ({task}) was cancelled")]
+    #[error("task {id} ({task}) was cancelled{}", reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default())]
     Cancelled {
         /// The task's id.
         id: Uuid,
         /// The task's name.
         task: String,
+        /// Why, when castor cancelled it: a task dispatched after others
+        /// (`delay_after`) is cancelled when one of them is discarded, cancelled or
+        /// purged, and this names it. `None` for a user's cancel of a task that ran or
+        /// could have.
+        reason: Option<String>,
     },
     /// The task's row is gone (it finished and was pruned after the retention period, or
     /// was purged).

@@ -92,6 +92,17 @@ impl<R> TaskHandle<R> {
         self
     }
 
+    /// The task's id, for a handle of any `R` (what [`TaskHandle::id`] returns).
+    pub(crate) fn id_unchecked(&self) -> Uuid {
+        self.id
+    }
+
+    /// The fingerprint of `R` this handle checks a result against (`None`: unchecked),
+    /// which a task dispatched after this one expects of its result.
+    pub(crate) fn expected_fingerprint(&self) -> Option<&'static str> {
+        self.expected
+    }
+
     pub(crate) fn attach(id: Uuid, task: &'static str, backend: Arc<dyn Backend>) -> Self {
         TaskHandle {
             id,
@@ -220,6 +231,11 @@ impl<R: DeserializeOwned> TaskHandle<R> {
             TaskState::Cancelled => Check::Done(Err(JoinError::Cancelled {
                 id: self.id,
                 task: task(),
+                reason: view
+                    .errors
+                    .last()
+                    .filter(|e| e.kind == castor_store::ErrorKind::Chain)
+                    .map(|e| e.error.clone()),
             })),
             state => Check::Pending(state),
         }

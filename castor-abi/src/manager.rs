@@ -408,6 +408,33 @@ impl Backend for ClientInner {
         Ok(self.store().enqueue_many(&tasks)?)
     }
 
+    fn dispatch_after(
+        &self,
+        task: &str,
+        args: &[u8],
+        options: &DispatchOptionsAbi,
+        parents: &[(Uuid, Option<&'static str>)],
+        fan_in: bool,
+    ) -> Result<Uuid, DispatchError> {
+        self.check_task(task)?;
+        let new = options.new_task(&self.manager, task, args);
+        let parents: Vec<castor_store::ParentRef<'_>> = parents
+            .iter()
+            .map(|&(id, result_fingerprint)| castor_store::ParentRef {
+                id,
+                result_fingerprint,
+            })
+            .collect();
+        let after = castor_store::After {
+            parents: &parents,
+            fan_in,
+        };
+        let enqueued = self
+            .store()
+            .write(|tx| tx.enqueue_after(&new, &after, castor_store::now_us()))?;
+        Ok(enqueued.id)
+    }
+
     fn view(&self, id: Uuid) -> Result<Option<View>, StatusError> {
         let snapshot = self.store().snapshot(id)?;
         Ok(snapshot.map(|s| View {

@@ -15,8 +15,9 @@ use castor_abi::abi::ManagerDecl;
 use castor_store::TaskState;
 use castor_store::format::format_duration;
 use castor_store::{
-    CancelOutcome, Database, Held, ListFilter, OpenOptions, RetryOutcome, SignatureCount,
-    Signatures, Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow, duration_us, now_us,
+    CancelOutcome, Database, ErrorKind, Held, ListFilter, OpenOptions, RetryOutcome,
+    SignatureCount, Signatures, Store, StoreError, TaskSnapshot, TaskSummary, WorkerRow,
+    duration_us, now_us,
 };
 use serde::Serialize;
 
@@ -348,6 +349,8 @@ struct Shown<'a> {
     limits: Option<String>,
     /// Available, and held back by a concurrency or rate limit: why.
     held: Option<String>,
+    /// The tasks it runs after (`delay_after`), in the order their results are passed.
+    parents: &'a [castor_store::ParentInfo],
     args: Decoded,
     result: Option<Decoded>,
     errors: &'a [castor_abi::AttemptError],
@@ -423,13 +426,26 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
         );
     };
     let stored_args = args_bytes(&store, args.id)?;
-    let decoded_args = decode(
-        manager.as_ref(),
-        &task.task,
-        &stored_args,
-        false,
-        task.args_fingerprint.as_deref(),
-    );
+    let parents = store.parents(args.id)?;
+    // A dependent's first argument is made from its parents' results when they have all
+    // completed; until then (or if it ended before) it holds only the others.
+    let composed = parents.is_empty()
+        || !(task.state == TaskState::Waiting
+            || task.errors.last().map(|e| e.kind) == Some(ErrorKind::Chain));
+    let decoded_args = if composed {
+        decode(
+            manager.as_ref(),
+            &task.task,
+            &stored_args,
+            false,
+            task.args_fingerprint.as_deref(),
+        )
+    } else {
+        Decoded::Raw {
+            bytes: stored_args.len(),
+            note: "its arguments after the first, which its parents' results make".into(),
+        }
+    };
     let decoded_result = task.result.as_deref().map(|r| {
         decode(
             manager.as_ref(),
@@ -473,6 +489,7 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
             concurrency_key: task.concurrency_key.as_deref(),
             limits: limits_shown,
             held: held.as_ref().map(ToString::to_string),
+            parents: &parents,
             args: decoded_args,
             result: decoded_result,
             errors: &task.errors,
@@ -512,6 +529,22 @@ fn show(args: &ShowArgs) -> anyhow::Result<()> {
              the library version it was dispatched with will run it",
             task.task,
             signatures.declared(&task.manager, &task.task).join(", ")
+        );
+    }
+    let label = if task.state == TaskState::Waiting {
+        "waits on"
+    } else {
+        "after"
+    };
+    for (i, parent) in parents.iter().enumerate() {
+        println!(
+            "{:<10} {} {} ({})",
+            if i == 0 { label } else { "" },
+            parent.id,
+            parent.task,
+            parent
+                .state
+                .map_or("purged or pruned", |state| state.as_str())
         );
     }
     println!("priority   {}", task.priority);
@@ -611,6 +644,22 @@ pub fn retry_task(store: &mut Store, id: Uuid) -> Result<Acted<RetryOutcome>, St
         None => Verdict::Refused(unknown_task(id)),
         Some(RetryOutcome::Retried) => Verdict::Done(format!(
             "retrying {id}: available again, with one more attempt"
+        )),
+        Some(RetryOutcome::Rewaited(TaskState::Waiting)) => {
+            Verdict::Done(format!("retrying {id}: waiting on its parents again"))
+        }
+        Some(RetryOutcome::Rewaited(state @ (TaskState::Cancelled | TaskState::Discarded))) => {
+            let why = store
+                .snapshot(id)?
+                .and_then(|t| t.errors.last().map(|e| e.error.clone()))
+                .unwrap_or_default();
+            Verdict::Refused(format!(
+                "task {id} waits on its parents and is {state} again at once: {why}; retry \
+                 the parent first, or dispatch the task again"
+            ))
+        }
+        Some(RetryOutcome::Rewaited(state)) => Verdict::Done(format!(
+            "retrying {id}: its parents have completed; it is {state} again"
         )),
         Some(RetryOutcome::NotRetryable(state)) => Verdict::Refused(format!(
             "task {id} is {state}: only discarded or cancelled tasks can be retried"
@@ -778,7 +827,7 @@ fn stats(args: &DbArgs) -> anyhow::Result<()> {
             .insert(c.state.to_string(), c.count);
         let waiting = matches!(
             c.state,
-            TaskState::Available | TaskState::Scheduled | TaskState::Retryable
+            TaskState::Available | TaskState::Scheduled | TaskState::Retryable | TaskState::Waiting
         );
         if waiting && !known.contains(&(c.manager.as_str(), c.task.as_str())) {
             *unknown

@@ -6,6 +6,9 @@
 mod loading;
 // A task's life: dispatch, run, join and resolve; subtasks; graceful shutdown.
 mod lifecycle;
+// Chains and fan-ins: results passed in order across three workers, failed or
+// cancelled parents, parents finished before, results of another type (and PostgreSQL).
+mod chains;
 // Type fingerprints: two versions of a library, tasks left for the matching worker,
 // results of another type refused.
 mod fingerprints;

@@ -27,7 +27,9 @@ use syn::{
 ///
 /// The function is kept as written. Next to it, a module of the same name holds `NAME`,
 /// `SPEC`, the `Args`/`Output` types, `delay`, `delay_with`, `delay_many` and `handle`
-/// (and `delay_in`, `delay_in_with` with castor-abi's `postgres` feature).
+/// (and `delay_in`, `delay_in_with` with castor-abi's `postgres` feature); for a task of
+/// at least one parameter, `delay_after` and `delay_after_with`, and, when the first is a
+/// `Vec`, `delay_after_all` and `delay_after_all_with`.
 #[proc_macro_attribute]
 pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     match expand_task(attr.into(), item.into()) {
@@ -313,6 +315,108 @@ fn borrowed(ty: &Type) -> Option<(&syn::TypeReference, String)> {
     }
 }
 
+/// For `Vec<T>` (any path ending in `Vec`), `Some(T)`: a fan-in's first parameter.
+fn vec_item_type(ty: &Type) -> Option<Type> {
+    let Type::Path(path) = ty else { return None };
+    let last = path.path.segments.last()?;
+    if last.ident != "Vec" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(item) if args.args.len() == 1 => Some(item.clone()),
+        _ => None,
+    }
+}
+
+/// `delay_after` (and `_with`) for a task of at least one parameter: its first argument
+/// is a parent's result; `delay_after_all` (and `_with`) when that parameter is a `Vec`:
+/// every parent's result, in order.
+fn chain_functions(arg_names: &[Ident], arg_types: &[Type]) -> TokenStream2 {
+    let (Some(first), Some(first_name)) = (arg_types.first(), arg_names.first()) else {
+        return quote!();
+    };
+    let rest_names = &arg_names[1..];
+    let rest_types = &arg_types[1..];
+    let rest_codec_fn = format_ident!("args{}", rest_types.len());
+    let rest_codec = quote!(::castor_abi::__private::#rest_codec_fn::<#(#rest_types),*>());
+    let first_doc = format!(
+        "`{}`, the first parameter, is the parent's result.",
+        first_name
+    );
+    let chain = quote! {
+        /// Dispatches the task to run once `parent` has completed, with the parent's
+        /// result as its first argument (the parent's result type is this task's first
+        /// parameter's, checked at compile time) and `args..` as the others. Until then
+        /// it is `waiting`; if the parent is discarded, cancelled or purged, it is
+        /// cancelled, the reason naming the parent. A parent finished already is handled
+        /// at once.
+        #[doc = #first_doc]
+        ///
+        /// # Errors
+        /// As `delay`, and a parent not in the client's database.
+        pub fn delay_after(
+            to: &impl ::castor_abi::Dispatch,
+            parent: &::castor_abi::TaskHandle<#first>,
+            #(#rest_names: #rest_types),*
+        ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+            ::castor_abi::__private::delay_after(to, SPEC, &::castor_abi::DelayOptions::new(), &[parent], false, &(#(#rest_names,)*), #rest_codec)
+        }
+
+        /// As `delay_after`, with options (as `delay_with`; a start time delays it past
+        /// its parent's completion).
+        ///
+        /// # Errors
+        /// As `delay_after`, and invalid options.
+        pub fn delay_after_with(
+            to: &impl ::castor_abi::Dispatch,
+            options: &::castor_abi::DelayOptions,
+            parent: &::castor_abi::TaskHandle<#first>,
+            #(#rest_names: #rest_types),*
+        ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+            ::castor_abi::__private::delay_after(to, SPEC, options, &[parent], false, &(#(#rest_names,)*), #rest_codec)
+        }
+    };
+    let Some(item) = vec_item_type(first) else {
+        return chain;
+    };
+    quote! {
+        #chain
+
+        /// Dispatches the task to run once every one of `parents` has completed (a
+        /// fan-in), with their results, in the order given, as its first argument, and
+        /// `args..` as the others. Until then it is `waiting`; if any parent is
+        /// discarded, cancelled or purged, it is cancelled, the reason naming that parent.
+        ///
+        /// # Errors
+        /// As `delay`, no parents, and a parent not in the client's database.
+        pub fn delay_after_all(
+            to: &impl ::castor_abi::Dispatch,
+            parents: &[::castor_abi::TaskHandle<#item>],
+            #(#rest_names: #rest_types),*
+        ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+            let parents: ::std::vec::Vec<&::castor_abi::TaskHandle<#item>> = parents.iter().collect();
+            ::castor_abi::__private::delay_after(to, SPEC, &::castor_abi::DelayOptions::new(), &parents, true, &(#(#rest_names,)*), #rest_codec)
+        }
+
+        /// As `delay_after_all`, with options (as `delay_with`).
+        ///
+        /// # Errors
+        /// As `delay_after_all`, and invalid options.
+        pub fn delay_after_all_with(
+            to: &impl ::castor_abi::Dispatch,
+            options: &::castor_abi::DelayOptions,
+            parents: &[::castor_abi::TaskHandle<#item>],
+            #(#rest_names: #rest_types),*
+        ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
+            let parents: ::std::vec::Vec<&::castor_abi::TaskHandle<#item>> = parents.iter().collect();
+            ::castor_abi::__private::delay_after(to, SPEC, options, &parents, true, &(#(#rest_names,)*), #rest_codec)
+        }
+    }
+}
+
 /// For `Result<T, E>` (any path ending in `Result`), `Some(T)`.
 fn result_ok_type(ty: &Type) -> Option<Type> {
     let Type::Path(path) = ty else { return None };
@@ -510,6 +614,7 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
     } else {
         "process"
     };
+    let chains = chain_functions(&arg_names, &arg_types);
     let module_doc = format!(
         "Dispatch and join the `{task_name}` task ({mode_text} mode), declared by \
          [`{fn_name}`](fn@super::{fn_name})."
@@ -619,6 +724,8 @@ fn expand_task(attr: TokenStream2, item: TokenStream2) -> syn::Result<TokenStrea
             ) -> ::core::result::Result<::castor_abi::TaskHandle<Output>, ::castor_abi::DispatchError> {
                 ::castor_abi::__private::delay(to, SPEC, options, &(#(#arg_names,)*), __castor_codecs().args, __castor_key)
             }
+
+            #chains
 
             ::castor_abi::__if_postgres! {
                 /// Dispatches the task inside the app's own PostgreSQL transaction `tx`

@@ -18,10 +18,10 @@ use crate::error::StoreError;
 use crate::limits::{Candidate, DeclaredLimits, LimitRow, LimitStatus, LimitedClaim, Limits, Rate};
 use crate::migrate::{AppliedMigration, Migration};
 use crate::model::{
-    AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued, Expired, Finish,
-    ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
-    SignatureCount, Signatures, StateCount, TaskFilter, TaskLog, TaskSnapshot, TaskSummary,
-    Waiting, WorkerRow,
+    After, AfterParents, AttemptEnd, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
+    Expired, Finish, ListFilter, LiveWorker, Mismatched, NewLog, NewSchedule, NewTask, ParentInfo,
+    RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount, TaskFilter, TaskLog,
+    TaskSnapshot, TaskSummary, Waiting, WorkerRow,
 };
 use crate::schedule::ScheduleInfo;
 use crate::state::TaskState;
@@ -128,8 +128,8 @@ pub trait Driver: Send {
     /// The database cannot be read.
     fn next_due(&self, manager: &str) -> Result<Option<i64>, StoreError>;
 
-    /// How many tasks of `manager` are not finished (scheduled, available, running,
-    /// retryable); cheap on a big table.
+    /// How many tasks of `manager` are not finished (waiting, scheduled, available,
+    /// running, retryable); cheap on a big table.
     ///
     /// # Errors
     /// The database cannot be read.
@@ -172,6 +172,24 @@ pub trait Driver: Send {
     /// # Errors
     /// The database cannot be read.
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError>;
+
+    /// The parents of the task `id` (none for a task dispatched with `delay`), in the
+    /// order their results are passed, each with its state now.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn parents(&self, id: Uuid) -> Result<Vec<ParentInfo>, StoreError>;
+
+    /// The first `limit` `waiting` tasks of `manager` (oldest first), each with its
+    /// parents.
+    ///
+    /// # Errors
+    /// The database cannot be read.
+    fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<AfterParents>, StoreError>;
 
     /// The available tasks of `filter`'s names dispatched with another argument
     /// fingerprint than the filter's (and not with none), counted by name and
@@ -389,6 +407,22 @@ pub trait Tx {
     /// # Errors
     /// The statement failed.
     fn enqueue(&mut self, task: &NewTask<'_>, now: i64) -> Result<Enqueued, StoreError>;
+
+    /// Inserts one task that waits on `after`'s parents (`waiting`), or, when they have
+    /// all completed already, is `available` (or `scheduled`) at once with its first
+    /// argument composed from their results (`task.args` holds its other arguments); when
+    /// one was discarded or cancelled already, it is `cancelled` at once (see
+    /// [`crate::chain`]). A unique key is held as by [`Tx::enqueue`].
+    ///
+    /// # Errors
+    /// [`StoreError::UnknownParent`] for a parent not in the database (nothing is
+    /// written); a statement failed.
+    fn enqueue_after(
+        &mut self,
+        task: &NewTask<'_>,
+        after: &After<'_>,
+        now: i64,
+    ) -> Result<Enqueued, StoreError>;
 
     /// Cancels a task: one not started never runs; a running one is flagged for its worker.
     /// `None` if no task has this id.
@@ -766,6 +800,14 @@ pub trait Tx {
     /// # Errors
     /// The statement failed.
     fn remove_schedule(&mut self, id: i64) -> Result<bool, StoreError>;
+
+    /// How many waiting dependents this transaction made `available` (or `scheduled`),
+    /// their parents having all completed (see [`crate::chain`]): a worker that wrote the
+    /// completions claims again, rather than waiting for a wake-up its own commit does not
+    /// give it.
+    fn released(&self) -> usize {
+        0
+    }
 
     /// Commits the transaction.
     ///

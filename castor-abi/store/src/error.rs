@@ -183,6 +183,20 @@ pub enum StoreError {
         /// What went wrong.
         problem: TlsProblem,
     },
+    /// A task was dispatched to run after a task that is not in the database (an id of
+    /// another database, or a task purged or pruned since).
+    #[error(
+        "database {database}: cannot dispatch `{task}` after task {parent}: no such task (another \
+         database's, or purged or pruned since); nothing was dispatched"
+    )]
+    UnknownParent {
+        /// The database.
+        database: Database,
+        /// The dependent task's name.
+        task: String,
+        /// The parent's id.
+        parent: uuid::Uuid,
+    },
     /// The change notifier could not be set up.
     #[error("cannot watch {database} for changes: {reason}")]
     Watch {

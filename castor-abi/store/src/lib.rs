@@ -14,6 +14,7 @@
 //! a schedule's tick and its run are one write; times come from the caller.
 #![deny(missing_docs)]
 
+pub mod chain;
 pub mod cron;
 pub mod driver;
 mod error;
@@ -48,10 +49,11 @@ pub use crate::limits::{
     DeclaredLimits, Held, LimitRow, LimitStatus, LimitedClaim, Limits, Rate, RateError,
 };
 pub use crate::model::{
-    AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset, DueSchedule, Enqueued,
-    ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel, Mismatched, NewLog, NewSchedule,
-    NewTask, Progress, RetryOutcome, ScheduleFilter, SignatureCount, Signatures, StateCount,
-    TaskFilter, TaskLog, TaskSnapshot, TaskSummary, Waiting, WorkerRow,
+    After, AfterParents, AttemptEnd, AttemptError, CancelOutcome, Claimed, ClockOffset,
+    DueSchedule, Enqueued, ErrorKind, Expired, Finish, ListFilter, LiveWorker, LogLevel,
+    Mismatched, NewLog, NewSchedule, NewTask, ParentInfo, ParentRef, Progress, RetryOutcome,
+    ScheduleFilter, SignatureCount, Signatures, StateCount, TaskFilter, TaskLog, TaskSnapshot,
+    TaskSummary, Waiting, WorkerRow,
 };
 pub use crate::notify::Notifier;
 pub use crate::schedule::{

@@ -44,6 +44,52 @@ pub struct NewTask<'a> {
     pub concurrency_key: Option<&'a str>,
 }
 
+/// A task's parents, for [`crate::Tx::enqueue_after`]: it waits until every one has
+/// completed, then runs with their results as its first argument.
+#[derive(Debug, Clone, Copy)]
+pub struct After<'a> {
+    /// The parents, in the order their results are passed.
+    pub parents: &'a [ParentRef<'a>],
+    /// True for a fan-in: the first argument is the sequence of the parents' results
+    /// (encoded with its length), even for one parent; false for a chain: the one
+    /// parent's result itself.
+    pub fan_in: bool,
+}
+
+/// One parent of a dependent task, as dispatched.
+#[derive(Debug, Clone, Copy)]
+pub struct ParentRef<'a> {
+    /// The parent's id.
+    pub id: Uuid,
+    /// The fingerprint of the parent's result type as the dispatching app knows it: a
+    /// result recorded with another one is never passed on. `None`: not checked.
+    pub result_fingerprint: Option<&'a str>,
+}
+
+/// A parent of a task, as `castor show` and the dashboard read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ParentInfo {
+    /// Where its result goes among the dependent's parents (0-based).
+    pub position: u32,
+    /// The parent's id.
+    pub id: Uuid,
+    /// Its name.
+    pub task: String,
+    /// Its state; `None` once it is purged or pruned.
+    pub state: Option<TaskState>,
+}
+
+/// A `waiting` task and its parents (the dashboard's read).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AfterParents {
+    /// The task's id.
+    pub id: Uuid,
+    /// Its name.
+    pub task: String,
+    /// Its parents, in order.
+    pub parents: Vec<ParentInfo>,
+}
+
 /// What an insert did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Enqueued {
@@ -272,6 +318,9 @@ pub enum ErrorKind {
     Abandoned,
     /// It was cancelled while it ran.
     Cancelled,
+    /// It never ran: it ended while it waited on its parents (one was discarded,
+    /// cancelled or purged, its result was of another type, or a user cancelled it).
+    Chain,
     /// A kind this build does not know (written by a newer castor).
     #[serde(other)]
     Other,
@@ -287,6 +336,7 @@ impl ErrorKind {
             ErrorKind::Timeout => "timeout",
             ErrorKind::Abandoned => "abandoned",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Chain => "chain",
             ErrorKind::Other => "other",
         }
     }
@@ -539,6 +589,10 @@ pub enum CancelOutcome {
 pub enum RetryOutcome {
     /// It is `available` again, with one more attempt allowed.
     Retried,
+    /// It waited on its parents and ended before they all completed (or with a result it
+    /// could not take): it waits on them again, and is now in this state (`available`
+    /// if they have all completed since, `cancelled` again if one still cannot).
+    Rewaited(TaskState),
     /// It is not discarded or cancelled, so there is nothing to retry.
     NotRetryable(TaskState),
 }

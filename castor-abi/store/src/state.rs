@@ -5,9 +5,13 @@
 //! ```text
 //!             delay(at = later)              claim                  outcome
 //!  (new) ──► scheduled ──time──► available ───────► running ──┬──► completed
-//!      └──────────────────────────►  ▲                        ├──► retryable ──backoff──► available
-//!                                    │                        ├──► discarded
-//!                                    └── rescue (worker died) ┘──► cancelled
+//!      ├──────────────────────────►  ▲                        ├──► retryable ──backoff──► available
+//!      │                             │                        ├──► discarded
+//!      │                             └── rescue (worker died) ┘──► cancelled
+//!      │ delay_after(parents)        │ every parent completed
+//!      └──► waiting ─────────────────┘ (or scheduled, if its start time is later)
+//!              └── a parent discarded, cancelled or purged ──► cancelled
+//!              └── a parent's result of another fingerprint ──► discarded
 //! ```
 //!
 //! A *state* describes the row now; an [`AttemptOutcome`] describes how one run ended.
@@ -26,6 +30,9 @@ use crate::model::{AttemptError, ErrorKind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
+    /// Waits for its parent tasks to complete (a chain's or a fan-in's dependent): then
+    /// it becomes `available` with their results as its first argument.
+    Waiting,
     /// Waits for its `scheduled_at` time (a delayed task).
     Scheduled,
     /// May be claimed by a worker now.
@@ -44,7 +51,8 @@ pub enum TaskState {
 
 impl TaskState {
     /// Every state, in lifecycle order.
-    pub const ALL: [TaskState; 7] = [
+    pub const ALL: [TaskState; 8] = [
+        TaskState::Waiting,
         TaskState::Scheduled,
         TaskState::Available,
         TaskState::Running,
@@ -57,6 +65,7 @@ impl TaskState {
     /// The name stored in the database and shown by the CLI.
     pub const fn as_str(self) -> &'static str {
         match self {
+            TaskState::Waiting => "waiting",
             TaskState::Scheduled => "scheduled",
             TaskState::Available => "available",
             TaskState::Running => "running",
@@ -86,7 +95,7 @@ impl fmt::Display for TaskState {
 /// A state name that is not one of [`TaskState::ALL`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "unknown task state `{name}` (expected one of: scheduled, available, running, retryable, completed, discarded, cancelled)"
+    "unknown task state `{name}` (expected one of: waiting, scheduled, available, running, retryable, completed, discarded, cancelled)"
 )]
 pub struct UnknownState {
     /// The name that was given.

@@ -385,16 +385,28 @@ impl Refresher {
                 state.set_oldest_available(oldest.map(age));
             }
             if let Ok(waiting) = self.store.waiting(&self.manager, state::SCHEDULED_CAPACITY) {
-                state.set_scheduled(
-                    waiting
-                        .into_iter()
-                        .map(|w| ScheduledTask {
-                            id: w.id,
-                            task: w.task,
-                            runs_in: ahead(w.starts_at),
-                        })
-                        .collect(),
-                );
+                let mut tasks: Vec<ScheduledTask> = waiting
+                    .into_iter()
+                    .map(|w| ScheduledTask {
+                        id: w.id,
+                        task: w.task,
+                        runs_in: ahead(w.starts_at),
+                        after: None,
+                    })
+                    .collect();
+                // Then those waiting on their parents, if room is left.
+                let room = state::SCHEDULED_CAPACITY.saturating_sub(tasks.len());
+                if room > 0
+                    && let Ok(chained) = self.store.waiting_on_parents(&self.manager, room)
+                {
+                    tasks.extend(chained.into_iter().map(|w| ScheduledTask {
+                        after: Some(ScheduledTask::after_parents(&w.parents)),
+                        id: w.id,
+                        task: w.task,
+                        runs_in: Duration::ZERO,
+                    }));
+                }
+                state.set_scheduled(tasks);
             }
             self.next_workers = now + WORKERS_EVERY;
         }

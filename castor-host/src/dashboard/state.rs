@@ -273,8 +273,9 @@ pub struct ScheduleRow {
     pub paused: bool,
 }
 
-/// A task waiting for its start time (state `scheduled`): a delayed dispatch or a
-/// schedule's run made ahead of time.
+/// A task waiting to start: for its start time (state `scheduled`: a delayed dispatch or
+/// a schedule's run made ahead of time), or on its parents (state `waiting`: dispatched
+/// with `delay_after`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScheduledTask {
     /// The task's id.
@@ -282,8 +283,29 @@ pub struct ScheduledTask {
     /// The task's name.
     pub task: String,
     /// Time until it may start; counts down with [`DashboardState::advance`] between two
-    /// [`DashboardState::set_scheduled`], stopping at zero ("due").
+    /// [`DashboardState::set_scheduled`], stopping at zero ("due"). Zero for a task
+    /// waiting on its parents.
     pub runs_in: Duration,
+    /// For a task waiting on its parents, the parent it waits on (the first not
+    /// completed), with how many more: `render +2`.
+    pub after: Option<String>,
+}
+
+impl ScheduledTask {
+    /// What a task waiting on `parents` shows: the first parent not completed, and how
+    /// many more are not.
+    pub fn after_parents(parents: &[castor_store::ParentInfo]) -> String {
+        let mut open = parents
+            .iter()
+            .filter(|p| p.state != Some(castor_store::TaskState::Completed));
+        match open.next() {
+            None => "its parents".to_owned(),
+            Some(first) => match open.count() {
+                0 => first.task.clone(),
+                more => format!("{} +{more}", first.task),
+            },
+        }
+    }
 }
 
 /// A pane that can take the focus, in Tab order (reading order on screen).
@@ -717,7 +739,8 @@ impl DashboardState {
     }
 
     pub fn set_scheduled(&mut self, mut tasks: Vec<ScheduledTask>) {
-        tasks.sort_by_key(|t| t.runs_in);
+        // Tasks with a start time first, then those waiting on their parents.
+        tasks.sort_by_key(|t| (t.after.is_some(), t.runs_in));
         tasks.truncate(SCHEDULED_CAPACITY);
         for t in &mut tasks {
             t.task = one_line(&t.task);
@@ -1254,7 +1277,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_keep_the_seven_states_in_order_and_sum_per_state() {
+    fn counts_keep_the_eight_states_in_order_and_sum_per_state() {
         let mut s = state();
         s.set_counts([
             (TaskState::Completed, 5),
@@ -1263,11 +1286,11 @@ mod tests {
         ]);
         let states: Vec<TaskState> = s.counts.iter().map(|(state, _)| *state).collect();
         assert_eq!(states, TaskState::ALL);
-        assert_eq!(s.counts[1].1, 2);
-        assert_eq!(s.counts[4].1, 9, "one row per task name, summed");
+        assert_eq!(s.counts[2].1, 2);
+        assert_eq!(s.counts[5].1, 9, "one row per task name, summed");
         s.set_counts([(TaskState::Running, 3)]);
-        assert_eq!(s.counts[4].1, 0, "a state missing from the new list is 0");
-        assert_eq!(s.counts[2].1, 3);
+        assert_eq!(s.counts[5].1, 0, "a state missing from the new list is 0");
+        assert_eq!(s.counts[3].1, 3);
     }
 
     #[test]
@@ -1755,6 +1778,7 @@ mod tests {
 
     fn waiting(name: &str, ms: u64) -> ScheduledTask {
         ScheduledTask {
+            after: None,
             id: id(name),
             task: "resize".into(),
             runs_in: Duration::from_millis(ms),
@@ -1800,6 +1824,50 @@ mod tests {
     }
 
     #[test]
+    fn a_task_waiting_on_its_parents_shows_the_first_not_completed() {
+        let parent = |task: &str, state: Option<TaskState>| castor_store::ParentInfo {
+            position: 0,
+            id: Uuid::from_u128(1),
+            task: task.into(),
+            state,
+        };
+        let done = Some(TaskState::Completed);
+        let after = |parents: &[castor_store::ParentInfo]| ScheduledTask::after_parents(parents);
+        assert_eq!(
+            after(&[parent("a", done), parent("b", Some(TaskState::Running))]),
+            "b"
+        );
+        assert_eq!(
+            after(&[
+                parent("a", Some(TaskState::Available)),
+                parent("b", done),
+                parent("c", Some(TaskState::Waiting)),
+                parent("d", None),
+            ]),
+            "a +2"
+        );
+        assert_eq!(after(&[parent("a", done)]), "its parents");
+        // Sorted after every task with a start time.
+        let mut s = state();
+        s.set_scheduled(vec![
+            ScheduledTask {
+                after: Some("a".into()),
+                id: Uuid::from_u128(2),
+                task: "chained".into(),
+                runs_in: Duration::ZERO,
+            },
+            ScheduledTask {
+                after: None,
+                id: Uuid::from_u128(3),
+                task: "timed".into(),
+                runs_in: Duration::from_secs(60),
+            },
+        ]);
+        let order: Vec<&str> = s.scheduled.iter().map(|t| t.task.as_str()).collect();
+        assert_eq!(order, ["timed", "chained"]);
+    }
+
+    #[test]
     fn scheduled_tasks_are_sorted_and_bounded() {
         let mut s = state();
         let mut tasks: Vec<ScheduledTask> = (0..SCHEDULED_CAPACITY as u64 + 10)
@@ -1818,6 +1886,7 @@ mod tests {
         s.set_scheduled(vec![
             waiting("x", 5),
             ScheduledTask {
+                after: None,
                 task: "re\tsize\n".into(),
                 ..waiting("y", 1)
             },

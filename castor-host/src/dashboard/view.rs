@@ -443,6 +443,7 @@ fn pane(state: &DashboardState, which: Pane, area: Rect, buf: &mut Buffer) {
 /// A state's name where the full ones do not fit.
 const fn abbreviation(state: TaskState) -> &'static str {
     match state {
+        TaskState::Waiting => "wait",
         TaskState::Scheduled => "sched",
         TaskState::Available => "avail",
         TaskState::Running => "run",

@@ -142,6 +142,7 @@ fn busy() -> DashboardState {
     s.header.uptime = Duration::from_secs(3725);
     s.set_pool_busy(3, 2);
     s.set_counts([
+        (TaskState::Waiting, 2),
         (TaskState::Scheduled, 12),
         (TaskState::Available, 340),
         (TaskState::Running, 5),
@@ -304,6 +305,7 @@ fn schedule(
 
 fn waiting(n: u64, task: &str, ms: u64) -> ScheduledTask {
     ScheduledTask {
+        after: None,
         id: id(n),
         task: task.into(),
         runs_in: Duration::from_millis(ms),
@@ -363,6 +365,14 @@ fn scheduling() -> DashboardState {
         waiting(303, "generate_quarterly_report", 7_500_000),
         waiting(304, "send_email", 9_000),
         waiting(305, "cleanup_tmp", 30_000),
+        ScheduledTask {
+            after: Some("render_invoice".into()),
+            ..waiting(306, "send_invoice", 0)
+        },
+        ScheduledTask {
+            after: Some("fetch_rates +2".into()),
+            ..waiting(307, "summarize", 0)
+        },
     ]);
     s.advance(Duration::ZERO);
     s

@@ -271,6 +271,7 @@ pub(crate) fn table_rows<F>(
 
 pub(crate) fn state_color(state: TaskState) -> Color {
     match state {
+        TaskState::Waiting => Color::LightBlue,
         TaskState::Scheduled => Color::Blue,
         TaskState::Available => Color::Cyan,
         TaskState::Running => Color::Yellow,

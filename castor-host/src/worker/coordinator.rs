@@ -680,6 +680,7 @@ impl Coordinator {
     ) -> Vec<Claimed> {
         let Written {
             applied,
+            released,
             staged,
             rescued,
             pruned,
@@ -725,7 +726,9 @@ impl Coordinator {
         if let Some(rows) = limits {
             self.limits_read(&rows);
         }
-        if staged.tasks + staged.runs > 0 {
+        // Its own commit wakes no claim of its own (the change counter says the write was
+        // its own): dependents it released, like tasks it staged, wake the claims here.
+        if staged.tasks + staged.runs + released > 0 {
             self.wake_claims();
         }
         self.stager.staged(plan.stage);

@@ -154,6 +154,9 @@ impl TurnPlan {
         let now = self.now;
         let lease_until = now + duration_us(ctx.lease);
         let applied = completer.write(tx, &self.completion, &ctx.id, now, &ctx.tasks)?;
+        // Dependents the completions made available (chains): this turn's claim may take
+        // them; if it claims nothing, the next one does.
+        let released = tx.released();
         let staged =
             super::stager::Stager::write(tx, self.stage, &ctx.manager, &ctx.schedules, now)?;
         let limits = if self.renew {
@@ -215,6 +218,7 @@ impl TurnPlan {
         }
         Ok(Written {
             applied,
+            released,
             staged,
             rescued,
             pruned,
@@ -232,6 +236,8 @@ impl TurnPlan {
 pub(super) struct Written {
     /// Per planned outcome: recorded (`false`: its lease was lost, nothing written).
     pub(super) applied: Vec<bool>,
+    /// Waiting dependents the outcomes made available.
+    pub(super) released: usize,
     pub(super) staged: Staged,
     pub(super) rescued: Rescue,
     /// Finished tasks deleted.

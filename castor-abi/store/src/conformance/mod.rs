@@ -13,6 +13,10 @@
 //!   window held in the claim, overrides, and four concurrent claimers under a limit;
 //! - `schedules`: missed ticks, one run per tick with two workers ticking at once,
 //!   periodic declarations (kept or restarted), pausing, limits and removal;
+//! - `chains`: a dependent waits and is released with its parents' results (chains and
+//!   fan-ins, two parents completed at once), ends naming a parent discarded, cancelled
+//!   or purged, or a result of another type, is settled at dispatch after finished
+//!   parents, waits again when retried, and keeps its parents from retention;
 //! - `records`: retention (`prune`), logs, progress, multi-MiB payloads, and the reads
 //!   (`stage_due`, `next_due`, `unfinished`, `waiting`, `oldest_available`, `list`, `counts`,
 //!   `completed_since`, `state_of`, `change_counter`).
@@ -26,6 +30,7 @@
 //! assume nothing else uses its database. Times are passed to every operation (from
 //! [`T0`]), never read from a clock, so the cases do not depend on how fast they run.
 
+mod chains;
 mod claims;
 mod leases;
 mod limits;
@@ -33,6 +38,7 @@ mod records;
 mod schedules;
 mod states;
 
+pub use self::chains::*;
 pub use self::claims::*;
 pub use self::leases::*;
 pub use self::limits::*;
@@ -97,6 +103,15 @@ macro_rules! conformance_tests {
             periodic_upsert_keeps_an_unchanged_schedule_and_restarts_a_changed_one,
             a_run_carries_its_schedules_fingerprint,
             paused_finished_and_removed_schedules_do_not_tick,
+            // chains
+            a_chain_waits_then_runs_with_its_parents_result,
+            a_fan_in_gets_every_result_in_order,
+            a_parent_that_cannot_complete_cancels_its_dependents,
+            a_dependent_of_a_finished_parent_is_settled_at_dispatch,
+            a_result_of_another_type_discards_the_dependent,
+            a_retried_dependent_waits_on_its_parents_again,
+            prune_keeps_a_parent_its_dependents_wait_on,
+            parents_completed_at_once_release_their_fan_in,
             // records
             prune_deletes_finished_tasks_with_their_logs_and_stopped_workers,
             logs_are_appended_in_order_and_kept_to_the_newest,
@@ -150,6 +165,9 @@ pub fn new_task<'a>(task: &'a str, args: &'a [u8]) -> NewTask<'a> {
         concurrency_key: None,
     }
 }
+
+/// The name of the parent [`task_in`] gives a `waiting` task (left available).
+pub const PARENT: &str = "conformance-parent";
 
 /// [`MANAGER`]'s tasks of these names.
 pub fn filter(tasks: &[&str]) -> TaskFilter {
@@ -289,6 +307,22 @@ pub fn task_in_with(
         };
         return (enqueue(store, &later, T0).id, None);
     }
+    if state == TaskState::Waiting {
+        // After a parent that stays available (named so no case claims it by mistake).
+        let parent = add(store, PARENT);
+        let after = crate::After {
+            parents: &[crate::ParentRef {
+                id: parent,
+                result_fingerprint: None,
+            }],
+            fan_in: false,
+        };
+        let id = store
+            .write(|tx| tx.enqueue_after(task, &after, T0))
+            .expect("enqueue after a parent")
+            .id;
+        return (id, None);
+    }
     let id = enqueue(store, task, T0).id;
     match state {
         TaskState::Available => (id, None),
@@ -313,7 +347,10 @@ pub fn task_in_with(
                 TaskState::Discarded => {
                     fail(store, &claimed, TaskState::Discarded, None, T0 + SECOND)
                 }
-                TaskState::Scheduled | TaskState::Available | TaskState::Cancelled => {
+                TaskState::Waiting
+                | TaskState::Scheduled
+                | TaskState::Available
+                | TaskState::Cancelled => {
                     unreachable!("handled above")
                 }
             };

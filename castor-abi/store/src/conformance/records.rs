@@ -526,8 +526,8 @@ pub fn next_due_unfinished_and_waiting_read_the_waiting_tasks(db: &dyn TestDatab
         ]
     );
     assert_eq!(store.waiting(MANAGER, 2).expect("waiting").len(), 2);
-    // Waiting (3) + available + running.
-    assert_eq!(store.unfinished(MANAGER).expect("count"), 5);
+    // Due later (3) + available + running + waiting on its parent, which is available.
+    assert_eq!(store.unfinished(MANAGER).expect("count"), 7);
     assert_eq!(store.unfinished("other").expect("count"), 1);
 }
 
@@ -572,7 +572,18 @@ pub fn list_counts_and_completed_since_read_every_task(db: &dyn TestDatabase) {
     let mut store = db.connect();
     let mut ids = Vec::new();
     for target in TaskState::ALL {
-        ids.push(task_in(&mut store, &format!("t-{target}"), target).0);
+        let id = task_in(&mut store, &format!("t-{target}"), target).0;
+        if target == TaskState::Waiting {
+            // Its parent, dispatched just before it.
+            ids.extend(
+                store
+                    .parents(id)
+                    .expect("read parents")
+                    .iter()
+                    .map(|p| p.id),
+            );
+        }
+        ids.push(id);
     }
     let other = enqueue(
         &mut store,
@@ -618,7 +629,8 @@ pub fn list_counts_and_completed_since_read_every_task(db: &dyn TestDatabase) {
             states: vec![TaskState::Completed, TaskState::Cancelled],
             ..ListFilter::default()
         }),
-        vec![ids[6], ids[4]]
+        // The waiting task's parent first, then one per state: cancelled, completed.
+        vec![ids[8], ids[6]]
     );
     assert_eq!(
         only(ListFilter {
@@ -658,6 +670,12 @@ pub fn list_counts_and_completed_since_read_every_task(db: &dyn TestDatabase) {
     expected.push(StateCount {
         manager: "other".into(),
         task: "u".into(),
+        state: TaskState::Available,
+        count: 1,
+    });
+    expected.push(StateCount {
+        manager: MANAGER.into(),
+        task: super::PARENT.into(),
         state: TaskState::Available,
         count: 1,
     });

@@ -7,7 +7,8 @@ use super::rows::{StateColumn, u32_from};
 use super::{PostgresDriver, PostgresTx};
 use crate::error::StoreError;
 use crate::model::{
-    CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+    AfterParents, CancelOutcome, ListFilter, ParentInfo, RetryOutcome, StateCount, TaskSummary,
+    Waiting, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -171,6 +172,67 @@ impl PostgresDriver {
         })
     }
 
+    /// The parents of the task `id`, in order, each with its state now.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn parents(&self, id: Uuid) -> Result<Vec<ParentInfo>, StoreError> {
+        self.read("read a task's parents", |conn| {
+            conn.query(
+                "SELECT d.position, d.parent_id, d.parent_task, p.state \
+                 FROM castor_tasks c JOIN castor_dependencies d ON d.child_seq = c.seq \
+                 LEFT JOIN castor_tasks p ON p.id = d.parent_id \
+                 WHERE c.id = $1 ORDER BY d.position",
+                &[&id],
+            )?
+            .iter()
+            .map(parent_info)
+            .collect()
+        })
+    }
+
+    /// The first `limit` waiting tasks of `manager`, oldest first, with their parents.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<AfterParents>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read("list tasks waiting on their parents", |conn| {
+            let rows = conn.query(
+                "SELECT c.id, c.task, d.position, d.parent_id, d.parent_task, p.state \
+                 FROM (SELECT seq, id, task FROM castor_tasks \
+                       WHERE manager = $1 AND state = 'waiting' ORDER BY seq LIMIT $2) c \
+                 JOIN castor_dependencies d ON d.child_seq = c.seq \
+                 LEFT JOIN castor_tasks p ON p.id = d.parent_id \
+                 ORDER BY c.seq, d.position",
+                &[&manager, &limit],
+            )?;
+            let mut out: Vec<AfterParents> = Vec::new();
+            for row in &rows {
+                let id: Uuid = row.try_get(0)?;
+                let parent = ParentInfo {
+                    position: u32::try_from(row.try_get::<_, i32>(2)?).unwrap_or(0),
+                    id: row.try_get(3)?,
+                    task: row.try_get(4)?,
+                    state: row.try_get::<_, Option<StateColumn>>(5)?.map(|s| s.0),
+                };
+                match out.last_mut() {
+                    Some(last) if last.id == id => last.parents.push(parent),
+                    _ => out.push(AfterParents {
+                        id,
+                        task: row.try_get(1)?,
+                        parents: vec![parent],
+                    }),
+                }
+            }
+            Ok(out)
+        })
+    }
+
     /// See [`crate::Driver::mismatched`]: one statement, an index range per task name.
     ///
     /// # Errors
@@ -251,20 +313,40 @@ impl PostgresDriver {
     }
 }
 
+/// A parent as `parents` reads it: (position, id, name, state or NULL).
+fn parent_info(row: &postgres::Row) -> Result<ParentInfo, postgres::Error> {
+    Ok(ParentInfo {
+        position: u32::try_from(row.try_get::<_, i32>(0)?).unwrap_or(0),
+        id: row.try_get(1)?,
+        task: row.try_get(2)?,
+        state: row.try_get::<_, Option<StateColumn>>(3)?.map(|s| s.0),
+    })
+}
+
 impl PostgresTx<'_> {
     /// Cancels a task: one that has not started never will; a running one is flagged for
-    /// its worker. `None` if no task has this id.
+    /// its worker. `None` if no task has this id. With it, whether the task ended now and
+    /// has dependents to settle. `waited` is the error a waiting task records (JSON).
     ///
     /// # Errors
     /// Fails if a statement fails.
-    pub fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, postgres::Error> {
-        let stopped = self.conn().execute(
-            "UPDATE castor_tasks SET state = 'cancelled', finalized_at = $2 \
-             WHERE id = $1 AND state IN ('scheduled', 'available', 'retryable')",
-            &[&id, &now],
+    pub fn cancel(
+        &mut self,
+        id: Uuid,
+        now: i64,
+        waited: &str,
+    ) -> Result<(Option<CancelOutcome>, bool), postgres::Error> {
+        let stopped = self.conn().query_opt(
+            "UPDATE castor_tasks SET state = 'cancelled', finalized_at = $2, \
+             errors = CASE WHEN state = 'waiting' \
+                      THEN coalesce(errors, '[]'::jsonb) || jsonb_build_array($3::text::jsonb) \
+                      ELSE errors END \
+             WHERE id = $1 AND state IN ('waiting', 'scheduled', 'available', 'retryable') \
+             RETURNING has_dependents",
+            &[&id, &now, &waited],
         )?;
-        if stopped == 1 {
-            return Ok(Some(CancelOutcome::Cancelled));
+        if let Some(row) = stopped {
+            return Ok((Some(CancelOutcome::Cancelled), row.try_get(0)?));
         }
         let flagged = self.conn().execute(
             "UPDATE castor_tasks SET cancel_requested_at = coalesce(cancel_requested_at, $2) \
@@ -272,9 +354,31 @@ impl PostgresTx<'_> {
             &[&id, &now],
         )?;
         if flagged == 1 {
-            return Ok(Some(CancelOutcome::Requested));
+            return Ok((Some(CancelOutcome::Requested), false));
         }
-        Ok(self.state_of(id)?.map(CancelOutcome::AlreadyFinished))
+        Ok((
+            self.state_of(id)?.map(CancelOutcome::AlreadyFinished),
+            false,
+        ))
+    }
+
+    /// Puts a dependent that ended while it waited on its parents (its last error is of
+    /// kind `chain`) back to `waiting`; its row, for the chain rules to settle it now.
+    /// `None` for any other task.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn rewait(&mut self, id: Uuid) -> Result<Option<i64>, postgres::Error> {
+        self.conn()
+            .query_opt(
+                "UPDATE castor_tasks SET state = 'waiting', finalized_at = NULL, \
+                 cancel_requested_at = NULL \
+                 WHERE id = $1 AND state IN ('discarded', 'cancelled') AND parents > 0 \
+                 AND errors -> -1 ->> 'kind' = 'chain' RETURNING seq",
+                &[&id],
+            )?
+            .map(|row| row.try_get(0))
+            .transpose()
     }
 
     /// Puts a discarded or cancelled task back to `available` with one more attempt
@@ -296,7 +400,7 @@ impl PostgresTx<'_> {
         Ok(self.state_of(id)?.map(RetryOutcome::NotRetryable))
     }
 
-    fn state_of(&mut self, id: Uuid) -> Result<Option<TaskState>, postgres::Error> {
+    pub(super) fn state_of(&mut self, id: Uuid) -> Result<Option<TaskState>, postgres::Error> {
         self.conn()
             .query_opt("SELECT state FROM castor_tasks WHERE id = $1", &[&id])?
             .map(|row| row.try_get::<_, StateColumn>(0).map(|s| s.0))
@@ -304,58 +408,92 @@ impl PostgresTx<'_> {
     }
 
     /// Deletes tasks in `states` that finished (or, for unfinished states, were
-    /// dispatched) before `before`, with their logs; returns how many. Running tasks are
-    /// never purged.
+    /// dispatched) before `before`, with their logs and links; returns how many, and the
+    /// ids of those with dependents (to settle: they will never complete now). Running
+    /// tasks are never purged.
     ///
     /// # Errors
     /// Fails if a statement fails.
-    pub fn purge(&mut self, states: &[TaskState], before: i64) -> Result<usize, postgres::Error> {
+    pub fn purge(
+        &mut self,
+        states: &[TaskState],
+        before: i64,
+    ) -> Result<(usize, Vec<Uuid>), postgres::Error> {
         let states: Vec<&str> = states
             .iter()
             .filter(|s| **s != TaskState::Running)
             .map(|s| s.as_str())
             .collect();
         if states.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
-        let seqs: Vec<i64> = self
-            .conn()
-            .query(
-                "DELETE FROM castor_tasks WHERE state = ANY($2) \
-                 AND coalesce(finalized_at, created_at) < $1 RETURNING seq",
-                &[&before, &states],
-            )?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let rows = self.conn().query(
+            "DELETE FROM castor_tasks WHERE state = ANY($2) \
+             AND coalesce(finalized_at, created_at) < $1 \
+             RETURNING seq, id, has_dependents, parents",
+            &[&before, &states],
+        )?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut linked = Vec::new();
+        let mut parents = Vec::new();
+        for row in &rows {
+            let seq: i64 = row.try_get(0)?;
+            seqs.push(seq);
+            if row.try_get::<_, i64>(3)? > 0 {
+                linked.push(seq);
+            }
+            if row.try_get::<_, bool>(2)? {
+                parents.push(row.try_get(1)?);
+            }
+        }
         self.delete_logs(&seqs)?;
-        Ok(seqs.len())
+        self.delete_links(&linked)?;
+        Ok((seqs.len(), parents))
     }
 
     /// The retention sweep: deletes up to `limit` finished tasks that finished before
     /// `before`, with their logs, and worker runs that stopped before it; returns how many
-    /// tasks.
+    /// tasks. A parent whose dependents still wait on it is kept (they need its result).
     ///
     /// # Errors
     /// Fails if a statement fails.
     pub fn prune(&mut self, before: i64, limit: usize) -> Result<usize, postgres::Error> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let seqs: Vec<i64> = self
-            .conn()
-            .query(
-                "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks \
-                 WHERE finalized_at < $1 LIMIT $2) RETURNING seq",
-                &[&before, &limit],
-            )?
-            .iter()
-            .map(|row| row.try_get(0))
-            .collect::<Result<_, _>>()?;
+        let rows = self.conn().query(
+            "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks t \
+             WHERE finalized_at < $1 AND (NOT has_dependents OR NOT EXISTS \
+               (SELECT 1 FROM castor_dependencies d JOIN castor_tasks c \
+                ON c.seq = d.child_seq WHERE d.parent_id = t.id AND c.state = 'waiting')) \
+             LIMIT $2) RETURNING seq, parents",
+            &[&before, &limit],
+        )?;
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut linked = Vec::new();
+        for row in &rows {
+            let seq: i64 = row.try_get(0)?;
+            seqs.push(seq);
+            if row.try_get::<_, i64>(1)? > 0 {
+                linked.push(seq);
+            }
+        }
         self.delete_logs(&seqs)?;
+        self.delete_links(&linked)?;
         self.conn().execute(
             "DELETE FROM castor_workers WHERE stopped_at < $1",
             &[&before],
         )?;
         Ok(seqs.len())
+    }
+
+    /// Deletes the links of dependents that are deleted.
+    fn delete_links(&mut self, seqs: &[i64]) -> Result<(), postgres::Error> {
+        if !seqs.is_empty() {
+            self.conn().execute(
+                "DELETE FROM castor_dependencies WHERE child_seq = ANY($1)",
+                &[&seqs],
+            )?;
+        }
+        Ok(())
     }
 
     fn delete_logs(&mut self, seqs: &[i64]) -> Result<(), postgres::Error> {

@@ -86,6 +86,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "limits",
         sql: include_str!("migrations/0005_limits.sql"),
     },
+    Migration {
+        version: 6,
+        name: "chains",
+        sql: include_str!("migrations/0006_chains.sql"),
+    },
 ];
 
 /// How long connecting may take when the URL does not say (`connect_timeout=`): an app's
@@ -487,7 +492,13 @@ impl PostgresDriver {
                     .or_else(|| rest.strip_prefix("INDEX "))?;
                 rest.split([' ', '(']).next()
             })
-            .collect()
+            // Migration 5 dropped and made the unique index again: named once.
+            .fold(Vec::new(), |mut names, name| {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                names
+            })
     }
 
     fn missing_schema_objects(&self) -> Result<Vec<String>, StoreError> {
@@ -596,7 +607,9 @@ impl PostgresDriver {
                           + (SELECT count(*) FROM castor_tasks \
                              WHERE state = 'running' AND manager = $1) \
                           + (SELECT count(*) FROM castor_tasks \
-                             WHERE state IN ('scheduled', 'retryable') AND manager = $1)",
+                             WHERE state IN ('scheduled', 'retryable') AND manager = $1) \
+                          + (SELECT count(*) FROM castor_tasks \
+                             WHERE state = 'waiting' AND manager = $1)",
                     &[&manager],
                 )?
                 .try_get(0)?;
@@ -853,6 +866,18 @@ impl Driver for PostgresDriver {
 
     fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         PostgresDriver::workers(self, live_only)
+    }
+
+    fn parents(&self, id: Uuid) -> Result<Vec<crate::ParentInfo>, StoreError> {
+        PostgresDriver::parents(self, id)
+    }
+
+    fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::AfterParents>, StoreError> {
+        PostgresDriver::waiting_on_parents(self, manager, limit)
     }
 
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {

@@ -117,7 +117,7 @@ fn migrations_are_numbered_and_recorded() {
     );
     let store = Store::open(url.as_str(), OpenOptions::app()).expect("open");
     let status = store.migration_status().expect("status");
-    assert_eq!(status.version, 5);
+    assert_eq!(status.version, 6);
     assert!(status.pending.is_empty());
     assert_eq!(
         status
@@ -130,7 +130,8 @@ fn migrations_are_numbered_and_recorded() {
             (2, "worker_host_id"),
             (3, "fingerprints"),
             (4, "signatures"),
-            (5, "limits")
+            (5, "limits"),
+            (6, "chains"),
         ]
     );
     assert!(status.applied.iter().all(|m| m.applied_at.is_some()));

@@ -12,13 +12,14 @@ use uuid::Uuid;
 use super::rows::{self, CLAIM_SQL};
 use super::{Conn, Params, PostgresDriver, classify};
 use crate::LOG_LINES_KEPT;
+use crate::chain::{self, ChainStatements, Link, WaitingChild};
 use crate::driver::Tx;
 use crate::error::StoreError;
 use crate::limits::{Candidate, DeclaredLimits, LimitRow, LimitedClaim, Limits};
 use crate::model::{
-    AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired, Finish,
-    LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter, TaskFilter,
-    WorkerRow,
+    After, AttemptEnd, AttemptError, CancelOutcome, Claimed, DueSchedule, Enqueued, Expired,
+    Finish, LiveWorker, LogLevel, NewLog, NewSchedule, NewTask, RetryOutcome, ScheduleFilter,
+    TaskFilter, WorkerRow,
 };
 use crate::state::TaskState;
 use crate::target::Database;
@@ -33,6 +34,8 @@ pub struct PostgresTx<'a> {
     pub(super) driver: &'a mut PostgresDriver,
     /// Committed (or failed to): nothing for `drop` to undo.
     done: bool,
+    /// Waiting dependents released so far ([`Tx::released`]).
+    released: usize,
     /// The connection's statement count once `BEGIN` ran.
     begun_at: u64,
     /// How many statements ran through [`PostgresTx::unflushed`]: if every statement
@@ -64,6 +67,7 @@ impl<'a> PostgresTx<'a> {
         Ok(PostgresTx {
             driver,
             done: false,
+            released: 0,
             begun_at,
             unflushed: 0,
         })
@@ -242,7 +246,7 @@ fn insert(
     // Only the unique index can make the insert a no-op (a fresh UUIDv7 is unique).
     let holder = statements.query_opt(
         "SELECT id FROM castor_tasks WHERE manager = $1 AND task = $2 AND unique_key = $3 \
-         AND state IN ('scheduled', 'available', 'running', 'retryable')",
+         AND state IN ('waiting', 'scheduled', 'available', 'running', 'retryable')",
         &[&task.manager, &task.task, &task.unique_key],
     )?;
     holder
@@ -256,16 +260,63 @@ impl Tx for PostgresTx<'_> {
         enqueue_on(driver.conn.get_mut(), &driver.database, task, now)
     }
 
+    fn enqueue_after(
+        &mut self,
+        task: &NewTask<'_>,
+        after: &After<'_>,
+        now: i64,
+    ) -> Result<Enqueued, StoreError> {
+        for parent in after.parents {
+            let found = PostgresTx::mark_parent(self, parent.id)
+                .map_err(self.fail("mark a task's parent"))?;
+            if !found {
+                return Err(StoreError::UnknownParent {
+                    database: self.driver.database.clone(),
+                    task: task.task.to_owned(),
+                    parent: parent.id,
+                });
+            }
+        }
+        let (id, existing, seq) = PostgresTx::insert_waiting(self, task, after, now)
+            .map_err(self.fail("enqueue a task after its parents"))?;
+        if !existing {
+            chain::settle_new(self, seq, now)?;
+        }
+        Ok(Enqueued { id, existing })
+    }
+
     fn cancel(&mut self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, StoreError> {
-        PostgresTx::cancel(self, id, now).map_err(self.fail("cancel a task"))
+        let waited = self.error_json(&AttemptError {
+            attempt: 0,
+            at: now,
+            kind: crate::ErrorKind::Chain,
+            error: "cancelled while it waited on its parents".into(),
+            worker: None,
+        })?;
+        let (outcome, settle) =
+            PostgresTx::cancel(self, id, now, &waited).map_err(self.fail("cancel a task"))?;
+        if settle {
+            chain::settle_parents(self, [id], now)?;
+        }
+        Ok(outcome)
     }
 
     fn retry(&mut self, id: Uuid, now: i64) -> Result<Option<RetryOutcome>, StoreError> {
+        let rewaiting = PostgresTx::rewait(self, id).map_err(self.fail("retry a task"))?;
+        if let Some(seq) = rewaiting {
+            chain::settle_new(self, seq, now)?;
+            let state = PostgresTx::state_of(self, id).map_err(self.fail("retry a task"))?;
+            return Ok(state.map(RetryOutcome::Rewaited));
+        }
         PostgresTx::retry(self, id, now).map_err(self.fail("retry a task"))
     }
 
     fn purge(&mut self, states: &[TaskState], before: i64) -> Result<usize, StoreError> {
-        PostgresTx::purge(self, states, before).map_err(self.fail("purge tasks"))
+        let (count, parents) =
+            PostgresTx::purge(self, states, before).map_err(self.fail("purge tasks"))?;
+        // The dependents end now (the caller's `before` is a cutoff, not the time).
+        chain::settle_parents(self, parents, crate::now_us())?;
+        Ok(count)
     }
 
     fn claim(
@@ -406,8 +457,13 @@ impl Tx for PostgresTx<'_> {
             Finish::Completed { .. } => None,
             Finish::Failed { error, .. } => Some(self.error_json(error)?),
         };
-        PostgresTx::finish_if_running(self, seq, attempt, finish, error.as_deref(), now)
-            .map_err(self.fail("record an attempt's outcome"))
+        let (recorded, parent) =
+            PostgresTx::finish_if_running(self, seq, attempt, finish, error.as_deref(), now)
+                .map_err(self.fail("record an attempt's outcome"))?;
+        if let Some(parent) = parent {
+            chain::settle_parents(self, [parent], now)?;
+        }
+        Ok(recorded)
     }
 
     fn append_logs(&mut self, logs: &[NewLog<'_>]) -> Result<(), StoreError> {
@@ -421,6 +477,7 @@ impl Tx for PostgresTx<'_> {
         now: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let mut recorded = vec![false; ends.len()];
+        let mut parents = Vec::new();
         // Completions in one statement (a drain's every outcome); failures, rare, one by one.
         let completed: Vec<(usize, &AttemptEnd<'_>)> = ends
             .iter()
@@ -429,8 +486,9 @@ impl Tx for PostgresTx<'_> {
             .collect();
         if !completed.is_empty() {
             let ends: Vec<&AttemptEnd<'_>> = completed.iter().map(|&(_, end)| end).collect();
-            let flags = PostgresTx::complete_many(self, worker, &ends, now)
+            let (flags, ended) = PostgresTx::complete_many(self, worker, &ends, now)
                 .map_err(self.fail("record attempts' outcomes"))?;
+            parents.extend(ended);
             for ((i, _), flag) in completed.iter().zip(flags) {
                 recorded[*i] = flag;
             }
@@ -440,7 +498,7 @@ impl Tx for PostgresTx<'_> {
                 continue;
             };
             let error = self.error_json(error)?;
-            recorded[i] = PostgresTx::fail_attempt(
+            let (written, parent) = PostgresTx::fail_attempt(
                 self,
                 end.seq,
                 end.attempt,
@@ -450,6 +508,11 @@ impl Tx for PostgresTx<'_> {
                 true,
             )
             .map_err(self.fail("record an attempt's outcome"))?;
+            recorded[i] = written;
+            parents.extend(parent);
+        }
+        if !parents.is_empty() {
+            chain::settle_parents(self, parents, now)?;
         }
         Ok(recorded)
     }
@@ -577,6 +640,10 @@ impl Tx for PostgresTx<'_> {
         PostgresTx::remove_schedule(self, id).map_err(self.fail("remove a schedule"))
     }
 
+    fn released(&self) -> usize {
+        self.released
+    }
+
     fn commit(mut self: Box<Self>) -> Result<(), StoreError> {
         self.done = true;
         let commit = if self.must_flush() {
@@ -653,6 +720,7 @@ impl PostgresTx<'_> {
     /// Records how an attempt ended, if the task is still `running` that same attempt
     /// (`error` is a failure's [`crate::AttemptError`] as JSON). A task whose
     /// cancellation was requested while it ran ends `cancelled` instead of being retried.
+    /// With whether it was recorded, the task's id when it ended and has dependents.
     ///
     /// # Errors
     /// Fails if the statement fails.
@@ -663,16 +731,19 @@ impl PostgresTx<'_> {
         finish: &Finish<'_>,
         error: Option<&str>,
         now: i64,
-    ) -> Result<bool, postgres::Error> {
+    ) -> Result<(bool, Option<Uuid>), postgres::Error> {
         match finish {
             Finish::Completed {
                 result,
                 result_fingerprint,
             } => {
-                let changed = self.conn().execute(
+                // `RETURNING` what the chain rules need: no statement more for a task
+                // without dependents.
+                let ended = self.conn().query_opt(
                     "UPDATE castor_tasks SET state = 'completed', result = $3, finalized_at = $4, \
                      lease_expires_at = NULL, result_fingerprint = $5 \
-                     WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+                     WHERE seq = $1 AND attempt = $2 AND state = 'running' \
+                     RETURNING CASE WHEN has_dependents THEN id END",
                     &[
                         &seq,
                         &i64::from(attempt),
@@ -681,10 +752,11 @@ impl PostgresTx<'_> {
                         &result_fingerprint.unwrap_or(""),
                     ],
                 )?;
-                if changed == 1 {
-                    self.trim_finished_log(seq)?;
-                }
-                Ok(changed == 1)
+                let Some(row) = ended else {
+                    return Ok((false, None));
+                };
+                self.trim_finished_log(seq)?;
+                Ok((true, row.try_get(0)?))
             }
             Finish::Failed { .. } => self.fail_attempt(seq, attempt, finish, error, now, false),
         }
@@ -702,7 +774,7 @@ impl PostgresTx<'_> {
         worker: &str,
         ended: &[&AttemptEnd<'_>],
         now: i64,
-    ) -> Result<Vec<bool>, postgres::Error> {
+    ) -> Result<(Vec<bool>, Vec<Uuid>), postgres::Error> {
         let seqs: Vec<i64> = ended.iter().map(|end| end.seq).collect();
         let attempts: Vec<i64> = ended.iter().map(|end| i64::from(end.attempt)).collect();
         let results: Vec<&[u8]> = ended
@@ -721,26 +793,29 @@ impl PostgresTx<'_> {
                 Finish::Failed { .. } => "",
             })
             .collect();
-        let written: HashSet<i64> = self
-            .conn()
-            .query(
-                "UPDATE castor_tasks t SET state = 'completed', result = d.result, \
-                 finalized_at = $4, lease_expires_at = NULL, result_fingerprint = d.fp \
-                 FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $5::text[]) \
-                   AS d(seq, attempt, result, fp) \
-                 WHERE t.seq = d.seq AND t.attempt = d.attempt AND t.state = 'running' \
-                 RETURNING t.seq",
-                &[&seqs, &attempts, &results, &now, &prints],
-            )?
-            .iter()
-            .map(|row| row.try_get::<_, i64>(0))
-            .collect::<Result<_, _>>()?;
+        let rows = self.conn().query(
+            "UPDATE castor_tasks t SET state = 'completed', result = d.result, \
+             finalized_at = $4, lease_expires_at = NULL, result_fingerprint = d.fp \
+             FROM unnest($1::bigint[], $2::bigint[], $3::bytea[], $5::text[]) \
+               AS d(seq, attempt, result, fp) \
+             WHERE t.seq = d.seq AND t.attempt = d.attempt AND t.state = 'running' \
+             RETURNING t.seq, CASE WHEN t.has_dependents THEN t.id END",
+            &[&seqs, &attempts, &results, &now, &prints],
+        )?;
+        let mut written: HashSet<i64> = HashSet::with_capacity(rows.len());
+        let mut parents = Vec::new();
+        for row in &rows {
+            written.insert(row.try_get(0)?);
+            if let Some(parent) = row.try_get::<_, Option<Uuid>>(1)? {
+                parents.push(parent);
+            }
+        }
         for &seq in &written {
             self.trim_finished_log(seq)?;
         }
         let mut recorded: Vec<bool> = seqs.iter().map(|seq| written.contains(seq)).collect();
         if recorded.iter().all(|&r| r) {
-            return Ok(recorded);
+            return Ok((recorded, parents));
         }
         // Not running that attempt any more: lost to the rescuer, or written already.
         let (missing, missing_attempts): (Vec<i64>, Vec<i64>) = seqs
@@ -765,7 +840,7 @@ impl PostgresTx<'_> {
         for (seq, recorded) in seqs.iter().zip(&mut recorded) {
             *recorded |= already.contains(seq);
         }
-        Ok(recorded)
+        Ok((recorded, parents))
     }
 
     /// Records a failed attempt (`finish` is [`Finish::Failed`], `error` its JSON) if the
@@ -780,13 +855,13 @@ impl PostgresTx<'_> {
         error: Option<&str>,
         now: i64,
         seen_as_written: bool,
-    ) -> Result<bool, postgres::Error> {
+    ) -> Result<(bool, Option<Uuid>), postgres::Error> {
         let Finish::Failed { transition, .. } = finish else {
-            return Ok(false);
+            return Ok((false, None));
         };
         let attempt = i64::from(attempt);
         let error = error.unwrap_or("null");
-        let changed = self.conn().execute(
+        let ended = self.conn().query_opt(
             "UPDATE castor_tasks SET \
              state = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled' \
                      ELSE $3::text END, \
@@ -796,7 +871,9 @@ impl PostgresTx<'_> {
                             ('completed', 'discarded', 'cancelled') THEN $5::bigint END, \
              lease_expires_at = NULL, \
              errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($6::text::jsonb) \
-             WHERE seq = $1 AND attempt = $2 AND state = 'running'",
+             WHERE seq = $1 AND attempt = $2 AND state = 'running' \
+             RETURNING CASE WHEN has_dependents AND state IN ('discarded', 'cancelled') \
+               THEN id END",
             &[
                 &seq,
                 &attempt,
@@ -806,12 +883,12 @@ impl PostgresTx<'_> {
                 &error,
             ],
         )?;
-        if changed == 1 {
+        if let Some(row) = ended {
             self.trim_finished_log(seq)?;
-            return Ok(true);
+            return Ok((true, row.try_get(0)?));
         }
         if !seen_as_written {
-            return Ok(false);
+            return Ok((false, None));
         }
         // The error names the attempt and its worker; its time is the first try's.
         let written = self.conn().query_opt(
@@ -819,7 +896,7 @@ impl PostgresTx<'_> {
              AND state <> 'running' AND (errors -> -1) - 'at' = $3::text::jsonb - 'at'",
             &[&seq, &attempt, &error],
         )?;
-        Ok(written.is_some())
+        Ok((written.is_some(), None))
     }
 
     /// Moves `scheduled` and `retryable` tasks of `manager` whose time has come to
@@ -984,5 +1061,185 @@ impl PostgresTx<'_> {
             ],
         )?;
         Ok(())
+    }
+}
+
+impl PostgresTx<'_> {
+    /// Marks the task `id` as having dependents (locking its row until the transaction
+    /// ends, so its state cannot change under the dispatch); `false` if there is none.
+    fn mark_parent(&mut self, id: Uuid) -> Result<bool, postgres::Error> {
+        let changed = self.conn().execute(
+            "UPDATE castor_tasks SET has_dependents = true WHERE id = $1",
+            &[&id],
+        )?;
+        Ok(changed == 1)
+    }
+
+    /// Inserts a task `waiting` on `after`'s parents, with its links; its id, whether the
+    /// unique key's holder was returned instead, and its row.
+    fn insert_waiting(
+        &mut self,
+        task: &NewTask<'_>,
+        after: &After<'_>,
+        now: i64,
+    ) -> Result<(Uuid, bool, i64), postgres::Error> {
+        let id = Uuid::now_v7();
+        let scheduled_at = task.run_at_us.unwrap_or(now);
+        let parents = after.parents.len() as i64;
+        let inserted = self.conn().query_opt(
+            "INSERT INTO castor_tasks (id, manager, task, state, priority, args, max_attempts, \
+             backoff_base_ms, backoff_cap_ms, timeout_ms, unique_key, schedule_id, created_at, \
+             scheduled_at, args_fingerprint, parents, concurrency_key) \
+             VALUES ($1, $2, $3, 'waiting', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, \
+             $16) ON CONFLICT DO NOTHING RETURNING seq",
+            &[
+                &id,
+                &task.manager,
+                &task.task,
+                &task.priority,
+                &task.args,
+                &i64::from(task.max_attempts),
+                &task.backoff_base_ms,
+                &task.backoff_cap_ms,
+                &task.timeout_ms,
+                &task.unique_key,
+                &task.schedule_id,
+                &now,
+                &scheduled_at,
+                &task.args_fingerprint.unwrap_or(""),
+                &parents,
+                &task.concurrency_key,
+            ],
+        )?;
+        if let Some(row) = inserted {
+            let seq: i64 = row.try_get(0)?;
+            let ids: Vec<Uuid> = after.parents.iter().map(|p| p.id).collect();
+            let prints: Vec<&str> = after
+                .parents
+                .iter()
+                .map(|p| p.result_fingerprint.unwrap_or(""))
+                .collect();
+            self.conn().execute(
+                "INSERT INTO castor_dependencies (child_seq, position, parent_id, parent_task, \
+                 expected_fingerprint, fan_in) \
+                 SELECT $1, (l.n - 1)::integer, l.id, t.task, l.fp, $4 \
+                 FROM unnest($2::uuid[], $3::text[]) WITH ORDINALITY AS l(id, fp, n) \
+                 JOIN castor_tasks t ON t.id = l.id",
+                &[&seq, &ids, &prints, &after.fan_in],
+            )?;
+            return Ok((id, false, seq));
+        }
+        let holder = self.conn().query_one(
+            "SELECT id, seq FROM castor_tasks WHERE manager = $1 AND task = $2 \
+             AND unique_key = $3 \
+             AND state IN ('waiting', 'scheduled', 'available', 'running', 'retryable')",
+            &[&task.manager, &task.task, &task.unique_key],
+        )?;
+        Ok((holder.try_get(0)?, true, holder.try_get(1)?))
+    }
+
+    fn chain_error(&self) -> impl Fn(postgres::Error) -> StoreError + '_ {
+        move |e| {
+            self.driver
+                .error("settle the tasks waiting on their parents", e)
+        }
+    }
+}
+
+impl ChainStatements for PostgresTx<'_> {
+    fn waiting_children(&mut self, parent: Uuid) -> Result<Vec<i64>, StoreError> {
+        let found = self.conn().query(
+            "SELECT d.child_seq FROM castor_dependencies d \
+             JOIN castor_tasks c ON c.seq = d.child_seq \
+             WHERE d.parent_id = $1 AND c.state = 'waiting'",
+            &[&parent],
+        );
+        found
+            .and_then(|rows| rows.iter().map(|row| row.try_get(0)).collect())
+            .map_err(self.chain_error())
+    }
+
+    fn lock_waiting(&mut self, seq: i64) -> Result<Option<WaitingChild>, StoreError> {
+        // The lock orders the writers settling one dependent (two parents completing in
+        // two workers at once): the second waits for the first's commit, and its next
+        // statement, reading the links, sees that commit's parent completed.
+        let locked = self.conn().query_opt(
+            "SELECT args FROM castor_tasks WHERE seq = $1 AND state = 'waiting' FOR UPDATE",
+            &[&seq],
+        );
+        let Some(row) = locked.map_err(self.chain_error())? else {
+            return Ok(None);
+        };
+        let extra_args: Vec<u8> = row.try_get(0).map_err(self.chain_error())?;
+        let links = self.conn().query(
+            "SELECT d.parent_id, d.parent_task, p.state, p.result, \
+             coalesce(p.result_fingerprint, ''), d.expected_fingerprint, d.fan_in \
+             FROM castor_dependencies d LEFT JOIN castor_tasks p ON p.id = d.parent_id \
+             WHERE d.child_seq = $1 ORDER BY d.position",
+            &[&seq],
+        );
+        let rows = links.map_err(self.chain_error())?;
+        let mut fan_in = false;
+        let links = rows
+            .iter()
+            .map(|row| {
+                fan_in |= row.try_get::<_, bool>(6)?;
+                Ok(Link {
+                    parent_id: row.try_get(0)?,
+                    parent_task: row.try_get(1)?,
+                    state: row.try_get::<_, Option<rows::StateColumn>>(2)?.map(|s| s.0),
+                    result: row.try_get(3)?,
+                    result_fingerprint: row.try_get(4)?,
+                    expected_fingerprint: row.try_get(5)?,
+                })
+            })
+            .collect::<Result<Vec<_>, postgres::Error>>()
+            .map_err(self.chain_error())?;
+        Ok(Some(WaitingChild {
+            seq,
+            extra_args,
+            fan_in,
+            links,
+        }))
+    }
+
+    fn release(&mut self, seq: i64, args: &[u8], now: i64) -> Result<(), StoreError> {
+        let released = self.conn().execute(
+            "UPDATE castor_tasks SET \
+             state = CASE WHEN scheduled_at > $3 THEN 'scheduled' ELSE 'available' END, \
+             scheduled_at = greatest(scheduled_at, $3), args = $2 \
+             WHERE seq = $1 AND state = 'waiting'",
+            &[&seq, &args, &now],
+        );
+        let released = released.map_err(self.chain_error())?;
+        self.released += usize::try_from(released).unwrap_or(0);
+        Ok(())
+    }
+
+    fn end_waiting(
+        &mut self,
+        seq: i64,
+        state: TaskState,
+        error: &AttemptError,
+        now: i64,
+    ) -> Result<Option<Uuid>, StoreError> {
+        let error = self.error_json(error)?;
+        let ended = self.conn().query_opt(
+            "UPDATE castor_tasks SET state = $2, finalized_at = $3, \
+             errors = coalesce(errors, '[]'::jsonb) || jsonb_build_array($4::text::jsonb) \
+             WHERE seq = $1 AND state = 'waiting' RETURNING id, has_dependents",
+            &[&seq, &state.as_str(), &now, &error],
+        );
+        let Some(row) = ended.map_err(self.chain_error())? else {
+            return Ok(None);
+        };
+        let read = || -> Result<Option<Uuid>, postgres::Error> {
+            Ok(if row.try_get::<_, bool>(1)? {
+                Some(row.try_get(0)?)
+            } else {
+                None
+            })
+        };
+        read().map_err(self.chain_error())
     }
 }

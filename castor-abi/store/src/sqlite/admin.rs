@@ -8,7 +8,8 @@ use super::rows::{id_from, state_from};
 use super::{SqliteDriver, SqliteTx};
 use crate::error::StoreError;
 use crate::model::{
-    CancelOutcome, ListFilter, RetryOutcome, StateCount, TaskSummary, Waiting, WorkerRow,
+    AfterParents, CancelOutcome, ListFilter, ParentInfo, RetryOutcome, StateCount, TaskSummary,
+    Waiting, WorkerRow,
 };
 use crate::state::TaskState;
 
@@ -185,6 +186,66 @@ impl SqliteDriver {
             .map_err(|e| self.error("list waiting tasks", e))
     }
 
+    /// The parents of the task `id`, in order, each with its state now.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn parents(&self, id: Uuid) -> Result<Vec<ParentInfo>, StoreError> {
+        self.conn
+            .prepare_cached(
+                "SELECT d.position, d.parent_id, d.parent_task, p.state \
+                 FROM castor_tasks c JOIN castor_dependencies d ON d.child_seq = c.seq \
+                 LEFT JOIN castor_tasks p ON p.id = d.parent_id \
+                 WHERE c.id = ?1 ORDER BY d.position",
+            )
+            .and_then(|mut stmt| {
+                stmt.query_map([id.as_bytes().as_slice()], parent_info)?
+                    .collect()
+            })
+            .map_err(|e| self.error("read a task's parents", e))
+    }
+
+    /// The first `limit` waiting tasks of `manager`, oldest first, with their parents.
+    ///
+    /// # Errors
+    /// Fails if the database cannot be read.
+    pub fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<AfterParents>, StoreError> {
+        let read = || -> Result<Vec<AfterParents>, rusqlite::Error> {
+            let tasks: Vec<(i64, Uuid, String)> = self
+                .conn
+                .prepare_cached(
+                    "SELECT seq, id, task FROM castor_tasks \
+                     WHERE manager = ?1 AND state = 'waiting' ORDER BY seq LIMIT ?2",
+                )?
+                .query_map(params![manager, limit as i64], |row| {
+                    Ok((row.get(0)?, id_from(row.get(1)?, 1)?, row.get(2)?))
+                })?
+                .collect::<Result<_, _>>()?;
+            let mut parents = self.conn.prepare_cached(
+                "SELECT d.position, d.parent_id, d.parent_task, p.state \
+                 FROM castor_dependencies d LEFT JOIN castor_tasks p ON p.id = d.parent_id \
+                 WHERE d.child_seq = ?1 ORDER BY d.position",
+            )?;
+            tasks
+                .into_iter()
+                .map(|(seq, id, task)| {
+                    Ok(AfterParents {
+                        id,
+                        task,
+                        parents: parents
+                            .query_map([seq], parent_info)?
+                            .collect::<Result<_, _>>()?,
+                    })
+                })
+                .collect()
+        };
+        read().map_err(|e| self.error("list tasks waiting on their parents", e))
+    }
+
     /// See [`crate::Driver::mismatched`]: one index range per task name.
     ///
     /// # Errors
@@ -268,24 +329,54 @@ impl SqliteDriver {
     }
 }
 
+/// A parent as `parents` reads it: (position, id, name, state or NULL).
+fn parent_info(row: &rusqlite::Row<'_>) -> rusqlite::Result<ParentInfo> {
+    let state: Option<String> = row.get(3)?;
+    Ok(ParentInfo {
+        position: row.get(0)?,
+        id: id_from(row.get(1)?, 1)?,
+        task: row.get(2)?,
+        state: state.map(|s| state_from(s, 3)).transpose()?,
+    })
+}
+
 impl SqliteTx<'_> {
     /// Cancels a task: one that has not started never will; a running one is flagged for
-    /// its worker. `None` if no task has this id.
+    /// its worker. `None` if no task has this id. With it, whether the task ended now and
+    /// has dependents to settle.
     ///
     /// # Errors
     /// Fails if a statement fails.
-    pub fn cancel(&self, id: Uuid, now: i64) -> Result<Option<CancelOutcome>, rusqlite::Error> {
+    pub fn cancel(
+        &self,
+        id: Uuid,
+        now: i64,
+    ) -> Result<(Option<CancelOutcome>, bool), rusqlite::Error> {
         let key = id.as_bytes().as_slice();
-        let stopped = self
+        // A waiting task records why it never ran, so that a retry knows to wait again.
+        let waited = serde_json::to_string(&crate::AttemptError {
+            attempt: 0,
+            at: now,
+            kind: crate::ErrorKind::Chain,
+            error: "cancelled while it waited on its parents".into(),
+            worker: None,
+        })
+        .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let stopped: Option<bool> = self
             .driver
             .conn
             .prepare_cached(
-                "UPDATE castor_tasks SET state = 'cancelled', finalized_at = ?2 \
-                 WHERE id = ?1 AND state IN ('scheduled', 'available', 'retryable')",
+                "UPDATE castor_tasks SET state = 'cancelled', finalized_at = ?2, \
+                 errors = CASE WHEN state = 'waiting' \
+                          THEN json_insert(coalesce(errors, '[]'), '$[#]', json(?3)) \
+                          ELSE errors END \
+                 WHERE id = ?1 AND state IN ('waiting', 'scheduled', 'available', 'retryable') \
+                 RETURNING has_dependents",
             )?
-            .execute(params![key, now])?;
-        if stopped == 1 {
-            return Ok(Some(CancelOutcome::Cancelled));
+            .query_row(params![key, now, waited], |row| row.get(0))
+            .optional()?;
+        if let Some(has_dependents) = stopped {
+            return Ok((Some(CancelOutcome::Cancelled), has_dependents));
         }
         let flagged = self
             .driver
@@ -296,9 +387,31 @@ impl SqliteTx<'_> {
             )?
             .execute(params![key, now])?;
         if flagged == 1 {
-            return Ok(Some(CancelOutcome::Requested));
+            return Ok((Some(CancelOutcome::Requested), false));
         }
-        Ok(self.state_of(id)?.map(CancelOutcome::AlreadyFinished))
+        Ok((
+            self.state_of(id)?.map(CancelOutcome::AlreadyFinished),
+            false,
+        ))
+    }
+
+    /// Puts a dependent that ended while it waited on its parents (its last error is of
+    /// kind `chain`) back to `waiting`; its row, for the chain rules to settle it now.
+    /// `None` for any other task.
+    ///
+    /// # Errors
+    /// Fails if the statement fails.
+    pub fn rewait(&self, id: Uuid) -> Result<Option<i64>, rusqlite::Error> {
+        self.driver
+            .conn
+            .prepare_cached(
+                "UPDATE castor_tasks SET state = 'waiting', finalized_at = NULL, \
+                 cancel_requested_at = NULL \
+                 WHERE id = ?1 AND state IN ('discarded', 'cancelled') AND parents > 0 \
+                 AND errors ->> '$[#-1].kind' = 'chain' RETURNING seq",
+            )?
+            .query_row([id.as_bytes().as_slice()], |row| row.get(0))
+            .optional()
     }
 
     /// Puts a discarded or cancelled task back to `available` with one more attempt
@@ -324,7 +437,7 @@ impl SqliteTx<'_> {
         Ok(self.state_of(id)?.map(RetryOutcome::NotRetryable))
     }
 
-    fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, rusqlite::Error> {
+    pub(super) fn state_of(&self, id: Uuid) -> Result<Option<TaskState>, rusqlite::Error> {
         let state: Option<String> = self
             .driver
             .conn
@@ -335,19 +448,24 @@ impl SqliteTx<'_> {
     }
 
     /// Deletes tasks in `states` that finished (or, for unfinished states, were
-    /// dispatched) before `before`, with their logs; returns how many. Running tasks are
-    /// never purged.
+    /// dispatched) before `before`, with their logs and links; returns how many, and the
+    /// ids of those with dependents (to settle: they will never complete now). Running
+    /// tasks are never purged.
     ///
     /// # Errors
     /// Fails if a statement fails.
-    pub fn purge(&self, states: &[TaskState], before: i64) -> Result<usize, rusqlite::Error> {
+    pub fn purge(
+        &self,
+        states: &[TaskState],
+        before: i64,
+    ) -> Result<(usize, Vec<Uuid>), rusqlite::Error> {
         let states: Vec<&str> = states
             .iter()
             .filter(|s| **s != TaskState::Running)
             .map(|s| s.as_str())
             .collect();
         if states.is_empty() {
-            return Ok(0);
+            return Ok((0, Vec::new()));
         }
         let marks = (0..states.len())
             .map(|i| format!("?{}", i + 2))
@@ -355,41 +473,71 @@ impl SqliteTx<'_> {
             .join(", ");
         let sql = format!(
             "DELETE FROM castor_tasks WHERE state IN ({marks}) \
-             AND coalesce(finalized_at, created_at) < ?1 RETURNING seq"
+             AND coalesce(finalized_at, created_at) < ?1 \
+             RETURNING seq, id, has_dependents, parents"
         );
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&before];
         values.extend(states.iter().map(|s| s as &dyn rusqlite::ToSql));
-        let seqs: Vec<i64> = self
+        let deleted: Vec<(i64, Vec<u8>, bool, i64)> = self
             .driver
             .conn
             .prepare(&sql)?
-            .query_map(values.as_slice(), |row| row.get(0))?
+            .query_map(values.as_slice(), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
             .collect::<Result<_, _>>()?;
+        let seqs: Vec<i64> = deleted.iter().map(|d| d.0).collect();
         self.delete_logs(&seqs)?;
-        Ok(seqs.len())
+        self.delete_links(deleted.iter().filter(|d| d.3 > 0).map(|d| d.0))?;
+        let parents = deleted
+            .into_iter()
+            .filter(|d| d.2)
+            .map(|d| id_from(d.1, 1))
+            .collect::<Result<_, _>>()?;
+        Ok((seqs.len(), parents))
     }
 
     /// The retention sweep: deletes up to `limit` finished tasks (completed, discarded,
-    /// cancelled) that finished before `before`, with their logs; returns how many.
+    /// cancelled) that finished before `before`, with their logs; returns how many. A
+    /// parent whose dependents still wait on it is kept (they need its result).
     ///
     /// # Errors
     /// Fails if a statement fails.
     pub fn prune(&self, before: i64, limit: usize) -> Result<usize, rusqlite::Error> {
-        let seqs: Vec<i64> = self
+        let deleted: Vec<(i64, i64)> = self
             .driver
             .conn
             .prepare_cached(
-                "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks \
-                 WHERE finalized_at < ?1 LIMIT ?2) RETURNING seq",
+                "DELETE FROM castor_tasks WHERE seq IN (SELECT seq FROM castor_tasks t \
+                 WHERE finalized_at < ?1 AND (has_dependents = 0 OR NOT EXISTS \
+                   (SELECT 1 FROM castor_dependencies d JOIN castor_tasks c \
+                    ON c.seq = d.child_seq WHERE d.parent_id = t.id AND c.state = 'waiting')) \
+                 LIMIT ?2) RETURNING seq, parents",
             )?
-            .query_map(params![before, limit as i64], |row| row.get(0))?
+            .query_map(params![before, limit as i64], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })?
             .collect::<Result<_, _>>()?;
+        let seqs: Vec<i64> = deleted.iter().map(|d| d.0).collect();
         self.delete_logs(&seqs)?;
+        self.delete_links(deleted.iter().filter(|d| d.1 > 0).map(|d| d.0))?;
         self.driver
             .conn
             .prepare_cached("DELETE FROM castor_workers WHERE stopped_at < ?1")?
             .execute([before])?;
         Ok(seqs.len())
+    }
+
+    /// Deletes the links of dependents that are deleted.
+    fn delete_links(&self, seqs: impl Iterator<Item = i64>) -> Result<(), rusqlite::Error> {
+        let mut stmt = self
+            .driver
+            .conn
+            .prepare_cached("DELETE FROM castor_dependencies WHERE child_seq = ?1")?;
+        for seq in seqs {
+            stmt.execute([seq])?;
+        }
+        Ok(())
     }
 
     fn delete_logs(&self, seqs: &[i64]) -> Result<(), rusqlite::Error> {

@@ -81,6 +81,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "limits",
         sql: include_str!("migrations/0007_limits.sql"),
     },
+    Migration {
+        version: 8,
+        name: "chains",
+        sql: include_str!("migrations/0008_chains.sql"),
+    },
 ];
 
 /// How long a connection waits for another writer before giving up on one try.
@@ -574,8 +579,8 @@ impl SqliteDriver {
             .map_err(|e| self.error("read a task's log", e))
     }
 
-    /// How many tasks of `manager` are not finished yet (scheduled, available, running or
-    /// retryable). Answered from the partial indexes, so it stays cheap on a big table.
+    /// How many tasks of `manager` are not finished yet (waiting, scheduled, available,
+    /// running or retryable). Answered from the partial indexes, so it stays cheap on a big table.
     ///
     /// # Errors
     /// Fails if the database cannot be read.
@@ -585,7 +590,8 @@ impl SqliteDriver {
                 "SELECT (SELECT count(*) FROM castor_tasks WHERE state = 'available' AND manager = ?1) \
                       + (SELECT count(*) FROM castor_tasks WHERE state = 'running' AND manager = ?1) \
                       + (SELECT count(*) FROM castor_tasks \
-                         WHERE (state = 'scheduled' OR state = 'retryable') AND manager = ?1)",
+                         WHERE (state = 'scheduled' OR state = 'retryable') AND manager = ?1) \
+                      + (SELECT count(*) FROM castor_tasks WHERE state = 'waiting' AND manager = ?1)",
             )
             .and_then(|mut stmt| stmt.query_row([manager], |row| row.get::<_, i64>(0)))
             .map(|n| u64::try_from(n).unwrap_or(0))
@@ -901,7 +907,13 @@ impl SqliteDriver {
                     .or_else(|| rest.strip_prefix("INDEX IF NOT EXISTS "))?;
                 rest.split([' ', '(']).next()
             })
-            .collect()
+            // Migration 6 rebuilt the task table: its objects are named again.
+            .fold(Vec::new(), |mut names, name| {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+                names
+            })
     }
 }
 
@@ -960,6 +972,18 @@ impl Driver for SqliteDriver {
 
     fn workers(&self, live_only: bool) -> Result<Vec<WorkerRow>, StoreError> {
         SqliteDriver::workers(self, live_only)
+    }
+
+    fn parents(&self, id: Uuid) -> Result<Vec<crate::ParentInfo>, StoreError> {
+        SqliteDriver::parents(self, id)
+    }
+
+    fn waiting_on_parents(
+        &self,
+        manager: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::AfterParents>, StoreError> {
+        SqliteDriver::waiting_on_parents(self, manager, limit)
     }
 
     fn waiting(&self, manager: &str, limit: usize) -> Result<Vec<Waiting>, StoreError> {

@@ -1,4 +1,5 @@
-//! The Waiting panel: tasks waiting for their start time, soonest first (not selectable).
+//! The Waiting panel: tasks waiting for their start time, soonest first, then tasks
+//! waiting on their parents, "after" the parent they wait on (not selectable).
 
 use std::time::Duration;
 
@@ -14,7 +15,11 @@ use ratatui::widgets::{Cell, HighlightSpacing, Row, StatefulWidget, Table, Table
 pub(crate) const WAITING_COLS: [Col; 3] = [
     grow("task", 10, 1, 9),
     col("id", 8, 5),
-    right("starts", 10, 8),
+    // Grows too, for "after <parent>".
+    Col {
+        weight: 1,
+        ..right("starts", 10, 8)
+    },
 ];
 
 /// The tasks waiting for their start time, soonest first, as many as fit; when some do
@@ -41,7 +46,13 @@ pub(crate) fn waiting(state: &DashboardState, area: Rect, buf: &mut Buffer) {
             let mut cells = [
                 Cell::from(fit(&t.task, widths[0])),
                 Cell::from(Span::styled(short_task_id(t.id), DIM)),
-                Cell::from(Line::from(starts_in(t.runs_in)).right_aligned()),
+                Cell::from(
+                    Line::from(match &t.after {
+                        Some(parent) => fit(&format!("after {parent}"), widths[2]),
+                        None => starts_in(t.runs_in),
+                    })
+                    .right_aligned(),
+                ),
             ];
             Row::new(
                 shown
