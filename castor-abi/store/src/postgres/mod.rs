@@ -132,13 +132,17 @@ const RECORDED_SQL: &str = "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_class c \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
      WHERE c.relname = 'castor_migrations' AND n.nspname = current_schema())";
 
-/// The tables castor keeps (for the size and the schema check).
-const TABLES: [&str; 5] = [
+/// The tables castor keeps (for the size and the schema check), the newest migration's
+/// included.
+const TABLES: [&str; 8] = [
     "castor_migrations",
     "castor_tasks",
     "castor_logs",
     "castor_workers",
     "castor_schedules",
+    "castor_limits",
+    "castor_starts",
+    "castor_dependencies",
 ];
 
 /// A parameter list, as the client takes it.
@@ -492,7 +496,7 @@ impl PostgresDriver {
                     .or_else(|| rest.strip_prefix("INDEX "))?;
                 rest.split([' ', '(']).next()
             })
-            // Migration 5 dropped and made the unique index again: named once.
+            // Migration 6 dropped and made the unique index again: named once.
             .fold(Vec::new(), |mut names, name| {
                 if !names.contains(&name) {
                     names.push(name);

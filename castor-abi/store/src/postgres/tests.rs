@@ -689,3 +689,21 @@ fn only_claims_renewals_and_heartbeats_commit_without_the_flush() {
     assert!(tx.must_flush(), "an outcome waits for the flush");
     crate::Tx::commit(Box::new(tx)).expect("commit");
 }
+
+/// Every table a migration creates is one the size and the health check read.
+#[test]
+fn the_size_and_the_check_know_every_table() {
+    let created: Vec<&str> = MIGRATIONS
+        .iter()
+        .flat_map(|m| m.sql.lines())
+        .filter_map(|line| {
+            let rest = line.trim_start().strip_prefix("CREATE TABLE ")?;
+            let rest = rest.strip_prefix("IF NOT EXISTS ").unwrap_or(rest);
+            rest.split([' ', '(']).next()
+        })
+        .collect();
+    assert!(created.contains(&"castor_tasks"), "{created:?}");
+    for table in created {
+        assert!(super::TABLES.contains(&table), "{table} is not in TABLES");
+    }
+}
